@@ -1,0 +1,21 @@
+"""Attention mechanisms: one file per mechanism, all registered by name.
+
+Importing this package registers every mechanism (see :mod:`visattn.registry`).
+"""
+
+from visattn.layers.base import SpatialAttention, TokenAdapter
+from visattn.layers.conv import ConvMixer
+from visattn.layers.efficient import EfficientAttention
+from visattn.layers.external import ExternalAttention
+from visattn.layers.local import LocalAttention
+from visattn.layers.mhsa import MultiHeadSelfAttention
+
+__all__ = [
+    "SpatialAttention",
+    "TokenAdapter",
+    "ConvMixer",
+    "EfficientAttention",
+    "ExternalAttention",
+    "LocalAttention",
+    "MultiHeadSelfAttention",
+]

@@ -1,0 +1,24 @@
+"""Small numerical helpers shared by the mechanisms."""
+
+from __future__ import annotations
+
+import torch
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def softmax_fp32(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax computed in float32 for half-precision input (float64 stays float64), cast back."""
+    if x.dtype in _HALF:
+        return torch.softmax(x, dim, dtype=torch.float32).to(x.dtype)
+    return torch.softmax(x, dim)
+
+
+def upcast(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Half-precision tensors to float32; others unchanged."""
+    return tuple(t.float() if t.dtype in _HALF else t for t in ts)
+
+
+def autocast_off(device_type: str):
+    """A context that disables autocast on ``device_type`` (so float32 math stays float32)."""
+    return torch.autocast(device_type=device_type, enabled=False)

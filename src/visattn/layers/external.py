@@ -1,0 +1,135 @@
+"""External attention: two small shared memories instead of self-attention.
+
+Guo et al., "Beyond Self-attention: External Attention using Two Linear Layers for Visual
+Tasks" (arXiv 2105.02358). A = Norm(F M_k^T) in R^{n x S}; out = A M_v, with learnable
+memories M_k, M_v in R^{S x d}. Double normalisation (default): softmax over the n
+positions for each memory unit, then L1 over the S units for each position, so every row
+of A sums to 1 over S. Multi-head: F is projected (widened by ``expansion``), split into
+heads that all use the SAME M_k, M_v, concatenated and projected back (as in EAMLP).
+
+``normalization="softmax"`` is the single-normalisation ablation: an ordinary softmax over
+the S units per position. Cost and memory are linear in n. Under half-precision autocast
+the normalisations run in float32 (a sum over n positions overflows float16).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visattn.layers.base import (SpatialAttention, check_choice, check_divisible,
+                                 check_positive_int)
+from visattn.registry import register_attention
+
+__all__ = ["ExternalAttention"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+@register_attention(
+    "external",
+    title="External attention",
+    paper="Guo et al., Beyond Self-attention: External Attention using Two Linear Layers (arXiv 2105.02358)",
+    cost="linear",
+    receptive_field="global",
+    positional="none (content only)",
+    export=("onnx", "compile", "torchscript"),
+    test_kwargs={"memory_size": 8},
+    bench_kwargs={"memory_size": 64},
+    bench_variants={"external-mh": {"memory_size": 64, "num_heads": 16, "expansion": 4}},
+)
+class ExternalAttention(SpatialAttention):
+    """External attention with shared memories (single- or multi-head).
+
+    Args:
+        dim: input channels C.
+        dim_out: output channels (default C); a 1x1 projection is added when it differs
+            from C in the single-head form.
+        memory_size: memory units S (default 64).
+        num_heads: EA heads; all share M_k and M_v. With num_heads == 1 and expansion == 1
+            the layer is the paper's basic form (no projections).
+        expansion: width factor of the input projection in the multi-head form
+            (the EAMLP code uses 4); C * expansion must divide by num_heads.
+        normalization: "double" (paper) or "softmax" (softmax over S only).
+        key_bias: give M_k a per-unit bias (it cancels in the softmax over positions;
+            kept for loading checkpoints that have one).
+        eps: L1 normaliser epsilon.
+
+    Shapes: (B, C, H, W) -> (B, C_out, H, W); attention map (B, heads, S, n).
+    """
+
+    def __init__(self, dim: int, dim_out: int | None = None, *, memory_size: int = 64, num_heads: int = 1,
+                 expansion: int = 1, normalization: str = "double", key_bias: bool = False, eps: float = 1e-9):
+        super().__init__(dim, dim_out)
+        check_positive_int("memory_size", memory_size)
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("expansion", expansion)
+        check_choice("normalization", normalization, ("double", "softmax"))
+        inner = dim * expansion
+        check_divisible("dim * expansion", inner, "num_heads", num_heads)
+        self.memory_size, self.num_heads, self.expansion = memory_size, num_heads, expansion
+        self.normalization, self.eps = normalization, eps
+        self.inner_dim = inner
+        self.head_dim = inner // num_heads
+        self.multi_head = num_heads > 1 or expansion > 1
+        self.in_proj = nn.Conv2d(dim, inner, 1) if self.multi_head else None
+        # M_k: (S, d) applied as F M_k^T; M_v: (S, d) applied as A M_v.
+        self.memory_key = nn.Parameter(torch.empty(memory_size, self.head_dim))
+        self.memory_value = nn.Parameter(torch.empty(memory_size, self.head_dim))
+        self.key_bias = nn.Parameter(torch.zeros(memory_size)) if key_bias else None
+        need_out = self.multi_head or self.dim_out != dim
+        self.out_proj = nn.Conv2d(inner, self.dim_out, 1) if need_out else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Like nn.Linear's default for the two memories (fan-in d and S).
+        nn.init.uniform_(self.memory_key, -1 / math.sqrt(self.head_dim), 1 / math.sqrt(self.head_dim))
+        nn.init.uniform_(self.memory_value, -1 / math.sqrt(self.memory_size), 1 / math.sqrt(self.memory_size))
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised attention A for a validated input: (B, heads, S, n), in float32 for half input."""
+        return self._attention(self._features(x))[0]
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        f = self.in_proj(x) if self.in_proj is not None else x
+        return f.reshape(b, self.num_heads, self.head_dim, h * w)  # (B, heads, d, n)
+
+    def _attention(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
+        logits = self.memory_key @ f  # (S, d) @ (B, heads, d, n) -> (B, heads, S, n)
+        if self.key_bias is not None:
+            logits = logits + self.key_bias[:, None]
+        dtype = logits.dtype
+        with torch.autocast(device_type=f.device.type, enabled=False):
+            if dtype in _HALF:
+                logits = logits.float()
+            if self.normalization == "double":
+                a = logits.softmax(dim=3)  # over the n positions, per memory unit
+                a = a / (self.eps + a.sum(dim=2, keepdim=True))  # L1 over the S units, per position
+            else:
+                a = logits.softmax(dim=2)
+        return a, dtype
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        a, dtype = self._attention(self._features(x))
+        o = self.memory_value.transpose(0, 1).to(dtype) @ a.to(dtype)  # (d, S) @ (B, heads, S, n)
+        o = o.reshape(b, self.inner_dim, h, w)
+        return self.out_proj(o) if self.out_proj is not None else o
+
+    def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
+        n, s = height * width, self.memory_size
+        core = 2 * 2 * n * s * self.inner_dim  # F M_k^T and A M_v over all heads
+        proj = 0
+        if self.in_proj is not None:
+            proj += 2 * n * self.dim * self.inner_dim
+        if self.out_proj is not None:
+            proj += 2 * n * self.inner_dim * self.dim_out
+        return {"counted": batch * (core + proj), "uncounted": 0}
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, memory_size={self.memory_size}, num_heads={self.num_heads}, "
+                f"expansion={self.expansion}, normalization={self.normalization!r}")

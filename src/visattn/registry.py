@@ -1,0 +1,234 @@
+"""One registry for mechanisms and one for models.
+
+Mechanisms register with :func:`register_attention` and are created by name with
+:func:`create_attention`; their capabilities are data (:class:`AttentionInfo`) that
+tests, the benchmark and the CLI read. Models register with :func:`register_model`
+and are created with :func:`create_model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = [
+    "AttentionInfo",
+    "register_attention",
+    "create_attention",
+    "list_attention",
+    "attention_info",
+    "register_model",
+    "create_model",
+    "list_models",
+    "model_entry",
+    "ModelEntry",
+]
+
+COST_CLASSES = ("linear", "quadratic", "local")
+
+
+@dataclass(frozen=True)
+class AttentionInfo:
+    """Capabilities of one mechanism, as data.
+
+    Attributes:
+        name: registry name.
+        title: human-readable name.
+        paper: citation (title and arXiv id).
+        cost: cost class in the number of positions n: "linear", "quadratic" or "local"
+            (local = linear in n with a window-size factor).
+        receptive_field: "global" or "local".
+        window_arg: for local mechanisms, the constructor argument that sets the window
+            side (e.g. "kernel_size"); the module's ``receptive_field`` attribute holds
+            the actual size.
+        positional: what positional information the mechanism carries.
+        any_resolution: accepts any H, W >= 1.
+        max_resolution_arg: constructor argument that bounds the resolution, if any.
+        export: export paths the mechanism supports ("onnx", "torchscript", "compile").
+        dtypes: floating dtypes it supports.
+        test_kwargs: small constructor arguments the conformance suite uses.
+        bench_kwargs: arguments the benchmark uses at C=64 (the default comparison).
+        bench_variants: extra named benchmark cases: label -> constructor kwargs.
+    """
+
+    name: str
+    title: str
+    paper: str
+    cost: str
+    receptive_field: str
+    positional: str
+    window_arg: str | None = None
+    any_resolution: bool = True
+    max_resolution_arg: str | None = None
+    export: tuple[str, ...] = ("onnx", "compile")
+    dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16")
+    test_kwargs: dict[str, Any] = field(default_factory=dict)
+    bench_kwargs: dict[str, Any] = field(default_factory=dict)
+    bench_variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_ATTENTION: dict[str, tuple[type, AttentionInfo]] = {}
+
+
+def register_attention(name: str, **info_fields) -> Callable[[type], type]:
+    """Class decorator: register a :class:`~visattn.layers.base.SpatialAttention` under ``name``."""
+
+    def deco(cls: type) -> type:
+        if name in _ATTENTION:
+            raise ValueError(f"attention mechanism {name!r} is already registered")
+        info = AttentionInfo(name=name, **info_fields)
+        if info.cost not in COST_CLASSES:
+            raise ValueError(f"cost must be one of {COST_CLASSES}, got {info.cost!r}")
+        cls.registry_name = name
+        _ATTENTION[name] = (cls, info)
+        return cls
+
+    return deco
+
+
+def _unknown(kind: str, name, known) -> ValueError:
+    close = difflib.get_close_matches(str(name), list(known), n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    return ValueError(f"unknown {kind} {name!r}; expected one of {sorted(known)}{hint}")
+
+
+def _ensure_loaded() -> None:
+    # Importing the packages runs the register_* decorators.
+    from visattn import layers, models  # noqa: F401
+
+
+def list_attention() -> list[str]:
+    """Names of every registered mechanism, sorted."""
+    _ensure_loaded()
+    return sorted(_ATTENTION)
+
+
+def attention_info(name: str) -> AttentionInfo:
+    """Capabilities of mechanism ``name`` (see :class:`AttentionInfo`)."""
+    _ensure_loaded()
+    if name not in _ATTENTION:
+        raise _unknown("attention mechanism", name, _ATTENTION)
+    return _ATTENTION[name][1]
+
+
+def attention_class(name: str) -> type:
+    """The class registered under ``name``."""
+    _ensure_loaded()
+    if name not in _ATTENTION:
+        raise _unknown("attention mechanism", name, _ATTENTION)
+    return _ATTENTION[name][0]
+
+
+def create_attention(name: str, dim: int, dim_out: int | None = None, **kwargs) -> nn.Module:
+    """Create mechanism ``name`` mapping (B, dim, H, W) -> (B, dim_out or dim, H, W)."""
+    if not isinstance(name, str):
+        raise TypeError(f"attention name must be a str, got {type(name).__name__}")
+    return attention_class(name)(dim, dim_out, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its builder and what it is measured against.
+
+    Attributes:
+        name: registry name.
+        builder: callable(num_classes=..., attention=..., attn_kwargs=..., **kw) -> nn.Module.
+        family: backbone family ("resnet", "transformer", "hierarchical", ...).
+        default_input: (C, H, W) the model is defined at.
+        test_input: small (C, H, W) the conformance suite uses.
+        test_kwargs: small constructor arguments the conformance suite uses (e.g. fewer blocks).
+        published: published figures, e.g. {"params_m": 15.0, "macs_g": 4.6, "top1": 78.4}.
+        paper: citation.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    family: str
+    default_input: tuple[int, int, int]
+    test_input: tuple[int, int, int]
+    test_kwargs: dict[str, Any] = field(default_factory=dict)
+    published: dict[str, float] = field(default_factory=dict)
+    paper: str = ""
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    default_input: tuple[int, int, int] = (3, 224, 224),
+    test_input: tuple[int, int, int] = (3, 32, 32),
+    test_kwargs: dict[str, Any] | None = None,
+    published: dict[str, float] | None = None,
+    paper: str = "",
+) -> Callable[[Callable], Callable]:
+    """Function decorator: register a model builder under ``name``."""
+
+    def deco(fn: Callable) -> Callable:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = ModelEntry(
+            name=name,
+            builder=fn,
+            family=family,
+            default_input=tuple(default_input),
+            test_input=tuple(test_input),
+            test_kwargs=dict(test_kwargs or {}),
+            published=dict(published or {}),
+            paper=paper,
+        )
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    _ensure_loaded()
+    return sorted(_MODELS)
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The :class:`ModelEntry` registered under ``name``."""
+    _ensure_loaded()
+    if name not in _MODELS:
+        raise _unknown("model", name, _MODELS)
+    return _MODELS[name]
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    attention: str | None = None,
+    attn_kwargs: dict[str, Any] | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Create model ``name``.
+
+    Args:
+        num_classes: classifier outputs (0 for a feature extractor with no head).
+        attention: registered mechanism name that replaces the model's spatial mixer
+            (None keeps the model's own).
+        attn_kwargs: extra constructor arguments for that mechanism.
+        **kwargs: model-specific options.
+    """
+    entry = model_entry(name)
+    if attention is not None:
+        attention_class(attention)  # validate the name early with a helpful message
+    if attn_kwargs is not None and not isinstance(attn_kwargs, dict):
+        raise TypeError(f"attn_kwargs must be a dict, got {type(attn_kwargs).__name__}")
+    return entry.builder(num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs, **kwargs)

@@ -1,0 +1,243 @@
+"""Conformance suite: every registered mechanism is held to the same contract.
+
+Parametrised over ``visattn.list_attention()``, so a mechanism added later is tested with
+no extra code. Each mechanism is built from its ``attention_info(name).test_kwargs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import visattn
+from visattn.flops import count_flops
+from visattn.registry import attention_class
+
+NAMES = visattn.list_attention()
+DIM = 8
+SIZES = [(1, 1), (2, 3), (5, 7), (8, 8), (3, 11)]
+
+
+def make(name, dim=DIM, dim_out=None, **extra):
+    kw = dict(visattn.attention_info(name).test_kwargs)
+    kw.update(extra)
+    return visattn.create_attention(name, dim, dim_out, **kw)
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_info_is_complete(name):
+    info = visattn.attention_info(name)
+    assert info.name == name
+    assert info.cost in ("linear", "quadratic", "local")
+    assert info.receptive_field in ("global", "local")
+    if info.receptive_field == "local":
+        assert info.window_arg is not None
+        m = make(name)
+        assert m.receptive_field == getattr(m, info.window_arg)
+    assert set(info.export) <= {"onnx", "compile", "torchscript"}
+    assert attention_class(name).registry_name == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("hw", SIZES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_shapes_any_resolution(name, hw, batch):
+    m = make(name, dim_out=12)
+    for mode in (True, False):
+        m.train(mode)
+        x = torch.randn(batch, DIM, *hw)
+        y = m(x)
+        assert y.shape == (batch, 12, *hw)
+        assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dtypes(name, dtype):
+    m = make(name).eval()
+    x = torch.randn(2, DIM, 5, 6)
+    ref = m(x)
+    m = m.to(dtype)
+    y = m(x.to(dtype))
+    assert y.dtype == dtype
+    assert torch.isfinite(y).all()
+    tol = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 6e-2}[dtype]
+    assert rel_err(y, ref) < tol
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_to_dtype_moves_every_buffer(name):
+    m = make(name).to(torch.float64)
+    for n, t in list(m.named_parameters()) + list(m.named_buffers()):
+        if t.is_floating_point():
+            assert t.dtype == torch.float64, n
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_and_non_contiguous(name):
+    m = make(name).eval()
+    x = torch.randn(2, DIM, 6, 5)
+    ref = m(x)
+    y_cl = m(x.contiguous(memory_format=torch.channels_last))
+    assert rel_err(y_cl, ref) < 1e-5
+    x_nc = torch.randn(2, DIM, 5, 6).transpose(2, 3)  # (2, C, 6, 5), non-contiguous
+    assert not x_nc.is_contiguous()
+    assert rel_err(m(x_nc), m(x_nc.contiguous())) < 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_batch_independence(name):
+    m = make(name).eval()
+    x = torch.randn(3, DIM, 4, 5)
+    y = m(x)
+    for i in range(3):
+        assert rel_err(m(x[i : i + 1]), y[i : i + 1]) < 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_token_adapter(name):
+    m = make(name).eval()
+    x = torch.randn(2, DIM, 3, 5)
+    tokens = x.flatten(2).transpose(1, 2)
+    out = visattn.TokenAdapter(m)(tokens, hw=(3, 5))
+    assert out.shape == (2, 15, m.dim_out)
+    assert rel_err(out, m(x).flatten(2).transpose(1, 2)) < 1e-6
+    with pytest.raises(ValueError, match=r"needs N=H\*W=16"):
+        visattn.TokenAdapter(m)(tokens, hw=(4, 4))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_gets_a_gradient(name):
+    m = make(name).train()
+    x = torch.randn(2, DIM, 5, 4, requires_grad=True)
+    m(x).square().mean().backward()
+    for n, p in m.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{n} got no gradient"
+            assert torch.isfinite(p.grad).all(), n
+            assert p.grad.abs().sum() > 0, f"{n} got an all-zero gradient"
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck_float64(name):
+    m = make(name, dim=4, **_small_heads(name)).double().train()
+    x = torch.randn(1, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: m(t), (x,), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def _small_heads(name):
+    kw = visattn.attention_info(name).test_kwargs
+    out = {}
+    for key in ("num_heads",):
+        if key in kw:
+            out[key] = 1
+    for key in ("key_dim", "value_dim"):
+        if key in kw:
+            out[key] = 4
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast_large_inputs(name):
+    m = make(name).eval()
+    x = 100 * torch.randn(2, DIM, 6, 6)
+    ref = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert torch.isfinite(y.float()).all()
+    assert rel_err(y.float(), ref) < 0.1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_flop_counter_matches_formula(name):
+    m = make(name).eval()
+    for b, h, w in [(1, 4, 4), (2, 5, 7)]:
+        x = torch.randn(b, DIM, h, w)
+        assert count_flops(m, x) == m.flop_breakdown(h, w, b)["counted"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_errors(name):
+    m = make(name)
+    with pytest.raises(ValueError, match=r"expects a 4-D feature map .*got a 3-D tensor of shape \(2, 20, 8\).*TokenAdapter"):
+        m(torch.randn(2, 20, DIM))
+    with pytest.raises(ValueError, match=r"got a 5-D tensor"):
+        m(torch.randn(1, DIM, 2, 2, 2))
+    with pytest.raises(ValueError, match=r"expects \(B, C=8, H, W\), got shape \(2, 3, 4, 4\) with 3 channels"):
+        m(torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"channels-last \(B, H, W, C\)"):
+        m(torch.randn(2, 4, 4, DIM))
+    with pytest.raises(TypeError, match=r"floating-point tensor, got dtype torch.int64"):
+        m(torch.ones(1, DIM, 2, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"expects a torch.Tensor"):
+        m([[1.0]])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_config_errors(name):
+    cls = attention_class(name)
+    info = visattn.attention_info(name)
+    kw = dict(info.test_kwargs)
+    with pytest.raises(ValueError, match=r"dim must be an int >= 1, got 0"):
+        cls(0, **kw)
+    with pytest.raises(TypeError, match=r"dim must be an int >= 1, got float"):
+        cls(8.0, **kw)
+    with pytest.raises(ValueError, match=r"dim_out must be an int >= 1, got -1"):
+        cls(8, -1, **kw)
+    if "num_heads" in kw:
+        with pytest.raises(ValueError, match=r"must be divisible by num_heads=3"):
+            cls(8, **{**kw, "num_heads": 3})
+        with pytest.raises(ValueError, match=r"num_heads must be an int >= 1, got 0"):
+            cls(8, **{**kw, "num_heads": 0})
+    if info.window_arg is not None:
+        with pytest.raises(ValueError, match=rf"{info.window_arg} must be odd"):
+            cls(8, **{**kw, info.window_arg: 4})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_fullgraph_equals_eager(name):
+    if "compile" not in visattn.attention_info(name).export:
+        pytest.skip(f"{name} does not declare torch.compile support")
+    m = make(name).eval()
+    x = torch.randn(2, DIM, 5, 6)
+    compiled = torch.compile(copy.deepcopy(m), fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        assert rel_err(compiled(x), m(x)) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export_matches_onnxruntime(name):
+    if "onnx" not in visattn.attention_info(name).export:
+        pytest.skip(f"{name} does not declare ONNX export support")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    m = make(name).eval()
+    x = torch.randn(2, DIM, 5, 6)
+    buf = io.BytesIO()
+    torch.onnx.export(m, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False, opset_version=17)
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(y), m(x)) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_torchscript_trace_matches(name):
+    if "torchscript" not in visattn.attention_info(name).export:
+        pytest.skip(f"{name} does not declare TorchScript support")
+    m = make(name).eval()
+    x = torch.randn(2, DIM, 5, 6)
+    with torch.no_grad():
+        traced = torch.jit.trace(m, (x,))
+        assert rel_err(traced(x), m(x)) < 1e-6
