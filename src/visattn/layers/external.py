@@ -90,33 +90,43 @@ class ExternalAttention(SpatialAttention):
         nn.init.uniform_(self.memory_value, -1 / math.sqrt(self.memory_size), 1 / math.sqrt(self.memory_size))
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised attention A for a validated input: (B, heads, S, n), in float32 for half input."""
-        return self._attention(self._features(x))[0]
+        """The normalised attention A: (B, heads, S, n), in float32 for half input.
+
+        ``x`` is (B, C, H, W); it is validated like a forward input.
+        """
+        self._check_input(x)
+        b, _, h, w = x.shape
+        return self._attention(self._features(x))[0].reshape(b, self.num_heads, self.memory_size, h * w)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         f = self.in_proj(x) if self.in_proj is not None else x
-        return f.reshape(b, self.num_heads, self.head_dim, h * w)  # (B, heads, d, n)
+        return f.reshape(b * self.num_heads, self.head_dim, h * w)  # (B*heads, d, n)
 
     def _attention(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
-        logits = self.memory_key @ f  # (S, d) @ (B, heads, d, n) -> (B, heads, S, n)
+        # F M_k^T as one batched GEMM against the shared memory, expanded without a copy
+        # (a broadcasting ``memory_key @ f`` makes torch.matmul copy f transposed).
+        bh = f.shape[0]
+        logits = torch.bmm(self.memory_key.expand(bh, -1, -1).to(f.dtype), f)  # (B*heads, S, n)
         if self.key_bias is not None:
-            logits = logits + self.key_bias[:, None]
+            logits = logits + self.key_bias[:, None].to(logits.dtype)
         dtype = logits.dtype
         with torch.autocast(device_type=f.device.type, enabled=False):
             if dtype in _HALF:
                 logits = logits.float()
             if self.normalization == "double":
-                a = logits.softmax(dim=3)  # over the n positions, per memory unit
-                a = a / (self.eps + a.sum(dim=2, keepdim=True))  # L1 over the S units, per position
+                a = logits.softmax(dim=2)  # over the n positions, per memory unit
+                # L1 over the S units, per position (a multiply by the reciprocal is cheaper than a divide).
+                a = a * (self.eps + a.sum(dim=1, keepdim=True)).reciprocal()
             else:
-                a = logits.softmax(dim=2)
+                a = logits.softmax(dim=1)  # over the S units
         return a, dtype
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        a, dtype = self._attention(self._features(x))
-        o = self.memory_value.transpose(0, 1).to(dtype) @ a.to(dtype)  # (d, S) @ (B, heads, S, n)
+        a, dtype = self._attention(self._features(x))  # (B*heads, S, n)
+        mv_t = self.memory_value.transpose(0, 1).to(dtype).expand(a.shape[0], -1, -1)  # (B*heads, d, S)
+        o = torch.bmm(mv_t, a.to(dtype))  # A M_v: (B*heads, d, n)
         o = o.reshape(b, self.inner_dim, h, w)
         return self.out_proj(o) if self.out_proj is not None else o
 
