@@ -107,17 +107,20 @@ class ExternalAttention(SpatialAttention):
         # F M_k^T as one batched GEMM against the shared memory, expanded without a copy
         # (a broadcasting ``memory_key @ f`` makes torch.matmul copy f transposed).
         bh = f.shape[0]
-        logits = torch.bmm(self.memory_key.expand(bh, -1, -1).to(f.dtype), f)  # (B*heads, S, n)
+        logits = torch.bmm(self.memory_key.expand(bh, -1, -1), f)  # (B*heads, S, n)
         if self.key_bias is not None:
-            logits = logits + self.key_bias[:, None].to(logits.dtype)
+            logits = logits + self.key_bias[:, None]
         dtype = logits.dtype
         with torch.autocast(device_type=f.device.type, enabled=False):
             if dtype in _HALF:
                 logits = logits.float()
             if self.normalization == "double":
                 a = logits.softmax(dim=2)  # over the n positions, per memory unit
-                # L1 over the S units, per position (a multiply by the reciprocal is cheaper than a divide).
-                a = a * (self.eps + a.sum(dim=1, keepdim=True)).reciprocal()
+                del logits  # free the (B*heads, S, n) logits before the next map is made
+                # L1 over the S units, per position (a multiply by the reciprocal is cheaper
+                # than a divide); in place when no graph needs the softmax output.
+                r = a.sum(dim=1, keepdim=True).add_(self.eps).reciprocal_()  # (B*heads, 1, n)
+                a = a * r if a.requires_grad else a.mul_(r)
             else:
                 a = logits.softmax(dim=1)  # over the S units
         return a, dtype
@@ -125,8 +128,10 @@ class ExternalAttention(SpatialAttention):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         a, dtype = self._attention(self._features(x))  # (B*heads, S, n)
-        mv_t = self.memory_value.transpose(0, 1).to(dtype).expand(a.shape[0], -1, -1)  # (B*heads, d, S)
-        o = torch.bmm(mv_t, a.to(dtype))  # A M_v: (B*heads, d, n)
+        mv_t = self.memory_value.transpose(0, 1).expand(a.shape[0], -1, -1)  # (B*heads, d, S)
+        if a.dtype != dtype:  # half input: A was normalised in float32
+            a, mv_t = a.to(dtype), mv_t.to(dtype)
+        o = torch.bmm(mv_t, a)  # A M_v: (B*heads, d, n)
         o = o.reshape(b, self.inner_dim, h, w)
         return self.out_proj(o) if self.out_proj is not None else o
 
