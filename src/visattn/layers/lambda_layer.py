@@ -277,10 +277,21 @@ class LambdaLayer(SpatialAttention):
         b, _, height, width = x.shape
         n, h, k, u, vd = height * width, self.num_heads, self.key_dim, self.intra_depth, self.value_dim
         kernel = self.position_kernel(height, width)
-        qkv = self.qkv(x)  # (B, h*k + k*u + v*u, H, W); under autocast in half precision
-        out_dtype = qkv.dtype
         pdtype = self.norm_q.weight.dtype
-        q, kk, v = qkv.to(pdtype).split([h * k, k * u, vd * u], dim=1)
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) in _HALF:
+            # Queries and values in half precision; keys in float32: the softmax over positions
+            # of large logits turns half-precision rounding of K into large weight errors.
+            wq, wk, wv = self.qkv.weight.split([h * k, k * u, vd * u])
+            q, v = F.conv2d(x, torch.cat([wq, wv])).split([h * k, vd * u], dim=1)
+            out_dtype = q.dtype
+            with torch.autocast(dev, enabled=False):
+                kk = F.conv2d(x.float(), wk.float())
+            q, kk, v = q.to(pdtype), kk.to(pdtype) if pdtype not in _HALF else kk, v.to(pdtype)
+        else:
+            qkv = self.qkv(x)  # (B, h*k + k*u + v*u, H, W)
+            out_dtype = qkv.dtype
+            q, kk, v = qkv.split([h * k, k * u, vd * u], dim=1)
         q, v = _bn(self.norm_q, q), _bn(self.norm_v, v)
         cdtype = torch.float32 if pdtype in _HALF else pdtype
         with torch.autocast(x.device.type, enabled=False):
