@@ -237,7 +237,7 @@ def test_flop_formula_on_the_fft_path():
 def test_gradients_match_reference_float64():
     m = make(local_scope=3).train()
     x = torch.randn(1, 6, 4, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: m(t), (x,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda t: m(t), (x,), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 def test_registered_and_created_by_name():
@@ -245,3 +245,13 @@ def test_registered_and_created_by_name():
     assert isinstance(m, LambdaLayer) and m.local_scope == 23 and m.key_dim == 16 and m.num_heads == 4
     info = visattn.attention_info("lambda")
     assert info.bench_variants["lambda-global"]["local_scope"] is None
+
+
+def test_fft_lambda_conv_gradients_float64():
+    v = torch.randn(2, 2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: lambda_conv(a, b, "fft"), (v, w), eps=1e-6, atol=1e-7, fast_mode=True)
+    g = torch.randn(2, 3, 3, 5, 4, dtype=torch.float64)
+    ga = torch.autograd.grad(lambda_conv(v, w, "fft"), (v, w), g)
+    gb = torch.autograd.grad(lambda_conv(v, w, "direct"), (v, w), g)
+    assert rel_err(ga[0], gb[0]) < TOL64 and rel_err(ga[1], gb[1]) < TOL64

@@ -144,16 +144,72 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, impl: str = "auto") -> to
         impl = "fft" if _use_fft((rh, rw), height, width) else "direct"
     if impl == "direct":
         return F.conv3d(v, weight.unsqueeze(2), padding=(0, rh // 2, rw // 2))
-    # Linear (not circular) correlation via FFT: pad to >= H + rh - 1 so nothing wraps.
-    ph, pw = _fast_len(height + rh - 1), _fast_len(width + rw - 1)
-    vf = torch.fft.rfft2(v, s=(ph, pw))  # (B, u, c, ph, pw//2+1)
-    wf = torch.fft.rfft2(weight.flip(-2, -1), s=(ph, pw))  # (k, u, ph, pw//2+1)
-    prod = vf[:, 0, None] * wf[None, :, 0, None]  # (B, k, c, ph, pw//2+1)
-    for j in range(1, u):
-        prod = prod + vf[:, j, None] * wf[None, :, j, None]
-    full = torch.fft.irfft2(prod, s=(ph, pw))  # (B, k, c, ph, pw)
-    oh, ow = rh // 2, rw // 2
-    return full[..., oh : oh + height, ow : ow + width]
+    return _FFTLambdaConv.apply(v, weight)
+
+
+def _fft_plan(v: torch.Tensor, weight: torch.Tensor):
+    height, width = v.shape[-2:]
+    rh, rw = weight.shape[-2:]
+    # Linear (not circular) correlation: pad to >= H + rh - 1 so nothing wraps around.
+    size = (_fast_len(height + rh - 1), _fast_len(width + rw - 1))
+    wf = torch.fft.rfft2(weight.flip(-2, -1), s=size)  # (k, u, ph, pw//2+1)
+    return size, wf
+
+
+def _k_chunks(k: int, per_k_bytes: int, budget: int):
+    step = max(1, min(k, budget // max(per_k_bytes, 1)))
+    return [(i, min(i + step, k)) for i in range(0, k, step)]
+
+
+class _FFTLambdaConv(torch.autograd.Function):
+    """Lambda convolution through real FFTs, processed in chunks of key channels.
+
+    Nothing of spectral size is kept for backward (only v and the weight); forward and
+    backward hold one chunk's spectra at a time, so peak memory stays near the direct path's.
+    """
+
+    @staticmethod
+    def forward(ctx, v, weight):
+        ctx.save_for_backward(v, weight)
+        b, u, c, height, width = v.shape
+        k, rh, rw = weight.shape[0], weight.shape[2], weight.shape[3]
+        size, wf = _fft_plan(v, weight)
+        vf = torch.fft.rfft2(v, s=size)  # (B, u, c, ph, pw//2+1)
+        oh, ow = rh // 2, rw // 2
+        out = v.new_empty(b, k, c, height, width)
+        # chunk of key channels whose spectra take at most ~1/4 of the output's memory
+        per_k, budget = b * c * size[0] * size[1] * 3 * v.element_size(), out.numel() * v.element_size() // 4
+        for lo, hi in _k_chunks(k, per_k, budget):
+            prod = vf[:, 0, None] * wf[None, lo:hi, 0, None]  # (B, kc, c, ph, pw//2+1)
+            for j in range(1, u):
+                prod += vf[:, j, None] * wf[None, lo:hi, j, None]
+            full = torch.fft.irfft2(prod, s=size)
+            out[:, lo:hi] = full[..., oh : oh + height, ow : ow + width]
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        v, weight = ctx.saved_tensors
+        b, u, c, height, width = v.shape
+        k, rh, rw = weight.shape[0], weight.shape[2], weight.shape[3]
+        size, wf = _fft_plan(v, weight)
+        vf = torch.fft.rfft2(v, s=size)
+        oh, ow = rh // 2, rw // 2
+        pad = (ow, size[1] - width - ow, oh, size[0] - height - oh)
+        gvf = torch.zeros_like(vf) if ctx.needs_input_grad[0] else None
+        gwf = torch.empty_like(wf) if ctx.needs_input_grad[1] else None
+        per_k, budget = b * c * size[0] * size[1] * 3 * v.element_size(), g.numel() * g.element_size() // 4
+        for lo, hi in _k_chunks(k, per_k, budget):
+            gf = torch.fft.rfft2(F.pad(g[:, lo:hi], pad))  # (B, kc, c, ph, pw//2+1): grad of the full output
+            if gvf is not None:  # correlation adjoint: sum_k G_k conj(W_k)
+                for j in range(u):
+                    gvf[:, j] += (gf * wf[None, lo:hi, j, None].conj()).sum(1)
+            if gwf is not None:  # sum_{b, c} G conj(V)
+                for j in range(u):
+                    gwf[lo:hi, j] = (gf * vf[:, j, None].conj()).sum((0, 2))
+        gv = torch.fft.irfft2(gvf, s=size)[..., :height, :width] if gvf is not None else None
+        gw = torch.fft.irfft2(gwf, s=size)[..., :rh, :rw].flip(-2, -1) if gwf is not None else None
+        return gv, gw
 
 
 def _as_pair(name: str, value) -> tuple[int, int]:
