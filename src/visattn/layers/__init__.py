@@ -7,6 +7,7 @@ from visattn.layers.base import SpatialAttention, TokenAdapter
 from visattn.layers.conv import ConvMixer
 from visattn.layers.efficient import EfficientAttention
 from visattn.layers.external import ExternalAttention
+from visattn.layers.lambda_layer import LambdaLayer
 from visattn.layers.local import LocalAttention
 from visattn.layers.mhsa import MultiHeadSelfAttention
 
@@ -16,6 +17,7 @@ __all__ = [
     "ConvMixer",
     "EfficientAttention",
     "ExternalAttention",
+    "LambdaLayer",
     "LocalAttention",
     "MultiHeadSelfAttention",
 ]
