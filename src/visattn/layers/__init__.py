@@ -9,6 +9,7 @@ from visattn.layers.efficient import EfficientAttention
 from visattn.layers.external import ExternalAttention
 from visattn.layers.local import LocalAttention
 from visattn.layers.mhsa import MultiHeadSelfAttention
+from visattn.layers.relpos import RelativePositionAttention  # noqa: F401
 
 __all__ = [
     "SpatialAttention",
