@@ -285,7 +285,8 @@ class RelativePositionAttention(SpatialAttention):
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
         """Counted: projections and the attention matmuls (SDPA or P @ V). Uncounted: the
         positional logits, one multiply-add per (head, query, key) (two for "gaussian",
-        whose cross term is a product), built by broadcasting separable row/column tables."""
+        whose cross term is a product), built by broadcasting separable row/column tables;
+        they do not grow with the batch. "learned" also counts its (h, 2M+1) offset tables."""
         n, c, nh = height * width, self.dim, self.num_heads
         proj = 2 * n * (nh * self.value_dim) * self.dim_out
         if self.v is not None:
@@ -295,7 +296,10 @@ class RelativePositionAttention(SpatialAttention):
             proj += 2 * n * c * 2 * nh * self.head_dim
             attn += 2 * nh * n * n * self.head_dim  # q k^T
         pos = 2 * nh * n * n * (2 if self.encoding == "gaussian" else 1)
-        return {"counted": batch * (proj + attn), "uncounted": pos}
+        tables = 0
+        if self.encoding == "learned":  # u_h . r_delta for every offset, rows and columns, once per call
+            tables = 2 * 2 * nh * (2 * self.max_offset + 1) * self.pos_dim
+        return {"counted": batch * (proj + attn) + tables, "uncounted": pos}
 
     def extra_repr(self) -> str:
         s = (f"{super().extra_repr()}, num_heads={self.num_heads}, encoding={self.encoding!r}, "
