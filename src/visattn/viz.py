@@ -162,10 +162,18 @@ def draw_grid(img: np.ndarray, layers: list[LayerMaps], query_px: tuple[int, int
     fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * cell), dpi=dpi, squeeze=False,
                              layout="constrained")
     h0, w0 = img.shape[:2]
+    ext = (0, w0, h0, 0)
+    side = int(cell * dpi)  # a panel's size in pixels: draw the photograph no finer than that
+    if max(h0, w0) > side:
+        from PIL import Image
+
+        s = side / max(h0, w0)
+        img = np.asarray(Image.fromarray(img).resize((max(1, round(w0 * s)), max(1, round(h0 * s))),
+                                                     Image.LANCZOS))
     grey = img.astype(np.float32).mean(2) / 255.0
     for r, lm in enumerate(layers):
         ax = axes[r, 0]
-        ax.imshow(img)
+        ax.imshow(img, extent=ext)
         ax.plot(query_px[1], query_px[0], "c+", ms=10, mew=2)
         ax.set_title(f"layer {r}: {lm.mechanism}", fontsize=6)
         ax.set_ylabel(lm.name, fontsize=5)
@@ -175,9 +183,8 @@ def draw_grid(img: np.ndarray, layers: list[LayerMaps], query_px: tuple[int, int
                 mp = lm.maps[hd] / max(float(lm.maps[hd].max()), 1e-30)
                 if lm.kind == "gradient":  # three decades on a log scale: global fields stay visible
                     mp = np.clip(np.log10(np.maximum(mp, 1e-30)) / 3 + 1, 0, 1)
-                ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
-                ax.imshow(mp, cmap="inferno", alpha=0.75, vmin=0, vmax=1, interpolation="nearest",
-                          extent=(0, w0, h0, 0))
+                ax.imshow(grey, cmap="gray", vmin=0, vmax=1, extent=ext)
+                ax.imshow(mp, cmap="inferno", alpha=0.75, vmin=0, vmax=1, interpolation="nearest", extent=ext)
                 ax.plot(query_px[1], query_px[0], "c+", ms=6, mew=1.5)
                 label = f"head {hd}" if lm.kind == "attention" else "log |d out[q] / d in|"
                 ax.set_title(label, fontsize=6)

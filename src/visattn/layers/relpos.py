@@ -272,12 +272,19 @@ class RelativePositionAttention(SpatialAttention):
             (v,) = upcast(v)
             if self.content:
                 q, k = upcast(q, k)
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=p.to(q.dtype), dropout_p=drop)
+                # A 4-D (1, h, n, n) mask keeps the fused CPU kernel (a 3-D one falls back to the
+                # math path). PyTorch's fused kernels give no mask gradient: when P needs one
+                # (training), SDPA itself picks its math path, (B, h, n, n) in memory.
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=p.to(q.dtype)[None], dropout_p=drop)
             else:
                 a = torch.softmax(p.to(v.dtype), dim=-1)  # (h, n, n), shared by the batch
                 if drop:
-                    a = F.dropout(a[None].expand(b, -1, -1, -1), drop)
-                o = a @ v  # (h, n, n) @ (B, h, n, d_v) -> (B, h, n, d_v)
+                    o = F.dropout(a[None].expand(b, -1, -1, -1), drop) @ v  # per-example masks
+                else:
+                    # Fold the batch into the columns: one (n, n) @ (n, B d_v) product per head,
+                    # so the (h, n, n) table is never expanded or copied over the batch.
+                    vb = v.permute(1, 2, 0, 3).reshape(self.num_heads, n, b * self.value_dim)
+                    o = (a @ vb).reshape(self.num_heads, n, b, self.value_dim).permute(2, 0, 1, 3)
         o = o.to(out_dtype).transpose(1, 2).reshape(b, n, self.num_heads * self.value_dim)
         o = self.proj(o)  # (B, n, C_out)
         return o.transpose(1, 2).reshape(b, self.dim_out, h, w)
