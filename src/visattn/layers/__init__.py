@@ -10,6 +10,7 @@ from visattn.layers.external import ExternalAttention
 from visattn.layers.lambda_layer import LambdaLayer
 from visattn.layers.local import LocalAttention
 from visattn.layers.mhsa import MultiHeadSelfAttention
+from visattn.layers.relpos import RelativePositionAttention  # noqa: F401
 
 __all__ = [
     "SpatialAttention",
