@@ -24,7 +24,7 @@ def test_stage_of(name, stage):
 def test_info_prints_ours_next_to_published_and_mechanisms_by_stage(capsys):
     assert model_info.run("eamlp_7") == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "eamlp_7 (eamlp), input (3, 224, 224)"
+    assert out[0] == "eamlp_7 (eamlp), input (3, 224, 224), 1000 classes"
     assert out[2].split() == ["ours", "published"]
     assert out[3].split() == ["parameters", "(M)", "6.09", "-"]
     assert out[4].split() == ["multiply-adds", "(G)", "1.46", "-"]

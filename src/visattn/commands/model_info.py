@@ -9,9 +9,27 @@ import torch
 from torch import nn
 
 from visattn.flops import count_flops
-from visattn.registry import create_model, model_entry
+from visattn.registry import model_entry
 
-__all__ = ["summarize", "mechanisms_by_stage", "stage_of", "run"]
+__all__ = ["summarize", "mechanisms_by_stage", "stage_of", "run", "build_default"]
+
+
+def build_default(name: str, meta: bool = False) -> nn.Module:
+    """Model ``name`` at its builder's defaults, in eval mode.
+
+    Unlike ``create_model(name)``, which always passes ``num_classes=1000``, this keeps the
+    builder's own class count (e.g. 10 for CIFAR-10 models), which is what published parameter
+    counts refer to. ``meta=True`` builds on the meta device (no memory; for counting), falling
+    back to real tensors for a model that cannot be built there.
+    """
+    builder = model_entry(name).builder
+    if meta:
+        try:
+            with torch.device("meta"):
+                return builder().eval()
+        except (NotImplementedError, RuntimeError):
+            pass
+    return builder().eval()
 
 
 def stage_of(module_name: str) -> str:
@@ -56,7 +74,7 @@ def mechanisms_by_stage(model: nn.Module) -> dict[str, list[dict]]:
 
 def summarize(name: str) -> dict:
     entry = model_entry(name)
-    model = create_model(name).eval()
+    model = build_default(name)
     params = sum(p.numel() for p in model.parameters())
     x = torch.randn(1, *entry.default_input)
     with torch.no_grad():
@@ -66,6 +84,7 @@ def summarize(name: str) -> dict:
         "family": entry.family,
         "paper": entry.paper,
         "input": list(entry.default_input),
+        "num_classes": model.num_classes,
         "params": params,
         "flops": flops,
         "macs": flops // 2,
@@ -85,7 +104,7 @@ def run(name: str, as_json: bool = False) -> int:
         print(json.dumps(s, indent=2))
         return 0
     pub = s["published"]
-    print(f"{name} ({s['family']}), input {tuple(s['input'])}")
+    print(f"{name} ({s['family']}), input {tuple(s['input'])}, {s['num_classes']} classes")
     if s["paper"]:
         print(f"  paper: {s['paper']}")
     print(f"  {'':<26}{'ours':>10}  {'published':>10}")
