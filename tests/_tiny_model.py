@@ -33,6 +33,24 @@ class TinyNet(VisionModel):
         return torch.relu(self.down(x))
 
 
+def unregister() -> None:
+    _MODELS.pop(NAME, None)
+
+
+def make_color_folder(root, per_class: int = 16, size: int = 8) -> str:
+    """3 classes of noisy coloured squares as PNGs in root/class{0,1,2}; returns the data spec."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, rgb in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            arr = np.clip(np.array(rgb) + rng.normal(0, 60, (size, size, 3)), 0, 255).astype("uint8")
+            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.png")
+    return f"folder:{root}"
+
+
 def ensure_registered() -> str:
     if NAME not in _MODELS:
         @register_model(NAME, family="test", default_input=(3, 8, 8), test_input=(3, 8, 8))

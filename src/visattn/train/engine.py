@@ -77,6 +77,7 @@ class TrainConfig:
     resume: bool = False
     save_every: int = 0
     keep: int = 2
+    checkpoints: bool = True
     device: str = "auto"
     progress: bool = True
     verbose: bool = True
@@ -305,7 +306,7 @@ class Trainer:
         (that is what the checkpoint holds), zeros elsewhere.
         """
         running = self._reduce(running)
-        if self.dist.is_main and self.out is not None:
+        if self.dist.is_main and self.out is not None and self.cfg.checkpoints:
             state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
                      "running": [float(v) for v in running], "train_time": train_time,
                      "history": self.history, "config": self._run_config()}

@@ -12,11 +12,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _tiny_model import ensure_registered
+from _tiny_model import ensure_registered, make_color_folder, unregister
 from visattn.commands import train_cmd
 from visattn.train import TrainConfig, latest_checkpoint, lr_factor, train
 
-ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(autouse=True, scope="module")
+def _unregister_tiny_model():
+    yield
+    unregister()
+
+ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "_train_worker.py"
 
 
@@ -37,22 +43,8 @@ def test_config_errors():
         train(TrainConfig(model=ensure_registered(), amp="fp16", device="cpu", output=None, progress=False))
 
 
-def _folder(root: Path, per_class: int = 16, size: int = 8) -> str:
-    """3 classes of noisy coloured squares."""
-    from PIL import Image
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    for c, rgb in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            arr = np.clip(np.array(rgb) + rng.normal(0, 60, (size, size, 3)), 0, 255).astype("uint8")
-            Image.fromarray(arr).save(root / f"class{c}" / f"{i}.png")
-    return f"folder:{root}"
-
-
 def test_cli_train_writes_metrics_weights_plot_and_learns(tmp_path, capsys):
-    data = _folder(tmp_path / "imgs")
+    data = make_color_folder(tmp_path / "imgs")
     out = tmp_path / "run"
     rc = train_cmd.main(["--model", ensure_registered(), "--data", data, "--image-size", "8", "--epochs", "3",
                          "--batch-size", "8", "--lr", "0.01", "--output", str(out), "--no-progress",
@@ -81,7 +73,7 @@ def _args(data: str, out: Path) -> list[str]:
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    data = _folder(tmp_path / "imgs")  # 39 train images / batch 8 -> 5 steps per epoch
+    data = make_color_folder(tmp_path / "imgs")  # 39 train images / batch 8 -> 5 steps per epoch
     # Killed run: blocks after the checkpoint of step 9 (epoch 2, batch 4 of 5), then SIGKILL.
     killed = tmp_path / "killed"
     marker = tmp_path / "ckpt-written"

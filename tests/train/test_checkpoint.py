@@ -7,9 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from _tiny_model import ensure_registered
+from _tiny_model import ensure_registered, unregister
 from visattn.commands import train_cmd
 from visattn.train import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _unregister_tiny_model():
+    yield
+    unregister()
 
 
 def _setup(seed=0):

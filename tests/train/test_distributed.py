@@ -10,14 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from _train_worker import SaveGrads, tiny_digits
-from _tiny_model import ensure_registered
+from _tiny_model import ensure_registered, unregister
 from visattn.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(autouse=True, scope="module")
+def _unregister_tiny_model():
+    yield
+    unregister()
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
