@@ -175,8 +175,8 @@ def _compare(names, model, data, image_size, epochs, batch_size, lr, seed, laten
     if out is not None:
         config = {"model": model, "data": data, "image_size": bundle.image_size, "epochs": epochs,
                   "batch_size": batch_size, "lr": lr, "seed": seed, "latency_batch": latency_batch,
-                  "attn_kwargs": attn_kwargs, "amp": amp, "device": str(dev), "threads": torch.get_num_threads(), "train_size": len(bundle.train),
-                  "test_size": len(bundle.test), "num_classes": bundle.num_classes}
+                  "attn_kwargs": attn_kwargs, "amp": amp, "device": str(dev), "threads": torch.get_num_threads(),
+                  "train_size": len(bundle.train), "test_size": len(bundle.test), "num_classes": bundle.num_classes}
         write_json(results, out / "compare.json", config, total)
         write_plot(results, out / "compare.png",
                    f"{model} on {data} ({bundle.image_size}x{bundle.image_size}, {epochs} epochs)",

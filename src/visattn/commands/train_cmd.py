@@ -50,6 +50,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
                    help="mixed precision; auto: bf16 (or fp16) on CUDA, none on CPU; fp16 needs CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (torch.use_deterministic_algorithms): bit-exact resume")
     p.add_argument("--seed", type=int, default=0)
@@ -80,7 +82,7 @@ def config_from_args(args):
         data=args.data, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, label_smoothing=args.label_smoothing,
         augment=args.augment, grad_clip=args.grad_clip, amp=args.amp, compile=args.compile,
-        deterministic=args.deterministic, seed=args.seed, output=args.output, resume=args.resume,
+        sync_bn=args.sync_bn, deterministic=args.deterministic, seed=args.seed, output=args.output, resume=args.resume,
         save_every=args.save_every, keep=args.keep, device=args.device, progress=not args.no_progress,
     )
 

@@ -71,6 +71,7 @@ class TrainConfig:
     grad_clip: float | None = None
     amp: str = "auto"
     compile: bool = False
+    sync_bn: bool = False
     deterministic: bool = False
     seed: int = 0
     output: str | None = "runs/train"
@@ -265,6 +266,10 @@ class Trainer:
         self.model = create_model(cfg.model, num_classes=b.num_classes, attention=cfg.attention,
                                   attn_kwargs=cfg.attn_kwargs, **(cfg.model_kwargs or {})).to(self.device)
         torch.manual_seed(cfg.seed + 1 + self.dist.rank)  # dropout etc. differ per rank
+        if cfg.sync_bn and self.dist.distributed:
+            if self.device.type != "cuda":
+                raise ValueError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.net: nn.Module = self.model
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
