@@ -36,9 +36,10 @@ __all__ = [
 def reparameterize(model):
     """Call ``reparameterize()`` on every sub-module that has one (inference-time merges), in place.
 
-    Returns the model. Idempotent.
+    Returns the model. Idempotent. A bare mechanism (``SpatialAttention``) is merged too; a
+    model's own ``reparameterize`` is not called (it may call this function).
     """
     for m in model.modules():
-        if m is not model and hasattr(m, "reparameterize") and callable(m.reparameterize):
+        if (m is not model or isinstance(m, SpatialAttention)) and callable(getattr(m, "reparameterize", None)):
             m.reparameterize()
     return model
