@@ -12,6 +12,8 @@ from visattn.layers.local import LocalAttention
 from visattn.layers.mhsa import MultiHeadSelfAttention
 from visattn.layers.relpos import RelativePositionAttention  # noqa: F401
 from visattn.layers.slide import SlideAttention
+from visattn.layers.sra import SpatialReductionAttention  # noqa: F401
+from visattn.layers.swin import WindowAttention  # noqa: F401
 
 __all__ = [
     "SpatialAttention",

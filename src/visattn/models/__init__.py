@@ -4,5 +4,6 @@ from visattn.models.base import VisionModel
 from visattn.models import transformer  # noqa: F401  (registers san_*)
 from visattn.models.heads import ExternalAttentionHead  # noqa: F401
 from visattn.models.eamlp import EAMLP  # noqa: F401
+from visattn.models import hierarchical  # noqa: F401  (registers slide_swin_t, swin_t, slide_pvt_t, pvt_t)
 
 __all__ = ["VisionModel", "EAMLP", "ExternalAttentionHead"]
