@@ -57,6 +57,9 @@ class WindowAttention(SpatialAttention):
     Shapes: (B, C, H, W) -> (B, C_out, H, W); per window logits (B*nW, h, M*M, M*M).
     """
 
+    #: Windows tile the map (they are not centred on the query), so M may be even (Slide-Swin: 14).
+    centred_window = False
+
     def __init__(self, dim: int, dim_out: int | None = None, *, num_heads: int = 4, window_size: int = 7,
                  shift_size: int = 0, qkv_bias: bool = True):
         super().__init__(dim, dim_out)
@@ -91,7 +94,7 @@ class WindowAttention(SpatialAttention):
         wh, ww = min(m, h), min(m, w)
         sh = self.shift_size if h > m else 0
         sw = self.shift_size if w > m else 0
-        hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
+        hp, wp = (h + wh - 1) // wh * wh, (w + ww - 1) // ww * ww  # ceil (no negative floor-div: ONNX truncates)
         t = F.pad(x, (0, wp - w, 0, hp - h)).permute(0, 2, 3, 1)  # (B, Hp, Wp, C)
         if sh or sw:
             t = torch.roll(t, shifts=(-sh, -sw), dims=(1, 2))
@@ -116,17 +119,12 @@ class WindowAttention(SpatialAttention):
     def _mask(self, h, w, hp, wp, wh, ww, sh, sw, device):
         if not (sh or sw or hp != h or wp != w):
             return None
-        region = torch.zeros(hp, wp, device=device)
-        if sh or sw:  # Swin's three bands per shifted axis, labelled in the rolled frame
-            ys = (slice(0, hp - wh), slice(hp - wh, hp - sh), slice(hp - sh, None)) if sh else (slice(None),)
-            xs = (slice(0, wp - ww), slice(wp - ww, wp - sw), slice(wp - sw, None)) if sw else (slice(None),)
-            label = 0
-            for ysl in ys:
-                for xsl in xs:
-                    region[ysl, xsl] = label
-                    label += 1
-        pad = torch.ones(hp, wp, device=device)
-        pad[:h, :w] = 0
+        ys, xs = torch.arange(hp, device=device), torch.arange(wp, device=device)
+        # Swin's three bands per shifted axis, labelled in the rolled frame
+        by = ((ys >= hp - wh).long() + (ys >= hp - sh).long()) if sh else torch.zeros_like(ys)
+        bx = ((xs >= wp - ww).long() + (xs >= wp - sw).long()) if sw else torch.zeros_like(xs)
+        region = by[:, None] * 3 + bx[None, :]  # (Hp, Wp)
+        pad = ((ys >= h)[:, None] | (xs >= w)[None, :]).long()  # padded positions, unrolled frame
         if sh or sw:
             pad = torch.roll(pad, shifts=(-sh, -sw), dims=(0, 1))
 
