@@ -222,3 +222,14 @@ def test_bench_variants_declared():
     assert info.bench_variants["slide-reparam"]["_reparameterize"] is True
     assert info.bench_variants["slide-shift"]["deformed"] is False
     assert info.bench_variants["slide-k7-shift"]["kernel_size"] == 7
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_flop_counter_sees_the_in_place_path(deformed):
+    # The benchmark counts under no_grad (in-place path): it must see the same GEMMs.
+    from visattn.flops import count_flops
+
+    m = SlideAttention(16, num_heads=4, kernel_size=3, deformed=deformed, mask_padding=True).eval()
+    x = torch.randn(2, 16, 9, 7)
+    with torch.no_grad():
+        assert count_flops(m, x) == m.flop_breakdown(9, 7, 2)["counted"]

@@ -340,7 +340,7 @@ def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid):
             logits = torch.bmm(b2t, qm)  # (B*h, k*k, m*w)
             for j, (dy, dx) in enumerate(shifts):
                 torch.mul(qc, kp[..., y0 + dy:y1 + dy, dx:dx + w], out=tmp)
-                logits.baddbmm_(wl[j], tmp.view(bh, d, m * w))
+                torch.baddbmm(logits, wl[j], tmp.view(bh, d, m * w), out=logits)  # (counted, unlike baddbmm_)
             logits = logits.view(bsz, nh, kk, m, w)
         if kb is not None:
             logits.addcmul_(kb.view(1, nh, kk, 1, 1), qc.sum(2, keepdim=True))
