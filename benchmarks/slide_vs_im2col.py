@@ -7,8 +7,8 @@ authors' formulation (materialised keys/values from a grouped depthwise conv,
 ``SlideAttention.forward_reference``), and NATTEN's neighbourhood attention when importable.
 
 C=64, 4 heads, batch 4, sides 28..112, float32, forward in eval mode under ``torch.no_grad``.
-Time: the cases are interleaved over several rounds; each round takes the median of a few
-calls and each case keeps its best round (contention on a shared machine only adds time).
+Time: the cases are interleaved over several rounds of a few calls and each case keeps its
+fastest call (contention on a shared machine only adds time).
 Memory: peak of the cumulative allocation curve recorded by ``torch.profiler``
 (``visattn.bench.measure.peak_memory_bytes``), above what was allocated before the call.
 
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 
 import torch
@@ -69,26 +68,33 @@ def slide_core(q, k, v, ks):
     return _attend_inplace(q.view(b, HEADS, d, h, w), kp, vp, ks, None, None, None, None)
 
 
-def natten_case():
-    """A NATTEN neighbourhood-attention module at the same size, or the reason there is none."""
+def natten_module(ks):
+    """NATTEN's NeighborhoodAttention2D (channels-last tokens) wrapped to (B, C, H, W), or the reason
+    there is none. NATTEN 0.21 on a CPU runs through PyTorch's FlexAttention without compilation."""
     try:
-        import natten  # noqa: F401
+        import warnings
+
+        import natten
+
+        warnings.filterwarnings("ignore", module=r"natten|torch\.nn\.attention")
+        m = natten.NeighborhoodAttention2D(embed_dim=DIM, num_heads=HEADS, kernel_size=ks).eval()
     except Exception as e:  # ImportError or a binary mismatch
-        return None, f"natten not importable: {type(e).__name__}: {str(e)[:150]}"
-    return None, "natten imported but not wired into this benchmark"
+        return None, f"not importable here ({type(e).__name__}: {str(e)[:120]})"
+    return (lambda x: m(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)), (
+        f"natten {natten.__version__} (libnatten: {natten.HAS_LIBNATTEN}; CPU path = uncompiled FlexAttention)")
 
 
 def best_of_rounds(fns: dict, rounds: int, calls: int) -> dict:
+    """Fastest call of each case over ``rounds`` interleaved rounds of ``calls`` calls (after one
+    warm-up call per round): on a loaded machine contention only adds time."""
     best = {key: float("inf") for key in fns}
     for _ in range(rounds):
         for key, fn in fns.items():
-            fn()  # warm-up for this round
-            ts = []
+            fn()
             for _ in range(calls):
                 t0 = time.perf_counter()
                 fn()
-                ts.append(time.perf_counter() - t0)
-            best[key] = min(best[key], statistics.median(ts))
+                best[key] = min(best[key], time.perf_counter() - t0)
     return {key: 1e3 * v for key, v in best.items()}
 
 
@@ -97,12 +103,14 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calls", type=int, default=3)
-    ap.add_argument("--sides", type=int, nargs="+", default=[28, 56, 84, 112])
+    ap.add_argument("--sides", type=int, nargs="+", default=[28, 56, 112])
+    ap.add_argument("--natten-max-side", type=int, default=56,
+                    help="NATTEN's CPU path is dense FlexAttention math: O(n^2) memory, so only small maps")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "slide_vs_im2col"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    _, natten_note = natten_case()
+    natten_note = natten_module(3)[1]
     rows = []
     for side in args.sides:
         x = torch.randn(BATCH, DIM, side, side)
@@ -116,6 +124,11 @@ def main():
         q, k, v = (t.contiguous() for t in authors._qkv(x))
         fns = {label: (lambda m=m: m(x)) for label, m in mods.items()}
         fns["slide k3, authors' form (grouped conv keys)"] = lambda: authors.forward_reference(x)
+        if side <= args.natten_max_side:
+            for ks in (3, 7):
+                na = natten_module(ks)[0]
+                if na is not None:
+                    fns[f"natten NA2D k{ks} (optional peer)"] = lambda na=na: na(x)
         for ks in (3, 7):
             fns[f"core im2col k{ks}"] = lambda ks=ks: im2col_core(q, k, v, ks)
             fns[f"core slide shifts k{ks}"] = lambda ks=ks: slide_core(q, k, v, ks)
@@ -158,8 +171,8 @@ def main():
         f.write(f"# Slide attention vs im2col ({DIM} channels, {HEADS} heads, batch {BATCH}, float32, "
                 f"{args.threads} thread(s), forward, no_grad)\n\n")
         f.write(f"torch {torch.__version__}; {os.cpu_count()} CPUs shared with other jobs "
-                f"(load average at the end {env['load_avg_at_end'][0]:.1f}); best of {args.rounds} interleaved "
-                f"rounds of the median of {args.calls} calls. NATTEN: {natten_note}.\n\n")
+                f"(load average at the end {env['load_avg_at_end'][0]:.1f}); fastest call over {args.rounds} "
+                f"interleaved rounds of {args.calls} calls. NATTEN: {natten_note}.\n\n")
         f.write("## Ratios (ours / reference; < 1 is better)\n\n")
         cols = [("reparam_k3_time", "k3 re-param / im2col (time, target <= 0.5)"),
                 ("training_form_k3_time", "k3 deformed training form / im2col"),
@@ -181,8 +194,11 @@ def main():
         f.write("| case | " + " | ".join(f"{s}x{s}" for s in args.sides) + " |\n")
         f.write("|---|" + "---|" * len(args.sides) + "\n")
         for case in cases:
-            f.write(f"| {case} | " + " | ".join(
-                f"{get(s, case, 'fwd_ms'):.1f} / {get(s, case, 'peak_mib'):.1f}" for s in args.sides) + " |\n")
+            cells = []
+            for s in args.sides:
+                hit = [r for r in rows if r["side"] == s and r["case"] == case]
+                cells.append(f"{hit[0]['fwd_ms']:.1f} / {hit[0]['peak_mib']:.1f}" if hit else "-")
+            f.write(f"| {case} | " + " | ".join(cells) + " |\n")
     print(json.dumps(ratios, indent=1))
 
 
