@@ -102,11 +102,13 @@ def test_fast_paths_equal_definition_float64(deformed, mask, k):
             assert (m(x) - ref).abs().max().item() < 1e-12
 
 
-def test_in_place_path_chunks_rows(monkeypatch):
-    # Force one row per chunk: the chunked loop must give the same answer.
+@pytest.mark.parametrize("deformed", [False, True])
+@pytest.mark.parametrize("k", [3, 5])
+def test_in_place_path_chunks_rows(monkeypatch, deformed, k):
+    # Force one row per chunk: the chunked loops must give the same answer.
     import visattn.layers.slide as slide_mod
 
-    m = SlideAttention(8, num_heads=2, kernel_size=3, mask_padding=True).double().eval()
+    m = SlideAttention(8, num_heads=2, kernel_size=k, deformed=deformed, mask_padding=True).double().eval()
     x = torch.randn(2, 8, 7, 5, dtype=torch.float64)
     ref = m.forward_reference(x)
     monkeypatch.setattr(slide_mod, "_CHUNK_ELEMS", 1)

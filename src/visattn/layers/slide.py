@@ -204,8 +204,6 @@ class SlideAttention(SpatialAttention):
         nh, d, ks = self.num_heads, self.head_dim, self.kernel_size
         kk, r, dt = ks * ks, ks // 2, q.dtype
         q5 = q.view(bsz, nh, d, h, w)
-        kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
-        vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
         merged = self.merged_shift()
         if merged is not None:
             w3 = merged[0].to(dt).view(d, kk, kk)  # [c, i, j]: weight of shift j in neighbour i
@@ -215,6 +213,12 @@ class SlideAttention(SpatialAttention):
         kb = self.key_bias.to(dt) if self.key_bias is not None else None
         valid = padding_mask(h, w, ks, device=q.device).view(kk, h, w) if self.mask_padding else None
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_, v))
+        if w3 is None and not grad and not _is_exporting():
+            # pure shifts: slices of the unpadded maps, restricted to where the neighbour exists
+            o = _attend_shifts_inplace(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), ks, kb, valid)
+            return o.reshape(bsz, c, h, w)
+        kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
+        vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
         if grad or _is_exporting():
             o = _attend_functional(q5, kp, vp, ks, w3, b2, kb, valid)
         else:
@@ -363,4 +367,50 @@ def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid):
             for j, (dy, dx) in enumerate(shifts):
                 torch.bmm(wo[j], am, out=g)
                 oc.addcmul_(tmp, vp[..., y0 + dy:y1 + dy, dx:dx + w])
+    return out
+
+
+@torch.no_grad()
+def _attend_shifts_inplace(q, k, v, ks, kb, valid):
+    """Pure shifts without padding copies. q, k, v: (B, h, d, H, W) (views allowed).
+
+    A neighbour outside the image has key 0 and value 0: its logit is the key-bias term alone
+    and it adds nothing to the output, so each offset only touches the rectangle of pixels
+    whose neighbour exists.
+    """
+    bsz, nh, d, h, w = q.shape
+    kk, r, dt, dev = ks * ks, ks // 2, q.dtype, q.device
+    out = torch.empty(bsz, nh, d, h, w, dtype=dt, device=dev)
+    rows = max(1, min(h, _CHUNK_ELEMS // (bsz * nh * max(d, kk) * w)))
+    offsets = [(j // ks - r, j % ks - r) for j in range(kk)]
+    centre = kk // 2
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        m = y1 - y0
+        tmp = torch.empty(bsz, nh, d, m, w, dtype=dt, device=dev)
+        logits = torch.zeros(bsz, nh, kk, m, w, dtype=dt, device=dev)
+        rects = []
+        for j, (oy, ox) in enumerate(offsets):
+            ya, yb = max(y0, -oy), min(y1, h - oy)  # output rows whose neighbour row exists
+            xa, xb = max(0, -ox), min(w, w - ox)
+            rects.append((ya, yb, xa, xb))
+            if ya >= yb or xa >= xb:
+                continue
+            t = tmp[..., : yb - ya, : xb - xa]
+            torch.mul(q[..., ya:yb, xa:xb], k[..., ya + oy:yb + oy, xa + ox:xb + ox], out=t)
+            torch.sum(t, 2, out=logits[:, :, j, ya - y0:yb - y0, xa:xb])
+        if kb is not None:
+            logits.addcmul_(kb.view(1, nh, kk, 1, 1), q[..., y0:y1, :].sum(2, keepdim=True))
+        if valid is not None:
+            logits.masked_fill_(~valid[:, y0:y1], float("-inf"))
+        logits.sub_(logits.amax(2, keepdim=True)).exp_()
+        logits.div_(logits.sum(2, keepdim=True))
+        oc = out[..., y0:y1, :]
+        torch.mul(logits[:, :, centre:centre + 1], v[..., y0:y1, :], out=oc)  # the centre always exists
+        for j, (oy, ox) in enumerate(offsets):
+            ya, yb, xa, xb = rects[j]
+            if j == centre or ya >= yb or xa >= xb:
+                continue
+            oc[..., ya - y0:yb - y0, xa:xb].addcmul_(logits[:, :, j:j + 1, ya - y0:yb - y0, xa:xb],
+                                                     v[..., ya + oy:yb + oy, xa + ox:xb + ox])
     return out
