@@ -32,8 +32,9 @@ the merged kernel is applied to the *products* instead of the keys (linearity):
     out[c]  = sum_j (sum_i W[c, i, j] a_i) V[c, p + o_j] + sum_i b[c, i] a_i     (GEMM over i)
 
 Under ``torch.no_grad`` the loop runs in place over row chunks of the image, so its memory
-is bounded independently of k*k; with autograd, tracing, ONNX export or ``torch.compile``
-the same arithmetic runs out of place. Not implemented: the paper's Metal / phone kernels,
+is bounded independently of k*k (pure shifts do not even pad: a missing neighbour has key and
+value 0, so each offset only touches the pixels whose neighbour exists); with autograd,
+tracing, ONNX export or ``torch.compile`` the same arithmetic runs out of place. Not implemented: the paper's Metal / phone kernels,
 reflection padding (the authors' ``padding_mode`` option).
 """
 
