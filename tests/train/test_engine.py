@@ -64,6 +64,11 @@ def test_cli_train_writes_metrics_weights_plot_and_learns(tmp_path, capsys):
     assert train_cmd.main(["--model", ensure_registered(), "--data", data, "--output", str(out),
                            "--no-progress"]) == 2
     assert "pass --resume" in capsys.readouterr().err
+    # resuming with other options is refused, naming them
+    assert train_cmd.main(["--model", ensure_registered(), "--data", data, "--image-size", "8", "--epochs", "3",
+                           "--batch-size", "8", "--lr", "0.5", "--output", str(out), "--no-progress",
+                           "--attn-kwargs", '{"kernel_size": 1}', "--resume"]) == 2
+    assert "cannot resume: the checkpoint was made with other options lr=0.01 (now 0.5)" in capsys.readouterr().err
 
 
 def _args(data: str, out: Path) -> list[str]:
