@@ -5,7 +5,8 @@ backbone (default ``resnet_tiny``) is built with that mechanism in its spatial-m
 trained with :func:`visattn.train.train` (same seed, data order, schedule and epochs),
 then measured:
 
-* ``top1``: test accuracy after the last epoch;
+* ``top1``: test accuracy after the last epoch (BatchNorm statistics recomputed over a few
+  training batches first, ``precise_bn``);
 * ``params``: parameters of the whole model;
 * ``flops``: forward FLOPs (2 x multiply-adds) of one image, ``torch.utils.flop_counter``
   via :func:`visattn.flops.count_flops`;
@@ -45,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "lr": 3e-3,
     "seed": 0,
     "latency_batch": 1,
+    "precise_bn": 5,
 }
 
 
@@ -98,10 +100,15 @@ def compare(mechanisms: Iterable[str] | None = None, *, model: str = DEFAULTS["m
             batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"], seed: int = DEFAULTS["seed"],
             latency_batch: int = DEFAULTS["latency_batch"], attn_kwargs: dict[str, dict] | None = None,
             amp: str = "none", device: str = "auto", output: str | os.PathLike | None = "compare-out",
-            progress: bool = True, threads: int | None = None) -> list[CompareResult]:
+            progress: bool = True, threads: int | None = None,
+            precise_bn: int = DEFAULTS["precise_bn"]) -> list[CompareResult]:
     """Train ``model`` once per mechanism and measure it (see module docstring).
 
-    ``attn_kwargs`` maps a mechanism name to its constructor arguments. ``threads`` sets
+    ``attn_kwargs`` maps a mechanism name to its constructor arguments. ``precise_bn``: BatchNorm
+    statistics are recomputed over that many training batches before each evaluation (see
+    :meth:`visattn.train.Trainer.recompute_bn_stats`; a short run otherwise leaves BN's
+    running variance biased towards its initial 1, which wrecks eval-mode accuracy of
+    mechanisms whose outputs have a small variance). ``threads`` sets
     ``torch.set_num_threads`` for the whole comparison (None: torch's choice). Writes
     ``compare.json`` and ``compare.png`` into ``output`` (None: nothing written) and
     per-mechanism ``runs/<name>/metrics.jsonl``.
@@ -127,13 +134,13 @@ def compare(mechanisms: Iterable[str] | None = None, *, model: str = DEFAULTS["m
         torch.set_num_threads(threads)
     try:
         return _compare(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch, attn_kwargs, amp,
-                        device, output, progress)
+                        device, output, progress, precise_bn)
     finally:
         torch.set_num_threads(prev_threads)
 
 
 def _compare(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch, attn_kwargs, amp, device,
-             output, progress) -> list[CompareResult]:
+             output, progress, precise_bn) -> list[CompareResult]:
     from tqdm.auto import tqdm
 
     from visattn.data import load_data
@@ -154,6 +161,7 @@ def _compare(names, model, data, image_size, epochs, batch_size, lr, seed, laten
                 cfg = TrainConfig(model=model, attention=name, attn_kwargs=attn_kwargs.get(name), data=data,
                                   image_size=bundle.image_size, epochs=epochs, batch_size=batch_size, lr=lr,
                                   seed=seed, amp=amp, device=device, progress=progress, verbose=False, plot=False,
+                                  precise_bn=precise_bn,
                                   output=str(out / "runs" / name) if out is not None else None, checkpoints=False)
                 if out is not None:
                     _clear_run(out / "runs" / name)
@@ -175,7 +183,8 @@ def _compare(names, model, data, image_size, epochs, batch_size, lr, seed, laten
     if out is not None:
         config = {"model": model, "data": data, "image_size": bundle.image_size, "epochs": epochs,
                   "batch_size": batch_size, "lr": lr, "seed": seed, "latency_batch": latency_batch,
-                  "attn_kwargs": attn_kwargs, "amp": amp, "device": str(dev), "threads": torch.get_num_threads(),
+                  "precise_bn": precise_bn, "attn_kwargs": attn_kwargs, "amp": amp, "device": str(dev),
+                  "threads": torch.get_num_threads(),
                   "train_size": len(bundle.train), "test_size": len(bundle.test), "num_classes": bundle.num_classes}
         write_json(results, out / "compare.json", config, total)
         write_plot(results, out / "compare.png",

@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--latency-batch", type=int, default=DEFAULTS["latency_batch"],
                    help="images per timed inference call (default: %(default)s)")
+    p.add_argument("--precise-bn", type=int, default=DEFAULTS["precise_bn"], metavar="N",
+                   help="recompute BatchNorm statistics over N training batches before each evaluation "
+                        "(0: off; default: %(default)s)")
     p.add_argument("--attn-kwargs", type=_kwargs_map, default=None, metavar="JSON",
                    help="per-mechanism constructor arguments, e.g. '{\"local\": {\"kernel_size\": 5}}'")
     p.add_argument("--amp", default="none", choices=("auto", "bf16", "fp16", "none"))
@@ -58,7 +61,7 @@ def run(args) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       latency_batch=args.latency_batch, attn_kwargs=args.attn_kwargs, amp=args.amp,
                       device=args.device, output=args.output, progress=not args.no_progress,
-                      threads=args.threads)
+                      threads=args.threads, precise_bn=args.precise_bn)
     print(format_table(results, args.latency_batch))
     total = sum(r.time_s for r in results)
     print(f"\n{len(results)} mechanisms in {total:.0f} s; wrote {args.output}/compare.json and "
