@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "latency_batch": 1,
     "precise_bn": 5,
+    "threads": 1,
 }
 
 
@@ -100,7 +101,7 @@ def compare(mechanisms: Iterable[str] | None = None, *, model: str = DEFAULTS["m
             batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"], seed: int = DEFAULTS["seed"],
             latency_batch: int = DEFAULTS["latency_batch"], attn_kwargs: dict[str, dict] | None = None,
             amp: str = "none", device: str = "auto", output: str | os.PathLike | None = "compare-out",
-            progress: bool = True, threads: int | None = None,
+            progress: bool = True, threads: int | None = DEFAULTS["threads"],
             precise_bn: int = DEFAULTS["precise_bn"]) -> list[CompareResult]:
     """Train ``model`` once per mechanism and measure it (see module docstring).
 
@@ -109,7 +110,10 @@ def compare(mechanisms: Iterable[str] | None = None, *, model: str = DEFAULTS["m
     :meth:`visattn.train.Trainer.recompute_bn_stats`; a short run otherwise leaves BN's
     running variance biased towards its initial 1, which wrecks eval-mode accuracy of
     mechanisms whose outputs have a small variance). ``threads`` sets
-    ``torch.set_num_threads`` for the whole comparison (None: torch's choice). Writes
+    ``torch.set_num_threads`` for the whole comparison (default 1; None or 0: torch's
+    choice). One thread is the default because these models are small: on a 2-core
+    machine shared with other work, two OpenMP threads made the same training 3-12x
+    slower and its timings erratic (measured), while one thread gives steady figures. Writes
     ``compare.json`` and ``compare.png`` into ``output`` (None: nothing written) and
     per-mechanism ``runs/<name>/metrics.jsonl``.
     """
@@ -127,10 +131,10 @@ def compare(mechanisms: Iterable[str] | None = None, *, model: str = DEFAULTS["m
     attn_kwargs = dict(attn_kwargs or {})
     if latency_batch < 1:
         raise ValueError(f"latency_batch must be >= 1, got {latency_batch}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    if threads is not None and threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: torch's choice), got {threads}")
     prev_threads = torch.get_num_threads()
-    if threads is not None:
+    if threads:
         torch.set_num_threads(threads)
     try:
         return _compare(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch, attn_kwargs, amp,

@@ -46,9 +46,9 @@ def add_parser(sub) -> None:
                    help="per-mechanism constructor arguments, e.g. '{\"local\": {\"kernel_size\": 5}}'")
     p.add_argument("--amp", default="none", choices=("auto", "bf16", "fp16", "none"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for the whole run (default: torch's choice; 1 is steadier on a busy "
-                        "machine)")
+    p.add_argument("--threads", type=int, default=DEFAULTS["threads"],
+                   help="torch CPU threads for the whole run (default: %(default)s, steady timings of small models "
+                        "even on a busy machine; 0: torch's choice)")
     p.add_argument("--output", "-o", default="compare-out", help="folder for compare.json, compare.png, runs/")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
