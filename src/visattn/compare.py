@@ -173,6 +173,7 @@ def _compare(names, model, data, image_size, epochs, batch_size, lr, seed, laten
                 row.history = res.history
                 row.top1 = res.final.get("test_acc")
                 row.train_img_s = res.history[-1]["images_per_s"] if res.history else None
+                bar.set_postfix_str(f"{name}: measuring")
                 m = _measure(res.model, bundle.image_size, batch_size, latency_batch, dev, bundle.num_classes)
                 row.params, row.flops = m["params"], m["flops"]
                 row.latency_ms, row.peak_mib = m["latency_ms"], m["peak_mib"]
