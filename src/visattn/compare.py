@@ -260,6 +260,7 @@ def write_plot(results: list[CompareResult], path: str | os.PathLike, title: str
     ax.set_ylabel("test accuracy (%)")
     if title:
         ax.set_title(title + (f"\nfailed: {', '.join(failed)}" if failed else ""), fontsize=10)
+    ax.margins(x=0.12, y=0.08)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
