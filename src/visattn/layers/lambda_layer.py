@@ -35,7 +35,6 @@ with the running statistics, as in eval mode, and leaves them unchanged for that
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
