@@ -35,6 +35,7 @@ with the running statistics, as in eval mode, and leaves them unchanged for that
 
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
@@ -238,7 +239,7 @@ def _bn(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     window_arg="local_scope",
     positional="relative (lambda convolution over an r x r window, or a global table up to max_size)",
     max_resolution_arg="max_size",
-    export=("onnx", "compile"),
+    export=("onnx", "compile", "torchscript"),
     test_kwargs={"num_heads": 2, "key_dim": 4, "local_scope": 3},
     bench_kwargs={"num_heads": 4, "key_dim": 16, "local_scope": 7},
     bench_variants={
@@ -377,10 +378,13 @@ class LambdaLayer(SpatialAttention):
         uncounted = 2 * h * k * vd * n  # queries x lambdas, elementwise
         if impl == "direct":
             counted += 2 * k * vd * n * u * rh * rw  # lambda convolution (conv3d)
-        else:  # complex products in the frequency domain (4 real multiply-adds each), FFTs not included
+        else:
+            # complex products in the frequency domain (4 real multiply-adds each), plus the real
+            # 2-D FFTs of V, the kernel and the output, estimated at 2.5 N log2 N flops each.
             ph, pw = _fast_len(height + rh - 1), _fast_len(width + rw - 1)
             uncounted += 2 * 4 * k * vd * u * ph * (pw // 2 + 1)
-        return {"counted": batch * counted, "uncounted": batch * uncounted}
+            uncounted += int(2.5 * ph * pw * math.log2(ph * pw)) * (u * vd + k * vd + (k * u) / batch)
+        return {"counted": batch * counted, "uncounted": int(batch * uncounted)}
 
     def extra_repr(self) -> str:
         scope = f"local_scope={self.local_scope}" if self.local_scope is not None else f"max_size={self.max_size}"
