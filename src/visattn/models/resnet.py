@@ -18,7 +18,7 @@ Registered models:
   ``lambda_resnet50`` has 15.0M parameters (paper: 15.0M); with
   ``attn_kwargs={"intra_depth": 4, "local_scope": 7}`` 16.0M (paper: 16.0M);
 * ``resnet_tiny``: a 4-stage bottleneck network for 32 x 32 inputs (3x3 stem, no
-  max-pool, one block per stage, 0.35M parameters) whose slot ``visattn compare`` fills
+  max-pool, one block per stage, 0.31M parameters for 10 classes) whose slot ``visattn compare`` fills
   with each mechanism in turn.
 
 Not implemented: the LambdaResNet-101...420 scaling family (its deeper stages, image sizes
