@@ -10,6 +10,8 @@ from visattn.layers.external import ExternalAttention
 from visattn.layers.lambda_layer import LambdaLayer
 from visattn.layers.local import LocalAttention
 from visattn.layers.mhsa import MultiHeadSelfAttention
+from visattn.layers.relpos import RelativePositionAttention  # noqa: F401
+from visattn.layers.slide import SlideAttention
 
 __all__ = [
     "SpatialAttention",

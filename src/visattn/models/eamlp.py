@@ -1,0 +1,296 @@
+"""EAMLP: a T2T-ViT-style token transformer whose token mixer is multi-head external attention.
+
+Guo et al., "Beyond Self-attention: External Attention using Two Linear Layers for Visual
+Tasks" (arXiv 2105.02358), section on EAMLP; the tokens-to-token stem is from Yuan et al.,
+"Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet" (arXiv 2101.11986).
+
+Implemented, following the structure of the authors' released EAMLP code (read for facts):
+
+* Tokens-to-token stem: soft split (unfold 7x7 stride 4 pad 2) -> T2T block -> soft split
+  (3x3 / 2 / 1) -> T2T block -> soft split (3x3 / 2 / 1) -> linear projection to the width.
+  Total stride 16. Each T2T block is ``x = q + proj(EA(q)), q = W_q LN(x)`` (single-head external
+  attention with S = 128 memory units, a widening/narrowing q projection that also carries the
+  skip), then ``x + MLP(LN(x))`` with MLP ratio 1; token width 64.
+* Fixed 1-D sinusoidal position encoding added to the tokens (not learned).
+* Pre-norm blocks ``x + mixer(LN(x))``, ``x + MLP(LN(x))`` (GELU); the mixer is the registered
+  ``"external"`` mechanism in its multi-head form: widened x4 by a 1x1 projection, ``4 * heads``
+  EA heads of width 64 that all share one pair of memories with S = 64 units, double
+  normalisation, output projection.
+* Final LayerNorm, global average pool, linear classifier.
+
+Deliberate differences from the authors' code, each with its reason:
+
+* **No class token; mean pooling.** The spatial mixer is swappable for any registered
+  mechanism, and the mechanism contract is a (B, C, H, W) grid: a class token has no place on
+  the grid (a local or positional mechanism could not see it), so the head pools the final
+  tokens instead (and ``forward_features`` returns a real feature map). With external
+  attention the class token is the only thing that would differ: the tokens' updates are
+  otherwise the same equations.
+* **No value bias and no key bias in the memories.** The authors' memory layers carry biases;
+  a per-unit bias on M_k cancels in the softmax over positions, and a bias on M_v is a constant
+  vector that the following output projection's bias absorbs. So the model computes the same
+  function class with ``2 * 64`` fewer parameters per block (64 per T2T block).
+* The T2T blocks of the authors' code initialise M_v with the storage of M_k^T, which ties them
+  for the whole run; the paper describes two memories. Default: two memories (as the paper,
+  and as the authors' parameter count, which counts both); ``tie_t2t_memories=True`` ties them.
+* Dropout inside the T2T attention (0.1 in the authors' code) is not implemented; stochastic
+  depth (``drop_path_rate``) and head dropout (``drop_rate``) are.
+* The position table is computed for the actual token count, so the model runs at any input
+  size >= 3 pixels (the authors' table is fixed at the training resolution). At a resolution
+  other than the default the 1-D encoding indexes tokens in row-major order.
+
+Not implemented: loading the authors' checkpoints (their key names and the class token differ).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visattn.layers.base import check_divisible, check_positive_int, from_tokens, to_tokens
+from visattn.models.base import VisionModel, resolve_mixer
+from visattn.registry import create_attention, register_model
+
+__all__ = ["EAMLP", "T2TStem", "sinusoid_positions"]
+
+_PAPER = ("Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks "
+          "(arXiv 2105.02358)")
+
+
+def sinusoid_positions(n: int, dim: int, offset: int = 1, device=None, dtype=None) -> torch.Tensor:
+    """Fixed 1-D sinusoid table for positions offset..offset+n-1: (n, dim).
+
+    Channel 2i holds sin(p / 10000^(2i/dim)), channel 2i+1 cos of the same angle (the
+    Transformer encoding; the authors' EAMLP uses positions 1..n for the patches).
+    """
+    pos = torch.arange(offset, offset + n, device=device, dtype=torch.float64)[:, None]
+    i = torch.arange(dim, device=device, dtype=torch.float64)
+    angle = pos / torch.pow(10000.0, 2 * torch.div(i, 2, rounding_mode="floor") / dim)  # (n, dim)
+    table = torch.where(i.remainder(2) == 0, torch.sin(angle), torch.cos(angle))
+    return table.to(dtype or torch.get_default_dtype())
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per example with probability p (training only)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear on tokens (B, N, C_in) -> (B, N, C_out)."""
+
+    def __init__(self, dim: int, hidden: int, dim_out: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim_out or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class T2TBlock(nn.Module):
+    """One re-structurisation step of the T2T stem: tokens (B, N, dim_in) on an (h, w) grid -> (B, N, dim).
+
+    ``q = W_q LN(x)``; ``x = q + proj(EA(q))`` (single-head external attention, S units);
+    ``x = x + MLP(LN(x))`` with hidden width ``dim``.
+    """
+
+    def __init__(self, dim_in: int, dim: int, memory_size: int = 128, tie_memories: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim_in)
+        self.q = nn.Linear(dim_in, dim)
+        self.ea = create_attention("external", dim, memory_size=memory_size)  # basic form: A M_v
+        if tie_memories:
+            self.ea.memory_value = self.ea.memory_key  # M_v = M_k (one parameter)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, dim)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        q = self.q(self.norm1(x))  # (B, N, dim)
+        a = to_tokens(self.ea(from_tokens(q, hw)))  # (B, N, dim)
+        x = q + self.proj(a)
+        return x + self.mlp(self.norm2(x))
+
+
+def _unfold_size(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+class T2TStem(nn.Module):
+    """Tokens-to-token stem: images (B, in_chans, H, W) -> tokens (B, N, embed_dim) and their grid (h, w).
+
+    Soft splits (unfold) of 7x7/4/2, 3x3/2/1, 3x3/2/1 with a :class:`T2TBlock` between them:
+    h = ceil-like H / 16 (exactly ``((H - 3) // 4 + 1`` then two ``(n - 1) // 2 + 1``). Needs H, W >= 3.
+    """
+
+    SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 256, token_dim: int = 64,
+                 memory_size: int = 128, tie_memories: bool = False):
+        super().__init__()
+        (k0, _, _), (k1, _, _), (k2, _, _) = self.SPLITS
+        self.block1 = T2TBlock(in_chans * k0 * k0, token_dim, memory_size, tie_memories)
+        self.block2 = T2TBlock(token_dim * k1 * k1, token_dim, memory_size, tie_memories)
+        self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
+
+    @classmethod
+    def grid_size(cls, height: int, width: int) -> tuple[int, int]:
+        """Token grid (h, w) for an input of height x width."""
+        for k, s, p in cls.SPLITS:
+            height, width = _unfold_size(height, k, s, p), _unfold_size(width, k, s, p)
+        return height, width
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        h, w = x.shape[-2:]
+        blocks = (self.block1, self.block2, None)
+        for (k, s, p), block in zip(self.SPLITS, blocks):
+            t = F.unfold(x, k, stride=s, padding=p).transpose(1, 2)  # (B, N, C k k)
+            h, w = _unfold_size(h, k, s, p), _unfold_size(w, k, s, p)
+            if block is None:
+                return self.project(t), (h, w)
+            x = from_tokens(block(t, (h, w)), (h, w))  # (B, token_dim, h, w)
+        raise AssertionError("unreachable")
+
+
+class EAMLPBlock(nn.Module):
+    """Pre-norm transformer block on tokens (B, N, C) with a grid mixer: x + mixer(LN x), x + MLP(LN x)."""
+
+    def __init__(self, dim: int, mixer: nn.Module, mlp_ratio: float, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.mixer = mixer
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        y = to_tokens(self.mixer(from_tokens(self.norm1(x), hw)))  # mixer on the (B, C, h, w) grid
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class EAMLP(VisionModel):
+    """T2T stem + pre-norm blocks whose spatial mixer is any registered mechanism (default: multi-head EA).
+
+    Args:
+        num_classes: classifier outputs (0: pooled features).
+        embed_dim: token width C.
+        depth: number of blocks.
+        num_heads: the T2T-ViT head count h; external attention uses ``4 h`` heads on a x4-widened
+            projection (head width C / h), all sharing one pair of memories.
+        mlp_ratio: MLP hidden width / C.
+        memory_size: memory units S of the blocks' external attention (authors: 64).
+        token_dim: width of the T2T stem's tokens (authors: 64).
+        t2t_memory_size: memory units of the stem's external attention (authors: 128).
+        tie_t2t_memories: tie M_v = M_k in the stem (authors' code behaviour; see module docstring).
+        attention: registered mechanism for the blocks' mixer (None: ``"external"``).
+        attn_kwargs: constructor arguments for that mechanism (override the defaults above).
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
+        in_chans: image channels.
+
+    Shapes: (B, in_chans, H, W), H, W >= 3 -> logits (B, num_classes);
+    ``forward_features``: (B, C, h, w) with (h, w) = :meth:`T2TStem.grid_size` (about H/16, W/16).
+    """
+
+    def __init__(self, num_classes: int = 1000, *, embed_dim: int = 256, depth: int = 7, num_heads: int = 4,
+                 mlp_ratio: float = 2.0, memory_size: int = 64, token_dim: int = 64,
+                 t2t_memory_size: int = 128, tie_t2t_memories: bool = False, attention: str | None = None,
+                 attn_kwargs: dict | None = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 in_chans: int = 3):
+        super().__init__()
+        for name, v in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads),
+                        ("memory_size", memory_size), ("token_dim", token_dim),
+                        ("t2t_memory_size", t2t_memory_size), ("in_chans", in_chans)):
+            check_positive_int(name, v)
+        if num_classes != 0:
+            check_positive_int("num_classes", num_classes)
+        check_divisible("embed_dim", embed_dim, "num_heads", num_heads)
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
+        self.in_chans, self.embed_dim = in_chans, embed_dim
+        default_kwargs = {"num_heads": 4 * num_heads, "expansion": 4, "memory_size": memory_size}
+        self.mixer_name, self.mixer_kwargs = resolve_mixer("external", default_kwargs, attention, attn_kwargs)
+
+        self.stem = T2TStem(in_chans, embed_dim, token_dim, t2t_memory_size, tie_t2t_memories)
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule
+        self.blocks = nn.ModuleList(
+            EAMLPBlock(embed_dim, create_attention(self.mixer_name, embed_dim, **self.mixer_kwargs), mlp_ratio, r)
+            for r in rates
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self._init_head(embed_dim, num_classes, drop_rate)
+        self._init_own_weights()
+
+    def _init_own_weights(self) -> None:
+        # Authors: truncated normal (std 0.02) for every Linear; mechanisms keep their own init.
+        mixers = {id(m) for b in self.blocks for m in b.mixer.modules()}
+        mixers |= {id(m) for m in self.stem.modules() if getattr(type(m), "registry_name", "")}
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and id(m) not in mixers:
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> normalised token map (B, C, h, w)."""
+        self._check_image(x, self.in_chans)
+        if x.shape[-2] < 3 or x.shape[-1] < 3:
+            raise ValueError(f"EAMLP needs images of at least 3 x 3 pixels, got {tuple(x.shape[-2:])}")
+        t, hw = self.stem(x)  # (B, N, C)
+        t = t + sinusoid_positions(t.shape[1], self.embed_dim, device=t.device, dtype=t.dtype)
+        for blk in self.blocks:
+            t = blk(t, hw)
+        return from_tokens(self.norm(t), hw)
+
+
+def _eamlp(name: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, **published):
+    @register_model(
+        name,
+        family="eamlp",
+        default_input=(3, 224, 224),
+        test_input=(3, 32, 32),
+        test_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2, "token_dim": 8, "memory_size": 8,
+                     "t2t_memory_size": 8},
+        published=published,
+        paper=_PAPER,
+    )
+    def build(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None,
+              **kw) -> EAMLP:
+        cfg = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio}
+        cfg.update(kw)
+        return EAMLP(num_classes, attention=attention, attn_kwargs=attn_kwargs, **cfg)
+
+    build.__name__ = name
+    build.__doc__ = (f"EAMLP ({embed_dim} wide, {depth} blocks, {num_heads} x 4 EA heads, MLP ratio {mlp_ratio:g}); "
+                     f"see :class:`EAMLP`.")
+    return build
+
+
+# Widths / depths / heads / MLP ratios of T2T-ViT-7/14/19 (SPEC.md section 2). The released
+# EAMLP-7 was trained and evaluated at 384 px (71.7% top-1, SPEC.md); 224 px is the T2T-ViT
+# default. EAMLP-14: 30M / 78.9% and EAMLP-19: 55M / 79.4% at 224 px are the figures quoted in
+# the comparison table of Vision Permutator (Hou et al., arXiv 2106.12368, and its README).
+# Those counts include the class token, the memory biases and the fixed position table
+# (a non-trainable Parameter in the authors' code), which this model does not have: see
+# tests/models/test_eamlp.py for the exact reconciliation.
+eamlp_7 = _eamlp("eamlp_7", 256, 7, 4, 2.0, top1=71.7, top1_input=384)
+eamlp_14 = _eamlp("eamlp_14", 384, 14, 6, 3.0, params_m=30.0, top1=78.9)
+eamlp_19 = _eamlp("eamlp_19", 448, 19, 7, 3.0, params_m=55.0, top1=79.4)

@@ -1,0 +1,148 @@
+"""Model weights as safetensors files.
+
+:func:`save_weights` writes a module's ``state_dict`` with the ``safetensors`` package (the
+``visattn[cli]`` extra), atomically (a temporary file in the same folder, then
+``os.replace``, so a crash never leaves a half-written file under the final name). Tied
+parameters (one tensor reachable under several names, e.g. ``tie_memories=True``) are stored
+once and the other names recorded as aliases in the file's metadata; tensors that merely
+overlap in memory are stored as copies. :func:`load_weights` checks names and shapes before
+copying anything and says exactly what is missing, unexpected or of the wrong shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["save_weights", "load_weights", "LoadResult"]
+
+_ALIASES = "visattn.aliases"
+
+
+class LoadResult(NamedTuple):
+    """Keys the model has that the file lacks, and keys the file has that the model lacks."""
+
+    missing: list[str]
+    unexpected: list[str]
+
+
+def _safetensors():
+    try:
+        import safetensors  # noqa: F401
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+    except ImportError as e:  # pragma: no cover - exercised by monkeypatching in the tests
+        raise ImportError(
+            "saving and loading weights needs the 'safetensors' package; install the extra with "
+            "`pip install 'visattn[cli]'` (or `pip install safetensors`)"
+        ) from e
+    return save_file, load_file, safe_open
+
+
+def _check_module(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_path(path) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    return os.fspath(path)
+
+
+def save_weights(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``model.state_dict()`` to ``path`` as a safetensors file (atomically).
+
+    Args:
+        model: the module.
+        path: destination file (its folder must exist).
+        metadata: extra string -> string metadata stored in the file header.
+    """
+    save_file, _, _ = _safetensors()
+    _check_module(model)
+    path = _check_path(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"folder {folder!r} for the weights file does not exist")
+
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    same: dict[tuple, str] = {}  # identical view -> first name
+    storages: set[tuple] = set()
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        view = (t.device, t.dtype, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if t.numel() > 0 and view in same:  # a tied parameter: store once
+            aliases[name] = same[view]
+            continue
+        storage = (t.device, t.untyped_storage().data_ptr())
+        if t.numel() > 0:
+            same[view] = name
+            # A tensor overlapping one already stored (a view of a shared buffer) is stored as a copy.
+            t = t.clone() if storage in storages else t
+            storages.add(storage)
+        tensors[name] = t.contiguous().cpu()
+
+    meta = {"format": "pt", _ALIASES: json.dumps(aliases, sort_keys=True)}
+    for k, v in (metadata or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
+        meta[k] = v
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
+    """Load a safetensors file written by :func:`save_weights` (or any flat safetensors state dict).
+
+    Shapes are always checked (``ValueError`` naming every mismatched key before anything is
+    copied); with ``strict=True`` missing or unexpected keys raise ``ValueError`` too, else they
+    are returned. Tensors are copied into the model's own parameters and buffers (their device
+    and dtype are kept), so ties inside the model stay tied.
+
+    Returns:
+        :class:`LoadResult` (missing, unexpected) key lists.
+    """
+    _, load_file, safe_open = _safetensors()
+    _check_module(model)
+    path = _check_path(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no weights file at {path!r}")
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    loaded = load_file(path)
+    aliases = json.loads(meta.get(_ALIASES, "{}"))
+    for alias, src in aliases.items():
+        if src in loaded:
+            loaded[alias] = loaded[src]
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(loaded))
+    unexpected = sorted(set(loaded) - set(expected))
+    wrong = [f"{k}: file {tuple(loaded[k].shape)}, model {tuple(expected[k].shape)}"
+             for k in expected if k in loaded and loaded[k].shape != expected[k].shape]
+    name = type(model).__name__
+    if wrong:
+        raise ValueError(f"{path}: shape mismatch for {len(wrong)} tensor(s) of {name}: " + "; ".join(wrong))
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing from the file ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected in the file ({len(unexpected)}): {', '.join(unexpected)}")
+        raise ValueError(f"{path} does not match {name}: " + "; ".join(parts) + " (pass strict=False to load "
+                         "the keys that match)")
+    model.load_state_dict({k: v for k, v in loaded.items() if k in expected}, strict=False)
+    return LoadResult(missing, unexpected)

@@ -1,0 +1,170 @@
+"""Model conformance suite: every registered model is held to the same contract.
+
+Parametrised over ``visattn.list_models()``, each model built at its entry's small
+``test_input`` / ``test_kwargs``, so a model added later is tested with no extra code. The
+"any mechanism drops into any backbone" test runs one representative model per family
+(a name containing "tiny" if the family has one, else the first name) against every
+registered mechanism. Budget: well under 3 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import visattn
+from visattn.commands.model_info import build_default
+from visattn.registry import attention_info, model_entry
+
+NAMES = visattn.list_models()
+MECHANISMS = visattn.list_attention()
+BATCH = 2
+
+
+def _representatives() -> dict[str, str]:
+    by_family: dict[str, list[str]] = {}
+    for n in NAMES:
+        by_family.setdefault(model_entry(n).family, []).append(n)
+    return {fam: min(names, key=lambda n: ("tiny" not in n, n)) for fam, names in sorted(by_family.items())}
+
+
+FAMILIES = _representatives()
+
+
+def build(name, **kw):
+    cfg = dict(model_entry(name).test_kwargs)
+    cfg.update(kw)
+    return visattn.create_model(name, **cfg)
+
+
+def image(name, batch=BATCH, size=None):
+    c, h, w = model_entry(name).test_input
+    if size is not None:
+        h, w = size
+    return torch.randn(batch, c, h, w)
+
+
+def mixers(model):
+    """Registered mechanism modules of a model: [(module name, module)]."""
+    return [(n, m) for n, m in model.named_modules() if getattr(type(m), "registry_name", "")]
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_entry_is_complete(name):
+    e = model_entry(name)
+    assert e.name == name and e.family and e.paper
+    assert len(e.default_input) == 3 and len(e.test_input) == 3
+    assert set(e.published) <= {"params_m", "macs_g", "top1", "top1_input"}, e.published
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    model = build(name, num_classes=7).train()
+    y = model(image(name))
+    assert y.shape == (BATCH, 7)
+    assert torch.isfinite(y).all()
+    (y * torch.randn_like(y)).sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters without a gradient: {no_grad}"
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_features_head_and_reset_classifier(name):
+    model = build(name, num_classes=7).eval()
+    x = image(name)
+    with torch.no_grad():
+        f = model.forward_features(x)
+        assert f.dim() == 4 and f.shape[:2] == (BATCH, model.num_features), f.shape
+        pooled = model.forward_head(f, pre_logits=True)
+        assert pooled.shape == (BATCH, model.num_features)
+        assert torch.equal(model.forward_head(f), model(x))
+        model.reset_classifier(5)
+        assert model(x).shape == (BATCH, 5) and model.num_classes == 5
+        model.reset_classifier(0)
+        assert torch.allclose(model(x), pooled, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1, got -1"):
+        model.reset_classifier(-1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_second_input_size(name):
+    # Twice the test height; half of it when a mechanism declares a maximum resolution
+    # (the model was built at the test size, so a smaller input is the one it must accept).
+    model = build(name, num_classes=3).eval()
+    bounded = [n for n, m in mixers(model) if attention_info(type(m).registry_name).max_resolution_arg]
+    _, h, w = model_entry(name).test_input
+    h2 = h // 2 if bounded else 2 * h
+    with torch.no_grad():
+        f1 = model.forward_features(image(name))
+        f2 = model.forward_features(image(name, size=(h2, w)))
+        y = model(image(name, size=(h2, w)))
+    assert y.shape == (BATCH, 3) and torch.isfinite(y).all()
+    assert f2.shape[1] == f1.shape[1] and f2.shape[3] == f1.shape[3]
+    assert (f2.shape[2] < f1.shape[2]) if bounded else (f2.shape[2] > f1.shape[2])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_safetensors_round_trip_gives_identical_output(name, tmp_path):
+    torch.manual_seed(0)
+    a = build(name, num_classes=4).eval()
+    torch.manual_seed(1)
+    b = build(name, num_classes=4).eval()
+    path = tmp_path / f"{name}.safetensors"
+    visattn.save_weights(a, path)
+    visattn.load_weights(b, path)
+    x = image(name)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "params_m" in model_entry(n).published])
+def test_published_parameter_count(name):
+    # Full default config and the builder's own class count (1000 for ImageNet models, 10 for
+    # CIFAR-10 ones). Tolerance 3% (published figures are rounded, often to 0.1M or to whole
+    # millions). Built on the meta device where the model allows (no memory).
+    model = build_default(name, meta=True)
+    ours = sum(p.numel() for p in model.parameters()) / 1e6
+    published = model_entry(name).published["params_m"]
+    assert abs(ours - published) / published <= 0.03, f"{name}: {ours:.2f}M vs published {published}M"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_compile_equals_eager(family):
+    name = FAMILIES[family]
+    model = build(name, num_classes=4).eval()
+    x = image(name, batch=1)
+    compiled = torch.compile(copy.deepcopy(model), dynamic=False)
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-4
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_mechanism_drops_in_and_trains_a_step(family, mechanism):
+    name = FAMILIES[family]
+    torch.manual_seed(0)
+    model = build(name, num_classes=3, attention=mechanism,
+                  attn_kwargs=dict(attention_info(mechanism).test_kwargs)).train()
+    swapped = [m for _, m in mixers(model) if type(m).registry_name == mechanism]
+    assert swapped, f"{name} with attention={mechanism!r} contains no {mechanism} module"
+    before = [p.detach().clone() for m in swapped for p in m.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = F.cross_entropy(model(image(name)), torch.tensor([0, 2]))
+    assert torch.isfinite(loss)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    after = [p.detach() for m in swapped for p in m.parameters()]
+    if before:
+        assert any(not torch.equal(b, a) for b, a in zip(before, after)), "the swapped mechanism did not train"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
