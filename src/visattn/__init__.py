@@ -9,9 +9,9 @@ Every mechanism maps (B, C, H, W) -> (B, C_out, H, W) and is created by name::
 
 from visattn import flops as _flops  # noqa: F401  (registers FLOP formulas)
 from visattn.layers import SpatialAttention, TokenAdapter
-from visattn.models.io import load_weights, save_weights
 from visattn.registry import (attention_info, create_attention, create_model, list_attention,
                               list_models, register_attention, register_model)
+from visattn.models.io import load_weights, save_weights  # noqa: E402  (imports the models package)
 
 __version__ = "0.1.0"
 

@@ -44,7 +44,6 @@ Not implemented: loading the authors' checkpoints (their key names and the class
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
