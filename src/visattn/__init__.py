@@ -9,15 +9,17 @@ Every mechanism maps (B, C, H, W) -> (B, C_out, H, W) and is created by name::
 
 from visattn import flops as _flops  # noqa: F401  (registers FLOP formulas)
 from visattn.layers import SpatialAttention, TokenAdapter
+from visattn.layers.relpos import attention_from_conv
+from visattn.models.io import load_weights, save_weights
 from visattn.registry import (attention_info, create_attention, create_model, list_attention,
                               list_models, register_attention, register_model)
-from visattn.models.io import load_weights, save_weights  # noqa: E402  (imports the models package)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SpatialAttention",
     "TokenAdapter",
+    "attention_from_conv",
     "attention_info",
     "create_attention",
     "create_model",
@@ -34,9 +36,10 @@ __all__ = [
 def reparameterize(model):
     """Call ``reparameterize()`` on every sub-module that has one (inference-time merges), in place.
 
-    Returns the model. Idempotent.
+    Returns the model. Idempotent. A bare mechanism (``SpatialAttention``) is merged too; a
+    model's own ``reparameterize`` is not called (it may call this function).
     """
     for m in model.modules():
-        if m is not model and hasattr(m, "reparameterize") and callable(m.reparameterize):
+        if (m is not model or isinstance(m, SpatialAttention)) and callable(getattr(m, "reparameterize", None)):
             m.reparameterize()
     return model

@@ -16,6 +16,9 @@ __all__ = ["main", "build_parser"]
 _COMMAND_MODULES = [
     "visattn.commands.registry_cmds",  # list, info
     "visattn.bench.cli",  # bench
+    "visattn.commands.viz_cmd",  # viz
+    "visattn.commands.train_cmd",  # train
+    "visattn.commands.compare_cmd",  # compare
 ]
 
 

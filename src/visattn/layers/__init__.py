@@ -7,8 +7,11 @@ from visattn.layers.base import SpatialAttention, TokenAdapter
 from visattn.layers.conv import ConvMixer
 from visattn.layers.efficient import EfficientAttention
 from visattn.layers.external import ExternalAttention
+from visattn.layers.lambda_layer import LambdaLayer
 from visattn.layers.local import LocalAttention
 from visattn.layers.mhsa import MultiHeadSelfAttention
+from visattn.layers.relpos import RelativePositionAttention  # noqa: F401
+from visattn.layers.slide import SlideAttention
 
 __all__ = [
     "SpatialAttention",
@@ -16,6 +19,7 @@ __all__ = [
     "ConvMixer",
     "EfficientAttention",
     "ExternalAttention",
+    "LambdaLayer",
     "LocalAttention",
     "MultiHeadSelfAttention",
 ]

@@ -90,16 +90,24 @@ class ExternalAttention(SpatialAttention):
         nn.init.uniform_(self.memory_value, -1 / math.sqrt(self.memory_size), 1 / math.sqrt(self.memory_size))
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised attention A for a validated input: (B, heads, S, n), in float32 for half input."""
-        return self._attention(self._features(x))[0]
+        """The normalised attention A: (B, heads, S, n), in float32 for half input.
+
+        ``x`` is (B, C, H, W); it is validated like a forward input.
+        """
+        self._check_input(x)
+        b, _, h, w = x.shape
+        return self._attention(self._features(x))[0].reshape(b, self.num_heads, self.memory_size, h * w)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         f = self.in_proj(x) if self.in_proj is not None else x
-        return f.reshape(b, self.num_heads, self.head_dim, h * w)  # (B, heads, d, n)
+        return f.reshape(b * self.num_heads, self.head_dim, h * w)  # (B*heads, d, n)
 
     def _attention(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
-        logits = self.memory_key @ f  # (S, d) @ (B, heads, d, n) -> (B, heads, S, n)
+        # F M_k^T as one batched GEMM against the shared memory, expanded without a copy
+        # (a broadcasting ``memory_key @ f`` makes torch.matmul copy f transposed).
+        bh = f.shape[0]
+        logits = torch.bmm(self.memory_key.expand(bh, -1, -1), f)  # (B*heads, S, n)
         if self.key_bias is not None:
             logits = logits + self.key_bias[:, None]
         dtype = logits.dtype
@@ -107,16 +115,23 @@ class ExternalAttention(SpatialAttention):
             if dtype in _HALF:
                 logits = logits.float()
             if self.normalization == "double":
-                a = logits.softmax(dim=3)  # over the n positions, per memory unit
-                a = a / (self.eps + a.sum(dim=2, keepdim=True))  # L1 over the S units, per position
+                a = logits.softmax(dim=2)  # over the n positions, per memory unit
+                del logits  # free the (B*heads, S, n) logits before the next map is made
+                # L1 over the S units, per position (a multiply by the reciprocal is cheaper
+                # than a divide); in place when no graph needs the softmax output.
+                r = a.sum(dim=1, keepdim=True).add_(self.eps).reciprocal_()  # (B*heads, 1, n)
+                a = a * r if a.requires_grad else a.mul_(r)
             else:
-                a = logits.softmax(dim=2)
+                a = logits.softmax(dim=1)  # over the S units
         return a, dtype
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        a, dtype = self._attention(self._features(x))
-        o = self.memory_value.transpose(0, 1).to(dtype) @ a.to(dtype)  # (d, S) @ (B, heads, S, n)
+        a, dtype = self._attention(self._features(x))  # (B*heads, S, n)
+        mv_t = self.memory_value.transpose(0, 1).expand(a.shape[0], -1, -1)  # (B*heads, d, S)
+        if a.dtype != dtype:  # half input: A was normalised in float32
+            a, mv_t = a.to(dtype), mv_t.to(dtype)
+        o = torch.bmm(mv_t, a)  # A M_v: (B*heads, d, n)
         o = o.reshape(b, self.inner_dim, h, w)
         return self.out_proj(o) if self.out_proj is not None else o
 

@@ -1,0 +1,375 @@
+"""External and Efficient attention against a public peer and against plain implementations.
+
+Measures, side by side in one run (CPU):
+
+* visattn ``"external"`` (single head, S=64) vs ``fightingcv-attention``'s
+  ``ExternalAttention`` (the most used public implementation) vs a plain implementation
+  of the paper's equations (Guo et al., arXiv 2105.02358) on tokens (B, N, C):
+  Linear M_k, softmax over N, L1 over S, Linear M_v;
+* visattn ``"efficient"`` vs a plain implementation of the paper's equations
+  (Shen et al., arXiv 1812.01243) with the authors' module structure (a loop over heads);
+* at 56x56 only: efficient attention's forward against global ``"mhsa"``.
+
+Forward (under ``torch.no_grad``) and forward+backward (``out.sum().backward()``) median
+wall time, and the peak CPU memory of one call measured with ``torch.profiler``
+(``profile_memory=True``): the peak of the cumulative allocation curve over the profiled
+events, inputs excluded. Implementations are interleaved round by round so that machine
+load affects all of them alike; the ratio column is the median over rounds of the
+per-round ratio of medians.
+
+Every implementation is given the same weights and checked to agree with visattn before
+it is timed. The peer and the plain external implementation run on their native token
+layout (B, N, C), prepared outside the timed region (visattn takes (B, C, H, W)).
+
+Reproduce (from the repository root)::
+
+    pip install -e ".[peers]"   # or, on a machine with torch already installed:
+                                # pip install --no-deps fightingcv-attention==1.0.0
+    python benchmarks/external_peers.py            # writes benchmarks/results/external_peers.{md,json}
+
+How the peer is loaded: ``fightingcv_attention/attention/ExternalAttention.py`` is
+imported on its own with ``importlib`` from the installed package's directory, so that no
+other module of that package (some need torchvision or other extras) is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import visattn  # noqa: E402
+
+
+# ---------------------------------------------------------------------------
+# The peer, loaded from its file only.
+# ---------------------------------------------------------------------------
+
+
+def load_fightingcv_external_attention():
+    """The ``ExternalAttention`` class of fightingcv-attention, or None when not installed."""
+    spec = importlib.util.find_spec("fightingcv_attention")  # locates the package, runs nothing
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "attention" / "ExternalAttention.py"
+    if not path.is_file():
+        return None
+    mod_spec = importlib.util.spec_from_file_location("_fightingcv_external_attention", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.ExternalAttention
+
+
+# ---------------------------------------------------------------------------
+# Plain implementations of the papers' equations (the "straightforward" baselines).
+# ---------------------------------------------------------------------------
+
+
+class PlainExternalAttention(nn.Module):
+    """Guo et al. eq. for the basic form on tokens F (B, N, d):
+    A = DoubleNorm(F M_k^T) (softmax over N, then L1 over S); out = A M_v."""
+
+    def __init__(self, dim: int, memory_size: int, eps: float = 1e-9):
+        super().__init__()
+        self.mk = nn.Linear(dim, memory_size, bias=False)
+        self.mv = nn.Linear(memory_size, dim, bias=False)
+        self.eps = eps
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        a = self.mk(tokens).softmax(dim=1)  # (B, N, S), normalised over N
+        a = a / (self.eps + a.sum(dim=2, keepdim=True))  # over S
+        return self.mv(a)  # (B, N, d)
+
+
+class PlainEfficientAttention(nn.Module):
+    """Shen et al.: E = rho_q(Q) (rho_k(K)^T V) per head (softmax normalisation), in the
+    authors' module structure: 1x1 convs, a Python loop over heads, concat, reprojection."""
+
+    def __init__(self, dim: int, key_dim: int, value_dim: int, num_heads: int):
+        super().__init__()
+        self.queries = nn.Conv2d(dim, key_dim, 1)
+        self.keys = nn.Conv2d(dim, key_dim, 1)
+        self.values = nn.Conv2d(dim, value_dim, 1)
+        self.reprojection = nn.Conv2d(value_dim, dim, 1)
+        self.key_dim, self.value_dim, self.num_heads = key_dim, value_dim, num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q = self.queries(x).reshape(b, self.key_dim, h * w)
+        k = self.keys(x).reshape(b, self.key_dim, h * w)
+        v = self.values(x).reshape(b, self.value_dim, h * w)
+        hk, hv = self.key_dim // self.num_heads, self.value_dim // self.num_heads
+        heads = []
+        for i in range(self.num_heads):
+            key = F.softmax(k[:, i * hk:(i + 1) * hk], dim=2)
+            query = F.softmax(q[:, i * hk:(i + 1) * hk], dim=1)
+            value = v[:, i * hv:(i + 1) * hv]
+            context = key @ value.transpose(1, 2)  # (B, hk, hv)
+            heads.append((context.transpose(1, 2) @ query).reshape(b, hv, h, w))
+        return self.reprojection(torch.cat(heads, dim=1))
+
+
+# ---------------------------------------------------------------------------
+# Measurement helpers.
+# ---------------------------------------------------------------------------
+
+
+def peak_cpu_memory(fn) -> int:
+    """Peak bytes of the cumulative allocation curve while ``fn()`` runs (torch.profiler).
+
+    Every profiled event carries the bytes it allocated minus those it freed itself
+    (``self_cpu_memory_usage``; frees of tensors outside any op appear as ``[memory]``
+    events). Summing them in order of start time gives the live-allocation curve relative
+    to the start; its maximum is the peak. Allocations and frees inside one op are netted,
+    so a temporary that lives only inside an op is not seen.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    level = peak = 0
+    for e in events:
+        level += e.self_cpu_memory_usage
+        peak = max(peak, level)
+    return int(peak)
+
+
+def _call(module, inp, backward: bool):
+    if backward:
+        x = inp.detach().requires_grad_(True)
+        module.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        module(x).sum().backward()
+        return time.perf_counter() - t0
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        module(inp)
+        return time.perf_counter() - t0
+
+
+def _memory(module, inp, backward: bool) -> int:
+    def run():
+        if backward:
+            x = inp.detach().requires_grad_(True)
+            module(x).sum().backward()
+        else:
+            with torch.no_grad():
+                module(inp)
+
+    module.zero_grad(set_to_none=True)
+    run()  # warm caches, allocate .grad once
+    module.zero_grad(set_to_none=True)
+    return peak_cpu_memory(run)
+
+
+def compare(impls: dict, backward: bool, rounds: int, calls: int, baseline: str) -> dict:
+    """Interleaved timing. impls: label -> (module, input). Returns label -> stats (ms)."""
+    for module, inp in impls.values():  # warm-up
+        for _ in range(2):
+            _call(module, inp, backward)
+    per_round = {label: [] for label in impls}
+    for _ in range(rounds):
+        for label, (module, inp) in impls.items():
+            per_round[label].append(statistics.median(_call(module, inp, backward) for _ in range(calls)))
+    out = {}
+    for label, meds in per_round.items():
+        ratio = statistics.median(m / b for m, b in zip(meds, per_round[baseline]))
+        out[label] = {"median_ms": 1e3 * statistics.median(meds), "min_ms": 1e3 * min(meds),
+                      "rounds_ms": [1e3 * m for m in meds], f"ratio_to_{baseline}": ratio}
+    return out
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2).contiguous()  # (B, N, C)
+
+
+# ---------------------------------------------------------------------------
+# Main.
+# ---------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[14, 28, 56, 112])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--memory-size", type=int, default=64)
+    p.add_argument("--efficient-heads", type=int, default=4)
+    p.add_argument("--mhsa-size", type=int, default=56, help="resolution of the efficient-vs-mhsa forward")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (fixed for the run)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--calls", type=int, default=3, help="calls per implementation per round")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "external_peers")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    c, s, b = args.channels, args.memory_size, args.batch
+
+    Peer = load_fightingcv_external_attention()
+    if Peer is None:
+        print("fightingcv-attention is not installed: pip install --no-deps fightingcv-attention==1.0.0",
+              file=sys.stderr)
+        return 2
+
+    ours_ext = visattn.create_attention("external", c, memory_size=s).eval()
+    peer_ext = Peer(c, s).eval()
+    plain_ext = PlainExternalAttention(c, s, eps=ours_ext.eps).eval()
+    with torch.no_grad():
+        for m in (peer_ext, plain_ext):
+            m.mk.weight.copy_(ours_ext.memory_key)  # Linear(C, S).weight is (S, C) = M_k
+            m.mv.weight.copy_(ours_ext.memory_value.T)  # Linear(S, C).weight is (C, S) = M_v^T
+
+    ours_eff = visattn.create_attention("efficient", c, num_heads=args.efficient_heads).eval()
+    plain_eff = PlainEfficientAttention(c, c, c, args.efficient_heads).eval()
+    plain_eff.load_state_dict(ours_eff.state_dict())
+    mhsa = visattn.create_attention("mhsa", c, num_heads=args.efficient_heads).eval()
+
+    load_start = os.getloadavg()
+    t_start = time.time()
+    results = {"external": {}, "efficient": {}, "efficient_vs_mhsa": {}}
+    for hw in args.sizes:
+        x = torch.randn(b, c, hw, hw)
+        t = _tokens(x)
+        with torch.no_grad():
+            ref = _tokens(ours_ext(x))
+            for name, m in (("fightingcv", peer_ext), ("plain", plain_ext)):
+                err = _agree(m(t), ref)
+                assert err < 1e-5, f"{name} external disagrees with visattn at {hw}x{hw}: rel. err {err:.2e}"
+            err = _agree(plain_eff(x), ours_eff(x))
+            assert err < 1e-5, f"plain efficient disagrees with visattn at {hw}x{hw}: rel. err {err:.2e}"
+
+        ext = {"visattn": (ours_ext, x), "fightingcv": (peer_ext, t), "plain": (plain_ext, t)}
+        eff = {"visattn": (ours_eff, x), "plain": (plain_eff, x)}
+        for group, impls, base in (("external", ext, "fightingcv"), ("efficient", eff, "plain")):
+            row = {}
+            for mode, bw in (("forward", False), ("forward_backward", True)):
+                print(f"[{group} {hw}x{hw} {mode}]", file=sys.stderr, flush=True)
+                row[mode] = compare(impls, bw, args.rounds, args.calls, base)
+                for label, (m, inp) in impls.items():
+                    row[mode][label]["peak_bytes"] = _memory(m, inp, bw)
+            results[group][f"{hw}x{hw}"] = row
+
+    hw = args.mhsa_size
+    x = torch.randn(b, c, hw, hw)
+    print(f"[efficient vs mhsa {hw}x{hw} forward]", file=sys.stderr, flush=True)
+    impls = {"mhsa": (mhsa, x), "efficient": (ours_eff, x), "plain efficient": (plain_eff, x)}
+    row = compare(impls, False, max(3, args.rounds // 2), 1, "mhsa")
+    for label, (m, inp) in impls.items():
+        row[label]["peak_bytes"] = _memory(m, inp, False)
+    results["efficient_vs_mhsa"][f"{hw}x{hw}"] = row
+
+    meta = {
+        "command": "python benchmarks/external_peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(t_start)),
+        "duration_s": round(time.time() - t_start, 1),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads,
+        "loadavg_start": [round(v, 2) for v in load_start],
+        "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+        "batch": b, "channels": c, "memory_size": s, "efficient_heads": args.efficient_heads,
+        "rounds": args.rounds, "calls_per_round": args.calls,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    md = render_markdown(meta, results)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def render_markdown(meta: dict, results: dict) -> str:
+    lines = [
+        "# External and Efficient attention: visattn vs a public peer and plain implementations",
+        "",
+        f"`{meta['command'].strip()}` on {meta['date_utc']} UTC, {meta['cpu']} ({meta['cpu_count']} cores, "
+        f"torch.set_num_threads({meta['threads']})), torch {meta['torch']}, Python {meta['python']}; "
+        f"load average {meta['loadavg_start'][0]} at start, {meta['loadavg_end'][0]} at end "
+        f"(shared machine). Batch {meta['batch']}, C={meta['channels']}; external: single head, "
+        f"S={meta['memory_size']}; efficient: {meta['efficient_heads']} heads, d_k=d_v=C, softmax "
+        f"normalisation. Times are medians over {meta['rounds']} interleaved rounds of "
+        f"{meta['calls_per_round']} calls; ratio = median over rounds of (time / reference time), "
+        "< 1 means faster than the reference. Peak = peak of the cumulative CPU allocation curve of "
+        "one call (torch.profiler, inputs excluded).",
+        "",
+        "## External attention vs fightingcv-attention `ExternalAttention` (reference) and the plain equations",
+        "",
+        "| size | mode | visattn ms | fightingcv ms | plain ms | visattn / fightingcv | plain / fightingcv "
+        "| peak MiB visattn / fightingcv / plain |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, row in results["external"].items():
+        for mode, r in row.items():
+            lines.append(
+                f"| {size} | {mode.replace('_', '+')} | {r['visattn']['median_ms']:.2f} | "
+                f"{r['fightingcv']['median_ms']:.2f} | {r['plain']['median_ms']:.2f} | "
+                f"**{r['visattn']['ratio_to_fightingcv']:.2f}** | {r['plain']['ratio_to_fightingcv']:.2f} | "
+                f"{_mib(r['visattn']['peak_bytes'])} / {_mib(r['fightingcv']['peak_bytes'])} / "
+                f"{_mib(r['plain']['peak_bytes'])} |")
+    lines += [
+        "",
+        "## Efficient attention vs the plain equations (authors' per-head loop, reference)",
+        "",
+        "| size | mode | visattn ms | plain ms | visattn / plain | peak MiB visattn / plain |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for size, row in results["efficient"].items():
+        for mode, r in row.items():
+            lines.append(
+                f"| {size} | {mode.replace('_', '+')} | {r['visattn']['median_ms']:.2f} | {r['plain']['median_ms']:.2f} | "
+                f"**{r['visattn']['ratio_to_plain']:.2f}** | {_mib(r['visattn']['peak_bytes'])} / "
+                f"{_mib(r['plain']['peak_bytes'])} |")
+    lines += ["", "## Efficient attention vs global multi-head self-attention, forward", "",
+              "| size | mhsa ms | efficient ms | plain efficient ms | mhsa / efficient | mhsa / plain efficient "
+              "| peak MiB mhsa / efficient |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for size, r in results["efficient_vs_mhsa"].items():
+        lines.append(
+            f"| {size} | {r['mhsa']['median_ms']:.1f} | {r['efficient']['median_ms']:.2f} | "
+            f"{r['plain efficient']['median_ms']:.2f} | **{1 / r['efficient']['ratio_to_mhsa']:.1f}x** | "
+            f"{1 / r['plain efficient']['ratio_to_mhsa']:.1f}x | {_mib(r['mhsa']['peak_bytes'])} / "
+            f"{_mib(r['efficient']['peak_bytes'])} |")
+    slower = [f"external {size} {mode}" for size, row in results["external"].items() for mode, r in row.items()
+              if r["visattn"]["ratio_to_fightingcv"] > 1.0]
+    slower += [f"efficient {size} {mode}" for size, row in results["efficient"].items()
+               for mode, r in row.items() if r["visattn"]["ratio_to_plain"] > 1.0]
+    lines += ["", "Slower than the reference in this run: " + (", ".join(slower) if slower else "nowhere") + ".", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""``visattn viz TARGET``: draw every head's attention (or the gradient receptive field) for one query pixel."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "viz",
+        help="draw per-layer, per-head attention for a query pixel as a PNG grid",
+        description="For a registered model (fresh, or loaded from --weights) or a bare mechanism, draw every "
+                    "head's attention probabilities for one query pixel, one row per layer; mechanisms without "
+                    "an attention map get their gradient receptive field |d out[query] / d in|.",
+    )
+    p.add_argument("target", help="model or mechanism name (see `visattn list`)")
+    p.add_argument("--image", default=None, metavar="PATH",
+                   help="image file read with Pillow (default: scikit-image's astronaut photograph)")
+    p.add_argument("--query", type=int, nargs=2, default=None, metavar=("Y", "X"),
+                   help="query pixel in the image (default: the centre)")
+    p.add_argument("--weights", default=None, metavar="PATH", help="safetensors state dict of the model")
+    p.add_argument("--out", default="viz.png", metavar="PNG", help="output PNG (default: viz.png)")
+    p.add_argument("--attention", default=None, help="swap the model's mixer for this mechanism")
+    p.add_argument("--attn-kwargs", default=None, metavar="JSON", help="mixer arguments as JSON")
+    p.add_argument("--num-classes", type=int, default=10, help="classifier size (must match --weights)")
+    p.add_argument("--dim", type=int, default=64, help="channels for a bare mechanism (default 64)")
+    p.add_argument("--size", type=int, default=32, help="input side for a bare mechanism (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of fresh weights (default 0)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from visattn.viz import visualize
+
+    kw = None
+    if args.attn_kwargs:
+        try:
+            kw = json.loads(args.attn_kwargs)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--attn-kwargs must be a JSON object, got {args.attn_kwargs!r}: {e}") from e
+        if not isinstance(kw, dict):
+            raise ValueError(f"--attn-kwargs must be a JSON object, got {args.attn_kwargs!r}")
+    path = visualize(args.target, out=args.out, image=args.image, query=args.query, weights=args.weights,
+                     attention=args.attention, attn_kwargs=kw, num_classes=args.num_classes, dim=args.dim,
+                     size=args.size, seed=args.seed)
+    print(path)
+    return 0

@@ -1,0 +1,366 @@
+"""Slide attention: local attention whose keys and values come from depthwise convolutions.
+
+Pan et al., "Slide-Transformer: Hierarchical Vision Transformer with Local Self-Attention",
+CVPR 2023 (arXiv 2304.04237).
+
+Each query attends to the k x k window centred on it (softmax over the k*k neighbours).
+The im2col view of keys and values, ``F.unfold(K, k, padding=k//2)``, is the same map
+shifted in k*k directions, and each shift is a depthwise convolution with a one-hot
+kernel (paper Sec. 3.2). *Deformed shifting* adds a parallel learnable depthwise conv of
+the same shape, so neighbour i of pixel p is a learned mix of the whole k x k window:
+
+    K_i[c, p] = sum_j (delta_ij + W[c, i, j]) K[c, p + o_j] + b[c, i]     (o_j: offset j)
+
+(the same for V). As in the authors' code the two shift convs act on the head_dim channels
+of one head and are shared by K, V and all heads; a learned key bias (heads, k*k) is added
+to the keys (the logit gains ``bias * sum(q)``); padded neighbours are zero (before the
+convs) and are *not* masked out of the softmax; ``mask_padding=True`` masks them.
+
+What is implemented beyond the paper's code: :meth:`SlideAttention.reparameterize` merges
+the fixed and the learned conv into one (W = W_fixed + W_learned, b = b_fixed + b_learned;
+the fixed conv has no bias here — the authors' fixed conv carries a learnable bias that is
+redundant with the learned conv's); a masked-padding option.
+
+How it is computed. The definition (:meth:`SlideAttention.forward_reference`) materialises
+the k*k keys and values with the two convolutions, as the authors do; on a CPU the grouped
+convolution with k*k outputs per channel is slower than im2col itself. The forward pass
+instead never builds the k*k copies: a shift is a view of a zero-padded map, so the logits
+are accumulated offset by offset from slices of the padded K, and with deformed shifting
+the merged kernel is applied to the *products* instead of the keys (linearity):
+
+    logit_i = sum_j sum_c W[c, i, j] q[c] K[c, p + o_j] + sum_c b[c, i] q[c]     (GEMM over c)
+    out[c]  = sum_j (sum_i W[c, i, j] a_i) V[c, p + o_j] + sum_i b[c, i] a_i     (GEMM over i)
+
+Under ``torch.no_grad`` the loop runs in place over row chunks of the image, so its memory
+is bounded independently of k*k; with autograd, tracing, ONNX export or ``torch.compile``
+the same arithmetic runs out of place. Not implemented: the paper's Metal / phone kernels,
+reflection padding (the authors' ``padding_mode`` option).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visattn.layers._ops import autocast_off, softmax_fp32, upcast
+from visattn.layers.base import SpatialAttention, check_divisible, check_odd, check_positive_int
+from visattn.layers.local import padding_mask
+from visattn.registry import register_attention
+
+__all__ = ["SlideAttention", "one_hot_shift_kernels"]
+
+#: Elements per row chunk of the in-place path (4 MiB of float32 per buffer): smaller chunks
+#: pay Python overhead per offset, larger ones leave the cache (measured on a 2-core CPU).
+_CHUNK_ELEMS = 1 << 20
+
+
+def one_hot_shift_kernels(channels: int, kernel_size: int, dtype=None, device=None) -> torch.Tensor:
+    """Depthwise one-hot kernels (channels * k*k, 1, k, k): output channel c*k*k + i copies
+    input channel c shifted by offset i = (i // k - k//2, i % k - k//2).
+
+    ``F.conv2d(x, w, padding=k//2, groups=channels)`` equals ``F.unfold(x, k, padding=k//2)``
+    element for element (both orders are (channel, offset)).
+    """
+    kk = kernel_size * kernel_size
+    eye = torch.eye(kk, dtype=dtype, device=device).view(1, kk, kernel_size, kernel_size)
+    return eye.expand(channels, kk, kernel_size, kernel_size).reshape(channels * kk, 1, kernel_size, kernel_size)
+
+
+def _is_exporting() -> bool:
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    if torch.compiler.is_compiling():
+        return True
+    return bool(torch.onnx.is_in_onnx_export())
+
+
+@register_attention(
+    "slide",
+    title="Slide attention",
+    paper="Pan et al., Slide-Transformer: Hierarchical Vision Transformer with Local Self-Attention, "
+          "CVPR 2023 (arXiv 2304.04237)",
+    cost="local",
+    receptive_field="local",
+    window_arg="kernel_size",
+    positional="implicit (zero-padded borders, learned key bias per offset, learned deformed shifts)",
+    export=("onnx", "compile", "torchscript"),
+    test_kwargs={"num_heads": 2, "kernel_size": 3},
+    bench_kwargs={"num_heads": 4, "kernel_size": 3},
+    bench_variants={
+        "slide-reparam": {"num_heads": 4, "kernel_size": 3, "_reparameterize": True},
+        "slide-shift": {"num_heads": 4, "kernel_size": 3, "deformed": False},
+        "slide-k7-shift": {"num_heads": 4, "kernel_size": 7, "deformed": False},
+        "slide-k7": {"num_heads": 4, "kernel_size": 7},
+    },
+)
+class SlideAttention(SpatialAttention):
+    """k x k slide attention with optional deformed shifting (see module docstring).
+
+    Args:
+        dim: input channels C.
+        dim_out: output channels (default C).
+        num_heads: heads h (C must divide by h); head width d = C / h.
+        kernel_size: odd window side k.
+        deformed: add the learnable depthwise shift conv (deformed shifting).
+        qkv_bias: bias on the q, k, v projection (``qkv``: Linear(C, 3C) per pixel).
+        key_bias: learned bias (h, k*k) added to the keys.
+        mask_padding: exclude neighbours outside the image from the softmax.
+
+    Parameters use the layout of ``"local"`` (``qkv``, ``proj``) so weights copy across.
+    Buffers: ``shift_weight`` (d*k*k, 1, k, k), the frozen one-hot kernels (not saved).
+    Shapes: (B, C, H, W) -> (B, C_out, H, W); logits (B, h, k*k, H, W).
+    """
+
+    def __init__(self, dim: int, dim_out: int | None = None, *, num_heads: int = 4, kernel_size: int = 3,
+                 deformed: bool = True, qkv_bias: bool = True, key_bias: bool = True,
+                 mask_padding: bool = False):
+        super().__init__(dim, dim_out)
+        check_positive_int("num_heads", num_heads)
+        check_divisible("dim", dim, "num_heads", num_heads)
+        check_odd("kernel_size", kernel_size)
+        for name, val in (("deformed", deformed), ("qkv_bias", qkv_bias), ("key_bias", key_bias),
+                          ("mask_padding", mask_padding)):
+            if not isinstance(val, bool):
+                raise TypeError(f"{name} must be a bool, got {type(val).__name__} {val!r}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.kernel_size = kernel_size
+        self.receptive_field = kernel_size
+        self.deformed = deformed
+        self.mask_padding = mask_padding
+        self.scale = self.head_dim ** -0.5
+        d, kk = self.head_dim, kernel_size * kernel_size
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, self.dim_out)
+        # Fixed path: the k*k one-hot shifts of each head channel (frozen, follows .to()).
+        self.register_buffer("shift_weight", one_hot_shift_kernels(d, kernel_size), persistent=False)
+        # Learned path (deformed shifting): same shape, shared by K, V and all heads.
+        self.deform = (nn.Conv2d(d, d * kk, kernel_size, padding=kernel_size // 2, groups=d, bias=True)
+                       if deformed else None)
+        self.key_bias = nn.Parameter(torch.zeros(num_heads, kk)) if key_bias else None
+        #: True once :meth:`reparameterize` has folded the fixed shifts into ``deform``.
+        self.reparameterized = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as the authors do: default conv init for the learned shifts,
+        truncated normal (std 0.02) for the key bias."""
+        self.qkv.reset_parameters()
+        self.proj.reset_parameters()
+        if self.deform is not None:
+            self.deform.reset_parameters()
+            self.reparameterized = False
+        if self.key_bias is not None:
+            nn.init.trunc_normal_(self.key_bias, std=0.02)
+
+    # -- re-parameterisation -------------------------------------------------
+    @torch.no_grad()
+    def reparameterize(self) -> "SlideAttention":
+        """Merge the fixed and the learned shift conv into ``deform`` in place (inference).
+
+        W = W_fixed + W_learned, b = b_fixed + b_learned (b_fixed = 0). Idempotent; a no-op
+        without deformed shifting. After the merge the state dict holds the merged kernel
+        (load such a checkpoint into a module on which ``reparameterize()`` was called).
+        """
+        if self.deform is not None and not self.reparameterized:
+            self.deform.weight.add_(self.shift_weight.to(self.deform.weight.dtype))
+            self.reparameterized = True
+        return self
+
+    def merged_shift(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The single depthwise conv equal to both paths: (weight (d*k*k, 1, k, k), bias (d*k*k,)),
+        or None without deformed shifting (the pure one-hot shifts, no bias)."""
+        if self.deform is None:
+            return None
+        w = self.deform.weight
+        if not self.reparameterized:
+            w = w + self.shift_weight.to(w.dtype)
+        b = self.deform.bias if self.deform.bias is not None else torch.zeros_like(w[:, 0, 0, 0])
+        return w, b
+
+    # -- forward ---------------------------------------------------------------
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> q * head_dim^-1/2, k, v, each (B, C, H, W); the scale is folded into
+        the projection so it costs no pass over the map."""
+        c = self.dim
+        gain = torch.ones(3 * c, 1, dtype=self.qkv.weight.dtype, device=self.qkv.weight.device)
+        gain[:c] = self.scale
+        wt = (self.qkv.weight * gain)[:, :, None, None]
+        bias = self.qkv.bias * gain[:, 0] if self.qkv.bias is not None else None
+        qkv = F.conv2d(x, wt, bias).contiguous()  # (B, 3C, H, W)
+        return qkv.chunk(3, dim=1)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k_, v = self._qkv(x)
+        dtype = q.dtype  # the module's dtype, or the autocast dtype
+        with autocast_off(x.device.type):  # the attention core runs in float32 for half inputs
+            o = self._attend(*upcast(q, k_, v)).to(dtype)  # (B, C, H, W)
+        return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
+
+    def _attend(self, q: torch.Tensor, k_: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (scaled), k, v: (B, C, H, W) in the compute dtype -> attention output (B, C, H, W)."""
+        bsz, c, h, w = q.shape
+        nh, d, ks = self.num_heads, self.head_dim, self.kernel_size
+        kk, r, dt = ks * ks, ks // 2, q.dtype
+        q5 = q.view(bsz, nh, d, h, w)
+        kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
+        vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
+        merged = self.merged_shift()
+        if merged is not None:
+            w3 = merged[0].to(dt).view(d, kk, kk)  # [c, i, j]: weight of shift j in neighbour i
+            b2 = merged[1].to(dt).view(d, kk)  # [c, i]
+        else:
+            w3 = b2 = None
+        kb = self.key_bias.to(dt) if self.key_bias is not None else None
+        valid = padding_mask(h, w, ks, device=q.device).view(kk, h, w) if self.mask_padding else None
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_, v))
+        if grad or _is_exporting():
+            o = _attend_functional(q5, kp, vp, ks, w3, b2, kb, valid)
+        else:
+            o = _attend_inplace(q5, kp, vp, ks, w3, b2, kb, valid)
+        return o.reshape(bsz, c, h, w)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The definition, computed literally: materialised keys/values from the fixed one-hot
+        conv plus (deformed) the learned conv, as in the authors' code. Slow; for tests.
+
+        x: (B, C, H, W) -> (B, C_out, H, W).
+        """
+        self._check_input(x)
+        bsz, c, h, w = x.shape
+        nh, d, ks = self.num_heads, self.head_dim, self.kernel_size
+        kk, n = ks * ks, h * w
+        q, k_, v = self._qkv(x)
+        q = q.reshape(bsz, nh, d, 1, n)  # already scaled by head_dim^-1/2
+
+        def shifted(t):  # (B, C, H, W) -> (B, h, d, k*k, n)
+            t = t.reshape(bsz * nh, d, h, w)
+            out = F.conv2d(t, self.shift_weight.to(t.dtype), padding=ks // 2, groups=d)
+            if self.deform is not None:
+                wl, bl = self.deform.weight, self.deform.bias
+                if self.reparameterized:  # deform holds the merged kernel: undo the fixed part
+                    wl = wl - self.shift_weight.to(wl.dtype)
+                out = out + F.conv2d(t, wl, bl, padding=ks // 2, groups=d)
+            return out.reshape(bsz, nh, d, kk, n)
+
+        keys, vals = shifted(k_), shifted(v)
+        if self.key_bias is not None:
+            keys = keys + self.key_bias.view(1, nh, 1, kk, 1)
+        logits = (q * keys).sum(2)  # (B, h, k*k, n)
+        if self.mask_padding:
+            logits = logits.masked_fill(~padding_mask(h, w, ks, device=x.device), float("-inf"))
+        attn = softmax_fp32(logits, 2)
+        o = (attn.unsqueeze(2) * vals).sum(3).reshape(bsz, c, h, w)
+        return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
+
+    # -- cost --------------------------------------------------------------------
+    def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
+        n, c, kk = height * width, self.dim, self.kernel_size ** 2
+        counted = 2 * n * c * 3 * c + 2 * n * c * self.dim_out  # qkv, proj (1x1 convs)
+        uncounted = 2 * 2 * n * c * kk  # q * K_j and a * V_j, elementwise
+        if self.deform is not None:
+            # merged shift applied through GEMMs: (k*k x k*k) per channel for logits and output,
+            # plus the shift-bias terms (k*k per channel each)
+            counted += 2 * 2 * n * c * (kk * kk + kk)
+        if self.key_bias is not None:
+            uncounted += 2 * n * self.num_heads * kk + 2 * n * c  # bias * sum(q); sum(q)
+        return {"counted": batch * counted, "uncounted": batch * uncounted}
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
+                f"deformed={self.deformed}, key_bias={self.key_bias is not None}, "
+                f"mask_padding={self.mask_padding}, reparameterized={self.reparameterized}")
+
+
+# ---------------------------------------------------------------------------
+# The two evaluations of the same arithmetic.
+# q: (B, h, d, H, W) scaled queries; kp, vp: (B, h, d, H+2r, W+2r) zero-padded keys/values;
+# w3: (d, k*k, k*k) merged shift kernels [c, i, j] or None (pure shifts); b2: (d, k*k);
+# kb: (h, k*k) key bias or None; valid: (k*k, H, W) bool or None.
+# ---------------------------------------------------------------------------
+
+
+def _attend_functional(q, kp, vp, ks, w3, b2, kb, valid):
+    bsz, nh, d, h, w = q.shape
+    kk = ks * ks
+    shifts = [(j // ks, j % ks) for j in range(kk)]
+    if w3 is None:
+        logits = torch.stack([(q * kp[..., dy:dy + h, dx:dx + w]).sum(2) for dy, dx in shifts], 2)
+    else:
+        qm = q.reshape(bsz, nh, d, h * w)
+        logits = torch.matmul(b2.t(), qm)  # (B, h, k*k, n): sum_c b[c, i] q[c]
+        for j, (dy, dx) in enumerate(shifts):
+            prod = (q * kp[..., dy:dy + h, dx:dx + w]).reshape(bsz, nh, d, h * w)
+            logits = logits + torch.matmul(w3[:, :, j].t(), prod)
+        logits = logits.view(bsz, nh, kk, h, w)
+    if kb is not None:
+        logits = logits + kb.view(1, nh, kk, 1, 1) * q.sum(2, keepdim=True)
+    if valid is not None:
+        logits = logits.masked_fill(~valid, float("-inf"))
+    attn = torch.softmax(logits, 2)  # (B, h, k*k, H, W)
+    if w3 is None:
+        out = attn[:, :, 0:1] * vp[..., 0:h, 0:w]
+        for j in range(1, kk):
+            dy, dx = shifts[j]
+            out = out + attn[:, :, j:j + 1] * vp[..., dy:dy + h, dx:dx + w]
+        return out
+    am = attn.reshape(bsz, nh, kk, h * w)
+    out = torch.matmul(b2, am).view(bsz, nh, d, h, w)  # sum_i b[c, i] a_i
+    for j, (dy, dx) in enumerate(shifts):
+        g = torch.matmul(w3[:, :, j], am).view(bsz, nh, d, h, w)  # sum_i W[c, i, j] a_i
+        out = out + g * vp[..., dy:dy + h, dx:dx + w]
+    return out
+
+
+@torch.no_grad()
+def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid):
+    bsz, nh, d, h, w = q.shape
+    kk, dt, dev = ks * ks, q.dtype, q.device
+    bh = bsz * nh
+    out = torch.empty(bsz, nh, d, h, w, dtype=dt, device=dev)
+    rows = max(1, min(h, _CHUNK_ELEMS // (bsz * nh * max(d, kk) * w)))
+    shifts = [(j // ks, j % ks) for j in range(kk)]
+    if w3 is not None:
+        wl = [w3[:, :, j].t().contiguous().expand(bh, kk, d) for j in range(kk)]  # (k*k, d) each
+        wo = [w3[:, :, j].contiguous().expand(bh, d, kk) for j in range(kk)]  # (d, k*k) each
+        b2t, b2e = b2.t().contiguous().expand(bh, kk, d), b2.contiguous().expand(bh, d, kk)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        m = y1 - y0
+        qc, oc = q[..., y0:y1, :], out[..., y0:y1, :]
+        tmp = torch.empty(bsz, nh, d, m, w, dtype=dt, device=dev)
+        if w3 is None:
+            logits = torch.empty(bsz, nh, kk, m, w, dtype=dt, device=dev)
+            for j, (dy, dx) in enumerate(shifts):
+                torch.mul(qc, kp[..., y0 + dy:y1 + dy, dx:dx + w], out=tmp)
+                torch.sum(tmp, 2, out=logits[:, :, j])
+        else:
+            qm = qc.reshape(bh, d, m * w)
+            logits = torch.bmm(b2t, qm)  # (B*h, k*k, m*w)
+            for j, (dy, dx) in enumerate(shifts):
+                torch.mul(qc, kp[..., y0 + dy:y1 + dy, dx:dx + w], out=tmp)
+                logits.baddbmm_(wl[j], tmp.view(bh, d, m * w))
+            logits = logits.view(bsz, nh, kk, m, w)
+        if kb is not None:
+            logits.addcmul_(kb.view(1, nh, kk, 1, 1), qc.sum(2, keepdim=True))
+        if valid is not None:
+            logits.masked_fill_(~valid[:, y0:y1], float("-inf"))
+        # softmax over the k*k neighbours, in place
+        logits.sub_(logits.amax(2, keepdim=True)).exp_()
+        logits.div_(logits.sum(2, keepdim=True))
+        if w3 is None:
+            dy, dx = shifts[0]
+            torch.mul(logits[:, :, 0:1], vp[..., y0 + dy:y1 + dy, dx:dx + w], out=oc)
+            for j in range(1, kk):
+                dy, dx = shifts[j]
+                oc.addcmul_(logits[:, :, j:j + 1], vp[..., y0 + dy:y1 + dy, dx:dx + w])
+        else:
+            am = logits.view(bh, kk, m * w)
+            g = tmp.view(bh, d, m * w)
+            torch.bmm(b2e, am, out=g)
+            oc.copy_(tmp)
+            for j, (dy, dx) in enumerate(shifts):
+                torch.bmm(wo[j], am, out=g)
+                oc.addcmul_(tmp, vp[..., y0 + dy:y1 + dy, dx:dx + w])
+    return out

@@ -1,0 +1,484 @@
+"""The training engine behind ``visattn train`` and ``visattn compare``.
+
+AdamW (no weight decay on biases and norm parameters), linear warm-up then cosine decay
+per step, cross-entropy with label smoothing, optional mixed precision (bf16 autocast on
+CPU or CUDA; fp16 with a GradScaler on CUDA), optional ``torch.compile``, evaluation
+every epoch, metrics as JSON lines and a PNG of the curves.
+
+Exact resume: the sample order of epoch ``e`` is a function of ``(seed, e)``
+(:class:`visattn.data.EpochBatches`), augmentation is drawn per example from the same
+key, and a checkpoint records the batches already consumed in the running epoch, the
+optimizer, scheduler, GradScaler and RNG states. ``resume=True`` restores all of it and
+skips the consumed batches, so a run killed at any point and resumed ends with the
+weights of an uninterrupted run (bit for bit in ``deterministic`` mode on the same
+machine and thread count).
+
+Under ``torchrun`` the model is wrapped in DistributedDataParallel; ``batch_size`` is
+per process (global batch = batch_size x processes); metrics are summed over processes;
+rank 0 alone writes checkpoints, metrics and plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from visattn.data import DataBundle, EpochBatches, load_data, normalize
+from visattn.data.transforms import eval_indices
+from visattn.registry import create_model
+from visattn.train import distributed as D
+from visattn.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "lr_factor", "plot_curves"]
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+AUGMENT_CHOICES = ("auto", "none", "crop", "crop+flip")
+# Options that must match for a resumed run to continue the same run.
+_RESUME_KEYS = ("model", "attention", "attn_kwargs", "model_kwargs", "data", "image_size", "epochs", "batch_size",
+                "lr", "weight_decay", "warmup_steps", "label_smoothing", "augment", "crop_pad", "seed")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (``visattn train --help`` documents each)."""
+
+    model: str = "resnet_tiny"
+    attention: str | None = None
+    attn_kwargs: dict[str, Any] | None = None
+    model_kwargs: dict[str, Any] | None = None
+    data: str = "digits"
+    image_size: int | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.0
+    label_smoothing: float = 0.1
+    augment: str = "auto"
+    crop_pad: int | None = None
+    grad_clip: float | None = None
+    amp: str = "auto"
+    compile: bool = False
+    sync_bn: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    output: str | None = "runs/train"
+    resume: bool = False
+    save_every: int = 0
+    keep: int = 2
+    checkpoints: bool = True
+    device: str = "auto"
+    progress: bool = True
+    verbose: bool = True
+    plot: bool = True
+    eval_batch_size: int | None = None
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
+        if self.augment not in AUGMENT_CHOICES:
+            raise ValueError(f"augment must be one of {AUGMENT_CHOICES}, got {self.augment!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.save_every < 0:
+            raise ValueError(f"save_every must be >= 0 (0: once per epoch), got {self.save_every}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.resume and not self.output:
+            raise ValueError("resume needs an output directory holding the checkpoints")
+        for name in ("attn_kwargs", "model_kwargs"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, dict):
+                raise TypeError(f"{name} must be a dict, got {type(v).__name__}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``model`` is the trained, unwrapped model (eval mode)."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    output: str | None
+    num_classes: int
+    image_size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based).
+
+    Linear warm-up ``(step + 1) / warmup`` for ``step < warmup``, then cosine from 1 down
+    to ``min_ratio`` at ``step = total``.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "none":
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("--amp fp16 needs CUDA (it relies on a GradScaler); on CPU use --amp bf16 or none")
+        return torch.float16
+    return torch.bfloat16
+
+
+@contextlib.contextmanager
+def _deterministic(on: bool, device: torch.device):
+    if not on:
+        yield
+        return
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    prev_det = torch.backends.cudnn.deterministic
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev)
+        torch.backends.cudnn.benchmark = prev_bench
+        torch.backends.cudnn.deterministic = prev_det
+
+
+def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Loss and accuracy per epoch (train and test) as a PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    a1.plot(ep, [h["test_loss"] for h in history], "s-", label="test")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("loss")
+    a1.legend()
+    a2.plot(ep, [100 * h["train_acc"] for h in history], "o-", label="train")
+    a2.plot(ep, [100 * h["test_acc"] for h in history], "s-", label="test")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("accuracy (%)")
+    a2.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """One training run (see module docstring). Use :func:`train` unless you need hooks.
+
+    ``callbacks`` are objects with any of ``after_backward(trainer)``,
+    ``after_step(trainer)``, ``after_checkpoint(trainer, folder)``; during those calls
+    ``trainer.model`` (unwrapped), ``trainer.epoch``, ``trainer.batch_in_epoch`` (batches
+    done in the running epoch) and ``trainer.step`` (optimizer steps done) are current.
+    """
+
+    def __init__(self, cfg: TrainConfig, data: DataBundle | None = None, callbacks: Sequence[Any] = (),
+                 bar_position: int = 0):
+        cfg.validate()
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        self.bar_position = bar_position
+        self.data = data
+        self.dist = D.DistContext()
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.step = 0
+
+    # -- small helpers -------------------------------------------------------
+    def _call(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, event, None)
+            if fn is not None:
+                fn(self, *args)
+
+    def _log(self, msg: str) -> None:
+        if self.cfg.verbose and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # -- setup ---------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.device = self.dist.device
+        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        if self.data is None:
+            self.data = load_data(cfg.data, cfg.image_size, seed=cfg.seed)
+        b = self.data
+        self.augment = b.augment if cfg.augment == "auto" else cfg.augment
+        self.crop_pad = cfg.crop_pad if cfg.crop_pad is not None else max(1, b.image_size // 8)
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = create_model(cfg.model, num_classes=b.num_classes, attention=cfg.attention,
+                                  attn_kwargs=cfg.attn_kwargs, **(cfg.model_kwargs or {})).to(self.device)
+        torch.manual_seed(cfg.seed + 1 + self.dist.rank)  # dropout etc. differ per rank
+        if cfg.sync_bn and self.dist.distributed:
+            if self.device.type != "cuda":
+                raise ValueError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.net: nn.Module = self.model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.fwd = torch.compile(self.net) if cfg.compile else self.net
+
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(0.9, 0.999), eps=1e-8)
+        self.steps_per_epoch = len(self._batches(0))
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup = (cfg.warmup_steps if cfg.warmup_steps is not None
+                       else min(self.steps_per_epoch, max(1, round(0.05 * self.total_steps))))
+        total, warm, mr = self.total_steps, self.warmup, cfg.min_lr_ratio
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total, warm, mr))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.eval_criterion = nn.CrossEntropyLoss(reduction="sum")
+
+    def _batches(self, epoch: int) -> EpochBatches:
+        b = self.data
+        return EpochBatches(b.train, self.cfg.batch_size, epoch, self.cfg.seed, rank=self.dist.rank,
+                            world_size=self.dist.world_size, augment=self.augment, pad=self.crop_pad,
+                            mean=b.mean, std=b.std)
+
+    def _run_config(self) -> dict[str, Any]:
+        d = {k: getattr(self.cfg, k) for k in _RESUME_KEYS}
+        d["world_size"] = self.dist.world_size
+        return d
+
+    # -- checkpoints -----------------------------------------------------------
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        return D.all_reduce_sum(t.clone().to(self.device), self.dist).cpu()
+
+    def _save(self, running: torch.Tensor, train_time: float) -> torch.Tensor:
+        """Checkpoint now. ``running``: this process's [loss_sum, correct, count] for the epoch.
+
+        Returns the running sums to continue with: the sums over every process on rank 0
+        (that is what the checkpoint holds), zeros elsewhere.
+        """
+        running = self._reduce(running)
+        if self.dist.is_main and self.out is not None and self.cfg.checkpoints:
+            state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                     "running": [float(v) for v in running], "train_time": train_time,
+                     "history": self.history, "config": self._run_config()}
+            folder = save_checkpoint(self.out, self.model, self.optimizer, self.scheduler, self.scaler, state,
+                                     keep=self.cfg.keep)
+            self._call("after_checkpoint", folder)
+        D.barrier(self.dist)
+        return running if self.dist.is_main else torch.zeros_like(running)
+
+    def _resume(self) -> tuple[torch.Tensor, float]:
+        running, train_time = torch.zeros(3, dtype=torch.float64), 0.0
+        self.history: list[dict[str, Any]] = []
+        if self.out is None:
+            return running, train_time
+        existing = latest_checkpoint(self.out) if (self.out / "checkpoints").is_dir() else None
+        if existing is not None and not self.cfg.resume:
+            raise ValueError(f"{self.out} already holds a checkpoint ({existing.name}); pass --resume to continue "
+                             "that run or choose another --output")
+        if existing is None:
+            if self.cfg.resume:
+                self._log(f"no checkpoint in {self.out}: starting a new run")
+            return running, train_time
+        st = load_checkpoint(self.out, self.model, self.optimizer, self.scheduler, self.scaler)
+        if self.dist.rank != 0:  # RNG saved by rank 0; keep ranks distinct
+            torch.manual_seed(self.cfg.seed + 1 + self.dist.rank + 7919 * int(st["step"]))
+        want, got = self._run_config(), st.get("config", {})
+        diff = {k: (got.get(k), want[k]) for k in want if got.get(k) != want[k]}
+        if diff:
+            raise ValueError("cannot resume: the checkpoint was made with other options "
+                             + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items()))
+        self.epoch, self.batch_in_epoch, self.step = int(st["epoch"]), int(st["batch_in_epoch"]), int(st["step"])
+        self.history = list(st.get("history", []))
+        if self.dist.is_main:
+            running = torch.tensor(st["running"], dtype=torch.float64)
+            train_time = float(st.get("train_time", 0.0))
+            # Drop metric lines written after the checkpoint (a kill between the two).
+            lines = [json.dumps(h) for h in self.history]
+            atomic_write_text(self.out / "metrics.jsonl", "".join(line + "\n" for line in lines))
+        self._log(f"resumed from {st['checkpoint']}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, "
+                  f"step {self.step}")
+        return running, train_time
+
+    # -- evaluation -------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """(mean cross-entropy without smoothing, accuracy) on the test split, over all processes."""
+        b = self.data
+        self.net.eval()
+        idx = eval_indices(len(b.test), self.dist.rank, self.dist.world_size)
+        bs = self.cfg.eval_batch_size or 2 * self.cfg.batch_size
+        sums = torch.zeros(3, dtype=torch.float64)
+        for i in range(0, len(idx), bs):
+            x, y = b.test.batch(idx[i:i + bs])
+            x, y = normalize(x, b.mean, b.std).to(self.device), y.to(self.device)
+            with self._autocast():
+                logits = self.fwd(x)
+            sums += torch.tensor([float(self.eval_criterion(logits.float(), y)),
+                                  float((logits.argmax(1) == y).sum()), float(y.numel())], dtype=torch.float64)
+        sums = self._reduce(sums)
+        return float(sums[0] / sums[2].clamp_min(1)), float(sums[1] / sums[2].clamp_min(1))
+
+    # -- main loop -----------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self.dist = D.setup(self.cfg.device)
+        try:
+            with _deterministic(self.cfg.deterministic, self.dist.device):
+                return self._run()
+        finally:
+            D.cleanup(self.dist)
+
+    def _run(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self._setup()
+        self.out = Path(cfg.output) if cfg.output else None
+        if self.out is not None and self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        D.barrier(self.dist)
+        running, train_time = self._resume()
+        if self.out is not None and self.dist.is_main and self.step == 0:
+            atomic_write_text(self.out / "metrics.jsonl", "")
+        show = cfg.progress and self.dist.is_main
+        world = self.dist.world_size
+
+        while self.epoch < cfg.epochs:
+            batches = self._batches(self.epoch)
+            self.net.train()
+            bar = tqdm(total=len(batches), initial=self.batch_in_epoch, disable=not show, dynamic_ncols=True,
+                       desc=f"epoch {self.epoch + 1}/{cfg.epochs}", position=self.bar_position,
+                       leave=self.bar_position == 0, unit="batch")
+            t0 = time.perf_counter()
+            seen_this_session = 0
+            for i, x, y in batches.iter_from(self.batch_in_epoch):
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                with self._autocast():
+                    logits = self.fwd(x)
+                    loss = self.criterion(logits.float(), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self._call("after_backward")
+                if cfg.grad_clip:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.step += 1
+                self.batch_in_epoch = i + 1
+                n = y.numel()
+                running += torch.tensor([float(loss.detach()) * n, float((logits.argmax(1) == y).sum()), n],
+                                        dtype=torch.float64)
+                seen_this_session += n
+                if show:
+                    elapsed = time.perf_counter() - t0
+                    bar.set_postfix(loss=f"{running[0] / running[2]:.3f}", acc=f"{running[1] / running[2]:.3f}",
+                                    img_s=f"{seen_this_session * world / max(elapsed, 1e-9):.0f}", refresh=False)
+                    bar.update(1)
+                self._call("after_step")
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < len(batches):
+                    running = self._save(running, train_time + time.perf_counter() - t0)
+            bar.close()
+            train_time += time.perf_counter() - t0
+            tot = self._reduce(running)
+            test_loss, test_acc = self.evaluate()
+            rec = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                   "train_loss": float(tot[0] / tot[2]), "train_acc": float(tot[1] / tot[2]),
+                   "test_loss": test_loss, "test_acc": test_acc,
+                   "images_per_s": float(tot[2]) / max(train_time, 1e-9), "train_time_s": train_time,
+                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            self.history.append(rec)
+            self._log(f"epoch {rec['epoch']}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
+                      f"acc {100 * rec['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
+                      f"{rec['images_per_s']:.0f} img/s")
+            if self.out is not None and self.dist.is_main:
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            running, train_time = torch.zeros(3, dtype=torch.float64), 0.0
+            self._save(running, train_time)
+
+        return self._finish()
+
+    def _finish(self) -> TrainResult:
+        cfg, b = self.cfg, self.data
+        final = dict(self.history[-1]) if self.history else {}
+        if self.out is not None and self.dist.is_main:
+            from safetensors.torch import save_model
+
+            tmp = self.out / f".model.safetensors.tmp-{os.getpid()}"
+            save_model(self.model, str(tmp), metadata={"format": "visattn-model"})
+            os.replace(tmp, self.out / "model.safetensors")
+            info = {"config": cfg.as_dict(), "classes": b.classes, "image_size": b.image_size,
+                    "mean": list(b.mean), "std": list(b.std), "world_size": self.dist.world_size,
+                    "final": final}
+            atomic_write_text(self.out / "config.json", json.dumps(info, indent=2))
+            if cfg.plot and self.history:
+                title = cfg.model + (f" + {cfg.attention}" if cfg.attention else "") + f" on {b.name}"
+                plot_curves(self.history, self.out / "curves.png", title)
+        D.barrier(self.dist)
+        self.model.eval()
+        return TrainResult(self.model, list(self.history), final, str(self.out) if self.out else None,
+                           b.num_classes, b.image_size)
+
+
+def train(cfg: TrainConfig, data: DataBundle | None = None, callbacks: Sequence[Any] = (),
+          bar_position: int = 0) -> TrainResult:
+    """Run one training job (see :class:`Trainer`). ``data`` skips loading ``cfg.data``."""
+    return Trainer(cfg, data, callbacks, bar_position).run()

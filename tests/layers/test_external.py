@@ -1,0 +1,148 @@
+"""Identities of "external" (Guo et al., arXiv 2105.02358), SPEC.md section 2.
+
+* the attention map (``attention_map``, (B, heads, S, n)) sums to 1 over the S memory
+  units at every position, within 1e-6, with double normalisation (default) and with
+  ``normalization="softmax"``;
+* a per-unit bias on M_k changes nothing under double normalisation (it cancels in the
+  softmax over positions; float64, <= 1e-12), but does change the single-softmax form;
+* permutation-equivariant over positions; examples in a batch are independent in eval;
+* single head equals a plain implementation of the paper's equations on tokens
+  (B, n, C): Linear M_k, softmax over n, L1 over S, Linear M_v (float64, <= 1e-10);
+* multi-head equals a per-head loop in which every head uses the same memory_key and
+  memory_value (float64, <= 1e-10).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import visattn
+
+TOL64 = 1e-10
+
+
+def reference_paper_tokens(mk: torch.Tensor, mv: torch.Tensor, tokens: torch.Tensor, eps: float) -> torch.Tensor:
+    """Paper's equations on tokens F (B, n, d): A = DoubleNorm(F M_k^T), out = A M_v.
+
+    mk, mv: (S, d) memories, used as the weights of Linear(d, S) and Linear(S, d).
+    """
+    logits = tokens @ mk.T  # (B, n, S)
+    a = torch.softmax(logits, dim=1)  # over the n positions
+    a = a / (eps + a.sum(dim=2, keepdim=True))  # L1 over S
+    return a @ mv  # (B, n, d)
+
+
+def reference_multi_head(m, x: torch.Tensor) -> torch.Tensor:
+    """Loop over heads, each with the module's single shared (memory_key, memory_value)."""
+    b, _, h, w = x.shape
+    f = torch.einsum("oc,bchw->bohw", m.in_proj.weight[:, :, 0, 0], x) + m.in_proj.bias[:, None, None]
+    f = f.flatten(2).transpose(1, 2)  # (B, n, C * expansion)
+    d = m.head_dim
+    heads = [reference_paper_tokens(m.memory_key, m.memory_value, f[..., i * d:(i + 1) * d], m.eps)
+             for i in range(m.num_heads)]
+    o = torch.cat(heads, -1).transpose(1, 2).reshape(b, -1, h, w)
+    return torch.einsum("oc,bchw->bohw", m.out_proj.weight[:, :, 0, 0], o) + m.out_proj.bias[:, None, None]
+
+
+@pytest.mark.parametrize("normalization", ["double", "softmax"])
+@pytest.mark.parametrize("kw", [{}, {"num_heads": 4, "expansion": 2}])
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5), (9, 7)])
+def test_attention_map_sums_to_one_over_memory_units(normalization, kw, hw):
+    # Unit-scale input: with the authors' eps (1e-9) in the L1 step, a position that every
+    # memory unit ignores (sum over S of the softmax-over-n weights ~1e-5, reachable with
+    # logits ~10x larger) has a row sum of r / (eps + r) < 1, as in the authors' code.
+    m = visattn.create_attention("external", 8, memory_size=16, normalization=normalization, **kw)
+    x = torch.randn(2, 8, *hw)
+    a = m.attention_map(x)
+    assert a.shape == (2, m.num_heads, 16, hw[0] * hw[1])
+    assert (a >= 0).all()
+    torch.testing.assert_close(a.sum(dim=2), torch.ones(2, m.num_heads, hw[0] * hw[1]), atol=1e-6, rtol=0)
+
+
+def test_key_bias_cancels_under_double_normalization():
+    m = visattn.create_attention("external", 8, memory_size=16, key_bias=True).double()
+    x = torch.randn(2, 8, 4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        m.key_bias.normal_(0, 3)
+    y_bias = m(x)
+    with torch.no_grad():
+        m.key_bias.zero_()
+    torch.testing.assert_close(y_bias, m(x), atol=1e-12, rtol=0)
+
+
+def test_key_bias_does_not_cancel_in_softmax_over_units():
+    # The cancellation above is a property of the softmax over positions, not of the test.
+    m = visattn.create_attention("external", 8, memory_size=16, key_bias=True,
+                                 normalization="softmax").double()
+    x = torch.randn(2, 8, 4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        m.key_bias.normal_(0, 3)
+    y_bias = m(x)
+    with torch.no_grad():
+        m.key_bias.zero_()
+    assert (y_bias - m(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kw", [{}, {"num_heads": 2, "expansion": 4}])
+def test_permutation_equivariance_over_positions(kw):
+    m = visattn.create_attention("external", 8, memory_size=16, **kw).double()
+    b, c, h, w = 2, 8, 5, 6
+    x = torch.randn(b, c, h, w, dtype=torch.float64)
+    perm = torch.randperm(h * w)
+    y = m(x).flatten(2)
+    y_perm = m(x.flatten(2)[:, :, perm].reshape(b, c, h, w)).flatten(2)
+    torch.testing.assert_close(y_perm, y[:, :, perm], atol=TOL64, rtol=0)
+    assert (y[:, :, perm] - y).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kw", [{}, {"num_heads": 2, "expansion": 2}])
+def test_batch_examples_independent_in_eval(kw):
+    m = visattn.create_attention("external", 8, memory_size=16, **kw).double().eval()
+    x = torch.randn(4, 8, 3, 6, dtype=torch.float64)
+    y = m(x)
+    for i in range(4):
+        torch.testing.assert_close(m(x[i:i + 1]), y[i:i + 1], atol=TOL64, rtol=0)
+    # Changing one example leaves the others untouched.
+    x2 = x.clone()
+    x2[0] = torch.randn(8, 3, 6, dtype=torch.float64)
+    torch.testing.assert_close(m(x2)[1:], y[1:], atol=TOL64, rtol=0)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (4, 7)])
+def test_single_head_equals_paper_equations(hw):
+    m = visattn.create_attention("external", 8, memory_size=16).double()
+    x = torch.randn(2, 8, *hw, dtype=torch.float64)
+    tokens = x.flatten(2).transpose(1, 2)  # (B, n, C)
+    ref = reference_paper_tokens(m.memory_key, m.memory_value, tokens, m.eps)
+    torch.testing.assert_close(m(x).flatten(2).transpose(1, 2), ref, atol=TOL64, rtol=0)
+    assert m.in_proj is None and m.out_proj is None  # the basic form has no projections
+
+
+@pytest.mark.parametrize("num_heads,expansion", [(2, 1), (4, 2), (16, 4)])
+def test_multi_head_shares_memories(num_heads, expansion):
+    m = visattn.create_attention("external", 8, 6, memory_size=16, num_heads=num_heads,
+                                 expansion=expansion).double()
+    assert m.memory_key.shape == (16, 8 * expansion // num_heads)
+    x = torch.randn(2, 8, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(m(x), reference_multi_head(m, x), atol=TOL64, rtol=0)
+
+
+def test_softmax_normalization_is_softmax_over_units():
+    m = visattn.create_attention("external", 8, memory_size=16, normalization="softmax").double()
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    logits = m.memory_key @ x.flatten(2)[:, None]  # (B, 1, S, n)
+    torch.testing.assert_close(m.attention_map(x), torch.softmax(logits, dim=2), atol=1e-12, rtol=0)
+
+
+def test_matches_fightingcv_external_attention_when_installed():
+    # Optional cross-check against the most used public implementation (the `peers` extra).
+    ea_mod = pytest.importorskip("fightingcv_attention.attention.ExternalAttention")
+    peer = ea_mod.ExternalAttention(d_model=8, S=16).double()
+    m = visattn.create_attention("external", 8, memory_size=16).double()
+    with torch.no_grad():
+        peer.mk.weight.copy_(m.memory_key)  # Linear(d, S).weight: (S, d)
+        peer.mv.weight.copy_(m.memory_value.T)  # Linear(S, d).weight: (d, S)
+    x = torch.randn(2, 8, 5, 4, dtype=torch.float64)
+    tokens = x.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(m(x).flatten(2).transpose(1, 2), peer(tokens), atol=1e-9, rtol=0)

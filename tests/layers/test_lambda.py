@@ -1,0 +1,257 @@
+"""LambdaLayer against the paper's equations (arXiv 2102.08602) and the identities of SPEC.md 1.
+
+The reference below builds the n x m relative position embeddings E[n, m] = R[pos_m - pos_n]
+explicitly and evaluates the paper's einsums in float64; the module never builds E.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import visattn
+from visattn.flops import count_flops
+from visattn.layers.lambda_layer import LambdaLayer, lambda_conv
+
+TOL64 = 1e-10
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def randomise(m: LambdaLayer) -> LambdaLayer:
+    """Non-trivial BatchNorm statistics/affine and position embeddings."""
+    with torch.no_grad():
+        for bn in (m.norm_q, m.norm_v):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+            bn.bias.normal_()
+        m.pos_kernel.normal_()
+        if m.pos_bias is not None:
+            m.pos_bias.normal_()
+    return m
+
+
+def embeddings(m: LambdaLayer, height: int, width: int) -> torch.Tensor:
+    """E: (n, m, k, u) with E[n, m] = R[pos_m - pos_n] (zero outside the local scope)."""
+    table = m.pos_kernel  # (k, u, rh, rw), offset 0 at the centre
+    ch, cw = table.shape[2] // 2, table.shape[3] // 2
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = ys[None, :] - ys[:, None]  # (n, m): pos_m - pos_n
+    dx = xs[None, :] - xs[:, None]
+    inside = (dy.abs() <= ch) & (dx.abs() <= cw)
+    e = table[:, :, (dy + ch).clamp(0, 2 * ch), (dx + cw).clamp(0, 2 * cw)]  # (k, u, n, m)
+    e = e * inside.to(e.dtype)
+    return e.permute(2, 3, 0, 1)
+
+
+def reference(m: LambdaLayer, x: torch.Tensor) -> torch.Tensor:
+    """The paper's lambda layer in plain einsums, BatchNorm with running statistics (eval)."""
+    b, c, height, width = x.shape
+    n, h, k, u, vd = height * width, m.num_heads, m.key_dim, m.intra_depth, m.value_dim
+    w = m.qkv.weight[:, :, 0, 0]
+    wq, wk, wv = w.split([h * k, k * u, vd * u])
+    t = x.flatten(2)  # (B, C, n)
+
+    def bn(z, norm):
+        return (z - norm.running_mean[:, None]) / (norm.running_var[:, None] + norm.eps).sqrt() \
+            * norm.weight[:, None] + norm.bias[:, None]
+
+    q = bn(torch.einsum("oc,bcn->bon", wq, t), m.norm_q).reshape(b, h, k, n)  # channel (h, k)
+    keys = torch.einsum("oc,bcn->bon", wk, t).reshape(b, u, k, n)  # channel (u, k)
+    vals = bn(torch.einsum("oc,bcn->bon", wv, t), m.norm_v).reshape(b, u, vd, n)  # channel (u, v)
+    keys = keys.softmax(dim=-1)  # over the m context positions
+    lam_c = torch.einsum("bukm,buvm->bkv", keys, vals)
+    e = embeddings(m, height, width)
+    lam_p = torch.einsum("nmku,buvm->bnkv", e, vals)
+    if m.pos_bias is not None:
+        lam_p = lam_p + m.pos_bias[None, None, :, None]
+    y = torch.einsum("bhkn,bkv->bhvn", q, lam_c) + torch.einsum("bhkn,bnkv->bhvn", q, lam_p)
+    return y.reshape(b, h * vd, height, width)
+
+
+def make(dim=6, dim_out=8, **kw):
+    kw = {"num_heads": 2, "key_dim": 3, "intra_depth": 2, **kw}
+    return randomise(LambdaLayer(dim, dim_out, **kw).double().eval())
+
+
+@pytest.mark.parametrize("impl", ["direct", "fft"])
+@pytest.mark.parametrize("hw", [(5, 7), (3, 11), (1, 1), (8, 2)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_local_form_equals_paper_equations(impl, hw, bias):
+    m = make(local_scope=5, conv_impl=impl, lambda_conv_bias=bias)
+    x = torch.randn(2, 6, *hw, dtype=torch.float64)
+    assert rel_err(m(x), reference(m, x)) < TOL64
+
+
+@pytest.mark.parametrize("hw", [(5, 7), (6, 4), (1, 3), (6, 7)])
+def test_global_form_equals_paper_equations_up_to_max_size(hw):
+    m = make(local_scope=None, max_size=(6, 7))
+    x = torch.randn(2, 6, *hw, dtype=torch.float64)
+    # the global reference: the explicit table slice over every offset of this input
+    full = LambdaLayer(6, 8, num_heads=2, key_dim=3, intra_depth=2, local_scope=None, max_size=hw).double().eval()
+    full.load_state_dict({**m.state_dict(), "pos_kernel": m.position_kernel(*hw)})
+    assert rel_err(m(x), reference(full, x)) < TOL64
+
+
+def test_global_form_rejects_inputs_above_max_size():
+    m = LambdaLayer(8, num_heads=2, key_dim=4, local_scope=None, max_size=(6, 7))
+    with pytest.raises(ValueError, match=r"inputs up to max_size=\(6, 7\), got an input of 6 x 8"):
+        m(torch.randn(1, 8, 6, 8))
+    with pytest.raises(ValueError, match=r"inputs up to max_size=\(6, 7\), got an input of 7 x 2"):
+        m(torch.randn(1, 8, 7, 2))
+    with pytest.raises(ValueError, match=r"needs max_size=S or \(H, W\).*got max_size=None"):
+        LambdaLayer(8, local_scope=None)
+    with pytest.raises(TypeError, match=r"max_size must be an int or a pair"):
+        LambdaLayer(8, local_scope=None, max_size=(2, 3, 4))
+    with pytest.raises(ValueError, match=r"local_scope must be odd"):
+        LambdaLayer(8, local_scope=4)
+    with pytest.raises(ValueError, match=r"dim_out=10 must be divisible by num_heads=4"):
+        LambdaLayer(8, 10)
+
+
+@pytest.mark.parametrize("impl", ["direct", "fft"])
+@pytest.mark.parametrize("hw", [(5, 7), (9, 3), (2, 2)])
+def test_identity1_lambda_conv_equals_global_form_zeroed_outside_window(impl, hw):
+    """SPEC 1, identity 1: borders included (zero padding == absent keys)."""
+    r, size = 3, (9, 7)
+    local = make(local_scope=r, conv_impl=impl)
+    glob = make(local_scope=None, max_size=size, conv_impl=impl)
+    state = dict(local.state_dict())
+    table = torch.zeros_like(glob.pos_kernel)
+    mh, mw = size
+    table[:, :, mh - 1 - r // 2 : mh + r // 2, mw - 1 - r // 2 : mw + r // 2] = local.pos_kernel
+    state["pos_kernel"] = table
+    glob.load_state_dict(state)
+    x = torch.randn(2, 6, *hw, dtype=torch.float64)
+    assert rel_err(glob(x), local(x)) < TOL64
+
+
+@pytest.mark.parametrize("local_scope", [3, None])
+def test_identity2_content_only_when_embeddings_are_zero(local_scope):
+    m = make(local_scope=local_scope, max_size=6)
+    with torch.no_grad():
+        m.pos_kernel.zero_()
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    w = m.qkv.weight[:, :, 0, 0]
+    h, k, u, vd = m.num_heads, m.key_dim, m.intra_depth, m.value_dim
+    q = m.norm_q(torch.einsum("oc,bchw->bohw", w[: h * k], x)).flatten(2).reshape(2, h, k, 20)
+    keys = torch.einsum("oc,bchw->bohw", w[h * k : h * k + k * u], x).flatten(2).reshape(2, u, k, 20)
+    vals = m.norm_v(torch.einsum("oc,bchw->bohw", w[h * k + k * u :], x)).flatten(2).reshape(2, u, vd, 20)
+    lam_c = torch.einsum("bukm,buvm->bkv", keys.softmax(-1), vals)  # softmax_m(K)^T V
+    expected = torch.einsum("bhkn,bkv->bhvn", q, lam_c).reshape(2, h * vd, 4, 5)
+    assert rel_err(m(x), expected) < TOL64
+
+
+@pytest.mark.parametrize("local_scope", [5, None])
+def test_identity3_heads_with_equal_query_weights_agree(local_scope):
+    m = make(dim_out=12, num_heads=3, local_scope=local_scope, max_size=8).train()
+    h, k = m.num_heads, m.key_dim
+    with torch.no_grad():
+        wq = m.qkv.weight[: h * k].view(h, k, -1)
+        wq[1:] = wq[0]
+        m.norm_q.weight.view(h, k)[1:] = m.norm_q.weight.view(h, k)[0]
+        m.norm_q.bias.view(h, k)[1:] = m.norm_q.bias.view(h, k)[0]
+    x = torch.randn(2, 6, 5, 6, dtype=torch.float64)
+    y = m(x).view(2, h, m.value_dim, 5, 6)
+    assert rel_err(y[:, 1], y[:, 0]) < TOL64 and rel_err(y[:, 2], y[:, 0]) < TOL64
+    assert rel_err(y[:, 0], y[:, 0].roll(1, -1)) > 1e-3  # not trivially constant
+
+
+@pytest.mark.parametrize("local_scope", [3, None])
+@pytest.mark.parametrize("train", [False, True])
+def test_identity4_intra_depth_is_a_sum_of_u1_lambdas(local_scope, train):
+    u = 3
+    big = make(local_scope=local_scope, max_size=7, intra_depth=u).train(train)
+    h, k, vd = big.num_heads, big.key_dim, big.value_dim
+    w = big.qkv.weight
+    total = 0
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    for j in range(u):
+        one = LambdaLayer(6, 8, num_heads=h, key_dim=k, intra_depth=1, local_scope=local_scope,
+                          max_size=7).double().train(train)
+        with torch.no_grad():
+            wk = w[h * k + j * k : h * k + (j + 1) * k]
+            wv = w[h * k + k * u + j * vd : h * k + k * u + (j + 1) * vd]
+            one.qkv.weight.copy_(torch.cat([w[: h * k], wk, wv]))
+            one.pos_kernel.copy_(big.pos_kernel[:, j : j + 1])
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(one.norm_q, name).copy_(getattr(big.norm_q, name))
+                getattr(one.norm_v, name).copy_(getattr(big.norm_v, name)[j * vd : (j + 1) * vd])
+        total = total + one(x)
+    assert rel_err(big(x), total) < TOL64
+
+
+def test_lambda_conv_fft_equals_direct_for_every_kernel_size():
+    v = torch.randn(2, 2, 3, 9, 6, dtype=torch.float64)
+    for r in (1, 3, 7, 23):
+        w = torch.randn(4, 2, r, r, dtype=torch.float64)
+        assert rel_err(lambda_conv(v, w, "fft"), lambda_conv(v, w, "direct")) < TOL64
+
+
+def test_stride2_pools_after_the_layer():
+    m = make(local_scope=3, stride=2)
+    x = torch.randn(2, 6, 7, 8, dtype=torch.float64)
+    y = m(x)
+    assert y.shape == (2, 8, 4, 4)
+    m1 = make(local_scope=3)
+    m1.load_state_dict(m.state_dict())
+    assert rel_err(y, F.avg_pool2d(m1(x), 3, 2, 1)) < TOL64
+
+
+def test_batchnorm_on_one_value_uses_running_statistics():
+    m = make(local_scope=3).train()
+    stats = [t.clone() for t in (m.norm_q.running_mean, m.norm_v.running_var)]
+    x = torch.randn(1, 6, 1, 1, dtype=torch.float64)
+    y = m(x)
+    assert rel_err(y, m.eval()(x)) < TOL64
+    assert torch.equal(stats[0], m.norm_q.running_mean) and torch.equal(stats[1], m.norm_v.running_var)
+    m.train()(torch.randn(2, 6, 1, 1, dtype=torch.float64))  # two values: ordinary batch statistics
+    assert not torch.equal(stats[0], m.norm_q.running_mean)
+
+
+@pytest.mark.parametrize("kw", [{"local_scope": 23}, {"local_scope": None, "max_size": 24}])
+def test_bf16_autocast_large_inputs_large_scope(kw):
+    m = LambdaLayer(16, num_heads=4, key_dim=8, **kw).eval()
+    x = 100 * torch.randn(2, 16, 24, 20)
+    ref = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    assert rel_err(y.float(), ref) < 0.1
+
+
+def test_flop_formula_on_the_fft_path():
+    m = LambdaLayer(16, num_heads=4, key_dim=8, local_scope=23).eval()
+    x = torch.randn(2, 16, 24, 20)
+    assert count_flops(m, x) == m.flop_breakdown(24, 20, 2)["counted"]
+    direct = LambdaLayer(16, num_heads=4, key_dim=8, local_scope=23, conv_impl="direct").eval()
+    # conv MACs on the direct path: k * v * u * r^2 per position
+    assert direct.flop_breakdown(24, 20, 2)["counted"] - m.flop_breakdown(24, 20, 2)["counted"] == 2 * 2 * 8 * 4 * 480 * 23 * 23
+
+
+def test_gradients_match_reference_float64():
+    m = make(local_scope=3).train()
+    x = torch.randn(1, 6, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: m(t), (x,), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_registered_and_created_by_name():
+    m = visattn.create_attention("lambda", 64)
+    assert isinstance(m, LambdaLayer) and m.local_scope == 23 and m.key_dim == 16 and m.num_heads == 4
+    info = visattn.attention_info("lambda")
+    assert info.bench_variants["lambda-global"]["local_scope"] is None
+
+
+def test_fft_lambda_conv_gradients_float64():
+    v = torch.randn(2, 2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: lambda_conv(a, b, "fft"), (v, w), eps=1e-6, atol=1e-7, fast_mode=True)
+    g = torch.randn(2, 3, 3, 5, 4, dtype=torch.float64)
+    ga = torch.autograd.grad(lambda_conv(v, w, "fft"), (v, w), g)
+    gb = torch.autograd.grad(lambda_conv(v, w, "direct"), (v, w), g)
+    assert rel_err(ga[0], gb[0]) < TOL64 and rel_err(ga[1], gb[1]) < TOL64
