@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import statistics
@@ -123,6 +124,19 @@ class PlainEfficientAttention(nn.Module):
         return self.reprojection(torch.cat(heads, dim=1))
 
 
+class OnFeatureMap(nn.Module):
+    """Runs a token module (B, N, C) on a feature map (B, C, H, W) and returns (B, C, H, W):
+    what a convolutional network pays to use a token-layout implementation."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.module(x.flatten(2).transpose(1, 2))  # (B, N, C)
+        return y.transpose(1, 2).reshape(x.shape)
+
+
 # ---------------------------------------------------------------------------
 # Measurement helpers.
 # ---------------------------------------------------------------------------
@@ -147,17 +161,21 @@ def peak_cpu_memory(fn) -> int:
     return int(peak)
 
 
-def _call(module, inp, backward: bool):
+_CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
+_clock = time.perf_counter
+
+
+def _call(module, inp, backward: bool) -> float:
     if backward:
         x = inp.detach().requires_grad_(True)
         module.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
+        t0 = _clock()
         module(x).sum().backward()
-        return time.perf_counter() - t0
+        return _clock() - t0
     with torch.no_grad():
-        t0 = time.perf_counter()
+        t0 = _clock()
         module(inp)
-        return time.perf_counter() - t0
+        return _clock() - t0
 
 
 def _memory(module, inp, backward: bool) -> int:
@@ -175,20 +193,30 @@ def _memory(module, inp, backward: bool) -> int:
     return peak_cpu_memory(run)
 
 
-def compare(impls: dict, backward: bool, rounds: int, calls: int, baseline: str) -> dict:
-    """Interleaved timing. impls: label -> (module, input). Returns label -> stats (ms)."""
-    for module, inp in impls.values():  # warm-up
+def compare(impls: dict, backward: bool, rounds: int, calls: int, baseline: str, min_round_s: float = 0.02) -> dict:
+    """Interleaved timing. impls: label -> (module, input). Returns label -> stats (ms).
+
+    Each round runs every implementation ``calls`` times (more for fast calls, so a round
+    lasts at least ``min_round_s`` per implementation) and keeps the median; the order
+    is reversed on every other round so neither side always runs first.
+    """
+    est = {}
+    for label, (module, inp) in impls.items():  # warm-up, and a time estimate
         for _ in range(2):
-            _call(module, inp, backward)
+            est[label] = _call(module, inp, backward)
+    n_calls = max(calls, math.ceil(min_round_s / max(1e-6, min(est.values()))))
     per_round = {label: [] for label in impls}
-    for _ in range(rounds):
-        for label, (module, inp) in impls.items():
-            per_round[label].append(statistics.median(_call(module, inp, backward) for _ in range(calls)))
+    order = list(impls)
+    for r in range(rounds):
+        for label in (order if r % 2 == 0 else order[::-1]):
+            module, inp = impls[label]
+            per_round[label].append(statistics.median(_call(module, inp, backward) for _ in range(n_calls)))
     out = {}
     for label, meds in per_round.items():
         ratio = statistics.median(m / b for m, b in zip(meds, per_round[baseline]))
         out[label] = {"median_ms": 1e3 * statistics.median(meds), "min_ms": 1e3 * min(meds),
-                      "rounds_ms": [1e3 * m for m in meds], f"ratio_to_{baseline}": ratio}
+                      "calls_per_round": n_calls, "rounds_ms": [1e3 * m for m in meds],
+                      f"ratio_to_{baseline}": ratio}
     return out
 
 
@@ -214,12 +242,26 @@ def main(argv=None) -> int:
     p.add_argument("--efficient-heads", type=int, default=4)
     p.add_argument("--mhsa-size", type=int, default=56, help="resolution of the efficient-vs-mhsa forward")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (fixed for the run)")
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--calls", type=int, default=3, help="calls per implementation per round")
+    p.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
+                   help="cpu: this thread's CPU time (time.thread_time), immune to other processes on a "
+                        "shared machine, exact with --threads 1 (CPU autograd runs on the calling thread); "
+                        "wall: time.perf_counter. auto: cpu with --threads 1, else wall")
+    p.add_argument("--rounds", type=int, default=11)
+    p.add_argument("--calls", type=int, default=3, help="minimum calls per implementation per round")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "external_peers")
+    p.add_argument("--render", type=Path, metavar="JSON", help="only re-render the markdown of a saved run")
     args = p.parse_args(argv)
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        md = render_markdown(saved["meta"], saved["results"])
+        args.render.with_suffix(".md").write_text(md)
+        print(md)
+        return 0
 
     torch.set_num_threads(args.threads)
+    global _clock
+    clock = args.clock if args.clock != "auto" else ("cpu" if args.threads == 1 else "wall")
+    _clock = _CLOCK[clock]
     torch.manual_seed(0)
     c, s, b = args.channels, args.memory_size, args.batch
 
@@ -237,6 +279,8 @@ def main(argv=None) -> int:
             m.mk.weight.copy_(ours_ext.memory_key)  # Linear(C, S).weight is (S, C) = M_k
             m.mv.weight.copy_(ours_ext.memory_value.T)  # Linear(S, C).weight is (C, S) = M_v^T
 
+    peer_on_map = OnFeatureMap(peer_ext)
+
     ours_eff = visattn.create_attention("efficient", c, num_heads=args.efficient_heads).eval()
     plain_eff = PlainEfficientAttention(c, c, c, args.efficient_heads).eval()
     plain_eff.load_state_dict(ours_eff.state_dict())
@@ -245,6 +289,7 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
     t_start = time.time()
     results = {"external": {}, "efficient": {}, "efficient_vs_mhsa": {}}
+    memory_jobs = []
     for hw in args.sizes:
         x = torch.randn(b, c, hw, hw)
         t = _tokens(x)
@@ -256,25 +301,28 @@ def main(argv=None) -> int:
             err = _agree(plain_eff(x), ours_eff(x))
             assert err < 1e-5, f"plain efficient disagrees with visattn at {hw}x{hw}: rel. err {err:.2e}"
 
-        ext = {"visattn": (ours_ext, x), "fightingcv": (peer_ext, t), "plain": (plain_ext, t)}
+        ext = {"visattn": (ours_ext, x), "fightingcv": (peer_ext, t), "plain": (plain_ext, t),
+               "fightingcv_on_map": (peer_on_map, x)}
         eff = {"visattn": (ours_eff, x), "plain": (plain_eff, x)}
         for group, impls, base in (("external", ext, "fightingcv"), ("efficient", eff, "plain")):
-            row = {}
             for mode, bw in (("forward", False), ("forward_backward", True)):
-                print(f"[{group} {hw}x{hw} {mode}]", file=sys.stderr, flush=True)
-                row[mode] = compare(impls, bw, args.rounds, args.calls, base)
-                for label, (m, inp) in impls.items():
-                    row[mode][label]["peak_bytes"] = _memory(m, inp, bw)
-            results[group][f"{hw}x{hw}"] = row
+                print(f"[time {group} {hw}x{hw} {mode}]", file=sys.stderr, flush=True)
+                results[group].setdefault(f"{hw}x{hw}", {})[mode] = compare(impls, bw, args.rounds, args.calls, base)
+                memory_jobs.append((results[group][f"{hw}x{hw}"][mode], impls, bw))
 
     hw = args.mhsa_size
     x = torch.randn(b, c, hw, hw)
-    print(f"[efficient vs mhsa {hw}x{hw} forward]", file=sys.stderr, flush=True)
+    print(f"[time efficient vs mhsa {hw}x{hw} forward]", file=sys.stderr, flush=True)
     impls = {"mhsa": (mhsa, x), "efficient": (ours_eff, x), "plain efficient": (plain_eff, x)}
     row = compare(impls, False, max(3, args.rounds // 2), 1, "mhsa")
-    for label, (m, inp) in impls.items():
-        row[label]["peak_bytes"] = _memory(m, inp, False)
     results["efficient_vs_mhsa"][f"{hw}x{hw}"] = row
+    memory_jobs.append((row, impls, False))
+
+    # Memory last: a profiler session can leave the process slower for a while.
+    print("[peak memory]", file=sys.stderr, flush=True)
+    for row, impls, bw in memory_jobs:
+        for label, (m, inp) in impls.items():
+            row[label]["peak_bytes"] = _memory(m, inp, bw)
 
     meta = {
         "command": "python benchmarks/external_peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -285,6 +333,7 @@ def main(argv=None) -> int:
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
+        "clock": clock,
         "loadavg_start": [round(v, 2) for v in load_start],
         "loadavg_end": [round(v, 2) for v in os.getloadavg()],
         "batch": b, "channels": c, "memory_size": s, "efficient_heads": args.efficient_heads,
@@ -308,6 +357,11 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _paired(r: dict, a: str, b: str) -> float:
+    """Median over rounds of time(a) / time(b), from the recorded per-round medians."""
+    return statistics.median(x / y for x, y in zip(r[a]["rounds_ms"], r[b]["rounds_ms"]))
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f}"
 
@@ -319,25 +373,36 @@ def render_markdown(meta: dict, results: dict) -> str:
         f"`{meta['command'].strip()}` on {meta['date_utc']} UTC, {meta['cpu']} ({meta['cpu_count']} cores, "
         f"torch.set_num_threads({meta['threads']})), torch {meta['torch']}, Python {meta['python']}; "
         f"load average {meta['loadavg_start'][0]} at start, {meta['loadavg_end'][0]} at end "
-        f"(shared machine). Batch {meta['batch']}, C={meta['channels']}; external: single head, "
+        f"(shared machine). Clock: "
+        + ("this thread's CPU time (`time.thread_time`), so other processes' load does not count"
+           if meta["clock"] == "cpu" else "wall time (`time.perf_counter`)")
+        + f". Batch {meta['batch']}, C={meta['channels']}; external: single head, "
         f"S={meta['memory_size']}; efficient: {meta['efficient_heads']} heads, d_k=d_v=C, softmax "
-        f"normalisation. Times are medians over {meta['rounds']} interleaved rounds of "
-        f"{meta['calls_per_round']} calls; ratio = median over rounds of (time / reference time), "
+        f"normalisation. Times are medians over {meta['rounds']} interleaved rounds (order reversed every "
+        f"other round) of the median of >= {meta['calls_per_round']} calls (more for fast cases, >= 20 ms "
+        "per round); ratio = median over rounds of (time / reference time), "
         "< 1 means faster than the reference. Peak = peak of the cumulative CPU allocation curve of "
         "one call (torch.profiler, inputs excluded).",
         "",
         "## External attention vs fightingcv-attention `ExternalAttention` (reference) and the plain equations",
         "",
-        "| size | mode | visattn ms | fightingcv ms | plain ms | visattn / fightingcv | plain / fightingcv "
+        "fightingcv and plain run on their native token layout (B, N, C), prepared outside the timed region; "
+        "\"fightingcv on (B,C,H,W)\" adds the layout conversion a convolutional network needs "
+        "(flatten/transpose in, transpose/reshape out).",
+        "",
+        "| size | mode | visattn ms | fightingcv ms | plain ms | fightingcv on (B,C,H,W) ms "
+        "| visattn / fightingcv | plain / fightingcv | visattn / plain | visattn / fightingcv on (B,C,H,W) "
         "| peak MiB visattn / fightingcv / plain |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size, row in results["external"].items():
         for mode, r in row.items():
             lines.append(
                 f"| {size} | {mode.replace('_', '+')} | {r['visattn']['median_ms']:.2f} | "
                 f"{r['fightingcv']['median_ms']:.2f} | {r['plain']['median_ms']:.2f} | "
+                f"{r['fightingcv_on_map']['median_ms']:.2f} | "
                 f"**{r['visattn']['ratio_to_fightingcv']:.2f}** | {r['plain']['ratio_to_fightingcv']:.2f} | "
+                f"**{_paired(r, 'visattn', 'plain'):.2f}** | {_paired(r, 'visattn', 'fightingcv_on_map'):.2f} | "
                 f"{_mib(r['visattn']['peak_bytes'])} / {_mib(r['fightingcv']['peak_bytes'])} / "
                 f"{_mib(r['plain']['peak_bytes'])} |")
     lines += [
@@ -363,10 +428,14 @@ def render_markdown(meta: dict, results: dict) -> str:
             f"{r['plain efficient']['median_ms']:.2f} | **{1 / r['efficient']['ratio_to_mhsa']:.1f}x** | "
             f"{1 / r['plain efficient']['ratio_to_mhsa']:.1f}x | {_mib(r['mhsa']['peak_bytes'])} / "
             f"{_mib(r['efficient']['peak_bytes'])} |")
-    slower = [f"external {size} {mode}" for size, row in results["external"].items() for mode, r in row.items()
-              if r["visattn"]["ratio_to_fightingcv"] > 1.0]
+    slower = [f"external {size} {mode} (vs fightingcv)" for size, row in results["external"].items()
+              for mode, r in row.items() if r["visattn"]["ratio_to_fightingcv"] > 1.0]
+    slower += [f"external {size} {mode} (vs plain equations)" for size, row in results["external"].items()
+               for mode, r in row.items() if _paired(r, "visattn", "plain") > 1.0]
     slower += [f"efficient {size} {mode}" for size, row in results["efficient"].items()
                for mode, r in row.items() if r["visattn"]["ratio_to_plain"] > 1.0]
+    slower += [f"efficient {size} forward (vs mhsa)" for size, r in results["efficient_vs_mhsa"].items()
+               if r["efficient"]["ratio_to_mhsa"] > 1.0]
     lines += ["", "Slower than the reference in this run: " + (", ".join(slower) if slower else "nowhere") + ".", ""]
     return "\n".join(lines)
 

@@ -146,3 +146,9 @@ def test_matches_fightingcv_external_attention_when_installed():
     x = torch.randn(2, 8, 5, 4, dtype=torch.float64)
     tokens = x.flatten(2).transpose(1, 2)
     torch.testing.assert_close(m(x).flatten(2).transpose(1, 2), peer(tokens), atol=1e-9, rtol=0)
+
+
+def test_attention_map_validates_its_input():
+    m = visattn.create_attention("external", 8, memory_size=16)
+    with pytest.raises(ValueError, match=r"expects a 4-D feature map .*got a 3-D tensor of shape \(2, 20, 8\)"):
+        m.attention_map(torch.randn(2, 20, 8))

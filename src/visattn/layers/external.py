@@ -111,18 +111,19 @@ class ExternalAttention(SpatialAttention):
         if self.key_bias is not None:
             logits = logits + self.key_bias[:, None]
         dtype = logits.dtype
-        with torch.autocast(device_type=f.device.type, enabled=False):
-            if dtype in _HALF:
-                logits = logits.float()
-            if self.normalization == "double":
-                a = logits.softmax(dim=2)  # over the n positions, per memory unit
-                del logits  # free the (B*heads, S, n) logits before the next map is made
-                # L1 over the S units, per position (a multiply by the reciprocal is cheaper
-                # than a divide); in place when no graph needs the softmax output.
-                r = a.sum(dim=1, keepdim=True).add_(self.eps).reciprocal_()  # (B*heads, 1, n)
-                a = a * r if a.requires_grad else a.mul_(r)
-            else:
-                a = logits.softmax(dim=1)  # over the S units
+        # Normalise in float32 for half input (a sum over n overflows float16). No autocast
+        # guard is needed: autocast leaves softmax, sum and mul of float32 tensors in float32.
+        if dtype in _HALF:
+            logits = logits.float()
+        if self.normalization == "double":
+            a = logits.softmax(dim=2)  # over the n positions, per memory unit
+            del logits  # free the (B*heads, S, n) logits before the next map is made
+            # L1 over the S units, per position (a multiply by the reciprocal is cheaper
+            # than a divide); in place when no graph needs the softmax output.
+            r = a.sum(dim=1, keepdim=True).add_(self.eps).reciprocal_()  # (B*heads, 1, n)
+            a = a * r if a.requires_grad else a.mul_(r)
+        else:
+            a = logits.softmax(dim=1)  # over the S units
         return a, dtype
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

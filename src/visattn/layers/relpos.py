@@ -282,8 +282,12 @@ class RelativePositionAttention(SpatialAttention):
                     o = F.dropout(a[None].expand(b, -1, -1, -1), drop) @ v  # per-example masks
                 else:
                     # Fold the batch into the columns: one (n, n) @ (n, B d_v) product per head,
-                    # so the (h, n, n) table is never expanded or copied over the batch.
-                    vb = v.permute(1, 2, 0, 3).reshape(self.num_heads, n, b * self.value_dim)
+                    # so the (h, n, n) table is never expanded or copied over the batch. Without a
+                    # value projection all heads share the values: a single (h n, n) @ (n, B C).
+                    if self.v is None:
+                        vb = v[:, 0].permute(1, 0, 2).reshape(n, b * self.value_dim)
+                    else:
+                        vb = v.permute(1, 2, 0, 3).reshape(self.num_heads, n, b * self.value_dim)
                     o = (a @ vb).reshape(self.num_heads, n, b, self.value_dim).permute(2, 0, 1, 3)
         o = o.to(out_dtype).transpose(1, 2).reshape(b, n, self.num_heads * self.value_dim)
         o = self.proj(o)  # (B, n, C_out)
