@@ -122,6 +122,9 @@ def to_markdown(res: dict) -> str:
     if res["skipped"]:
         lines += ["", "Not measured:", ""]
         lines += [f"* {k}: {v}" for k, v in res["skipped"].items()]
+        if "timm" in res["skipped"]:
+            lines.append("  (timm imports torchvision, whose wheels here need torch 2.14.1; installing it would "
+                         "replace the project's torch 2.13.0, so timm's LambdaLayer is not measured.)")
     return "\n".join(lines) + "\n"
 
 
@@ -137,11 +140,17 @@ def main() -> None:
     p.add_argument("--max-rounds", type=int, default=30)
     p.add_argument("--min-time", type=float, default=2.0)
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    p.add_argument("--from-json", default=None, help="only rewrite OUT.md from a saved JSON")
     args = p.parse_args()
-    res = run(args)
+    if args.from_json:
+        with open(args.from_json) as f:
+            res = json.load(f)
+    else:
+        res = run(args)
     if args.out:
-        with open(args.out + ".json", "w") as f:
-            json.dump(res, f, indent=1)
+        if not args.from_json:
+            with open(args.out + ".json", "w") as f:
+                json.dump(res, f, indent=1)
         with open(args.out + ".md", "w") as f:
             f.write(to_markdown(res))
 

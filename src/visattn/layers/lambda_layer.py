@@ -55,9 +55,9 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def _contract_fwd(q: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    b, h, k, n = q.shape
-    y = q.new_zeros(b, h, lam.shape[2], n)
-    for i in range(k):  # k multiply-adds over (B, h, v, n): no (B, h, k, v, n) temporary
+    k = q.shape[2]
+    y = q[:, :, 0, None, :] * lam[:, None, 0]  # (B, h, v, n)
+    for i in range(1, k):  # k multiply-adds over (B, h, v, n): no (B, h, k, v, n) temporary
         y.addcmul_(q[:, :, i, None, :], lam[:, None, i])
     return y
 
@@ -74,13 +74,13 @@ class _QueryContract(torch.autograd.Function):
         gq = glam = None
         if ctx.needs_input_grad[0]:
             # gq[b, h, k, n] = sum_v gy[b, h, v, n] lam[b, k, v, n]
-            gq = torch.zeros_like(q)
-            for j in range(lam.shape[2]):
+            gq = gy[:, :, 0, None, :] * lam[:, None, :, 0, :]
+            for j in range(1, lam.shape[2]):
                 gq.addcmul_(gy[:, :, j, None, :], lam[:, None, :, j, :])
         if ctx.needs_input_grad[1]:
             # glam[b, k, v, n] = sum_h q[b, h, k, n] gy[b, h, v, n]
-            glam = torch.zeros_like(lam)
-            for i in range(q.shape[1]):
+            glam = q[:, 0, :, None, :] * gy[:, 0, None, :, :]
+            for i in range(1, q.shape[1]):
                 glam.addcmul_(q[:, i, :, None, :], gy[:, i, None, :, :])
         return gq, glam
 
@@ -124,10 +124,11 @@ def _fast_len(n: int) -> int:
 
 
 def _use_fft(kernel_hw: tuple[int, int], height: int, width: int) -> bool:
-    # Measured on CPU (fwd+bwd, k=v=16): the direct conv wins up to r ~ 9 and on maps of
-    # <= 14 x 14; the FFT wins by 2x or more at r=23 on 28 x 28 and larger maps.
-    rh, rw = kernel_hw
-    return rh * rw >= 121 and height * width >= 400
+    # Measured on CPU (forward+backward, batch 4, C=64): conv3d wins on maps up to ~10 x 10 and
+    # on 14 x 14 maps with r <= 11; the FFT wins from 20 x 20 up for r >= 7 (1.5-2x at r=7,
+    # 28-56) and on 14 x 14 maps for r >= 21.
+    area, n = kernel_hw[0] * kernel_hw[1], height * width
+    return (n >= 400 and area >= 49) or (n >= 196 and area >= 400)
 
 
 def lambda_conv(v: torch.Tensor, weight: torch.Tensor, impl: str = "auto") -> torch.Tensor:
@@ -239,7 +240,7 @@ def _bn(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     window_arg="local_scope",
     positional="relative (lambda convolution over an r x r window, or a global table up to max_size)",
     max_resolution_arg="max_size",
-    export=("onnx", "compile"),
+    export=("onnx", "compile", "torchscript"),
     test_kwargs={"num_heads": 2, "key_dim": 4, "local_scope": 3},
     bench_kwargs={"num_heads": 4, "key_dim": 16, "local_scope": 7},
     bench_variants={
@@ -378,10 +379,13 @@ class LambdaLayer(SpatialAttention):
         uncounted = 2 * h * k * vd * n  # queries x lambdas, elementwise
         if impl == "direct":
             counted += 2 * k * vd * n * u * rh * rw  # lambda convolution (conv3d)
-        else:  # complex products in the frequency domain (4 real multiply-adds each), FFTs not included
+        else:
+            # complex products in the frequency domain (4 real multiply-adds each), plus the real
+            # 2-D FFTs of V, the kernel and the output, estimated at 2.5 N log2 N flops each.
             ph, pw = _fast_len(height + rh - 1), _fast_len(width + rw - 1)
             uncounted += 2 * 4 * k * vd * u * ph * (pw // 2 + 1)
-        return {"counted": batch * counted, "uncounted": batch * uncounted}
+            uncounted += int(2.5 * ph * pw * math.log2(ph * pw)) * (u * vd + k * vd + (k * u) / batch)
+        return {"counted": batch * counted, "uncounted": int(batch * uncounted)}
 
     def extra_repr(self) -> str:
         scope = f"local_scope={self.local_scope}" if self.local_scope is not None else f"max_size={self.max_size}"

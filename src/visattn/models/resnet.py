@@ -1,0 +1,262 @@
+"""ResNet-style bottleneck backbones whose 3x3 slot takes any registered mechanism.
+
+A network is a declarative :class:`ResNetConfig`; its ``mixer`` field names the mechanism
+(``visattn.create_attention``) that replaces the 3x3 convolution of every bottleneck in the
+stages listed by ``mixer_stages`` (other stages keep the 3x3 convolution), so a hybrid or a
+new mechanism needs no model code.
+
+Registered models:
+
+* ``resnet26`` / ``resnet38`` / ``resnet50``: bottleneck ResNets (He et al., "Deep Residual
+  Learning for Image Recognition", arXiv 1512.03385; stride on the 3x3 convolution, "v1.5")
+  with stage depths (2, 2, 2, 2), (2, 3, 5, 2), (3, 4, 6, 3);
+* ``lambda_resnet26`` / ``lambda_resnet38`` / ``lambda_resnet50``: the same layouts with every
+  3x3 convolution of the bottlenecks replaced by a lambda layer (Bello, "LambdaNetworks:
+  Modeling Long-Range Interactions Without Attention", arXiv 2102.08602; k=16, h=4, u=1,
+  r=23). A strided block runs its lambda layer at stride 1 followed by a 3x3 average pool
+  with stride 2, as the paper does; BatchNorm + ReLU after it as after the convolution.
+  ``lambda_resnet50`` has 15.0M parameters (paper: 15.0M); with
+  ``attn_kwargs={"intra_depth": 4, "local_scope": 7}`` 16.0M (paper: 16.0M);
+* ``resnet_tiny``: a 4-stage bottleneck network for 32 x 32 inputs (3x3 stem, no
+  max-pool, one block per stage, 0.31M parameters for 10 classes) whose slot ``visattn compare`` fills
+  with each mechanism in turn.
+
+Not implemented: the LambdaResNet-101...420 scaling family (its deeper stages, image sizes
+and the conv stages they keep), squeeze-excitation, stochastic depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from visattn.layers.base import SpatialAttention, check_positive_int
+from visattn.models.base import VisionModel, resolve_mixer
+from visattn.registry import attention_info, create_attention, register_model
+
+__all__ = ["ResNetConfig", "ResNet", "Bottleneck", "LAMBDA_DEFAULTS"]
+
+#: The paper's ImageNet lambda layer: k=16, h=4, u=1, r=23.
+LAMBDA_DEFAULTS: dict[str, Any] = {"num_heads": 4, "key_dim": 16, "intra_depth": 1, "local_scope": 23}
+
+_LAMBDA_PAPER = "Bello, LambdaNetworks: Modeling Long-Range Interactions Without Attention (ICLR 2021, arXiv 2102.08602)"
+_RESNET_PAPER = "He et al., Deep Residual Learning for Image Recognition (arXiv 1512.03385)"
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """Declarative description of a bottleneck ResNet.
+
+    Attributes:
+        depths: blocks per stage.
+        widths: bottleneck (3x3 slot) width per stage; block output is ``width * expansion``.
+        expansion: output / bottleneck width.
+        stem_width: channels after the stem.
+        small_stem: 3x3 stride-1 stem without max-pool (32 x 32 inputs) instead of the 7x7
+            stride-2 stem with a 3x3 stride-2 max-pool.
+        mixer: registered mechanism name for the 3x3 slot; ``None`` keeps the 3x3 convolution.
+        mixer_kwargs: constructor arguments of the mechanism.
+        mixer_stages: indices (0-based) of the stages whose blocks use ``mixer``; ``None``: all.
+        img_size: input side the model is built for; fills ``max_size``-style arguments of
+            mechanisms that declare one (``AttentionInfo.max_resolution_arg``) when not given.
+    """
+
+    depths: tuple[int, ...] = (3, 4, 6, 3)
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    expansion: int = 4
+    stem_width: int = 64
+    small_stem: bool = False
+    mixer: str | None = None
+    mixer_kwargs: dict[str, Any] = field(default_factory=dict)
+    mixer_stages: tuple[int, ...] | None = None
+    img_size: int = 224
+
+    def __post_init__(self):
+        if len(self.depths) != len(self.widths):
+            raise ValueError(f"depths and widths need one entry per stage, got {len(self.depths)} depths "
+                             f"and {len(self.widths)} widths")
+        for d in self.depths:
+            check_positive_int("depths[i]", d)
+        for w in self.widths:
+            check_positive_int("widths[i]", w)
+        if self.mixer_stages is not None:
+            bad = [s for s in self.mixer_stages if not (isinstance(s, int) and 0 <= s < len(self.depths))]
+            if bad:
+                raise ValueError(f"mixer_stages must hold stage indices in 0..{len(self.depths) - 1}, got "
+                                 f"{tuple(self.mixer_stages)}")
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 slot (conv or mechanism) -> 1x1, BatchNorm + ReLU, identity/projection shortcut.
+
+    Shapes: (B, C_in, H, W) -> (B, width * expansion, H / stride, W / stride) (rounded up).
+    A mechanism in a strided block runs at stride 1 and is followed by AvgPool2d(3, 2, 1).
+    """
+
+    def __init__(self, in_ch: int, width: int, out_ch: int, stride: int = 1, mixer: str | None = None,
+                 mixer_kwargs: dict | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        if mixer is None:
+            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        else:
+            attn = create_attention(mixer, width, width, **(mixer_kwargs or {}))
+            self.conv2 = attn if stride == 1 else nn.Sequential(attn, nn.AvgPool2d(3, stride, 1))
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.act = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn1(self.conv1(x)))
+        y = self.act(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.act(y + self.shortcut(x))
+
+
+class ResNet(VisionModel):
+    """Bottleneck ResNet built from a :class:`ResNetConfig` (see the module docstring).
+
+    Args:
+        cfg: the configuration.
+        num_classes: classifier outputs (0: pooled features).
+        in_chans: input channels.
+        drop_rate: dropout before the classifier.
+
+    Shapes: images (B, in_chans, H, W) -> features (B, widths[-1] * expansion, H / s, W / s)
+    with s = 32 (8 with ``small_stem``) -> logits (B, num_classes).
+    """
+
+    def __init__(self, cfg: ResNetConfig, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0):
+        super().__init__()
+        self.cfg = cfg
+        self.in_chans = in_chans
+        if cfg.small_stem:
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, cfg.stem_width, 3, padding=1, bias=False),
+                                      nn.BatchNorm2d(cfg.stem_width), nn.ReLU(inplace=True))
+            size = cfg.img_size
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, cfg.stem_width, 7, stride=2, padding=3, bias=False),
+                                      nn.BatchNorm2d(cfg.stem_width), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(3, stride=2, padding=1))
+            size = math.ceil(cfg.img_size / 4)
+        stages = []
+        in_ch = cfg.stem_width
+        mixer_stages = range(len(cfg.depths)) if cfg.mixer_stages is None else cfg.mixer_stages
+        for i, (depth, width) in enumerate(zip(cfg.depths, cfg.widths)):
+            blocks = []
+            out_ch = width * cfg.expansion
+            for j in range(depth):
+                stride = 2 if (i > 0 and j == 0) else 1
+                mixer = cfg.mixer if (cfg.mixer is not None and i in mixer_stages) else None
+                blocks.append(Bottleneck(in_ch, width, out_ch, stride, mixer, self._mixer_kwargs(mixer, size)))
+                in_ch = out_ch
+                size = math.ceil(size / stride)
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self._init_head(in_ch, num_classes, drop_rate)
+        self._init_weights()
+
+    def _mixer_kwargs(self, mixer: str | None, size: int) -> dict:
+        if mixer is None:
+            return {}
+        kw = dict(self.cfg.mixer_kwargs)
+        arg = attention_info(mixer).max_resolution_arg
+        if arg is not None and arg not in kw:
+            kw[arg] = size
+        return kw
+
+    def _init_weights(self) -> None:
+        # He init for the network's own convolutions; mechanisms keep their reset_parameters().
+        inside = {id(c) for mod in self.modules() if isinstance(mod, SpatialAttention) for c in mod.modules()}
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and id(m) not in inside:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, in_chans, H, W) -> (B, num_features, h, w)."""
+        self._check_image(x, self.in_chans)
+        return self.stages(self.stem(x))
+
+
+# ---------------------------------------------------------------------------
+# Registered models
+# ---------------------------------------------------------------------------
+
+_DEPTHS = {26: (2, 2, 2, 2), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
+
+
+def _build(cfg: ResNetConfig, num_classes: int, attention: str | None, attn_kwargs: dict | None,
+           **kw) -> ResNet:
+    """Swap the mechanism (``attention``) and config fields given in ``kw``, then build."""
+    model_kw = {k: kw.pop(k) for k in ("in_chans", "drop_rate") if k in kw}
+    fields = {f.name for f in dataclasses.fields(ResNetConfig)}
+    unknown = sorted(set(kw) - fields)
+    if unknown:
+        raise TypeError(f"unknown ResNet option(s) {unknown}; expected config fields {sorted(fields)} "
+                        "or in_chans, drop_rate")
+    for key in ("depths", "widths", "mixer_stages"):
+        if kw.get(key) is not None:
+            kw[key] = tuple(kw[key])
+    if attention is not None or attn_kwargs:
+        if cfg.mixer is None and attention is None:
+            raise ValueError("attn_kwargs were given but this model has no mechanism in its 3x3 slot; "
+                             "pass attention=NAME as well")
+        name, mkw = resolve_mixer(cfg.mixer, cfg.mixer_kwargs, attention, attn_kwargs)
+        cfg = dataclasses.replace(cfg, mixer=name, mixer_kwargs=mkw)
+    cfg = dataclasses.replace(cfg, **kw)
+    return ResNet(cfg, num_classes=num_classes, **model_kw)
+
+
+_TEST_KW = {"depths": (1, 1, 1, 1), "widths": (8, 16, 16, 16), "stem_width": 8, "small_stem": True, "img_size": 32}
+
+
+def _register_pair(depth: int, published_conv: dict, published_lambda: dict) -> None:
+    base = ResNetConfig(depths=_DEPTHS[depth])
+
+    @register_model(f"resnet{depth}", family="resnet", default_input=(3, 224, 224), test_input=(3, 32, 32),
+                    test_kwargs=_TEST_KW, published=published_conv, paper=_RESNET_PAPER)
+    def conv_builder(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None,
+                     **kw) -> ResNet:
+        return _build(base, num_classes, attention, attn_kwargs, **kw)
+
+    lam = dataclasses.replace(base, mixer="lambda", mixer_kwargs=dict(LAMBDA_DEFAULTS))
+
+    @register_model(f"lambda_resnet{depth}", family="resnet", default_input=(3, 224, 224), test_input=(3, 32, 32),
+                    test_kwargs=_TEST_KW, published=published_lambda, paper=_LAMBDA_PAPER)
+    def lambda_builder(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None,
+                       **kw) -> ResNet:
+        return _build(lam, num_classes, attention, attn_kwargs, **kw)
+
+    conv_builder.__name__, lambda_builder.__name__ = f"resnet{depth}", f"lambda_resnet{depth}"
+    conv_builder.__doc__ = (f"ResNet-{depth} (bottleneck, 3x3 convolutions), stage depths {_DEPTHS[depth]}. "
+                            "``attention=NAME`` puts a mechanism in every 3x3 slot (``mixer_stages`` to choose).")
+    lambda_builder.__doc__ = (f"LambdaResNet-{depth}: ResNet-{depth} with every bottleneck 3x3 convolution replaced "
+                              "by a lambda layer (k=16, h=4, u=1, r=23; ``attn_kwargs`` to change).")
+
+
+_register_pair(26, {}, {})
+_register_pair(38, {}, {})
+_register_pair(50, {"params_m": 25.6, "top1": 76.9}, {"params_m": 15.0, "top1": 78.4})
+
+_TINY = ResNetConfig(depths=(1, 1, 1, 1), widths=(16, 32, 64, 128), expansion=2, stem_width=32,
+                     small_stem=True, img_size=32)
+
+
+@register_model("resnet_tiny", family="resnet", default_input=(3, 32, 32), test_input=(3, 32, 32),
+                paper=_RESNET_PAPER)
+def resnet_tiny(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None,
+                **kw) -> ResNet:
+    """Small bottleneck ResNet for 32 x 32 images: 3x3 stem (32 channels), one block per stage,
+    slot widths 16-32-64-128, outputs 32-64-128-256, feature map 4 x 4 at 32 x 32 input.
+    ``attention=NAME`` puts any registered mechanism in every slot."""
+    return _build(_TINY, num_classes, attention, attn_kwargs, **kw)
