@@ -17,18 +17,19 @@ NAME = "_tiny_test_net"
 
 
 class TinyNet(VisionModel):
-    """stem 3x3 conv (3 -> 8) -> mixer (8 -> 8) -> ReLU -> 3x3 conv stride 2 (8 -> 16) -> head."""
+    """stem 3x3 conv (3 -> 8) [-> BatchNorm if bn] -> mixer (8 -> 8) -> ReLU -> 3x3 conv stride 2 (8 -> 16) -> head."""
 
-    def __init__(self, num_classes=10, attention=None, attn_kwargs=None, width=8):
+    def __init__(self, num_classes=10, attention=None, attn_kwargs=None, width=8, bn=False):
         super().__init__()
         name, kw = resolve_mixer("conv", {"kernel_size": 3}, attention, attn_kwargs)
         self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width) if bn else nn.Identity()  # only with bn=True
         self.mixer = visattn.create_attention(name, width, **kw)
         self.down = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
         self._init_head(2 * width, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.stem(x))
+        x = torch.relu(self.bn(self.stem(x)))
         x = torch.relu(x + self.mixer(x))
         return torch.relu(self.down(x))
 

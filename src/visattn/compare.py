@@ -5,7 +5,8 @@ backbone (default ``resnet_tiny``) is built with that mechanism in its spatial-m
 trained with :func:`visattn.train.train` (same seed, data order, schedule and epochs),
 then measured:
 
-* ``top1``: test accuracy after the last epoch;
+* ``top1``: test accuracy after the last epoch (BatchNorm statistics recomputed over a few
+  training batches first, ``precise_bn``);
 * ``params``: parameters of the whole model;
 * ``flops``: forward FLOPs (2 x multiply-adds) of one image, ``torch.utils.flop_counter``
   via :func:`visattn.flops.count_flops`;
@@ -45,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "lr": 3e-3,
     "seed": 0,
     "latency_batch": 1,
+    "precise_bn": 5,
+    "threads": 1,
 }
 
 
@@ -98,11 +101,19 @@ def compare(mechanisms: Iterable[str] | None = None, *, model: str = DEFAULTS["m
             batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"], seed: int = DEFAULTS["seed"],
             latency_batch: int = DEFAULTS["latency_batch"], attn_kwargs: dict[str, dict] | None = None,
             amp: str = "none", device: str = "auto", output: str | os.PathLike | None = "compare-out",
-            progress: bool = True, threads: int | None = None) -> list[CompareResult]:
+            progress: bool = True, threads: int | None = DEFAULTS["threads"],
+            precise_bn: int = DEFAULTS["precise_bn"]) -> list[CompareResult]:
     """Train ``model`` once per mechanism and measure it (see module docstring).
 
-    ``attn_kwargs`` maps a mechanism name to its constructor arguments. ``threads`` sets
-    ``torch.set_num_threads`` for the whole comparison (None: torch's choice). Writes
+    ``attn_kwargs`` maps a mechanism name to its constructor arguments. ``precise_bn``: BatchNorm
+    statistics are recomputed over that many training batches before each evaluation (see
+    :meth:`visattn.train.Trainer.recompute_bn_stats`; a short run otherwise leaves BN's
+    running variance biased towards its initial 1, which wrecks eval-mode accuracy of
+    mechanisms whose outputs have a small variance). ``threads`` sets
+    ``torch.set_num_threads`` for the whole comparison (default 1; None or 0: torch's
+    choice). One thread is the default because these models are small: on a 2-core
+    machine shared with other work, two OpenMP threads made the same training 3-12x
+    slower and its timings erratic (measured), while one thread gives steady figures. Writes
     ``compare.json`` and ``compare.png`` into ``output`` (None: nothing written) and
     per-mechanism ``runs/<name>/metrics.jsonl``.
     """
@@ -120,20 +131,20 @@ def compare(mechanisms: Iterable[str] | None = None, *, model: str = DEFAULTS["m
     attn_kwargs = dict(attn_kwargs or {})
     if latency_batch < 1:
         raise ValueError(f"latency_batch must be >= 1, got {latency_batch}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    if threads is not None and threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: torch's choice), got {threads}")
     prev_threads = torch.get_num_threads()
-    if threads is not None:
+    if threads:
         torch.set_num_threads(threads)
     try:
         return _compare(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch, attn_kwargs, amp,
-                        device, output, progress)
+                        device, output, progress, precise_bn)
     finally:
         torch.set_num_threads(prev_threads)
 
 
 def _compare(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch, attn_kwargs, amp, device,
-             output, progress) -> list[CompareResult]:
+             output, progress, precise_bn) -> list[CompareResult]:
     from tqdm.auto import tqdm
 
     from visattn.data import load_data
@@ -154,6 +165,7 @@ def _compare(names, model, data, image_size, epochs, batch_size, lr, seed, laten
                 cfg = TrainConfig(model=model, attention=name, attn_kwargs=attn_kwargs.get(name), data=data,
                                   image_size=bundle.image_size, epochs=epochs, batch_size=batch_size, lr=lr,
                                   seed=seed, amp=amp, device=device, progress=progress, verbose=False, plot=False,
+                                  precise_bn=precise_bn,
                                   output=str(out / "runs" / name) if out is not None else None, checkpoints=False)
                 if out is not None:
                     _clear_run(out / "runs" / name)
@@ -161,6 +173,7 @@ def _compare(names, model, data, image_size, epochs, batch_size, lr, seed, laten
                 row.history = res.history
                 row.top1 = res.final.get("test_acc")
                 row.train_img_s = res.history[-1]["images_per_s"] if res.history else None
+                bar.set_postfix_str(f"{name}: measuring")
                 m = _measure(res.model, bundle.image_size, batch_size, latency_batch, dev, bundle.num_classes)
                 row.params, row.flops = m["params"], m["flops"]
                 row.latency_ms, row.peak_mib = m["latency_ms"], m["peak_mib"]
@@ -175,7 +188,8 @@ def _compare(names, model, data, image_size, epochs, batch_size, lr, seed, laten
     if out is not None:
         config = {"model": model, "data": data, "image_size": bundle.image_size, "epochs": epochs,
                   "batch_size": batch_size, "lr": lr, "seed": seed, "latency_batch": latency_batch,
-                  "attn_kwargs": attn_kwargs, "amp": amp, "device": str(dev), "threads": torch.get_num_threads(),
+                  "precise_bn": precise_bn, "attn_kwargs": attn_kwargs, "amp": amp, "device": str(dev),
+                  "threads": torch.get_num_threads(),
                   "train_size": len(bundle.train), "test_size": len(bundle.test), "num_classes": bundle.num_classes}
         write_json(results, out / "compare.json", config, total)
         write_plot(results, out / "compare.png",
@@ -246,6 +260,7 @@ def write_plot(results: list[CompareResult], path: str | os.PathLike, title: str
     ax.set_ylabel("test accuracy (%)")
     if title:
         ax.set_title(title + (f"\nfailed: {', '.join(failed)}" if failed else ""), fontsize=10)
+    ax.margins(x=0.12, y=0.08)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")

@@ -64,6 +64,11 @@ def test_cli_train_writes_metrics_weights_plot_and_learns(tmp_path, capsys):
     assert train_cmd.main(["--model", ensure_registered(), "--data", data, "--output", str(out),
                            "--no-progress"]) == 2
     assert "pass --resume" in capsys.readouterr().err
+    # resuming with other options is refused, naming them
+    assert train_cmd.main(["--model", ensure_registered(), "--data", data, "--image-size", "8", "--epochs", "3",
+                           "--batch-size", "8", "--lr", "0.5", "--output", str(out), "--no-progress",
+                           "--attn-kwargs", '{"kernel_size": 1}', "--resume"]) == 2
+    assert "cannot resume: the checkpoint was made with other options lr=0.01 (now 0.5)" in capsys.readouterr().err
 
 
 def _args(data: str, out: Path) -> list[str]:
@@ -110,3 +115,27 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     mb = [json.loads(s) for s in (full / "metrics.jsonl").read_text().splitlines()]
     for key in ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr"):
         assert [r[key] for r in ma] == [r[key] for r in mb], key
+
+
+def test_precise_bn_recomputes_exact_statistics_without_changing_training(tmp_path):
+    from visattn.data import load_data, normalize
+
+    data = make_color_folder(tmp_path / "imgs")
+    kw = dict(model=ensure_registered(), model_kwargs={"bn": True}, data=data, image_size=8, epochs=1, batch_size=8,
+              output=None, progress=False, verbose=False, device="cpu")
+    plain = train(TrainConfig(**kw))
+    precise = train(TrainConfig(precise_bn=2, **kw))
+    for (k, a), b in zip(plain.model.state_dict().items(), precise.model.state_dict().values()):
+        if "bn.running" not in k and "num_batches" not in k:
+            assert torch.equal(a, b), k  # training itself is untouched
+    # running stats = average over the first 2 training batches (8 images each) of the batch statistics
+    bundle = load_data(data, image_size=8)
+    m = precise.model
+    with torch.no_grad():
+        feats = [m.stem(normalize(bundle.train.batch(torch.arange(i, i + 8))[0], bundle.mean, bundle.std))
+                 for i in (0, 8)]
+    mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(m.bn.running_mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.bn.running_var, var, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(plain.model.bn.running_var, var, rtol=1e-2)

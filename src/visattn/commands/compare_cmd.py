@@ -39,13 +39,16 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--latency-batch", type=int, default=DEFAULTS["latency_batch"],
                    help="images per timed inference call (default: %(default)s)")
+    p.add_argument("--precise-bn", type=int, default=DEFAULTS["precise_bn"], metavar="N",
+                   help="recompute BatchNorm statistics over N training batches before each evaluation "
+                        "(0: off; default: %(default)s)")
     p.add_argument("--attn-kwargs", type=_kwargs_map, default=None, metavar="JSON",
                    help="per-mechanism constructor arguments, e.g. '{\"local\": {\"kernel_size\": 5}}'")
     p.add_argument("--amp", default="none", choices=("auto", "bf16", "fp16", "none"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for the whole run (default: torch's choice; 1 is steadier on a busy "
-                        "machine)")
+    p.add_argument("--threads", type=int, default=DEFAULTS["threads"],
+                   help="torch CPU threads for the whole run (default: %(default)s, steady timings of small models "
+                        "even on a busy machine; 0: torch's choice)")
     p.add_argument("--output", "-o", default="compare-out", help="folder for compare.json, compare.png, runs/")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
@@ -58,7 +61,7 @@ def run(args) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       latency_batch=args.latency_batch, attn_kwargs=args.attn_kwargs, amp=args.amp,
                       device=args.device, output=args.output, progress=not args.no_progress,
-                      threads=args.threads)
+                      threads=args.threads, precise_bn=args.precise_bn)
     print(format_table(results, args.latency_batch))
     total = sum(r.time_s for r in results)
     print(f"\n{len(results)} mechanisms in {total:.0f} s; wrote {args.output}/compare.json and "

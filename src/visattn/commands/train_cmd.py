@@ -46,6 +46,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--augment", default="auto", choices=("auto", "none", "crop", "crop+flip"),
                    help="auto: crop for digits, crop+flip otherwise")
+    p.add_argument("--precise-bn", type=int, default=0, metavar="N",
+                   help="before each evaluation, recompute BatchNorm statistics over N training batches "
+                        "(fixes eval-mode BN after short training; default: off)")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
                    help="mixed precision; auto: bf16 (or fp16) on CUDA, none on CPU; fp16 needs CUDA")
@@ -81,7 +84,7 @@ def config_from_args(args):
         model=args.model, attention=args.attention, attn_kwargs=args.attn_kwargs, model_kwargs=args.model_kwargs,
         data=args.data, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, label_smoothing=args.label_smoothing,
-        augment=args.augment, grad_clip=args.grad_clip, amp=args.amp, compile=args.compile,
+        augment=args.augment, precise_bn=args.precise_bn, grad_clip=args.grad_clip, amp=args.amp, compile=args.compile,
         sync_bn=args.sync_bn, deterministic=args.deterministic, seed=args.seed, output=args.output, resume=args.resume,
         save_every=args.save_every, keep=args.keep, device=args.device, progress=not args.no_progress,
     )
