@@ -46,8 +46,11 @@ resolution says so.
 def _layout(model) -> str:
     parts = []
     for stage, groups in mechanisms_by_stage(model).items():
-        parts.append(f"{stage}: " + ", ".join(f"{g['mechanism']} x{g['count']}" for g in groups))
-    return "; ".join(parts) if parts else "-"
+        counts: dict[str, int] = {}
+        for g in groups:  # configs differing only in e.g. a window shift count as one mechanism here
+            counts[g["mechanism"]] = counts.get(g["mechanism"], 0) + g["count"]
+        parts.append(f"{stage}: " + ", ".join(f"{m} x{c}" for m, c in counts.items()))
+    return "; ".join(parts) if parts else "none (no registered mechanism)"
 
 
 def _num(v, digits: int = 2) -> str:

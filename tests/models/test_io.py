@@ -49,6 +49,19 @@ def test_tied_parameters_are_stored_once_and_stay_tied(tmp_path):
     assert torch.equal(c.memory_value, a.memory_key)
 
 
+def test_loads_files_written_by_safetensors_save_model(tmp_path):
+    # visattn.train checkpoints use safetensors.torch.save_model, which drops tied duplicates
+    # and records them in the metadata.
+    from safetensors.torch import save_model
+
+    a = ExternalAttentionHead(8, memory_size=4, tie_memories=True)
+    path = str(tmp_path / "m.safetensors")
+    save_model(a, path)
+    b = ExternalAttentionHead(8, memory_size=4, tie_memories=True)
+    assert visattn.load_weights(b, path) == ([], [])
+    assert torch.equal(b.memory_key, a.memory_key) and b.memory_value is b.memory_key
+
+
 def test_overlapping_views_are_saved_as_copies(tmp_path):
     class Views(nn.Module):
         def __init__(self):

@@ -29,7 +29,7 @@ def test_info_prints_ours_next_to_published_and_mechanisms_by_stage(capsys):
     assert out[3].split() == ["parameters", "(M)", "6.09", "-"]
     assert out[4].split() == ["multiply-adds", "(G)", "1.46", "-"]
     assert out[5].split() == ["FLOPs", "=", "2", "x", "MACs", "(G)", "2.92"]
-    assert out[6].split() == ["ImageNet", "top-1", "(%)", "-", "71.7", "at", "384", "px"]
+    assert out[6].split() == ["top-1", "accuracy", "(%)", "-", "71.7", "at", "384", "px"]
     assert out[7] == "  mechanisms by stage:"
     assert out[8].split()[:3] == ["stem", "external", "x2:"] and "memory_size=128" in out[8]
     assert out[9].split()[:3] == ["blocks", "external", "x7:"] and "num_heads=16, expansion=4" in out[9]

@@ -113,8 +113,10 @@ def run(name: str, as_json: bool = False) -> int:
     print(f"  {'FLOPs = 2 x MACs (G)':<26}{_fmt(s['flops'] / 1e9):>10}")
     if "top1" in pub:
         at = f" at {int(pub['top1_input'])} px" if "top1_input" in pub else ""
-        print(f"  {'ImageNet top-1 (%)':<26}{'-':>10}  {_fmt(pub['top1'], digits=1):>10}{at}")
+        print(f"  {'top-1 accuracy (%)':<26}{'-':>10}  {_fmt(pub['top1'], digits=1):>10}{at}")
     print("  mechanisms by stage:")
+    if not s["stages"]:
+        print("    none (no registered mechanism)")
     for stage, groups in s["stages"].items():
         for i, g in enumerate(groups):
             label = stage if i == 0 else ""

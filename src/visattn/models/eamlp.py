@@ -44,7 +44,6 @@ Not implemented: loading the authors' checkpoints (their key names and the class
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +137,7 @@ class T2TStem(nn.Module):
     """Tokens-to-token stem: images (B, in_chans, H, W) -> tokens (B, N, embed_dim) and their grid (h, w).
 
     Soft splits (unfold) of 7x7/4/2, 3x3/2/1, 3x3/2/1 with a :class:`T2TBlock` between them:
-    h = ceil-like H / 16 (exactly ``((H - 3) // 4 + 1`` then two ``(n - 1) // 2 + 1``). Needs H, W >= 3.
+    h = ``(H - 3) // 4 + 1``, then ``(h - 1) // 2 + 1`` twice (about H / 16); needs H, W >= 3.
     """
 
     SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))

@@ -123,12 +123,15 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
     loaded = load_file(path)
+    expected = model.state_dict()
     aliases = json.loads(meta.get(_ALIASES, "{}"))
+    # ``safetensors.torch.save_model`` (used by visattn.train checkpoints) records each dropped
+    # duplicate name as a top-level metadata entry {dropped: kept}.
+    aliases.update({k: v for k, v in meta.items() if k in expected and k not in loaded and v in loaded})
     for alias, src in aliases.items():
         if src in loaded:
             loaded[alias] = loaded[src]
 
-    expected = model.state_dict()
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
     wrong = [f"{k}: file {tuple(loaded[k].shape)}, model {tuple(expected[k].shape)}"
