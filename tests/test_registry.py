@@ -45,3 +45,9 @@ def test_cli_list_and_info(capsys):
     assert info["cost"] == "linear" and info["class"] == "visattn.layers.external.ExternalAttention"
     assert main(["info", "nothing"]) == 2
     assert "'nothing' is neither a mechanism" in capsys.readouterr().err
+
+
+def test_create_model_keeps_the_builders_class_count_by_default():
+    assert visattn.create_model("san_quadratic").head.out_features == 10  # CIFAR-10 model
+    assert visattn.create_model("resnet_tiny").head.out_features == 1000
+    assert visattn.create_model("san_quadratic", num_classes=7).head.out_features == 7

@@ -212,7 +212,7 @@ def model_entry(name: str) -> ModelEntry:
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     attention: str | None = None,
     attn_kwargs: dict[str, Any] | None = None,
     **kwargs,
@@ -220,7 +220,9 @@ def create_model(
     """Create model ``name``.
 
     Args:
-        num_classes: classifier outputs (0 for a feature extractor with no head).
+        num_classes: classifier outputs (0 for a feature extractor with no head); None keeps the
+            model's own default, the class count its published figures refer to (1000 for
+            ImageNet models, 10 for the CIFAR-10 ones).
         attention: registered mechanism name that replaces the model's spatial mixer
             (None keeps the model's own).
         attn_kwargs: extra constructor arguments for that mechanism.
@@ -231,4 +233,6 @@ def create_model(
         attention_class(attention)  # validate the name early with a helpful message
     if attn_kwargs is not None and not isinstance(attn_kwargs, dict):
         raise TypeError(f"attn_kwargs must be a dict, got {type(attn_kwargs).__name__}")
-    return entry.builder(num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return entry.builder(attention=attention, attn_kwargs=attn_kwargs, **kwargs)

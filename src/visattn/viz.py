@@ -268,24 +268,11 @@ class _Lift(nn.Module):
 
 
 def _load_weights(model: nn.Module, path: str) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path!r}")
-    from safetensors.torch import load_file
+    from visattn.models.io import load_weights
 
     try:
-        state = load_file(path)
-    except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"cannot read {path!r} as a safetensors file: {e}") from e
-    missing, unexpected = [], []
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"weights {path!r} do not fit {type(model).__name__}: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                         f"{'...' if len(unexpected) > 5 else ''}")
-    bad = [k for k in own if own[k].shape != state[k].shape]
-    if bad:
-        raise ValueError(f"weights {path!r}: shape mismatch for {bad[:5]} (e.g. {bad[0]}: expected "
-                         f"{tuple(own[bad[0]].shape)}, got {tuple(state[bad[0]].shape)}); check --num-classes")
-    model.load_state_dict(state)
+        load_weights(model, path)
+    except ValueError as e:
+        if "shape mismatch" in str(e):
+            raise ValueError(f"{e}; check --num-classes") from e
+        raise

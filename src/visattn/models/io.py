@@ -120,9 +120,12 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
     path = _check_path(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-    loaded = load_file(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        loaded = load_file(path)
+    except Exception as e:  # safetensors raises its own error types for a foreign or damaged file
+        raise ValueError(f"cannot read {path!r} as a safetensors weights file: {e}") from e
     expected = model.state_dict()
     aliases = json.loads(meta.get(_ALIASES, "{}"))
     # ``safetensors.torch.save_model`` (used by visattn.train checkpoints) records each dropped

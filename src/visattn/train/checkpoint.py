@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import save_file, save_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "atomic_write_text",
            "optimizer_to_flat", "optimizer_from_flat", "load_weights"]
@@ -206,11 +206,10 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, strict: bool =
     if path.is_dir():
         ck = latest_checkpoint(path)
         path = (ck if ck is not None else path) / "model.safetensors"
-    _open_safetensors(path)  # validates the format with a clear error before load_model
-    missing, unexpected = load_model(model, str(path), strict=False)
-    if strict and (missing or unexpected):
-        raise ValueError(f"weights in {str(path)!r} do not fit the model: missing {sorted(missing)}, "
-                         f"unexpected {sorted(unexpected)}")
+    _open_safetensors(path)  # validates the format with a clear error before loading
+    from visattn.models.io import load_weights as _load
+
+    _load(model, path, strict=strict)
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer=None, scheduler=None,
