@@ -48,12 +48,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import visattn  # noqa: E402
+from visattn.bench.measure import peak_memory_bytes  # noqa: E402
 
 
 # ---------------------------------------------------------------------------
@@ -143,22 +143,10 @@ class OnFeatureMap(nn.Module):
 
 
 def peak_cpu_memory(fn) -> int:
-    """Peak bytes of the cumulative allocation curve while ``fn()`` runs (torch.profiler).
-
-    Every profiled event carries the bytes it allocated minus those it freed itself
-    (``self_cpu_memory_usage``; frees of tensors outside any op appear as ``[memory]``
-    events). Summing them in order of start time gives the live-allocation curve relative
-    to the start; its maximum is the peak. Allocations and frees inside one op are netted,
-    so a temporary that lives only inside an op is not seen.
-    """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
-    level = peak = 0
-    for e in events:
-        level += e.self_cpu_memory_usage
-        peak = max(peak, level)
-    return int(peak)
+    """Peak bytes allocated while ``fn()`` runs: the library's own measure
+    (:func:`visattn.bench.peak_memory_bytes`, the profiler's allocation events summed in time
+    order), so this table and ``visattn bench`` count memory the same way."""
+    return peak_memory_bytes(fn)
 
 
 _CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
