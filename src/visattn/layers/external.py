@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visattn.layers._ops import _HALF
 from visattn.layers.base import (SpatialAttention, check_choice, check_divisible,
                                  check_positive_int)
 from visattn.registry import register_attention
 
 __all__ = ["ExternalAttention"]
 
-_HALF = (torch.float16, torch.bfloat16)
 
 
 @register_attention(

@@ -41,12 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visattn.layers._ops import _HALF
 from visattn.layers.base import SpatialAttention, check_choice, check_divisible, check_odd, check_positive_int
 from visattn.registry import register_attention
 
 __all__ = ["LambdaLayer", "lambda_conv", "query_contract"]
 
-_HALF = (torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------
