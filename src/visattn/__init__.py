@@ -9,6 +9,7 @@ Every mechanism maps (B, C, H, W) -> (B, C_out, H, W) and is created by name::
 
 from visattn import flops as _flops  # noqa: F401  (registers FLOP formulas)
 from visattn.layers import SpatialAttention, TokenAdapter
+from visattn.layers.base import work_limit
 from visattn.layers.relpos import attention_from_conv
 from visattn.models.io import load_weights, save_weights
 from visattn.registry import (attention_info, create_attention, create_model, list_attention,
@@ -30,6 +31,7 @@ __all__ = [
     "register_model",
     "reparameterize",
     "save_weights",
+    "work_limit",
 ]
 
 

@@ -12,7 +12,9 @@ so benchmarks can check ``torch.utils.flop_counter`` against the paper's formula
 
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+import contextvars
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -24,6 +26,11 @@ __all__ = [
     "check_divisible",
     "check_odd",
     "check_choice",
+    "check_work",
+    "work_limit",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_FLOPS",
+    "DEFAULT_MAX_PARAMS",
     "to_tokens",
     "from_tokens",
 ]
@@ -62,6 +69,80 @@ def check_choice(name: str, value, choices: Iterable) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------
+# Work bounds: refuse a call whose estimated cost is far beyond what anyone means to run.
+# ---------------------------------------------------------------------------
+
+#: Largest estimated intermediate (bytes) one mechanism call may ask the allocator for.
+DEFAULT_MAX_BYTES = 16 * 2**30
+#: Largest estimated forward work (FLOPs, 2 x multiply-adds) of one call on a CPU tensor
+#: (about three minutes at 100 GFLOP/s). Accelerators are bounded by memory only.
+DEFAULT_MAX_FLOPS = 2 * 10**13
+#: Largest parameter count one mechanism may build.
+DEFAULT_MAX_PARAMS = 10**8
+
+_LIMITS: contextvars.ContextVar[tuple[int | None, int | None, int | None]] = contextvars.ContextVar(
+    "visattn_work_limits", default=(DEFAULT_MAX_BYTES, DEFAULT_MAX_FLOPS, DEFAULT_MAX_PARAMS)
+)
+_UNSET = object()
+
+
+@contextlib.contextmanager
+def work_limit(max_bytes=_UNSET, max_flops=_UNSET, max_params=_UNSET) -> Iterator[None]:
+    """Change the work bounds inside a ``with`` block (``None`` lifts a bound).
+
+    Example::
+
+        with visattn.work_limit(max_bytes=None, max_flops=None):
+            y = attn(huge_map)      # runs however long it takes
+
+    The bounds live in a context variable: they apply to this thread / task only and are
+    restored on exit. Defaults: :data:`DEFAULT_MAX_BYTES`, :data:`DEFAULT_MAX_FLOPS`,
+    :data:`DEFAULT_MAX_PARAMS`.
+    """
+    cur = list(_LIMITS.get())
+    for i, (name, v) in enumerate((("max_bytes", max_bytes), ("max_flops", max_flops), ("max_params", max_params))):
+        if v is _UNSET:
+            continue
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise ValueError(f"work_limit: {name} must be a positive number or None, got {v!r}")
+        cur[i] = None if v is None else int(v)
+    token = _LIMITS.set(tuple(cur))
+    try:
+        yield
+    finally:
+        _LIMITS.reset(token)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def check_work(owner: str, what: str, *, nbytes: float = 0, flops: float = 0, params: float = 0,
+               device: torch.device | str | None = None) -> None:
+    """Raise ``ValueError`` when an estimated cost exceeds the current :func:`work_limit`.
+
+    ``owner`` names the module, ``what`` the work ("a 1024x1024 input", ...). ``flops`` is
+    bounded on CPU only; ``nbytes`` and ``params`` everywhere.
+    """
+    max_bytes, max_flops, max_params = _LIMITS.get()
+    lift = "run it inside `with visattn.work_limit(...)` with a larger bound or None to proceed"
+    if max_params is not None and params > max_params:
+        raise ValueError(f"{owner}: {what} builds {params:.3g} parameters, above the bound of "
+                         f"{max_params:.3g}; {lift}")
+    if max_bytes is not None and nbytes > max_bytes:
+        raise ValueError(f"{owner}: {what} needs an estimated {_fmt_bytes(nbytes)} for one intermediate, above "
+                         f"the bound of {_fmt_bytes(max_bytes)}; {lift}")
+    dev_type = torch.device(device).type if device is not None else "cpu"
+    if max_flops is not None and dev_type == "cpu" and flops > max_flops:
+        raise ValueError(f"{owner}: {what} needs an estimated {flops:.3g} FLOPs on the CPU, above the bound "
+                         f"of {max_flops:.3g} (hours of work); {lift}")
 
 
 # ---------------------------------------------------------------------------
@@ -133,7 +214,24 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C_out, H, W)."""
         self._check_input(x)
+        if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+            self._check_cost(x)
         return self._forward(x)
+
+    def _check_cost(self, x: torch.Tensor) -> None:
+        """Refuse an input whose estimated cost is beyond :func:`work_limit` (see ``check_work``)."""
+        b, _, h, w = x.shape
+        check_work(type(self).__name__, f"a ({b}, {self.dim}, {h}, {w}) input",
+                   flops=self.analytic_flops(h, w, b), nbytes=self.peak_intermediate_bytes(h, w, b, x.element_size()),
+                   device=x.device)
+
+    def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
+        """Estimated bytes of the largest intermediate one forward call allocates (0: nothing beyond O(n C)).
+
+        Mechanisms that build an n x n (or n x k^2 x C) tensor override this so a call that
+        would ask the allocator for terabytes is refused before it starts.
+        """
+        return 0
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
