@@ -234,5 +234,11 @@ def create_model(
     if attn_kwargs is not None and not isinstance(attn_kwargs, dict):
         raise TypeError(f"attn_kwargs must be a dict, got {type(attn_kwargs).__name__}")
     if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise TypeError(f"num_classes must be an int >= 0 (0: no classifier) or None, "
+                            f"got {type(num_classes).__name__} {num_classes!r}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: a feature extractor with no classifier) or None "
+                             f"(the model's own default), got {num_classes}")
         kwargs["num_classes"] = num_classes
     return entry.builder(attention=attention, attn_kwargs=attn_kwargs, **kwargs)

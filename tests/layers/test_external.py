@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import visattn
+from visattn.layers.external import ExternalAttention
 
 TOL64 = 1e-10
 
@@ -152,3 +153,51 @@ def test_attention_map_validates_its_input():
     m = visattn.create_attention("external", 8, memory_size=16)
     with pytest.raises(ValueError, match=r"expects a 4-D feature map .*got a 3-D tensor of shape \(2, 20, 8\)"):
         m.attention_map(torch.randn(2, 20, 8))
+
+
+# --- tie_memories: one registered parameter, so the tie survives every move -------------------
+
+def _tied_count(m):
+    return len(list(m.parameters())), m.memory_value is m.memory_key
+
+
+def test_tied_memories_survive_meta_to_empty_and_conversion():
+    from visattn.models.heads import ExternalAttentionHead
+
+    h = ExternalAttentionHead(8, memory_size=4, tie_memories=True)
+    assert _tied_count(h) == (6, True)
+    assert _tied_count(h.to("meta")) == (6, True)
+    with torch.device("meta"):
+        m = ExternalAttentionHead(8, memory_size=4, tie_memories=True)
+    m = m.to_empty(device="cpu")
+    assert _tied_count(m) == (6, True)
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        d = ExternalAttentionHead(8, memory_size=4, tie_memories=True).double()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(False)
+    assert _tied_count(d) == (6, True) and d.memory_key.dtype == torch.float64
+
+
+def test_eamlp_tied_stem_keeps_its_parameter_count_on_meta():
+    m = visattn.create_model("eamlp_7", tie_t2t_memories=True)
+    n = sum(p.numel() for p in m.parameters())
+    moved = m.to("meta")
+    assert sum(p.numel() for p in moved.parameters()) == n == 6_078_542
+    assert moved.stem.block1.ea.memory_value is moved.stem.block1.ea.memory_key
+
+
+def test_tied_layer_loads_old_two_key_checkpoints_and_refuses_different_memories():
+    a = ExternalAttention(8, memory_size=4, tie_memories=True)
+    sd = {"memory_key": torch.randn(4, 8)}
+    sd["memory_value"] = sd["memory_key"].clone()
+    assert a.load_state_dict(sd) is not None and torch.equal(a.memory_value, sd["memory_key"])
+    sd["memory_value"] = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match="ties M_v to M_k .*tie_memories=False"):
+        a.load_state_dict(sd)
+    # An untied layer reading a tied checkpoint (M_k only) starts with M_v = M_k.
+    b = ExternalAttention(8, memory_size=4)
+    b.load_state_dict({"memory_key": sd["memory_key"]})
+    assert torch.equal(b.memory_value, sd["memory_key"]) and b.memory_value is not b.memory_key
+    with pytest.raises(TypeError, match="tie_memories must be a bool, got str 'yes'"):
+        ExternalAttention(8, tie_memories="yes")

@@ -43,10 +43,13 @@ def test_tied_parameters_are_stored_once_and_stay_tied(tmp_path):
     b = ExternalAttentionHead(8, memory_size=4, tie_memories=True)
     visattn.load_weights(b, path)
     assert torch.equal(b.memory_key, a.memory_key) and b.memory_value is b.memory_key
-    # An untied model loads the tied file: both memories get the same values.
+    # An untied model reads the tied file with strict=False (M_v is not in it) and starts
+    # with M_v = M_k, as the authors' code does; strict loading names the missing key.
     c = ExternalAttentionHead(8, memory_size=4)
-    visattn.load_weights(c, path)
-    assert torch.equal(c.memory_value, a.memory_key)
+    with pytest.raises(ValueError, match=r"missing from the file \(1\): attention.memory_value"):
+        visattn.load_weights(c, path)
+    assert visattn.load_weights(c, path, strict=False).missing == ["attention.memory_value"]
+    assert torch.equal(c.memory_value, a.memory_key) and c.memory_value is not c.memory_key
 
 
 def test_loads_files_written_by_safetensors_save_model(tmp_path):

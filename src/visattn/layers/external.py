@@ -56,13 +56,18 @@ class ExternalAttention(SpatialAttention):
         normalization: "double" (paper) or "softmax" (softmax over S only).
         key_bias: give M_k a per-unit bias (it cancels in the softmax over positions;
             kept for loading checkpoints that have one).
+        tie_memories: one parameter serves as M_k and M_v (the EANet / EAMLP authors' code
+            initialises M_v with M_k's storage). Only ``memory_key`` is registered, so the tie
+            survives ``.to()``, meta-device builds + ``to_empty()`` and parameter conversion;
+            ``memory_value`` reads it.
         eps: L1 normaliser epsilon.
 
     Shapes: (B, C, H, W) -> (B, C_out, H, W); attention map (B, heads, S, n).
     """
 
     def __init__(self, dim: int, dim_out: int | None = None, *, memory_size: int = 64, num_heads: int = 1,
-                 expansion: int = 1, normalization: str = "double", key_bias: bool = False, eps: float = 1e-9):
+                 expansion: int = 1, normalization: str = "double", key_bias: bool = False,
+                 tie_memories: bool = False, eps: float = 1e-9):
         super().__init__(dim, dim_out)
         check_positive_int("memory_size", memory_size)
         check_positive_int("num_heads", num_heads)
@@ -71,23 +76,55 @@ class ExternalAttention(SpatialAttention):
         inner = dim * expansion
         check_divisible("dim * expansion", inner, "num_heads", num_heads)
         self.memory_size, self.num_heads, self.expansion = memory_size, num_heads, expansion
+        if not isinstance(tie_memories, bool):
+            raise TypeError(f"tie_memories must be a bool, got {type(tie_memories).__name__} {tie_memories!r}")
         self.normalization, self.eps = normalization, eps
+        self.tie_memories = tie_memories
         self.inner_dim = inner
         self.head_dim = inner // num_heads
         self.multi_head = num_heads > 1 or expansion > 1
         self.in_proj = nn.Conv2d(dim, inner, 1) if self.multi_head else None
         # M_k: (S, d) applied as F M_k^T; M_v: (S, d) applied as A M_v.
         self.memory_key = nn.Parameter(torch.empty(memory_size, self.head_dim))
-        self.memory_value = nn.Parameter(torch.empty(memory_size, self.head_dim))
+        if not tie_memories:
+            self.memory_value = nn.Parameter(torch.empty(memory_size, self.head_dim))
         self.key_bias = nn.Parameter(torch.zeros(memory_size)) if key_bias else None
         need_out = self.multi_head or self.dim_out != dim
         self.out_proj = nn.Conv2d(inner, self.dim_out, 1) if need_out else None
         self.reset_parameters()
 
+    # Read through a property so a tied layer (one registered parameter) answers M_v = M_k;
+    # assigning a Parameter still registers it (nn.Module.__setattr__ runs first).
+    @property
+    def memory_value(self) -> nn.Parameter:
+        """M_v: (S, d); the ``memory_key`` parameter itself when ``tie_memories``."""
+        p = self._parameters.get("memory_key" if self.__dict__.get("tie_memories") else "memory_value")
+        if p is None:  # during __init__, before registration (nn.Module.register_parameter asks hasattr)
+            raise AttributeError("memory_value")
+        return p
+
     def reset_parameters(self) -> None:
         # Like nn.Linear's default for the two memories (fan-in d and S).
         nn.init.uniform_(self.memory_key, -1 / math.sqrt(self.head_dim), 1 / math.sqrt(self.head_dim))
-        nn.init.uniform_(self.memory_value, -1 / math.sqrt(self.memory_size), 1 / math.sqrt(self.memory_size))
+        if not self.tie_memories:
+            nn.init.uniform_(self.memory_value, -1 / math.sqrt(self.memory_size), 1 / math.sqrt(self.memory_size))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A checkpoint of a tied layer written before the tie was structural carries M_v as a
+        # second key: accept it when it equals M_k, refuse a different one. An untied layer
+        # loading a tied checkpoint (M_k only) starts with M_v = M_k, as the authors' code does.
+        mv_key, mk_key = prefix + "memory_value", prefix + "memory_key"
+        if not self.tie_memories and mv_key not in state_dict and mk_key in state_dict:
+            state_dict[mv_key] = state_dict[mk_key]
+        if self.tie_memories and mv_key in state_dict:
+            mv = state_dict.pop(mv_key)
+            mk = state_dict.get(mk_key)
+            if mk is not None and (mk.shape != mv.shape or not torch.equal(mk, mv)):
+                error_msgs.append(f"{mv_key}: this layer ties M_v to M_k (tie_memories=True) but the checkpoint "
+                                  f"holds a different {mv_key}; build the layer with tie_memories=False to load it")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised attention A: (B, heads, S, n), in float32 for half input.
@@ -148,4 +185,5 @@ class ExternalAttention(SpatialAttention):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, memory_size={self.memory_size}, num_heads={self.num_heads}, "
-                f"expansion={self.expansion}, normalization={self.normalization!r}")
+                f"expansion={self.expansion}, normalization={self.normalization!r}"
+                + (", tie_memories=True" if self.tie_memories else ""))

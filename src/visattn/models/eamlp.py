@@ -115,9 +115,8 @@ class T2TBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim_in)
         self.q = nn.Linear(dim_in, dim)
-        self.ea = create_attention("external", dim, memory_size=memory_size)  # basic form: A M_v
-        if tie_memories:
-            self.ea.memory_value = self.ea.memory_key  # M_v = M_k (one parameter)
+        # Basic form A M_v; tie_memories: M_v = M_k (one registered parameter).
+        self.ea = create_attention("external", dim, memory_size=memory_size, tie_memories=tie_memories)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, dim)
