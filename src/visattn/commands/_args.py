@@ -1,0 +1,88 @@
+"""``argparse`` type functions: bad option values fail in argparse's own error path
+(``visattn <command>: error: argument --lr: ...``, exit 2) before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+__all__ = ["positive_int", "nonneg_int", "positive_float", "nonneg_float", "int_range", "device_name"]
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    v = _int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def int_range(lo: int, hi: int, why: str = ""):
+    """An integer in ``lo..hi`` (``why`` explains the upper bound in the message)."""
+
+    def parse(text: str) -> int:
+        v = _int(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}{why}, got {text!r}")
+        return v
+
+    parse.__name__ = f"int in {lo}..{hi}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    v = _float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    v = _float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
+
+
+def device_name(text: str) -> str:
+    """A torch device string that names an available device: ``cpu``, ``cuda``, ``cuda:1``, ``mps``..."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected a device such as 'cpu', 'cuda' or 'cuda:0', got {text!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r} was given but CUDA is not available here (use 'cpu')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise argparse.ArgumentTypeError(f"{text!r} was given but MPS is not available here (use 'cpu')")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"expected 'cpu', 'cuda[:i]' or 'mps', got {text!r}")
+    return text
