@@ -272,10 +272,10 @@ def _read_cifar_pickle(path: Path) -> dict:
         raw = f.read()
     try:
         obj = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except EOFError:
-        raise ValueError(f"{path}: the CIFAR batch file is truncated ({len(raw)} bytes); "
-                         "extract cifar-10-python.tar.gz again") from None
-    except pickle.UnpicklingError as e:
+    except (EOFError, pickle.UnpicklingError) as e:
+        if isinstance(e, EOFError) or "truncated" in str(e):
+            raise ValueError(f"{path}: the CIFAR batch file is truncated ({len(raw)} bytes); "
+                             "extract cifar-10-python.tar.gz again") from None
         raise ValueError(f"{path}: not a readable CIFAR batch file: {e}") from None
     except (ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable CIFAR batch file ({type(e).__name__}: {e})") from None
