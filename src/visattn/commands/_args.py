@@ -26,45 +26,28 @@ def _float(text: str) -> float:
     return v
 
 
-def positive_int(text: str) -> int:
-    v = _int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
+def _checked(convert, ok, expected: str):
+    """A type function: ``convert(text)``, then refuse values for which ``ok`` is false."""
+
+    def parse(text: str):
+        v = convert(text)
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return v
+
+    parse.__name__ = expected
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    v = _int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
+positive_int = _checked(_int, lambda v: v >= 1, "an integer >= 1")
+nonneg_int = _checked(_int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _checked(_float, lambda v: v > 0, "a finite number > 0")
+nonneg_float = _checked(_float, lambda v: v >= 0, "a finite number >= 0")
 
 
 def int_range(lo: int, hi: int, why: str = ""):
     """An integer in ``lo..hi`` (``why`` explains the upper bound in the message)."""
-
-    def parse(text: str) -> int:
-        v = _int(text)
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}{why}, got {text!r}")
-        return v
-
-    parse.__name__ = f"int in {lo}..{hi}"
-    return parse
-
-
-def positive_float(text: str) -> float:
-    v = _float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return v
-
-
-def nonneg_float(text: str) -> float:
-    v = _float(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return v
+    return _checked(_int, lambda v: lo <= v <= hi, f"an integer in {lo}..{hi}{why}")
 
 
 def device_name(text: str) -> str:
