@@ -15,7 +15,7 @@ import matplotlib
 import pytest
 
 from _tiny_model import ensure_registered, make_color_folder, unregister
-from visattn.cli import main, run_command
+from visattn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +47,8 @@ def _argparse_error(capsys, argv) -> str:
 
 
 def test_handler_maps_user_errors_interrupts_and_keeps_tracebacks_for_bugs(capsys):
+    from visattn.cli import run_command
+
     def raiser(exc):
         def f(_):
             raise exc

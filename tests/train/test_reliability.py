@@ -24,7 +24,6 @@ from visattn.commands import train_cmd
 from visattn.errors import NonFiniteLoss, RunFolderLocked
 from visattn.train import TrainConfig, latest_checkpoint, save_checkpoint, train
 from visattn.train import checkpoint as ck
-from visattn.train.engine import _json_line, plot_curves
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -229,6 +228,8 @@ def test_cli_lr_1e9_exits_non_zero_with_message_and_strict_metrics(tmp_path, dat
 
 
 def test_metrics_lines_and_curves_are_strict_json_with_nulls(tmp_path):
+    from visattn.train.engine import _json_line, plot_curves
+
     rec = {"epoch": 1, "train_loss": math.nan, "test_loss": math.inf, "test_acc": 0.5, "nested": [1.0, -math.inf]}
     line = _json_line(rec)
     assert line == '{"epoch": 1, "train_loss": null, "test_loss": null, "test_acc": 0.5, "nested": [1.0, null]}'
