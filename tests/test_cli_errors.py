@@ -245,3 +245,32 @@ def test_plots_do_not_switch_the_matplotlib_backend(tmp_path, pdf_backend):
     assert matplotlib.get_backend() == "pdf"
     for f in ("c.png", "b.png", "v.png"):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+
+
+def test_train_disk_full_on_metrics_names_the_file(tmp_path, data, capsys, monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+    metrics = tmp_path / "run" / "metrics.jsonl"
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fake_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return Full(f) if str(file) == str(metrics) and mode == "a" else f
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert main(_train(data, tmp_path / "run")) == 2
+    assert _one_error_line(capsys.readouterr().err, "train") == (
+        f"cannot append to the metrics file (No space left on device): {str(metrics)!r}")

@@ -74,9 +74,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with _suppress_os():
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:  # e.g. ENOSPC from write(): say which file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     _fsync_dir(path.parent)
 

@@ -599,8 +599,12 @@ class Trainer:
                       f"acc {100 * rec['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
                       f"{rec['images_per_s']:.0f} img/s")
             if self.out is not None and self.dist.is_main:
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(_json_line(rec) + "\n")
+                path = self.out / "metrics.jsonl"
+                try:
+                    with open(path, "a") as f:
+                        f.write(_json_line(rec) + "\n")
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot append to the metrics file ({e.strerror or e})", str(path)) from e
             self.epoch += 1
             self.batch_in_epoch = 0
             running, train_time = torch.zeros(3, dtype=torch.float64), 0.0
