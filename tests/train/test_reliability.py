@@ -174,6 +174,7 @@ def test_stale_tmp_folders_are_removed_and_a_failed_save_removes_its_own(tmp_pat
     ("--save-every", "-1", "expected an integer >= 0, got '-1'"),
     ("--image-size", "8192", "expected an integer in 1..1024 (images are held in memory), got '8192'"),
     ("--dist-timeout", "0", "expected a finite number > 0, got '0'"),
+    ("--label-smoothing", "1", "expected a number in [0, 1), got '1'"),
 ])
 def test_bad_numeric_options_are_refused_by_argparse(tmp_path, data, capsys, opt, value, msg):
     with pytest.raises(SystemExit) as e:

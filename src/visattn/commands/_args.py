@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["positive_int", "nonneg_int", "positive_float", "nonneg_float", "int_range", "device_name"]
+__all__ = ["positive_int", "nonneg_int", "positive_float", "nonneg_float", "fraction", "int_range", "device_name"]
 
 
 def _int(text: str) -> int:
@@ -43,6 +43,7 @@ positive_int = _checked(_int, lambda v: v >= 1, "an integer >= 1")
 nonneg_int = _checked(_int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _checked(_float, lambda v: v > 0, "a finite number > 0")
 nonneg_float = _checked(_float, lambda v: v >= 0, "a finite number >= 0")
+fraction = _checked(_float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def int_range(lo: int, hi: int, why: str = ""):

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 
-from visattn.commands._args import int_range, nonneg_float, nonneg_int, positive_float, positive_int
+from visattn.commands._args import fraction, int_range, nonneg_float, nonneg_int, positive_float, positive_int
 from visattn.data.datasets import MAX_IMAGE_SIZE
 
 __all__ = ["add_parser", "add_train_arguments", "config_from_args", "run", "main"]
@@ -46,7 +46,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=nonneg_float, default=0.05)
     p.add_argument("--warmup-steps", type=nonneg_int, default=None,
                    help="linear warm-up steps before the cosine decay (default: 5%% of all steps, <= 1 epoch)")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--label-smoothing", type=fraction, default=0.1)
     p.add_argument("--augment", default="auto", choices=("auto", "none", "crop", "crop+flip"),
                    help="auto: crop for digits, crop+flip otherwise")
     p.add_argument("--precise-bn", type=nonneg_int, default=0, metavar="N",
