@@ -274,3 +274,18 @@ def test_train_disk_full_on_metrics_names_the_file(tmp_path, data, capsys, monke
     assert main(_train(data, tmp_path / "run")) == 2
     assert _one_error_line(capsys.readouterr().err, "train") == (
         f"cannot append to the metrics file (No space left on device): {str(metrics)!r}")
+
+
+def test_viz_and_train_leave_the_callers_rng_alone(tmp_path, data):
+    import torch
+
+    from visattn.train import TrainConfig, train
+    from visattn.viz import visualize
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    visualize("conv", out=str(tmp_path / "v.png"), image=None, dim=4, size=8, seed=5)
+    train(TrainConfig(model=ensure_registered(), data=data, image_size=8, epochs=1, batch_size=8, output=None,
+                      progress=False, verbose=False, device="cpu", seed=7))
+    assert torch.equal(torch.rand(3), expected)

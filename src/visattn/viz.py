@@ -243,26 +243,27 @@ def visualize(target: str, out: str = "viz.png", image: str | None = None, query
     if not (0 <= qy < h0 and 0 <= qx < w0):
         raise ValueError(f"query pixel (y={qy}, x={qx}) is outside the {h0} x {w0} image "
                          f"(expected 0 <= y < {h0}, 0 <= x < {w0})")
-    torch.manual_seed(seed)
-    if target in list_models():
-        from visattn.registry import create_model
+    with torch.random.fork_rng(devices=[]):  # fresh weights from `seed`; the caller's RNG is left as it was
+        torch.manual_seed(seed)
+        if target in list_models():
+            from visattn.registry import create_model
 
-        model = create_model(target, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs)
-        if weights is not None:
-            _load_weights(model, weights)
-        size_hw = model_entry(target).default_input[1:]
-        x = _to_input(img, size_hw)
-    elif target in list_attention():
-        if weights is not None:
-            raise ValueError("--weights applies to models; a bare mechanism is drawn with fresh weights")
-        mech = create_attention(target, dim, **(attn_kwargs or {}))
-        lift = torch.randn(dim, 3, 1, 1, generator=torch.Generator().manual_seed(seed)) / 3 ** 0.5
-        model = nn.Sequential(_Lift(lift), mech)
-        x = _to_input(img, (size, size))
-    else:
-        raise ValueError(f"unknown model or mechanism {target!r}; expected one of the models {list_models()} "
-                         f"or mechanisms {list_attention()}")
-    layers = layer_maps(model, x, ((qy + 0.5) / h0, (qx + 0.5) / w0), seed=seed)
+            model = create_model(target, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs)
+            if weights is not None:
+                _load_weights(model, weights)
+            size_hw = model_entry(target).default_input[1:]
+            x = _to_input(img, size_hw)
+        elif target in list_attention():
+            if weights is not None:
+                raise ValueError("--weights applies to models; a bare mechanism is drawn with fresh weights")
+            mech = create_attention(target, dim, **(attn_kwargs or {}))
+            lift = torch.randn(dim, 3, 1, 1, generator=torch.Generator().manual_seed(seed)) / 3 ** 0.5
+            model = nn.Sequential(_Lift(lift), mech)
+            x = _to_input(img, (size, size))
+        else:
+            raise ValueError(f"unknown model or mechanism {target!r}; expected one of the models {list_models()} "
+                             f"or mechanisms {list_attention()}")
+        layers = layer_maps(model, x, ((qy + 0.5) / h0, (qx + 0.5) / w0), seed=seed)
     src = "weights " + os.path.basename(weights) if weights else "fresh weights"
     title = f"{target} ({src}), query pixel (y={qy}, x={qx}) of a {h0}x{w0} image, input {tuple(x.shape[2:])}"
     return draw_grid(img, layers, (qy, qx), out, title)

@@ -502,8 +502,10 @@ class Trainer:
     def run(self) -> TrainResult:
         self.dist = D.setup(self.cfg.device, timeout=self.cfg.dist_timeout)
         self._lock: RunLock | None = None
-        try:
-            with _deterministic(self.cfg.deterministic, self.dist.device), D.peer_errors(self.dist):
+        cuda = [self.dist.device] if self.dist.device.type == "cuda" else []
+        try:  # the caller's RNG state and deterministic flags are restored afterwards
+            with torch.random.fork_rng(devices=cuda), _deterministic(self.cfg.deterministic, self.dist.device), \
+                    D.peer_errors(self.dist):
                 return self._run()
         finally:
             if self._lock is not None:
