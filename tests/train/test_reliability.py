@@ -318,3 +318,17 @@ def test_frozen_peer_under_torchrun_fails_within_dist_timeout_naming_the_rank(tm
     line = next(s for s in r.stderr.splitlines() if s.startswith("visattn train: error:"))
     assert line.startswith("visattn train: error: rank 0: a collective with the other processes failed within 3 s "
                            "(--dist-timeout): rank 1 stopped answering at step 2 (this rank is at step 3). torch: ")
+
+
+def test_under_torchrun_every_rank_stops_when_rank_0_cannot_open_the_run_folder(tmp_path):
+    taken = tmp_path / "file"
+    taken.write_text("not a folder")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(ROOT / "tests" / "_train_worker.py"), "freeze", str(taken), "30"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert r.returncode != 0
+    lines = sorted(s for s in r.stderr.splitlines() if s.startswith("visattn train: error:"))
+    assert lines == [f"visattn train: error: --output must be a directory, but it is a file: {str(taken)!r}",
+                     f"visattn train: error: rank 0 could not open the run folder {str(taken)!r}; see its message"]
+    assert taken.read_text() == "not a folder"
