@@ -380,7 +380,7 @@ def _to_rgb_uint8(im):
     else:
         return im.convert("RGB")
     a = np.clip(np.nan_to_num(a, nan=0.0), 0.0, 1.0)
-    return Image.fromarray(np.round(a * 255.0).astype(np.uint8), mode="L").convert("RGB")
+    return Image.fromarray(np.round(a * 255.0).astype(np.uint8)).convert("RGB")  # (H, W) uint8: mode L
 
 
 def _read_images(items: list[tuple[Path, int]], size: int) -> ImageDataset:
@@ -395,7 +395,7 @@ def _read_images(items: list[tuple[Path, int]], size: int) -> ImageDataset:
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
                 imgs[i] = np.asarray(im)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated, bad header
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # unidentified, truncated...
             failed.append(f"{f} ({' '.join(str(e).split()) or type(e).__name__})")
     if failed:
         shown = "; ".join(failed[:20]) + (f"; and {len(failed) - 20} more" if len(failed) > 20 else "")
