@@ -8,6 +8,10 @@
         one step of DDP training on a fixed 32-image digits subset; rank 0 saves the
         gradients after backward to OUT/grads.safetensors (the final weights land in
         OUT/model.safetensors).
+    python -m torch.distributed.run ... tests/_train_worker.py freeze OUT TIMEOUT_S
+        2-process training in which rank 1 stops answering after optimizer step 2; the
+        other rank must give up after TIMEOUT_S seconds (--dist-timeout) with a one-line
+        error naming rank 1 (printed by the CLI's error handler) and exit code 1.
 """
 
 import os
@@ -42,6 +46,15 @@ class SaveGrads:
                       self.path)
 
 
+class FreezeAfterStep:
+    def __init__(self, step: int, rank: int):
+        self.step, self.rank = step, rank
+
+    def after_step(self, trainer):
+        if trainer.step == self.step and trainer.dist.rank == self.rank:
+            time.sleep(120)  # a frozen peer: alive, silent
+
+
 def tiny_digits(n_train: int = 32, n_test: int = 16):
     from visattn.data import DataBundle, ImageDataset, load_data
 
@@ -74,6 +87,16 @@ def main() -> int:
                           verbose=False, plot=False, device="cpu", deterministic=True, seed=3)
         train(cfg, data=tiny_digits(), callbacks=[SaveGrads(os.path.join(out, "grads.safetensors"))])
         return 0
+    if mode == "freeze":
+        from visattn.cli import run_command
+        from visattn.train import TrainConfig, train
+
+        out, timeout = sys.argv[2], float(sys.argv[3])
+        cfg = TrainConfig(model=name, epochs=1, batch_size=4, warmup_steps=0, output=out, progress=False,
+                          verbose=False, plot=False, device="cpu", seed=3, dist_timeout=timeout)
+        rc = run_command("train", lambda _: train(cfg, data=tiny_digits(), callbacks=[FreezeAfterStep(2, 1)]), None)
+        sys.stderr.flush()
+        os._exit(rc)  # do not wait for the frozen peer in process-group teardown
     raise SystemExit(f"unknown mode {mode!r}")
 
 

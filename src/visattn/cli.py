@@ -3,6 +3,12 @@
 Sub-commands live in their own modules; each exposes ``add_parser(subparsers)`` that
 registers an ``argparse`` sub-parser whose ``func`` default runs it. To add a command,
 append its module to ``_COMMAND_MODULES``.
+
+Errors: option values are checked by argparse type functions (argparse's own one-line
+error, exit 2). A command that raises ``ValueError``, ``TypeError``, ``OSError`` or a
+:class:`visattn.errors.VisattnError` ends with one line ``visattn <command>: error: <message>``
+on stderr and exit code 2 (``VisattnError.exit_code`` for the latter); Ctrl-C ends with
+exit code 130. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,8 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any, Callable
 
-__all__ = ["main", "build_parser"]
+from visattn.errors import VisattnError
+
+__all__ = ["main", "build_parser", "run_command", "error_message"]
 
 _COMMAND_MODULES = [
     "visattn.commands.registry_cmds",  # list, info
@@ -34,15 +43,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_message(e: BaseException) -> str:
+    """One line for the user: an ``OSError`` as "<what went wrong>: '<file>'", others as their text."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        msg = f"{e.strerror}: {str(e.filename)!r}"
+        if e.filename2 is not None:
+            msg += f" -> {str(e.filename2)!r}"
+    else:
+        msg = str(e) or type(e).__name__
+    return " ".join(msg.split())  # one line
+
+
+def run_command(name: str, func: Callable[[Any], Any], args: Any) -> int:
+    """Run ``func(args)`` for ``visattn <name>``, turning user-facing errors into one line + exit code."""
+    try:
+        rc = func(args)
+    except VisattnError as e:
+        print(f"visattn {name}: error: {error_message(e)}", file=sys.stderr)
+        return e.exit_code
+    except (ValueError, TypeError, OSError) as e:
+        print(f"visattn {name}: error: {error_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"visattn {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        rc = args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"visattn {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return int(rc or 0)
+    return run_command(args.command, args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,7 @@ from torch import nn
 
 from visattn.layers.base import SpatialAttention
 
-__all__ = ["LayerMaps", "load_image", "collect_mixers", "layer_maps", "draw_grid", "visualize"]
+__all__ = ["LayerMaps", "load_image", "collect_mixers", "layer_maps", "draw_grid", "visualize", "png_path"]
 
 # ImageNet statistics (used for every model: the registered models are trained from scratch
 # on normalised images; this only sets the input scale).
@@ -151,16 +151,14 @@ def draw_grid(img: np.ndarray, layers: list[LayerMaps], query_px: tuple[int, int
 
     The figure is (1 + max heads) x len(layers) cells of ``cell`` inches at ``dpi``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
     if not layers:
         raise ValueError("nothing to draw: no layer produced a map (did the model run its mixers?)")
+    out = png_path(out)
     rows, cols = len(layers), 1 + max(lm.maps.shape[0] for lm in layers)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * cell), dpi=dpi, squeeze=False,
-                             layout="constrained")
+    fig = Figure(figsize=(cols * cell, rows * cell), dpi=dpi, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     h0, w0 = img.shape[:2]
     ext = (0, w0, h0, 0)
     side = int(cell * dpi)  # a panel's size in pixels: draw the photograph no finer than that
@@ -197,11 +195,22 @@ def draw_grid(img: np.ndarray, layers: list[LayerMaps], query_px: tuple[int, int
         import textwrap
 
         fig.suptitle("\n".join(textwrap.wrap(title, max(20, int(cols * cell * 14)))), fontsize=7)
-    d = os.path.dirname(os.path.abspath(out))
-    os.makedirs(d, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=dpi, format="png")
     return out
+
+
+def png_path(out: str | os.PathLike) -> str:
+    """Where a PNG asked for as ``out`` goes: ``out`` itself when it ends in ``.png``,
+    ``out/viz.png`` when ``out`` is an existing directory or ends with a path separator;
+    anything else (``plot``, ``plot.jpg``) is refused with a ``ValueError``."""
+    text = os.fspath(out)
+    if os.path.isdir(text) or text.endswith(("/", os.sep)):
+        return os.path.join(text, "viz.png")
+    if os.path.splitext(text)[1].lower() != ".png":
+        raise ValueError(f"--out must be a .png file or a directory, got {text!r} "
+                         f"(for a new directory end it with '/': {text.rstrip('/') + '/'!r})")
+    return text
 
 
 def visualize(target: str, out: str = "viz.png", image: str | None = None, query: tuple[int, int] | None = None,
@@ -212,7 +221,7 @@ def visualize(target: str, out: str = "viz.png", image: str | None = None, query
     Args:
         target: a registered model name, or a registered mechanism name (drawn as one layer on
             the image lifted to ``dim`` channels at ``size`` x ``size``).
-        out: PNG path.
+        out: PNG path, or a directory (the file is then ``out/viz.png``).
         image: image file (any format Pillow reads); default: scikit-image's astronaut photograph.
         query: (y, x) pixel of the original image; default: its centre.
         weights: safetensors file with the model's state dict.
@@ -221,10 +230,11 @@ def visualize(target: str, out: str = "viz.png", image: str | None = None, query
         dim, size: channels and side for a bare mechanism.
         seed: seed of the fresh weights and of the gradient direction.
 
-    Returns the PNG path.
+    Returns the path of the PNG written.
     """
     from visattn.registry import create_attention, list_attention, list_models, model_entry
 
+    out = png_path(out)  # refuse a bad --out before any work
     img = load_image(image)
     h0, w0 = img.shape[:2]
     if query is None:
@@ -233,26 +243,27 @@ def visualize(target: str, out: str = "viz.png", image: str | None = None, query
     if not (0 <= qy < h0 and 0 <= qx < w0):
         raise ValueError(f"query pixel (y={qy}, x={qx}) is outside the {h0} x {w0} image "
                          f"(expected 0 <= y < {h0}, 0 <= x < {w0})")
-    torch.manual_seed(seed)
-    if target in list_models():
-        from visattn.registry import create_model
+    with torch.random.fork_rng(devices=[]):  # fresh weights from `seed`; the caller's RNG is left as it was
+        torch.manual_seed(seed)
+        if target in list_models():
+            from visattn.registry import create_model
 
-        model = create_model(target, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs)
-        if weights is not None:
-            _load_weights(model, weights)
-        size_hw = model_entry(target).default_input[1:]
-        x = _to_input(img, size_hw)
-    elif target in list_attention():
-        if weights is not None:
-            raise ValueError("--weights applies to models; a bare mechanism is drawn with fresh weights")
-        mech = create_attention(target, dim, **(attn_kwargs or {}))
-        lift = torch.randn(dim, 3, 1, 1, generator=torch.Generator().manual_seed(seed)) / 3 ** 0.5
-        model = nn.Sequential(_Lift(lift), mech)
-        x = _to_input(img, (size, size))
-    else:
-        raise ValueError(f"unknown model or mechanism {target!r}; expected one of the models {list_models()} "
-                         f"or mechanisms {list_attention()}")
-    layers = layer_maps(model, x, ((qy + 0.5) / h0, (qx + 0.5) / w0), seed=seed)
+            model = create_model(target, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs)
+            if weights is not None:
+                _load_weights(model, weights)
+            size_hw = model_entry(target).default_input[1:]
+            x = _to_input(img, size_hw)
+        elif target in list_attention():
+            if weights is not None:
+                raise ValueError("--weights applies to models; a bare mechanism is drawn with fresh weights")
+            mech = create_attention(target, dim, **(attn_kwargs or {}))
+            lift = torch.randn(dim, 3, 1, 1, generator=torch.Generator().manual_seed(seed)) / 3 ** 0.5
+            model = nn.Sequential(_Lift(lift), mech)
+            x = _to_input(img, (size, size))
+        else:
+            raise ValueError(f"unknown model or mechanism {target!r}; expected one of the models {list_models()} "
+                             f"or mechanisms {list_attention()}")
+        layers = layer_maps(model, x, ((qy + 0.5) / h0, (qx + 0.5) / w0), seed=seed)
     src = "weights " + os.path.basename(weights) if weights else "fresh weights"
     title = f"{target} ({src}), query pixel (y={qy}, x={qx}) of a {h0}x{w0} image, input {tuple(x.shape[2:])}"
     return draw_grid(img, layers, (qy, qx), out, title)

@@ -82,7 +82,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     # Killed run: blocks after the checkpoint of step 9 (epoch 2, batch 4 of 5), then SIGKILL.
     killed = tmp_path / "killed"
     marker = tmp_path / "ckpt-written"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    # bit-exact needs the same thread count in both processes (conftest sets this one's)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen([sys.executable, str(WORKER), "cli", "9", str(marker), "--"] + _args(data, killed),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

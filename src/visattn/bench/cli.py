@@ -9,6 +9,7 @@ import torch
 
 from visattn.bench.core import DEFAULT_RESOLUTIONS, bench_case, bench_cases
 from visattn.bench.report import format_slopes, format_table, write_json, write_plot
+from visattn.commands._args import device_name, nonneg_float, positive_int
 
 
 def add_parser(sub) -> None:
@@ -21,33 +22,47 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--mechanisms", "-m", nargs="+", default=None, help="mechanism names (default: all registered)")
     p.add_argument("--variants", action="store_true", help="also run each mechanism's extra benchmark variants")
-    p.add_argument("--resolutions", "-r", nargs="+", type=int, default=list(DEFAULT_RESOLUTIONS),
+    p.add_argument("--resolutions", "-r", nargs="+", type=positive_int, default=list(DEFAULT_RESOLUTIONS),
                    help="square feature-map sides (default: %(default)s)")
-    p.add_argument("--dim", type=int, default=64, help="channels C (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=4, help="batch size (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: %(default)s)")
+    p.add_argument("--dim", type=positive_int, default=64, help="channels C (default: %(default)s)")
+    p.add_argument("--batch", type=positive_int, default=4, help="batch size (default: %(default)s)")
+    p.add_argument("--device", default="cpu", type=device_name, help="cpu or cuda[:i] (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--no-backward", action="store_true", help="skip forward+backward measurements")
-    p.add_argument("--min-time", type=float, default=0.2, help="seconds of timed repeats per measurement")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--min-time", type=nonneg_float, default=0.2, help="seconds of timed repeats per measurement")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--output", "-o", default="bench-out", help="directory for bench.json and bench.png")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 
+def check_output_dir(path: str | Path, files: tuple[str, ...]) -> Path:
+    """Make sure results can be written to directory ``path`` before any measuring: it is a
+    directory (created if missing), writable, and none of ``files`` in it is a directory."""
+    import errno
+    import os
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "--output must be a directory (results go to "
+                                 f"{' and '.join(files)} inside it), but it is a file", str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        if (out / f).is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a directory is in the way of a result file", str(out / f))
+    probe = out / f".write-test-{os.getpid()}"
+    probe.write_bytes(b"")  # raises PermissionError / OSError(ENOSPC) now rather than after the run
+    probe.unlink()
+    return out
+
+
 def run(args) -> int:
-    if args.dim < 1 or args.batch < 1:
-        raise ValueError(f"--dim and --batch must be >= 1, got dim={args.dim}, batch={args.batch}")
+    cases = bench_cases(args.mechanisms, args.variants)  # unknown names fail here, before any file is touched
+    out = check_output_dir(args.output, ("bench.json", "bench.png"))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but torch.cuda.is_available() is False")
     dtype = getattr(torch, args.dtype)
-    for s in args.resolutions:
-        if s < 1:
-            raise ValueError(f"--resolutions must be >= 1, got {s}")
-    cases = bench_cases(args.mechanisms, args.variants)
     total = len(cases) * len(args.resolutions)
 
     from tqdm.auto import tqdm
@@ -66,7 +81,6 @@ def run(args) -> int:
     print()
     print("Log-log slope against n (1 = linear, 2 = quadratic):")
     print(format_slopes(results))
-    out = Path(args.output)
     config = {k: v for k, v in vars(args).items() if k != "func"}
     j = write_json(results, out / "bench.json", config)
     png = write_plot(results, out / "bench.png")

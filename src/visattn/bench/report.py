@@ -73,14 +73,12 @@ def write_json(results: list[BenchResult], path, config: dict) -> Path:
 
 
 def write_plot(results: list[BenchResult], path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    fig = Figure(figsize=(16, 5))
+    axes = fig.subplots(1, 3)
     labels = list(dict.fromkeys(r.label for r in results))
     panels = [("fwd_ms", "forward latency (ms)"), ("fwdbwd_ms", "forward+backward latency (ms)"),
               ("mem_train_mib", "peak memory, forward+backward (MiB)")]
@@ -97,6 +95,5 @@ def write_plot(results: list[BenchResult], path) -> Path:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.savefig(path, dpi=100, format="png")
     return path

@@ -10,6 +10,9 @@ import argparse
 import json
 import os
 
+from visattn.commands._args import fraction, int_range, nonneg_float, nonneg_int, positive_float, positive_int
+from visattn.data.datasets import MAX_IMAGE_SIZE
+
 __all__ = ["add_parser", "add_train_arguments", "config_from_args", "run", "main"]
 
 
@@ -35,21 +38,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", metavar="SPEC",
                    help="digits (built in, no download) | cifar10:PATH (python batches) | "
                         "folder:PATH (PATH/class_name/*.png|jpg)")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=int_range(1, MAX_IMAGE_SIZE, " (images are held in memory)"), default=None,
                    help="resize images to this side (default: digits 32, cifar10 32, folder 64)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64, help="per process (global = this x processes)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-steps", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="per process (global = this x processes)")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.05)
+    p.add_argument("--warmup-steps", type=nonneg_int, default=None,
                    help="linear warm-up steps before the cosine decay (default: 5%% of all steps, <= 1 epoch)")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--label-smoothing", type=fraction, default=0.1)
     p.add_argument("--augment", default="auto", choices=("auto", "none", "crop", "crop+flip"),
                    help="auto: crop for digits, crop+flip otherwise")
-    p.add_argument("--precise-bn", type=int, default=0, metavar="N",
+    p.add_argument("--precise-bn", type=nonneg_int, default=0, metavar="N",
                    help="before each evaluation, recompute BatchNorm statistics over N training batches "
                         "(fixes eval-mode BN after short training; default: off)")
-    p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
+    p.add_argument("--grad-clip", type=positive_float, default=None, help="clip the gradient norm to this value (> 0)")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
                    help="mixed precision; auto: bf16 (or fp16) on CUDA, none on CPU; fp16 needs CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -62,11 +65,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoints, metrics.jsonl, curves.png, model.safetensors, config.json")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its latest checkpoint (starts fresh if none)")
-    p.add_argument("--save-every", type=int, default=0, metavar="N",
+    p.add_argument("--save-every", type=nonneg_int, default=0, metavar="N",
                    help="also checkpoint every N optimizer steps (default: once per epoch)")
-    p.add_argument("--keep", type=int, default=2, help="checkpoints kept on disk")
+    p.add_argument("--keep", type=positive_int, default=2, help="checkpoints kept on disk")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dist-timeout", type=positive_float, default=600.0, metavar="SECONDS",
+                   help="under torchrun: give up (and name the silent rank where possible) when a peer process "
+                        "does not answer a collective within this time (default: %(default)s)")
 
 
 def add_parser(sub) -> None:
@@ -87,6 +93,7 @@ def config_from_args(args):
         augment=args.augment, precise_bn=args.precise_bn, grad_clip=args.grad_clip, amp=args.amp, compile=args.compile,
         sync_bn=args.sync_bn, deterministic=args.deterministic, seed=args.seed, output=args.output, resume=args.resume,
         save_every=args.save_every, keep=args.keep, device=args.device, progress=not args.no_progress,
+        dist_timeout=args.dist_timeout,
     )
 
 
@@ -102,16 +109,12 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry: ``python -m visattn.commands.train_cmd [options]``."""
-    import sys
-
     p = argparse.ArgumentParser(prog="visattn train")
     add_train_arguments(p)
     args = p.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"visattn train: error: {e}", file=sys.stderr)
-        return 2
+    from visattn.cli import run_command
+
+    return run_command("train", run, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from visattn.commands._args import positive_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -19,12 +21,13 @@ def add_parser(sub) -> None:
     p.add_argument("--query", type=int, nargs=2, default=None, metavar=("Y", "X"),
                    help="query pixel in the image (default: the centre)")
     p.add_argument("--weights", default=None, metavar="PATH", help="safetensors state dict of the model")
-    p.add_argument("--out", default="viz.png", metavar="PNG", help="output PNG (default: viz.png)")
+    p.add_argument("--out", default="viz.png", metavar="PNG|DIR",
+                   help="output .png file, or a directory to write viz.png into (default: viz.png)")
     p.add_argument("--attention", default=None, help="swap the model's mixer for this mechanism")
     p.add_argument("--attn-kwargs", default=None, metavar="JSON", help="mixer arguments as JSON")
-    p.add_argument("--num-classes", type=int, default=10, help="classifier size (must match --weights)")
-    p.add_argument("--dim", type=int, default=64, help="channels for a bare mechanism (default 64)")
-    p.add_argument("--size", type=int, default=32, help="input side for a bare mechanism (default 32)")
+    p.add_argument("--num-classes", type=positive_int, default=10, help="classifier size (must match --weights)")
+    p.add_argument("--dim", type=positive_int, default=64, help="channels for a bare mechanism (default 64)")
+    p.add_argument("--size", type=positive_int, default=32, help="input side for a bare mechanism (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of fresh weights (default 0)")
     p.set_defaults(func=run)
 

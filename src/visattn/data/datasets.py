@@ -15,7 +15,12 @@ Spec strings (:func:`load_data`):
   ``cifar-10-batches-py`` folder inside ``PATH``).
 * ``folder:PATH`` — ``PATH/<class_name>/*.png|jpg|jpeg|bmp|webp`` read with Pillow; if
   ``PATH/train`` and ``PATH/test`` (or ``PATH/val``) exist they are the split, otherwise a
-  seeded stratified split is drawn.
+  seeded stratified split is drawn. Hidden files and folders (``.x``, macOS ``._x.png``)
+  are skipped; 16-bit greyscale images are converted by value (0..65535 -> 0..255); a file
+  Pillow cannot read (corrupt, truncated) stops loading with an error naming every such file.
+
+Image sides are bounded by ``MAX_IMAGE_SIZE`` and a loader refuses data that would take
+over half the machine's memory, with a message giving the estimate.
 
 CIFAR-10's batch files are Python pickles. They are read with a restricted unpickler
 (:class:`_CifarUnpickler`) that resolves only the few globals numpy needs to rebuild an
@@ -44,9 +49,12 @@ __all__ = [
     "load_image_folder",
     "stratified_split",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_SIZE",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# Largest image side a loader accepts: every image is held in memory at this size.
+MAX_IMAGE_SIZE = 1024
 
 
 @dataclass
@@ -159,8 +167,25 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 def _check_size(image_size) -> None:
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
-        raise ValueError(f"image_size must be an int >= 1 or None, got {image_size!r}")
+                                   or not 1 <= image_size <= MAX_IMAGE_SIZE):
+        raise ValueError(f"image_size must be an int in 1..{MAX_IMAGE_SIZE} (images are held in memory) "
+                         f"or None, got {image_size!r}")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - platforms without sysconf
+        return None
+
+
+def _check_memory(n: int, size: int, itemsize: int, what: str) -> None:
+    """Refuse to hold ``n`` images of 3 x size x size in memory when that needs over half the RAM."""
+    need, ram = n * 3 * size * size * itemsize, _physical_memory()
+    if ram is not None and need > ram // 2:
+        raise ValueError(f"{what}: holding {n} images of 3x{size}x{size} ({itemsize} byte(s) per value) in memory "
+                         f"needs {need / 2**30:.1f} GiB, over half of this machine's {ram / 2**30:.1f} GiB; "
+                         "choose a smaller --image-size")
 
 
 # ---------------------------------------------------------------------------
@@ -181,8 +206,9 @@ def load_digits_dataset(image_size: int = 32, test_fraction: float = 0.2, seed: 
     except ImportError as e:  # pragma: no cover - optional extra
         raise ImportError("the built-in digits data needs scikit-learn: pip install 'visattn[data]'") from e
     d = load_digits()
-    images = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
     size = image_size or 8
+    _check_memory(len(d.images), size, 4, "digits")
+    images = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
     images = _resize(images, size).clamp_(0.0, 1.0).repeat(1, 3, 1, 1).contiguous()  # (N, 3, S, S)
     labels = torch.from_numpy(d.target.astype(np.int64))
     tr, te = stratified_split(d.target, test_fraction, seed)
@@ -243,7 +269,16 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def _read_cifar_pickle(path: Path) -> dict:
     with open(path, "rb") as f:
-        obj = _CifarUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+        raw = f.read()
+    try:
+        obj = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except (EOFError, pickle.UnpicklingError) as e:
+        if isinstance(e, EOFError) or "truncated" in str(e):
+            raise ValueError(f"{path}: the CIFAR batch file is truncated ({len(raw)} bytes); "
+                             "extract cifar-10-python.tar.gz again") from None
+        raise ValueError(f"{path}: not a readable CIFAR batch file: {e}") from None
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable CIFAR batch file ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict in a CIFAR batch file, got {type(obj).__name__}")
     # Python-2 pickles give bytes keys; normalise to str.
@@ -276,6 +311,11 @@ def _cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{path}: 'data' must be a uint8 array (N, 3072), got {got}")
     if not isinstance(labels, list) or len(labels) != data.shape[0]:
         raise ValueError(f"{path}: 'labels' must be a list of {data.shape[0]} ints")
+    bad = next(((i, v) for i, v in enumerate(labels)
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))), None)
+    if bad is not None:
+        raise ValueError(f"{path}: labels must be integers 0..9, got {bad[1]!r} ({type(bad[1]).__name__}) "
+                         f"at index {bad[0]}")
     labels_t = torch.tensor([int(v) for v in labels], dtype=torch.int64)
     if labels_t.numel() and (labels_t.min() < 0 or labels_t.max() > 9):
         raise ValueError(f"{path}: labels must be in 0..9")
@@ -301,6 +341,7 @@ def load_cifar10(path: str | os.PathLike, image_size: int | None = None) -> Data
         raise ValueError(f"{root / 'batches.meta'}: expected 'label_names', a list of 10 names")
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
     size = image_size or 32
+    _check_memory(len(tr_y) + len(te_y), size, 1, f"CIFAR-10 in {root}")
     train = ImageDataset(_resize_uint8(tr_x, size), tr_y)
     test = ImageDataset(_resize_uint8(te_x, size), te_y)
     mean, std = _channel_stats(train.images)
@@ -312,26 +353,53 @@ def load_cifar10(path: str | os.PathLike, image_size: int | None = None) -> Data
 # ---------------------------------------------------------------------------
 
 
+def _hidden(path: Path, root: Path) -> bool:
+    """Hidden files and folders (``.x``, macOS ``._x.png`` resource forks) below ``root``."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def _scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     items = []
     for ci, c in enumerate(classes):
         for f in sorted((root / c).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+            if f.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(f, root) and f.is_file():
                 items.append((f, ci))
     return classes, items
+
+
+def _to_rgb_uint8(im):
+    """Any Pillow image -> 8-bit RGB, converting by value: 16-bit and 32-bit integer greyscale
+    (modes I;16*, I) scale 0..65535 to 0..255; float greyscale (F) is taken as 0..1."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64) / 65535.0
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+    else:
+        return im.convert("RGB")
+    a = np.clip(np.nan_to_num(a, nan=0.0), 0.0, 1.0)
+    return Image.fromarray(np.round(a * 255.0).astype(np.uint8)).convert("RGB")  # (H, W) uint8: mode L
 
 
 def _read_images(items: list[tuple[Path, int]], size: int) -> ImageDataset:
     from PIL import Image
 
     imgs = np.empty((len(items), size, size, 3), dtype=np.uint8)
+    failed = []
     for i, (f, _) in enumerate(items):
-        with Image.open(f) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            imgs[i] = np.asarray(im)
+        try:
+            with Image.open(f) as im:
+                im = _to_rgb_uint8(im)
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
+                imgs[i] = np.asarray(im)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # unidentified, truncated...
+            failed.append(f"{f} ({' '.join(str(e).split()) or type(e).__name__})")
+    if failed:
+        shown = "; ".join(failed[:20]) + (f"; and {len(failed) - 20} more" if len(failed) > 20 else "")
+        raise ValueError(f"cannot read {len(failed)} of {len(items)} image file(s): {shown}")
     images = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
     labels = torch.tensor([c for _, c in items], dtype=torch.int64)
     return ImageDataset(images, labels)
@@ -369,8 +437,11 @@ def load_image_folder(path: str | os.PathLike, image_size: int | None = None, te
         raise ValueError(f"image folder {str(root)!r} has {len(classes)} class folder(s), need >= 2; {layout}")
     if not tr_items or not te_items:
         raise ValueError(f"image folder {str(root)!r} has no images in its train or test split; {layout}")
-    train = _read_images(tr_items, size)
-    test = _read_images(te_items, size)
+    _check_memory(len(tr_items) + len(te_items), size, 1, f"image folder {str(root)!r}")
+    both = _read_images(tr_items + te_items, size)  # one pass: an error names every unreadable file
+    n = len(tr_items)
+    train = ImageDataset(both.images[:n], both.labels[:n])
+    test = ImageDataset(both.images[n:], both.labels[n:])
     mean, std = _channel_stats(train.images)
     return DataBundle(f"folder:{path}", train, test, classes, size, mean, std, augment="crop+flip")
 

@@ -11,7 +11,14 @@ A checkpoint is written into a temporary folder, flushed (fsync), renamed into p
 (``os.replace``), and only then does ``latest.json`` (itself written to a temporary file
 and renamed) point at it. A kill at any instant leaves either the previous checkpoint
 or the new one, never a half-written one. Older step folders are deleted after the
-pointer moves (the newest ``keep`` stay).
+pointer moves (the newest ``keep`` stay). An existing step folder is never overwritten.
+Temporary folders ``.step-*.tmp-PID`` left by a failed or killed save are removed by the
+next save (those of this process or of a process that no longer runs), and a save that
+fails removes its own. Without ``latest.json`` the newest *complete* step folder (both
+files present, readable safetensors headers) is the latest checkpoint.
+
+:class:`RunLock` is an exclusive lock on a run folder (``DIR/.lock``, ``fcntl.flock``) that
+``visattn train`` holds for the whole run, so a second run on the same folder refuses.
 
 Loading reads only safetensors (a JSON header plus raw tensor bytes) and JSON:
 no ``pickle``, no ``torch.load``. A file that is not safetensors is refused with a
@@ -20,8 +27,10 @@ no ``pickle``, no ``torch.load``. A file that is not safetensors is refused with
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,7 +40,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file, save_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "atomic_write_text",
-           "optimizer_to_flat", "optimizer_from_flat", "load_weights"]
+           "optimizer_to_flat", "optimizer_from_flat", "load_weights", "remove_stale_tmp", "RunLock"]
 
 FORMAT = "visattn-checkpoint-1"
 
@@ -55,15 +64,111 @@ def _fsync_file(path: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (the temporary file
+    is removed if the write fails)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with _suppress_os():
+            tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:  # e.g. ENOSPC from write(): say which file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     _fsync_dir(path.parent)
+
+
+class _suppress_os:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        return typ is not None and issubclass(typ, OSError)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # exists, another user's (or not a pid we can ask about: leave it)
+    return True
+
+
+_TMP_RE = re.compile(r"^\.step-\d+\.tmp-(\d+)$")
+
+
+def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove ``checkpoints/.step-*.tmp-PID`` folders of this process or of dead processes; returns them."""
+    root = Path(run_dir) / "checkpoints"
+    removed = []
+    if not root.is_dir():
+        return removed
+    for p in root.iterdir():
+        m = _TMP_RE.match(p.name)
+        if m and p.is_dir() and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+class RunLock:
+    """Exclusive lock on a run folder: ``DIR/.lock`` held with ``fcntl.flock`` (released when
+    the process ends, however it ends). The file holds the owner's pid for the message a
+    second run gets. Use as a context manager or :meth:`acquire` / :meth:`release`.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        from visattn.errors import RunFolderLocked
+
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locks, run unlocked
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            try:
+                holder = self.path.read_text().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise RunFolderLocked(f"run folder {str(self.run_dir)!r} is in use by another visattn process "
+                                  f"(pid {holder}, lock {str(self.path)!r}); wait for it to finish or choose "
+                                  "another --output") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # ---------------------------------------------------------------------------
@@ -133,33 +238,38 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, optimize
     run_dir = Path(run_dir)
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(run_dir)
     state = dict(state or {})
     name = f"step-{int(state.get('step', 0)):08d}"
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-    tensors = _rng_tensors()
-    meta: dict[str, Any] = {"format": FORMAT, "state": state}
-    if optimizer is not None:
-        opt_t, opt_rest = optimizer_to_flat(optimizer.state_dict())
-        tensors.update(opt_t)
-        meta["optimizer"] = opt_rest
-    if scheduler is not None:
-        meta["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-    if scaler is not None and scaler.is_enabled():
-        meta["scaler"] = scaler.state_dict()
-    save_file(tensors, str(tmp / "train_state.safetensors"), metadata={"json": json.dumps(meta)})
-    for f in ("model.safetensors", "train_state.safetensors"):
-        _fsync_file(tmp / f)
-    _fsync_dir(tmp)
-
     final = root / name
     if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        raise FileExistsError(errno.EEXIST, f"checkpoint folder already exists (refusing to overwrite it; "
+                                            f"resume from it or choose another --output)", str(final))
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    try:
+        tmp.mkdir()
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        tensors = _rng_tensors()
+        meta: dict[str, Any] = {"format": FORMAT, "state": state}
+        if optimizer is not None:
+            opt_t, opt_rest = optimizer_to_flat(optimizer.state_dict())
+            tensors.update(opt_t)
+            meta["optimizer"] = opt_rest
+        if scheduler is not None:
+            meta["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        if scaler is not None and scaler.is_enabled():
+            meta["scaler"] = scaler.state_dict()
+        save_file(tensors, str(tmp / "train_state.safetensors"), metadata={"json": json.dumps(meta)})
+        for f in ("model.safetensors", "train_state.safetensors"):
+            _fsync_file(tmp / f)
+        _fsync_dir(tmp)
+        os.rename(tmp, final)  # final does not exist (checked above; the run lock keeps it so)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+            raise OSError(e.errno, f"cannot write checkpoint {name} ({e.strerror or e})",
+                          str(e.filename or tmp)) from e
+        raise
     _fsync_dir(root)
     atomic_write_text(root / "latest.json", json.dumps({"dir": name, "format": FORMAT, **{
         k: state[k] for k in ("epoch", "step", "batch_in_epoch") if k in state}}))
@@ -170,11 +280,29 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, optimize
     return final
 
 
+def _complete(folder: Path) -> bool:
+    """Both files present with readable safetensors headers and visattn metadata."""
+    try:
+        with safe_open(str(folder / "model.safetensors"), framework="pt"):
+            pass
+        with safe_open(str(folder / "train_state.safetensors"), framework="pt") as f:
+            return json.loads((f.metadata() or {})["json"]).get("format") == FORMAT
+    except (OSError, SafetensorError, KeyError, ValueError, TypeError, AttributeError):
+        return False
+
+
+def _newest_complete(root: Path) -> Path | None:
+    steps = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)),
+                   key=lambda p: int(p.name[5:]), reverse=True)
+    return next((p for p in steps if _complete(p)), None)
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint folder ``run_dir/checkpoints/latest.json`` points at, or None."""
+    """The checkpoint folder ``run_dir/checkpoints/latest.json`` points at; without that
+    pointer, the newest complete ``step-*`` folder; None when there is neither."""
     pointer = Path(run_dir) / "checkpoints" / "latest.json"
     if not pointer.is_file():
-        return None
+        return _newest_complete(pointer.parent) if pointer.parent.is_dir() else None
     try:
         info = json.loads(pointer.read_text())
         folder = pointer.parent / str(info["dir"])
@@ -212,6 +340,46 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, strict: bool =
     _load(model, path, strict=strict)
 
 
+def _checked_optimizer_state(tensors: dict[str, torch.Tensor], rest: Any, optimizer, where: Path) -> dict:
+    """``optimizer_from_flat`` plus checks that the saved state fits ``optimizer``: group count and
+    sizes, finite hyper-parameters, per-parameter tensors of the parameter's shape."""
+    try:
+        sd = optimizer_from_flat(tensors, rest)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{where}: optimizer state is malformed ({type(e).__name__}: {e})") from None
+    groups, mine = sd["param_groups"], optimizer.param_groups
+    if len(groups) != len(mine):
+        raise ValueError(f"{where}: optimizer has {len(mine)} parameter group(s), the checkpoint {len(groups)}")
+    params = []
+    for gi, (g, m) in enumerate(zip(groups, mine)):
+        ids = g.get("params")
+        if not isinstance(ids, list) or len(ids) != len(m["params"]):
+            raise ValueError(f"{where}: optimizer param_groups[{gi}]['params'] must list {len(m['params'])} "
+                             f"parameters, got {ids!r}"[:300])
+        for key in ("lr", "eps", "weight_decay"):
+            v = g.get(key, m.get(key))
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v == v or abs(v) == float("inf") \
+                    or v < 0:
+                raise ValueError(f"{where}: optimizer param_groups[{gi}] field {key!r} must be a finite number "
+                                 f">= 0, got {v!r}")
+        params += list(zip(ids, m["params"]))
+    shapes = {}
+    for pid, p in params:
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise ValueError(f"{where}: optimizer parameter ids must be ints, got {pid!r}")
+        shapes[pid] = p.shape
+    for pid, st in sd["state"].items():
+        if pid not in shapes:
+            raise ValueError(f"{where}: optimizer state for parameter {pid}, which no group lists")
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() > 0 and v.shape != shapes[pid]:
+                raise ValueError(f"{where}: optimizer tensor 'optim.{pid}.{k}' has shape {tuple(v.shape)}, "
+                                 f"parameter {pid} has shape {tuple(shapes[pid])}")
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise ValueError(f"{where}: optimizer tensor 'optim.{pid}.{k}' holds NaN or infinite values")
+    return sd
+
+
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer=None, scheduler=None,
                     scaler=None, restore_rng: bool = True) -> dict[str, Any]:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state`` dict.
@@ -232,9 +400,25 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer=N
             raise ValueError(f"unknown format {meta.get('format')!r}")
     except (KeyError, ValueError) as e:
         raise ValueError(f"{folder / 'train_state.safetensors'} has no valid visattn metadata: {e}") from e
-    load_weights(model, folder / "model.safetensors")
+    where = folder / "train_state.safetensors"
+    if not isinstance(meta.get("state", {}), dict):
+        raise ValueError(f"{where}: 'state' must be a JSON object, got {type(meta['state']).__name__}")
+    opt_sd = None
     if optimizer is not None and "optimizer" in meta:
-        optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+        opt_sd = _checked_optimizer_state(tensors, meta["optimizer"], optimizer, where)
+    if scheduler is not None and "scheduler" in meta:
+        sch = meta["scheduler"]
+        le = sch.get("last_epoch") if isinstance(sch, dict) else None
+        if isinstance(le, bool) or not isinstance(le, int) or le < 0:
+            raise ValueError(f"{where}: scheduler field 'last_epoch' must be an int >= 0, got {le!r}")
+    if restore_rng and "rng.cpu" in tensors:
+        r, ref = tensors["rng.cpu"], torch.get_rng_state()
+        if r.dtype != ref.dtype or r.shape != ref.shape:
+            raise ValueError(f"{where}: 'rng.cpu' must be a {ref.dtype} tensor of shape {tuple(ref.shape)}, "
+                             f"got {r.dtype} {tuple(r.shape)}")
+    load_weights(model, folder / "model.safetensors")
+    if opt_sd is not None:
+        optimizer.load_state_dict(opt_sd)
     if scheduler is not None and "scheduler" in meta:
         sd = scheduler.state_dict()
         sd.update(meta["scheduler"])

@@ -4,17 +4,26 @@
 ``WORLD_SIZE > 1`` :func:`setup` joins the process group (gloo on CPU, nccl on CUDA,
 one GPU per local rank). Without those variables everything runs in one process and
 the reductions below are identities.
+
+Bounded waits: the process group is created with a timeout (``visattn train
+--dist-timeout``, default 600 s instead of torch's 30 min), and every rank records the
+last optimizer step it reached in the process group's key-value store
+(:func:`heartbeat`). When a collective fails or times out, :func:`peer_errors` turns
+torch's error into a :class:`visattn.errors.PeerLost` that names the rank(s) that
+stopped reporting and the step each reached.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "setup", "cleanup", "all_reduce_sum", "barrier"]
+__all__ = ["DistContext", "setup", "cleanup", "all_reduce_sum", "barrier", "heartbeat", "peer_errors"]
 
 
 @dataclass
@@ -26,6 +35,7 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     initialized_here: bool = False
+    timeout: float | None = None  # seconds; None: torch's default
 
     @property
     def is_main(self) -> bool:
@@ -46,8 +56,12 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def setup(device: str = "auto") -> DistContext:
-    """Join the process group if launched by torchrun with WORLD_SIZE > 1; pick the device."""
+def setup(device: str = "auto", timeout: float | None = 600.0) -> DistContext:
+    """Join the process group if launched by torchrun with WORLD_SIZE > 1; pick the device.
+
+    ``timeout`` (seconds) bounds every collective: a peer that stops answering makes the
+    others fail after that long instead of torch's default 30 minutes.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _pick_device(device, local_rank)
@@ -57,9 +71,10 @@ def setup(device: str = "auto") -> DistContext:
     if not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        kw = {} if timeout is None else {"timeout": datetime.timedelta(seconds=float(timeout))}
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", **kw)
         here = True
-    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, here)
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, here, timeout)
 
 
 def cleanup(ctx: DistContext) -> None:
@@ -78,3 +93,68 @@ def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+_HEARTBEAT = "visattn/step/"
+
+
+def _store():
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:  # noqa: BLE001 - a private API: without it, errors just cannot name the rank
+        return None
+
+
+def heartbeat(ctx: DistContext, step: int) -> None:
+    """Record in the process group's store that this rank is working on optimizer step ``step``."""
+    if ctx.distributed:
+        store = _store()
+        if store is not None:
+            store.set(f"{_HEARTBEAT}{ctx.rank}", str(int(step)))
+
+
+def _last_steps(ctx: DistContext) -> dict[int, int | None]:
+    store, out = _store(), {}
+    for r in range(ctx.world_size):
+        key = f"{_HEARTBEAT}{r}"
+        try:
+            out[r] = int(store.get(key)) if store is not None and store.check([key]) else None
+        except Exception:  # noqa: BLE001 - the store itself may be gone
+            out[r] = None
+    return out
+
+
+def _describe_lost(ctx: DistContext) -> str:
+    steps = _last_steps(ctx)
+    known = [v for v in steps.values() if v is not None]
+    if not known:
+        return "could not tell which process stopped (no step records in the store)"
+    top = max(known)
+    behind = [r for r, v in steps.items() if r != ctx.rank and (v is None or v < top)]
+    if not behind:
+        return f"every process reported step {top}; the one that stopped is among ranks " \
+               f"{[r for r in steps if r != ctx.rank]}"
+    return "; ".join(f"rank {r} stopped answering at step {steps[r] if steps[r] is not None else 'none'}"
+                     for r in behind) + f" (this rank is at step {steps.get(ctx.rank)})"
+
+
+_PEER_WORDS = ("timed out", "timeout", "connection closed", "connection reset", "pair closure", "broken pipe",
+               "nccl", "gloo")
+
+
+@contextlib.contextmanager
+def peer_errors(ctx: DistContext):
+    """Turn a failed or timed-out collective into :class:`visattn.errors.PeerLost` naming the silent rank(s)."""
+    try:
+        yield
+    except RuntimeError as e:
+        msg = " ".join(str(e).split())
+        if not ctx.distributed or not (isinstance(e, dist.DistError) or any(w in msg.lower() for w in _PEER_WORDS)):
+            raise
+        from visattn.errors import PeerLost
+
+        limit = f"{ctx.timeout:g} s (--dist-timeout)" if ctx.timeout else "torch's default timeout"
+        raise PeerLost(f"rank {ctx.rank}: a collective with the other processes failed within {limit}: "
+                       f"{_describe_lost(ctx)}. torch: {msg[:300]}") from e

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -35,10 +36,13 @@ import torch
 from torch import nn
 
 from visattn.data import DataBundle, EpochBatches, load_data, normalize
+from visattn.data.datasets import MAX_IMAGE_SIZE
 from visattn.data.transforms import eval_indices
+from visattn.errors import NonFiniteLoss, VisattnError
 from visattn.registry import create_model
 from visattn.train import distributed as D
-from visattn.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from visattn.train.checkpoint import (RunLock, atomic_write_text, latest_checkpoint, load_checkpoint,
+                                      remove_stale_tmp, save_checkpoint)
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "lr_factor", "plot_curves"]
 
@@ -85,14 +89,35 @@ class TrainConfig:
     plot: bool = True
     eval_batch_size: int | None = None
     precise_bn: int = 0
+    dist_timeout: float = 600.0
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "keep"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        for name in ("precise_bn", "save_every", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+        for name, v, lo in (("eval_batch_size", self.eval_batch_size, 1), ("warmup_steps", self.warmup_steps, 0)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+                raise ValueError(f"{name} must be None or an int >= {lo}, got {v!r}")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or not 1 <= self.image_size <= MAX_IMAGE_SIZE):
+            raise ValueError(f"image_size must be None or an int in 1..{MAX_IMAGE_SIZE} (images are held in "
+                             f"memory), got {self.image_size!r}")
+        for name, v, positive in (("lr", self.lr, True), ("grad_clip", self.grad_clip, True),
+                                  ("dist_timeout", self.dist_timeout, True),
+                                  ("weight_decay", self.weight_decay, False),
+                                  ("min_lr_ratio", self.min_lr_ratio, False)):
+            if name == "grad_clip" and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or (v <= 0 if positive else v < 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
+        if self.min_lr_ratio > 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.amp not in AMP_CHOICES:
             raise ValueError(f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         if self.augment not in AUGMENT_CHOICES:
@@ -188,22 +213,24 @@ def _deterministic(on: bool, device: torch.device):
 
 
 def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Loss and accuracy per epoch (train and test) as a PNG (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss and accuracy per epoch (train and test) as a PNG (a ``matplotlib.figure.Figure``:
+    no pyplot, no backend switch). Missing (non-finite) values are left out."""
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    def col(key, scale=1.0):
+        return [math.nan if h.get(key) is None else scale * h[key] for h in history]
+
     ep = [h["epoch"] for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    a1.plot(ep, [h["test_loss"] for h in history], "s-", label="test")
+    fig = Figure(figsize=(9, 3.6))
+    a1, a2 = fig.subplots(1, 2)
+    a1.plot(ep, col("train_loss"), "o-", label="train")
+    a1.plot(ep, col("test_loss"), "s-", label="test")
     a1.set_xlabel("epoch")
     a1.set_ylabel("loss")
     a1.legend()
-    a2.plot(ep, [100 * h["train_acc"] for h in history], "o-", label="train")
-    a2.plot(ep, [100 * h["test_acc"] for h in history], "s-", label="test")
+    a2.plot(ep, col("train_acc", 100), "o-", label="train")
+    a2.plot(ep, col("test_acc", 100), "s-", label="test")
     a2.set_xlabel("epoch")
     a2.set_ylabel("accuracy (%)")
     a2.legend()
@@ -213,9 +240,27 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "
         fig.suptitle(title)
     fig.tight_layout()
     tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (so it is strict JSON, RFC 8259)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
+def _json_line(rec: dict) -> str:
+    return json.dumps(_strict(rec), allow_nan=False)
 
 
 class Trainer:
@@ -320,7 +365,7 @@ class Trainer:
         if self.dist.is_main and self.out is not None and self.cfg.checkpoints:
             state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
                      "running": [float(v) for v in running], "train_time": train_time,
-                     "history": self.history, "config": self._run_config()}
+                     "history": _strict(self.history), "config": self._run_config()}
             folder = save_checkpoint(self.out, self.model, self.optimizer, self.scheduler, self.scaler, state,
                                      keep=self.cfg.keep)
             self._call("after_checkpoint", folder)
@@ -332,7 +377,13 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if self.out is None:
             return running, train_time
-        existing = latest_checkpoint(self.out) if (self.out / "checkpoints").is_dir() else None
+        ck_root = self.out / "checkpoints"
+        existing = latest_checkpoint(self.out) if ck_root.is_dir() else None
+        if existing is None and ck_root.is_dir():
+            partial = sorted(p.name for p in ck_root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+            if partial:
+                raise ValueError(f"{ck_root} holds step folders but none is a complete checkpoint "
+                                 f"({', '.join(partial)}); remove them or choose another --output")
         if existing is not None and not self.cfg.resume:
             raise ValueError(f"{self.out} already holds a checkpoint ({existing.name}); pass --resume to continue "
                              "that run or choose another --output")
@@ -343,22 +394,57 @@ class Trainer:
         st = load_checkpoint(self.out, self.model, self.optimizer, self.scheduler, self.scaler)
         if self.dist.rank != 0:  # RNG saved by rank 0; keep ranks distinct
             torch.manual_seed(self.cfg.seed + 1 + self.dist.rank + 7919 * int(st["step"]))
-        want, got = self._run_config(), st.get("config", {})
+        self._check_state(st)
+        want, got = self._run_config(), st["config"]
         diff = {k: (got.get(k), want[k]) for k in want if got.get(k) != want[k]}
         if diff:
             raise ValueError("cannot resume: the checkpoint was made with other options "
                              + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items()))
-        self.epoch, self.batch_in_epoch, self.step = int(st["epoch"]), int(st["batch_in_epoch"]), int(st["step"])
-        self.history = list(st.get("history", []))
+        self.epoch, self.batch_in_epoch, self.step = st["epoch"], st["batch_in_epoch"], st["step"]
+        if self.scheduler.last_epoch != self.step:
+            raise ValueError(f"{st['checkpoint']}: scheduler field 'last_epoch' is {self.scheduler.last_epoch}, "
+                             f"but the checkpoint's step is {self.step}")
+        self.history = list(st["history"])
         if self.dist.is_main:
             running = torch.tensor(st["running"], dtype=torch.float64)
             train_time = float(st.get("train_time", 0.0))
             # Drop metric lines written after the checkpoint (a kill between the two).
-            lines = [json.dumps(h) for h in self.history]
+            lines = [_json_line(h) for h in self.history]
             atomic_write_text(self.out / "metrics.jsonl", "".join(line + "\n" for line in lines))
         self._log(f"resumed from {st['checkpoint']}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, "
                   f"step {self.step}")
         return running, train_time
+
+    def _check_state(self, st: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose progress fields are missing, mistyped or inconsistent."""
+        where = st.get("checkpoint", "checkpoint")
+        spe, epochs = self.steps_per_epoch, self.cfg.epochs
+
+        def bad(field: str, expected: str) -> ValueError:
+            return ValueError(f"{where}: checkpoint field {field!r} must be {expected}, got {st.get(field)!r}"[:400])
+
+        for k in ("epoch", "batch_in_epoch", "step", "running", "history", "config"):
+            if k not in st:
+                raise ValueError(f"{where}: checkpoint field {k!r} is missing")
+        for k, hi in (("epoch", epochs), ("batch_in_epoch", spe), ("step", epochs * spe)):
+            v = st[k]
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+                raise bad(k, f"an int in 0..{hi}")
+        if st["step"] != st["epoch"] * spe + st["batch_in_epoch"]:
+            raise bad("step", f"epoch x {spe} steps per epoch + batch_in_epoch = "
+                              f"{st['epoch'] * spe + st['batch_in_epoch']}")
+        r = st["running"]
+        if not (isinstance(r, list) and len(r) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in r)):
+            raise bad("running", "a list of 3 finite numbers >= 0")
+        t = st.get("train_time", 0.0)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise bad("train_time", "a finite number >= 0")
+        h = st["history"]
+        if not (isinstance(h, list) and len(h) == st["epoch"] and all(isinstance(x, dict) for x in h)):
+            raise bad("history", f"a list of {st['epoch']} epoch records (one per finished epoch)")
+        if not isinstance(st["config"], dict):
+            raise bad("config", "a JSON object")
 
     # -- evaluation -------------------------------------------------------------
     @torch.no_grad()
@@ -414,12 +500,36 @@ class Trainer:
 
     # -- main loop -----------------------------------------------------------------
     def run(self) -> TrainResult:
-        self.dist = D.setup(self.cfg.device)
-        try:
-            with _deterministic(self.cfg.deterministic, self.dist.device):
+        self.dist = D.setup(self.cfg.device, timeout=self.cfg.dist_timeout)
+        self._lock: RunLock | None = None
+        cuda = [self.dist.device] if self.dist.device.type == "cuda" else []
+        try:  # the caller's RNG state and deterministic flags are restored afterwards
+            with torch.random.fork_rng(devices=cuda), _deterministic(self.cfg.deterministic, self.dist.device), \
+                    D.peer_errors(self.dist):
                 return self._run()
         finally:
+            if self._lock is not None:
+                self._lock.release()
             D.cleanup(self.dist)
+
+    def _open_output(self) -> None:
+        """Rank 0 creates the run folder and takes its lock; every rank fails if that fails."""
+        err: BaseException | None = None
+        if self.dist.is_main:
+            try:
+                if self.out.exists() and not self.out.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, "--output must be a directory, but it is a file",
+                                             str(self.out))
+                self.out.mkdir(parents=True, exist_ok=True)
+                self._lock = RunLock(self.out).acquire()
+                remove_stale_tmp(self.out)
+            except (OSError, VisattnError) as e:
+                err = e
+        failed = D.all_reduce_sum(torch.tensor([float(err is not None)], device=self.device), self.dist)
+        if err is not None:
+            raise err
+        if float(failed) > 0:
+            raise VisattnError(f"rank 0 could not open the run folder {str(self.out)!r}; see its message")
 
     def _run(self) -> TrainResult:
         from tqdm.auto import tqdm
@@ -427,8 +537,8 @@ class Trainer:
         cfg = self.cfg
         self._setup()
         self.out = Path(cfg.output) if cfg.output else None
-        if self.out is not None and self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+        if self.out is not None:
+            self._open_output()
         D.barrier(self.dist)
         running, train_time = self._resume()
         if self.out is not None and self.dist.is_main and self.step == 0:
@@ -445,6 +555,7 @@ class Trainer:
             t0 = time.perf_counter()
             seen_this_session = 0
             for i, x, y in batches.iter_from(self.batch_in_epoch):
+                D.heartbeat(self.dist, self.step + 1)  # working on optimizer step step + 1
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 with self._autocast():
                     logits = self.fwd(x)
@@ -452,6 +563,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self._call("after_backward")
+                loss_value = float(loss.detach())
+                self._stop_if_not_finite(loss_value, i, len(batches))
                 if cfg.grad_clip:
                     self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -461,7 +574,7 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch = i + 1
                 n = y.numel()
-                running += torch.tensor([float(loss.detach()) * n, float((logits.argmax(1) == y).sum()), n],
+                running += torch.tensor([loss_value * n, float((logits.argmax(1) == y).sum()), n],
                                         dtype=torch.float64)
                 seen_this_session += n
                 if show:
@@ -488,14 +601,32 @@ class Trainer:
                       f"acc {100 * rec['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
                       f"{rec['images_per_s']:.0f} img/s")
             if self.out is not None and self.dist.is_main:
-                with open(self.out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                path = self.out / "metrics.jsonl"
+                try:
+                    with open(path, "a") as f:
+                        f.write(_json_line(rec) + "\n")
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot append to the metrics file ({e.strerror or e})", str(path)) from e
             self.epoch += 1
             self.batch_in_epoch = 0
             running, train_time = torch.zeros(3, dtype=torch.float64), 0.0
             self._save(running, train_time)
 
         return self._finish()
+
+    def _stop_if_not_finite(self, loss_value: float, batch: int, num_batches: int) -> None:
+        """Raise :class:`NonFiniteLoss` (on every rank) before the optimizer step of a NaN/inf loss."""
+        bad = not math.isfinite(loss_value)
+        if self.dist.distributed:
+            bad = float(D.all_reduce_sum(torch.tensor([float(bad)], device=self.device), self.dist)) > 0
+        if not bad:
+            return
+        ck = latest_checkpoint(self.out) if self.out is not None and (self.out / "checkpoints").is_dir() else None
+        who = f"{loss_value}" if not math.isfinite(loss_value) else "non-finite on another process"
+        raise NonFiniteLoss(
+            f"the training loss became non-finite ({who}) at epoch {self.epoch + 1}, step {self.step + 1} "
+            f"(batch {batch + 1} of {num_batches}); stopped before that optimizer step. Lower --lr, set "
+            f"--grad-clip or check the data" + (f"; the last good checkpoint is {ck}" if ck else ""))
 
     def _finish(self) -> TrainResult:
         cfg, b = self.cfg, self.data
@@ -504,12 +635,16 @@ class Trainer:
             from safetensors.torch import save_model
 
             tmp = self.out / f".model.safetensors.tmp-{os.getpid()}"
-            save_model(self.model, str(tmp), metadata={"format": "visattn-model"})
-            os.replace(tmp, self.out / "model.safetensors")
+            try:
+                save_model(self.model, str(tmp), metadata={"format": "visattn-model"})
+                os.replace(tmp, self.out / "model.safetensors")
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             info = {"config": cfg.as_dict(), "classes": b.classes, "image_size": b.image_size,
                     "mean": list(b.mean), "std": list(b.std), "world_size": self.dist.world_size,
                     "final": final}
-            atomic_write_text(self.out / "config.json", json.dumps(info, indent=2))
+            atomic_write_text(self.out / "config.json", json.dumps(_strict(info), indent=2, allow_nan=False))
             if cfg.plot and self.history:
                 title = cfg.model + (f" + {cfg.attention}" if cfg.attention else "") + f" on {b.name}"
                 plot_curves(self.history, self.out / "curves.png", title)
