@@ -264,7 +264,7 @@ def build_semantic_fpn(backbone: str = "pvt_t", num_classes: int = 150, attentio
                        **head_kw) -> SemanticFPN:
     """Semantic FPN over registered classification model ``backbone`` (any mechanism via ``attention``).
 
-    ``backbone_indices``: the feature levels to use (default: the backbone's last 4);
+    ``backbone_indices``: the feature levels to use (default: the backbone's last 4, or all if it has fewer);
     ``backbone_kwargs``: options of the backbone's builder; ``head_kw``: ``fpn_channels``,
     ``channels``, ``norm_groups``, ``dropout``.
     """
@@ -277,10 +277,10 @@ def build_semantic_fpn(backbone: str = "pvt_t", num_classes: int = 150, attentio
     if unknown:
         raise TypeError(f"semantic_fpn: unknown option(s) {unknown}; expected backbone, backbone_indices, "
                         f"backbone_kwargs or {list(_FPN_KEYS)}")
-    extractor = create_model(backbone, attention=attention, attn_kwargs=attn_kwargs, features_only=True,
-                             out_indices=backbone_indices if backbone_indices is not None else 4,
-                             **(backbone_kwargs or {}))
-    return SemanticFPN(extractor, num_classes, **head_kw)
+    model = create_model(backbone, attention=attention, attn_kwargs=attn_kwargs, **(backbone_kwargs or {}))
+    model.name = backbone
+    indices = backbone_indices if backbone_indices is not None else min(4, len(model.feature_info))
+    return SemanticFPN(FeatureExtractor(model, indices), num_classes, **head_kw)
 
 
 _FPN_TEST = {"fpn_channels": 16, "channels": 8, "norm_groups": 4}
