@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers.base import check_positive_int
+from visattn.models.base import check_images
 from visattn.models.features import FeatureExtractor
 from visattn.models.heads import ExternalAttentionHead
 from visattn.models.resnet import _DEPTHS, ResNetConfig, _build
@@ -71,9 +72,7 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_chans, H, W) -> logits (B, num_classes, H, W)."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__} expects images (B, {self.in_chans}, H, W), got {shape}")
+        check_images(type(self).__name__, x, self.in_chans)
         logits = self.decode_head(self.backbone(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
