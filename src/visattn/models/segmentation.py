@@ -310,7 +310,8 @@ _register_fpn("fpn_pvt_t", "pvt_t", model_entry("pvt_t").test_kwargs, {"params_m
 _register_fpn("fpn_slide_pvt_t", "slide_pvt_t", model_entry("slide_pvt_t").test_kwargs, {}, _SLIDE_PAPER)
 
 # The CPU model: resnet_tiny with a stride-2 stem (levels at 2, 4, 8, 16 for 64 x 64 scenes), a
-# 32-wide FPN and 32-wide heads (a train step at batch 8, 64 x 64 takes ~0.2 s on one core).
+# 32-wide FPN and 32-wide heads (a train step at batch 8, 64 x 64: ~0.18 s on one core,
+# benchmarks/segment_step.py).
 _TINY_BACKBONE = {"small_stem_stride": 2}
 
 
