@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers.base import check_divisible, check_positive_int, from_tokens, to_tokens
-from visattn.models.base import VisionModel, resolve_mixer
+from visattn.models.base import TokenBlockLevels, VisionModel, resolve_mixer
+from visattn.models.features import FeatureInfo
 from visattn.registry import create_attention, register_model
 
 __all__ = ["EAMLP", "T2TStem", "sinusoid_positions"]
@@ -185,7 +186,7 @@ class EAMLPBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class EAMLP(VisionModel):
+class EAMLP(TokenBlockLevels, VisionModel):
     """T2T stem + pre-norm blocks whose spatial mixer is any registered mechanism (default: multi-head EA).
 
     Args:
@@ -207,6 +208,9 @@ class EAMLP(VisionModel):
 
     Shapes: (B, in_chans, H, W), H, W >= 3 -> logits (B, num_classes);
     ``forward_features``: (B, C, h, w) with (h, w) = :meth:`T2TStem.grid_size` (about H/16, W/16).
+
+    Feature levels (``feature_info``, :meth:`forward_intermediates`): one scale; level i is the
+    output of block i, (B, C, h, w) with h = ceil(floor((H + 1) / 4) / 4) (nominal reduction 16).
     """
 
     def __init__(self, num_classes: int = 1000, *, embed_dim: int = 256, depth: int = 7, num_heads: int = 4,
@@ -235,6 +239,8 @@ class EAMLP(VisionModel):
             for r in rates
         )
         self.norm = nn.LayerNorm(embed_dim)
+        self.feature_info = FeatureInfo([{"num_chs": embed_dim, "reduction": 16, "module": f"blocks.{i}"}
+                                         for i in range(depth)])
         self._init_head(embed_dim, num_classes, drop_rate)
         self._init_own_weights()
 
@@ -247,16 +253,13 @@ class EAMLP(VisionModel):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> normalised token map (B, C, h, w)."""
+    def _levels(self, x: torch.Tensor, take, stop: int) -> list:
         self._check_image(x, self.in_chans)
         if x.shape[-2] < 3 or x.shape[-1] < 3:
             raise ValueError(f"EAMLP needs images of at least 3 x 3 pixels, got {tuple(x.shape[-2:])}")
         t, hw = self.stem(x)  # (B, N, C)
         t = t + sinusoid_positions(t.shape[1], self.embed_dim, device=t.device, dtype=t.dtype)
-        for blk in self.blocks:
-            t = blk(t, hw)
-        return from_tokens(self.norm(t), hw)
+        return self._run_blocks(t, hw, take, stop)
 
 
 def _eamlp(name: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, **published):

@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from visattn.layers.base import check_positive_int, from_tokens, to_tokens
-from visattn.models.base import VisionModel, resolve_mixer
+from visattn.models.base import TokenBlockLevels, VisionModel, resolve_mixer
+from visattn.models.features import FeatureInfo
 from visattn.registry import create_attention, register_model
 
 __all__ = ["TransformerConfig", "TokenTransformer", "TransformerBlock", "SAN_PAPER",
@@ -119,11 +120,14 @@ class TransformerBlock(nn.Module):
         return self.norm2(t + self.drop2(self.mlp(t)))
 
 
-class TokenTransformer(VisionModel):
+class TokenTransformer(TokenBlockLevels, VisionModel):
     """Patch embedding + ``depth`` transformer blocks with any registered token mixer.
 
     Shapes: images (B, C_in, H, W) with H, W divisible by ``patch_size`` ->
     ``forward_features`` (B, embed_dim, H/p, W/p) -> logits (B, num_classes).
+
+    Feature levels (``feature_info``, :meth:`forward_intermediates`): one scale; level i is the
+    output of block i, (B, embed_dim, H/p, W/p), all at reduction p (as timm does for ViTs).
     """
 
     def __init__(self, cfg: TransformerConfig, num_classes: int = 10):
@@ -140,9 +144,11 @@ class TokenTransformer(VisionModel):
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
+        self.feature_info = FeatureInfo([{"num_chs": cfg.embed_dim, "reduction": p, "module": f"blocks.{i}"}
+                                         for i in range(cfg.depth)])
         self._init_head(cfg.embed_dim, num_classes, cfg.head_drop_rate)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _levels(self, x: torch.Tensor, take, stop: int) -> list:
         self._check_image(x, self.cfg.in_chans)
         p = self.cfg.patch_size
         if x.shape[2] % p or x.shape[3] % p:
@@ -151,9 +157,7 @@ class TokenTransformer(VisionModel):
         f = self.patch_embed(x)  # (B, C, h, w)
         hw = (f.shape[2], f.shape[3])
         t = self.pos_drop(to_tokens(f))  # (B, N, C)
-        for blk in self.blocks:
-            t = blk(t, hw)
-        return from_tokens(self.norm(t), hw)
+        return self._run_blocks(t, hw, take, stop)
 
     def mixers(self) -> list[nn.Module]:
         """The spatial mixer of every block, in order."""
