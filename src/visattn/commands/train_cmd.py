@@ -67,6 +67,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept on disk")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--task", default="classify", choices=("classify", "segment"),
+                   help="segment: semantic segmentation (data digitscenes | segfolder:PATH; docs/segmentation.md)")
+    from visattn.train.segment import add_segment_arguments
+
+    add_segment_arguments(p)
 
 
 def add_parser(sub) -> None:
@@ -91,6 +96,10 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    if args.task == "segment":
+        from visattn.train.segment import run_from_args
+
+        return run_from_args(args)
     from visattn.train import train
 
     res = train(config_from_args(args))
