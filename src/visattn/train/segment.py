@@ -23,14 +23,16 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from visattn.data import normalize
 from visattn.data.segmentation import IGNORE_INDEX, SegDataBundle, SegEpochBatches, load_seg_data
 from visattn.data.transforms import eval_indices
+from visattn.train import distributed as D
 from visattn.train.engine import AUGMENT_CHOICES, TrainConfig, Trainer, TrainResult
 
-__all__ = ["SegTrainConfig", "SegTrainer", "train_segment", "confusion_matrix", "segmentation_metrics",
+__all__ = ["SegTrainConfig", "SegTrainer", "GlobalPixelCrossEntropy", "train_segment", "confusion_matrix", "segmentation_metrics",
            "SEG_DEFAULT_MODEL", "SEG_DEFAULT_DATA", "add_segment_arguments", "seg_config_from_args"]
 
 #: The small segmentation model that trains on digit scenes on a CPU in minutes.
@@ -99,6 +101,31 @@ def segmentation_metrics(conf: torch.Tensor, classes: Sequence[str] | None = Non
             "pixel_acc": float(tp.sum()) / total if total > 0 else 0.0, "iou": iou}
 
 
+class GlobalPixelCrossEntropy(nn.Module):
+    """Pixel cross-entropy averaged over the labelled pixels of the *global* batch.
+
+    Under DDP each process's gradient is averaged over processes, so a per-process mean
+    would weight the processes equally however many labelled pixels each holds (they differ
+    once pixels are ignored). Here each process returns ``world_size x its summed loss /
+    labelled pixels of all processes`` (one all-reduce of a count per step), so the averaged
+    gradient is that of one process holding the whole batch. In one process this is the
+    ordinary mean over labelled pixels. ``last_count``: labelled pixels of the global batch.
+    """
+
+    def __init__(self, ignore_index: int, label_smoothing: float, dist: D.DistContext):
+        super().__init__()
+        self.ignore_index, self.label_smoothing, self.dist = ignore_index, label_smoothing, dist
+        self.last_count = 0.0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum",
+                                label_smoothing=self.label_smoothing)
+        count = (target != self.ignore_index).sum().to(torch.float64)
+        count = D.all_reduce_sum(count, self.dist)
+        self.last_count = float(count)
+        return total * (self.dist.world_size / max(self.last_count, 1.0))
+
+
 class SegTrainer(Trainer):
     """One segmentation run (see module docstring); the engine's :class:`Trainer` with task hooks."""
 
@@ -122,7 +149,7 @@ class SegTrainer(Trainer):
                              f"{cfg.ignore_index}")
         self.scale_range = cfg.scale_range or self.data.scale_range
         super()._setup()
-        self.criterion = nn.CrossEntropyLoss(ignore_index=cfg.ignore_index, label_smoothing=cfg.label_smoothing)
+        self.criterion = GlobalPixelCrossEntropy(cfg.ignore_index, cfg.label_smoothing, self.dist)
         self.eval_criterion = nn.CrossEntropyLoss(ignore_index=cfg.ignore_index, reduction="sum")
 
     def _batches(self, epoch: int) -> SegEpochBatches:
@@ -141,7 +168,8 @@ class SegTrainer(Trainer):
         valid = y != self.cfg.ignore_index
         n = int(valid.sum())
         correct = int(((logits.argmax(1) == y) & valid).sum())
-        return torch.tensor([float(loss.detach()) * n, correct, n], dtype=torch.float64)
+        local_sum = float(loss.detach()) * self.criterion.last_count / self.dist.world_size
+        return torch.tensor([local_sum, correct, n], dtype=torch.float64)
 
     def _complete_record(self, rec: dict[str, Any]) -> None:
         ev = self._last_eval
