@@ -23,7 +23,7 @@ from visattn.registry import list_models, model_entry
 __all__ = ["model_rows", "render", "main", "HEADER"]
 
 HEADER = ["model", "family", "input", "classes", "mechanism per stage", "params (M)", "published params (M)",
-          "MACs (G)", "published MACs (G)", "published top-1 (%)"]
+          "MACs (G)", "published MACs (G)", "published top-1 / mIoU (%)"]
 
 _INTRO = """# Models
 
@@ -38,7 +38,8 @@ stage" lists the registered mechanism modules grouped by stage, with their count
 takes `attention=NAME` to put another registered mechanism in its spatial-mixer slots:
 `visattn.create_model("eamlp_7", attention="mhsa")`. Published figures: see each model's
 `published` entry and the paper named in its registry entry; a top-1 measured at another
-resolution says so.
+resolution says so. Segmentation models (families `eanet` and `semantic_fpn`; see
+docs/segmentation.md) output per-pixel logits; their published figure is a mIoU.
 
 """
 
@@ -72,6 +73,8 @@ def model_rows(flops: bool = True) -> list[list[str]]:
         top1 = _num(e.published.get("top1"), 1)
         if "top1" in e.published and "top1_input" in e.published:
             top1 += f" (at {int(e.published['top1_input'])} px)"
+        if "miou" in e.published:
+            top1 = f"{e.published['miou']:.1f} mIoU"
         rows.append([f"`{name}`", e.family, "x".join(map(str, e.default_input[1:])),
                      str(model.num_classes), _layout(model),
                      _num(params), _num(e.published.get("params_m"), 1), macs,

@@ -149,8 +149,10 @@ class ModelEntry:
         default_input: (C, H, W) the model is defined at.
         test_input: small (C, H, W) the conformance suite uses.
         test_kwargs: small constructor arguments the conformance suite uses (e.g. fewer blocks).
-        published: published figures, e.g. {"params_m": 15.0, "macs_g": 4.6, "top1": 78.4}.
+        published: published figures, e.g. {"params_m": 15.0, "macs_g": 4.6, "top1": 78.4}
+            (segmentation models: "miou" and the data set in ``paper``).
         paper: citation.
+        task: "classify" (logits (B, num_classes)) or "segment" (logits (B, num_classes, H, W)).
     """
 
     name: str
@@ -161,8 +163,10 @@ class ModelEntry:
     test_kwargs: dict[str, Any] = field(default_factory=dict)
     published: dict[str, float] = field(default_factory=dict)
     paper: str = ""
+    task: str = "classify"
 
 
+TASKS = ("classify", "segment")
 _MODELS: dict[str, ModelEntry] = {}
 
 
@@ -175,12 +179,15 @@ def register_model(
     test_kwargs: dict[str, Any] | None = None,
     published: dict[str, float] | None = None,
     paper: str = "",
+    task: str = "classify",
 ) -> Callable[[Callable], Callable]:
     """Function decorator: register a model builder under ``name``."""
 
     def deco(fn: Callable) -> Callable:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         _MODELS[name] = ModelEntry(
             name=name,
             builder=fn,
@@ -190,16 +197,19 @@ def register_model(
             test_kwargs=dict(test_kwargs or {}),
             published=dict(published or {}),
             paper=paper,
+            task=task,
         )
         return fn
 
     return deco
 
 
-def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
+def list_models(task: str | None = None) -> list[str]:
+    """Names of every registered model (or of those for ``task``: "classify" / "segment"), sorted."""
     _ensure_loaded()
-    return sorted(_MODELS)
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS} or None, got {task!r}")
+    return sorted(n for n, e in _MODELS.items() if task is None or e.task == task)
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -226,13 +236,29 @@ def create_model(
         attention: registered mechanism name that replaces the model's spatial mixer
             (None keeps the model's own).
         attn_kwargs: extra constructor arguments for that mechanism.
+        features_only: return a :class:`~visattn.models.features.FeatureExtractor` whose forward
+            gives the feature maps of the levels ``out_indices`` (timm's convention; classifier
+            and unused levels removed). Not for segmentation models.
+        out_indices: feature levels for ``features_only`` (None: all; see ``model.feature_info``).
         **kwargs: model-specific options.
     """
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", None)
     entry = model_entry(name)
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices is only used with features_only=True")
+    if features_only and entry.task != "classify":
+        raise ValueError(f"features_only needs a backbone; {name!r} is a {entry.task} model")
     if attention is not None:
         attention_class(attention)  # validate the name early with a helpful message
     if attn_kwargs is not None and not isinstance(attn_kwargs, dict):
         raise TypeError(f"attn_kwargs must be a dict, got {type(attn_kwargs).__name__}")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    return entry.builder(attention=attention, attn_kwargs=attn_kwargs, **kwargs)
+    model = entry.builder(attention=attention, attn_kwargs=attn_kwargs, **kwargs)
+    if features_only:
+        from visattn.models.features import FeatureExtractor
+
+        model.name = name
+        return FeatureExtractor(model, out_indices)
+    return model

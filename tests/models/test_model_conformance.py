@@ -4,12 +4,16 @@ Parametrised over ``visattn.list_models()``, each model built at its entry's sma
 ``test_input`` / ``test_kwargs``, so a model added later is tested with no extra code. The
 "any mechanism drops into any backbone" test runs one representative model per family
 (the one with the fewest parameters at its test config) against every
-registered mechanism. Budget: well under 3 minutes on 2 CPU cores.
+registered mechanism. The feature API (``feature_info``, ``forward_intermediates``,
+``features_only``) is checked over every classification model at an odd, non-square size,
+and per family with a swapped mechanism. Segmentation models: tests/models/test_segmentation.py.
+Budget: well under 3 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -19,7 +23,7 @@ import visattn
 from visattn.commands.model_info import build_default
 from visattn.registry import attention_info, model_entry
 
-NAMES = visattn.list_models()
+NAMES = visattn.list_models(task="classify")
 MECHANISMS = visattn.list_attention()
 BATCH = 2
 
@@ -66,12 +70,12 @@ def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", visattn.list_models())
 def test_entry_is_complete(name):
     e = model_entry(name)
     assert e.name == name and e.family and e.paper
     assert len(e.default_input) == 3 and len(e.test_input) == 3
-    assert set(e.published) <= {"params_m", "macs_g", "top1", "top1_input"}, e.published
+    assert set(e.published) <= {"params_m", "macs_g", "top1", "top1_input", "miou"}, e.published
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -183,3 +187,133 @@ def test_every_mechanism_drops_in_and_trains_a_step(family, mechanism):
     if before:
         assert any(not torch.equal(b, a) for b, a in zip(before, after)), "the swapped mechanism did not train"
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------
+# Feature API (timm convention)
+# ---------------------------------------------------------------------------
+
+def odd_size(name):
+    """A non-square size, not divisible by the total stride, no larger than the test size
+    (mechanisms with a maximum resolution are built for it); even for the 2x2-patch SAN models."""
+    _, h, w = model_entry(name).test_input
+    if model_entry(name).family == "transformer":
+        return h - 2, w - 6
+    return h - 3, w - 7
+
+
+def expected_hw(family, reduction, h, w):
+    """The output-size rule stated in visattn.models.features, per family."""
+    if family == "transformer":
+        return h // reduction, w // reduction
+    if family == "eamlp":  # T2T soft splits 7/4/2, 3/2/1, 3/2/1
+        return math.ceil(((h + 1) // 4) / 4), math.ceil(((w + 1) // 4) / 4)
+    return math.ceil(h / reduction), math.ceil(w / reduction)
+
+
+NUM_LEVELS = {"resnet": 5, "hierarchical": 4}
+
+
+def check_features(name, model, extractor, x):
+    """features_only maps == forward_intermediates' == (shape, channels, reduction) of feature_info;
+    forward_intermediates' final == forward_features and feeds the classifier to model(x)."""
+    fam = model_entry(name).family
+    info = model.feature_info
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        only = model.forward_intermediates(x, intermediates_only=True)
+        feats = extractor(x)
+        assert torch.equal(final, model.forward_features(x))
+        assert torch.equal(model.forward_head(final), model(x))
+    assert len(inter) == len(only) == len(info) == len(feats)
+    for i, (a, b, f) in enumerate(zip(inter, only, feats)):
+        hw = expected_hw(fam, info.reduction(i), *x.shape[-2:])
+        assert tuple(a.shape) == (x.shape[0], info.channels(i), *hw), (i, tuple(a.shape), hw)
+        assert torch.equal(a, b) and torch.equal(a, f)
+        assert extractor.feature_info.channels(i) == info.channels(i)
+        assert extractor.feature_info.reduction(i) == info.reduction(i)
+        assert extractor.feature_info.module_name(i) == info[i]["module"]
+        assert isinstance(model.get_submodule(info.module_name(i)), torch.nn.Module)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_feature_api_matches_feature_info(name):
+    torch.manual_seed(0)
+    model = build(name, num_classes=4).eval()
+    extractor = build(name, features_only=True).eval()
+    missing, unexpected = extractor.model.load_state_dict(model.state_dict(), strict=False)
+    assert not missing, missing  # pruned extractor: a subset of the model's weights
+    assert all(k.startswith(("head.", "norm.", "head_norm.")) for k in unexpected), unexpected
+    fam = model_entry(name).family
+    n = len(model.feature_info)
+    assert n == NUM_LEVELS.get(fam, model_entry(name).test_kwargs.get("depth", n))
+    check_features(name, model, extractor, image(name, size=odd_size(name)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_feature_indices_select_and_prune(name):
+    torch.manual_seed(0)
+    model = build(name, num_classes=4).eval()
+    n = len(model.feature_info)
+    ext = build(name, features_only=True, out_indices=(-1, 0)).eval()
+    assert ext.out_indices == tuple(sorted({0, n - 1})) and len(ext.feature_info) == len(ext.out_indices)
+    first = build(name, features_only=True, out_indices=(0,)).eval()
+    first.model.load_state_dict(model.state_dict(), strict=False)
+    # Pruned after level 0: nothing of the later levels is left, and the classifier is gone.
+    assert len(first.model.feature_info) == 1 and isinstance(first.model.head, torch.nn.Identity)
+    assert sum(p.numel() for p in first.parameters()) < sum(p.numel() for p in model.parameters())
+    x = image(name)
+    with torch.no_grad():
+        assert torch.equal(first(x)[0], model.forward_intermediates(x, indices=[0], intermediates_only=True)[0])
+        last = model.forward_intermediates(x, indices=1, norm=True)[1]
+        assert len(last) == 1 and torch.equal(last[0], model.forward_features(x))
+        nhwc = model.forward_intermediates(x, indices=[0], output_fmt="NHWC", intermediates_only=True)[0]
+        assert torch.equal(nhwc, first(x)[0].permute(0, 2, 3, 1))
+    y = first(x)[0]
+    y.sum().backward()
+    assert all(p.grad is not None for p in first.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_feature_indices_out_of_range_say_what_exists(name):
+    n = len(build(name).feature_info)
+    with pytest.raises(ValueError, match=rf"out of range: the model has {n} levels, indices 0\.\.{n - 1}.*0: "):
+        build(name, features_only=True, out_indices=(0, n))
+    with pytest.raises(ValueError, match=rf"out of range: the model has {n} levels"):
+        build(name, features_only=True, out_indices=(-n - 1,))
+    with pytest.raises(ValueError, match=rf"asks for the last {n + 1} feature levels, but the model has {n}"):
+        build(name).forward_intermediates(image(name), indices=n + 1)
+    with pytest.raises(ValueError, match="out_indices is only used with features_only=True"):
+        build(name, out_indices=(0,))
+    with pytest.raises(ValueError, match="output_fmt must be one of"):
+        build(name).forward_intermediates(image(name), output_fmt="NLC")
+
+
+def test_one_scale_model_levels_are_its_blocks():
+    # SAN: one scale; its levels are its blocks, all at the patch size; index 2 of a
+    # 2-block model does not exist and the message lists the two that do.
+    ext = build("san_quadratic", features_only=True)
+    assert ext.feature_info.reduction() == [2, 2] and ext.feature_info.module_name() == ["blocks.0", "blocks.1"]
+    msg = r"the model has 2 levels, indices 0\.\.1 \(or -2\.\.-1\): 0: blocks\.0 \(400 ch, reduction 2\), 1: blocks\.1"
+    with pytest.raises(ValueError, match=msg):
+        build("san_quadratic", features_only=True, out_indices=(2,))
+
+
+def _swap_for(family):
+    """A mechanism other than the family representative's own, different per family."""
+    fams = sorted(FAMILIES)
+    own = {type(m).registry_name for _, m in mixers(build(FAMILIES[family]))}
+    choices = [m for m in MECHANISMS if m not in own]
+    return choices[(3 * fams.index(family)) % len(choices)]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_feature_api_with_a_swapped_mechanism(family):
+    name, mech = FAMILIES[family], _swap_for(family)
+    kw = {"attention": mech, "attn_kwargs": dict(attention_info(mech).test_kwargs)}
+    torch.manual_seed(0)
+    model = build(name, num_classes=4, **kw).eval()
+    assert any(type(m).registry_name == mech for _, m in mixers(model))
+    extractor = build(name, features_only=True, **kw).eval()
+    extractor.model.load_state_dict(model.state_dict(), strict=False)
+    check_features(name, model, extractor, image(name, size=odd_size(name)))

@@ -5,7 +5,9 @@ Every registered model is a :class:`VisionModel`:
 * ``forward_features(x)``: (B, 3, H, W) -> final feature map (B, num_features, h, w);
 * ``forward_head(f, pre_logits=False)``: global average pool, optional norm, classifier;
 * ``forward(x) = forward_head(forward_features(x))``;
-* ``reset_classifier(num_classes)``: new head (0 gives pooled features).
+* ``reset_classifier(num_classes)``: new head (0 gives pooled features);
+* ``feature_info`` and ``forward_intermediates(x, indices, ...)``: the model's feature levels
+  in timm's convention (see :mod:`visattn.models.features`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from visattn.layers.base import check_positive_int
+from visattn.layers.base import check_choice, check_positive_int
+from visattn.models.features import FeatureInfo
 
 __all__ = ["VisionModel", "resolve_mixer"]
 
@@ -37,10 +40,15 @@ class VisionModel(nn.Module):
     """Base class of visattn models (see module docstring).
 
     Subclasses set ``self.num_features`` and implement ``forward_features``; they call
-    :meth:`_init_head` once the feature width is known.
+    :meth:`_init_head` once the feature width is known. Backbones with feature levels set
+    ``self.feature_info`` (a :class:`FeatureInfo`) and implement ``_levels`` (the maps of the
+    levels up to ``stop``), ``_finish`` (last level -> ``forward_features`` output) and
+    ``_prune_levels``; ``forward_features`` is then ``_finish`` of the last level, the same
+    code path that :meth:`forward_intermediates` runs.
     """
 
     num_features: int = 0
+    feature_info: FeatureInfo | None = None
 
     def _init_head(self, num_features: int, num_classes: int, drop_rate: float = 0.0,
                    head_norm: nn.Module | None = None) -> None:
@@ -55,8 +63,68 @@ class VisionModel(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{type(self).__name__} expects images (B, {channels}, H, W), got {shape}")
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> final feature map (B, num_features, h, w)."""
+        last = len(self.feature_info) - 1
+        return self._finish(self._levels(x, (last,), last)[last])
+
+    def _levels(self, x: torch.Tensor, take, stop: int) -> list:  # pragma: no cover - abstract
+        """Run levels 0..stop; a list of stop + 1 entries: (B, C_i, H_i, W_i) for the levels in
+        ``take`` and for ``stop``, None for the others."""
         raise NotImplementedError
+
+    def _finish(self, f: torch.Tensor) -> torch.Tensor:
+        """Last level map -> ``forward_features`` output (the final norm, if any)."""
+        return f
+
+    def _prune_levels(self, keep: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False, norm: bool = False):
+        """Feature maps of the levels ``indices`` (timm semantics).
+
+        Args:
+            x: images (B, C_in, H, W).
+            indices: None (all levels), an int n (the last n) or a sequence of level indices
+                (negative ones count from the end); see ``self.feature_info``.
+            output_fmt: ``"NCHW"`` or ``"NHWC"`` for the intermediates.
+            intermediates_only: return only the list (the forward stops at the deepest level asked for).
+            norm: apply the final norm (as ``forward_features`` does) to the last level if it is asked for.
+
+        Returns:
+            ``(final, [maps])`` with ``final`` equal to ``forward_features(x)``, or ``[maps]``;
+            map i has shape (B, feature_info.channels(i), H_i, W_i) (output-size rule:
+            :mod:`visattn.models.features`).
+        """
+        if not isinstance(self.feature_info, FeatureInfo):
+            raise TypeError(f"{type(self).__name__} declares no feature levels (feature_info)")
+        take = self.feature_info.resolve(indices, owner=f"{type(self).__name__}.forward_intermediates")
+        check_choice("output_fmt", output_fmt, ("NCHW", "NHWC"))
+        last = len(self.feature_info) - 1
+        stop = take[-1] if intermediates_only else last
+        levels = self._levels(x, take, stop)
+        final = None if intermediates_only else self._finish(levels[last])
+        feats = []
+        for i in take:
+            f = levels[i]
+            if norm and i == last:
+                f = final if final is not None else self._finish(f)
+            feats.append(f.permute(0, 2, 3, 1) if output_fmt == "NHWC" else f)
+        return feats if intermediates_only else (final, feats)
+
+    def prune_intermediate_layers(self, keep: int) -> None:
+        """Keep feature levels 0..keep-1 only: drop later levels, the final norm and the classifier
+        (what ``features_only`` does, so that every remaining parameter is used)."""
+        n = len(self.feature_info)
+        if not (isinstance(keep, int) and 1 <= keep <= n):
+            raise ValueError(f"keep must be an int in 1..{n}, got {keep!r}")
+        self._prune_levels(keep)
+        if isinstance(getattr(self, "norm", None), nn.Module):
+            self.norm = nn.Identity()
+        self.reset_classifier(0)
+        self.head_norm = nn.Identity()
+        self.feature_info = FeatureInfo(self.feature_info[:keep])
 
     def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """f: (B, num_features, h, w) -> logits (B, num_classes), or pooled (B, num_features)."""

@@ -51,6 +51,7 @@ from torch import nn
 
 from visattn.layers.base import check_divisible, check_positive_int, from_tokens, to_tokens
 from visattn.models.base import VisionModel, resolve_mixer
+from visattn.models.features import FeatureInfo
 from visattn.registry import create_attention, register_model
 
 __all__ = ["EAMLP", "T2TStem", "sinusoid_positions"]
@@ -208,6 +209,9 @@ class EAMLP(VisionModel):
 
     Shapes: (B, in_chans, H, W), H, W >= 3 -> logits (B, num_classes);
     ``forward_features``: (B, C, h, w) with (h, w) = :meth:`T2TStem.grid_size` (about H/16, W/16).
+
+    Feature levels (``feature_info``, :meth:`forward_intermediates`): one scale; level i is the
+    output of block i, (B, C, h, w) with h = ceil(floor((H + 1) / 4) / 4) (nominal reduction 16).
     """
 
     def __init__(self, num_classes: int = 1000, *, embed_dim: int = 256, depth: int = 7, num_heads: int = 4,
@@ -236,6 +240,8 @@ class EAMLP(VisionModel):
             for r in rates
         )
         self.norm = nn.LayerNorm(embed_dim)
+        self.feature_info = FeatureInfo([{"num_chs": embed_dim, "reduction": 16, "module": f"blocks.{i}"}
+                                         for i in range(depth)])
         self._init_head(embed_dim, num_classes, drop_rate)
         self._init_own_weights()
 
@@ -248,16 +254,27 @@ class EAMLP(VisionModel):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> normalised token map (B, C, h, w)."""
+    def _levels(self, x: torch.Tensor, take, stop: int) -> list:
         self._check_image(x, self.in_chans)
         if x.shape[-2] < 3 or x.shape[-1] < 3:
             raise ValueError(f"EAMLP needs images of at least 3 x 3 pixels, got {tuple(x.shape[-2:])}")
         t, hw = self.stem(x)  # (B, N, C)
         t = t + sinusoid_positions(t.shape[1], self.embed_dim, device=t.device, dtype=t.dtype)
-        for blk in self.blocks:
+        out: list = [None] * (stop + 1)
+        for i, blk in enumerate(self.blocks):
+            if i > stop:
+                break
             t = blk(t, hw)
-        return from_tokens(self.norm(t), hw)
+            if i in take or i == stop:
+                out[i] = from_tokens(t, hw)
+        return out
+
+    def _finish(self, f: torch.Tensor) -> torch.Tensor:
+        """Last block's map -> the final LayerNorm per token, (B, C, h, w)."""
+        return from_tokens(self.norm(to_tokens(f)), tuple(f.shape[2:]))
+
+    def _prune_levels(self, keep: int) -> None:
+        self.blocks = self.blocks[:keep]
 
 
 def _eamlp(name: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, **published):

@@ -49,6 +49,7 @@ from torch import nn
 
 from visattn.layers.base import check_choice, check_positive_int
 from visattn.models.base import VisionModel, resolve_mixer
+from visattn.models.features import FeatureInfo
 from visattn.registry import create_attention, register_model
 
 __all__ = ["HierarchicalConfig", "HierarchicalTransformer"]
@@ -231,6 +232,10 @@ class HierarchicalTransformer(VisionModel):
 
     Shapes: images (B, in_chans, H, W) -> logits (B, num_classes); features
     (B, embed_dims[-1], ceil(H/32), ceil(W/32)) for the 4-stage layouts.
+
+    Feature levels (``feature_info``, :meth:`forward_intermediates`): the output of every stage
+    (before the final norm), stage i at reduction r_i = patch_size * 2^i with
+    (ceil(H / r_i), ceil(W / r_i)) positions.
     """
 
     def __init__(self, cfg: HierarchicalConfig, num_classes: int = 1000, attention: str | None = None,
@@ -256,6 +261,8 @@ class HierarchicalTransformer(VisionModel):
                 k += 1
             stages.append(Stage(embed, blocks, pos))
         self.stages = nn.ModuleList(stages)
+        self.feature_info = FeatureInfo([{"num_chs": d, "reduction": cfg.patch_size * 2 ** i, "module": f"stages.{i}"}
+                                         for i, d in enumerate(dims)])
         self.norm = nn.LayerNorm(dims[-1])
         self._init_head(dims[-1], num_classes)
         self._init_weights()
@@ -275,14 +282,26 @@ class HierarchicalTransformer(VisionModel):
             if st.pos_embed is not None:
                 nn.init.trunc_normal_(st.pos_embed, std=0.02)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, num_features, h, w) after the final per-token LayerNorm."""
+    def _levels(self, x: torch.Tensor, take, stop: int) -> list:
+        # Level i: stage i's output, channels-last inside, returned as a (B, C, H, W) view.
         self._check_image(x, self.cfg.in_chans)
+        out: list = [None] * (stop + 1)
         for i, st in enumerate(self.stages):
+            if i > stop:
+                break
             if i > 0 and self.cfg.stem == "pvt":
                 x = x.permute(0, 3, 1, 2)  # the conv embedding takes (B, C, H, W)
             x = st(x)
-        return self.norm(x).permute(0, 3, 1, 2)
+            if i in take or i == stop:
+                out[i] = x.permute(0, 3, 1, 2)
+        return out
+
+    def _finish(self, f: torch.Tensor) -> torch.Tensor:
+        """Last stage (B, C, h, w) -> the final per-token LayerNorm, (B, num_features, h, w)."""
+        return self.norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def _prune_levels(self, keep: int) -> None:
+        self.stages = self.stages[:keep]
 
 
 # ---------------------------------------------------------------------------

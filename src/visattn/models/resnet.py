@@ -37,6 +37,7 @@ from torch import nn
 
 from visattn.layers.base import SpatialAttention, check_positive_int
 from visattn.models.base import VisionModel, resolve_mixer
+from visattn.models.features import FeatureInfo
 from visattn.registry import attention_info, create_attention, register_model
 
 __all__ = ["ResNetConfig", "ResNet", "Bottleneck", "LAMBDA_DEFAULTS"]
@@ -57,8 +58,17 @@ class ResNetConfig:
         widths: bottleneck (3x3 slot) width per stage; block output is ``width * expansion``.
         expansion: output / bottleneck width.
         stem_width: channels after the stem.
-        small_stem: 3x3 stride-1 stem without max-pool (32 x 32 inputs) instead of the 7x7
-            stride-2 stem with a 3x3 stride-2 max-pool.
+        small_stem: 3x3 stem without max-pool (32 x 32 inputs) instead of the 7x7 stride-2 stem
+            with a 3x3 stride-2 max-pool.
+        small_stem_stride: stride of the small stem's convolution (1 or 2).
+        deep_stem: the large stem as three 3x3 convolutions (stride 2, widths stem_width / 2,
+            stem_width / 2, stem_width, each with BatchNorm + ReLU) before the max-pool, as in
+            PSPNet / EANet (the authors' EANet code: 64, 64, 128), instead of one 7x7.
+        output_stride: total stride of the last stage. Less than the natural one (32, or 8 x
+            ``small_stem_stride`` with the small stem) replaces the stride of the last one or two
+            stages by dilation (PSPNet / DeepLab "dilated ResNet"): output_stride 8 gives stages
+            3-4 dilation 2 and 4; the first block of a dilated stage keeps the previous dilation
+            (torchvision's rule). A mechanism in a dilated stage ignores the dilation.
         mixer: registered mechanism name for the 3x3 slot; ``None`` keeps the 3x3 convolution.
         mixer_kwargs: constructor arguments of the mechanism.
         mixer_stages: indices (0-based) of the stages whose blocks use ``mixer``; ``None``: all.
@@ -71,6 +81,9 @@ class ResNetConfig:
     expansion: int = 4
     stem_width: int = 64
     small_stem: bool = False
+    small_stem_stride: int = 1
+    deep_stem: bool = False
+    output_stride: int | None = None
     mixer: str | None = None
     mixer_kwargs: dict[str, Any] = field(default_factory=dict)
     mixer_stages: tuple[int, ...] | None = None
@@ -84,6 +97,14 @@ class ResNetConfig:
             check_positive_int("depths[i]", d)
         for w in self.widths:
             check_positive_int("widths[i]", w)
+        if self.small_stem_stride not in (1, 2):
+            raise ValueError(f"small_stem_stride must be 1 or 2, got {self.small_stem_stride!r}")
+        if self.output_stride is not None:
+            natural = self.natural_stride()
+            allowed = sorted({natural >> k for k in range(min(3, len(self.depths)))})
+            if self.output_stride not in allowed:
+                raise ValueError(f"output_stride must be one of {allowed} for this stem and {len(self.depths)} "
+                                 f"stages, got {self.output_stride!r}")
         if self.mixer_stages is not None:
             bad = [s for s in self.mixer_stages if not (isinstance(s, int) and 0 <= s < len(self.depths))]
             if bad:
@@ -91,20 +112,40 @@ class ResNetConfig:
                                  f"{tuple(self.mixer_stages)}")
 
 
+    def natural_stride(self) -> int:
+        """Total stride without dilation: stem x 2 per stage after the first."""
+        stem = self.small_stem_stride if self.small_stem else 4
+        return stem * 2 ** (len(self.depths) - 1)
+
+    def stage_strides_and_dilations(self) -> list[tuple[int, int, int]]:
+        """Per stage: (stride, dilation of its first block, dilation of the other blocks)."""
+        n = len(self.depths)
+        k = 0 if self.output_stride is None else int(math.log2(self.natural_stride() // self.output_stride))
+        out, dil = [], 1
+        for i in range(n):
+            stride = 2 if i > 0 else 1
+            first = dil
+            if i >= n - k:
+                dil, stride = dil * 2, 1
+            out.append((stride, first, dil))
+        return out
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 slot (conv or mechanism) -> 1x1, BatchNorm + ReLU, identity/projection shortcut.
 
     Shapes: (B, C_in, H, W) -> (B, width * expansion, H / stride, W / stride) (rounded up).
-    A mechanism in a strided block runs at stride 1 and is followed by AvgPool2d(3, 2, 1).
+    A mechanism in a strided block runs at stride 1 and is followed by AvgPool2d(3, 2, 1);
+    ``dilation`` applies to the 3x3 convolution only.
     """
 
     def __init__(self, in_ch: int, width: int, out_ch: int, stride: int = 1, mixer: str | None = None,
-                 mixer_kwargs: dict | None = None):
+                 mixer_kwargs: dict | None = None, dilation: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         if mixer is None:
-            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         else:
             attn = create_attention(mixer, width, width, **(mixer_kwargs or {}))
             self.conv2 = attn if stride == 1 else nn.Sequential(attn, nn.AvgPool2d(3, stride, 1))
@@ -132,37 +173,58 @@ class ResNet(VisionModel):
         in_chans: input channels.
         drop_rate: dropout before the classifier.
 
-    Shapes: images (B, in_chans, H, W) -> features (B, widths[-1] * expansion, H / s, W / s)
-    with s = 32 (8 with ``small_stem``) -> logits (B, num_classes).
+    Shapes: images (B, in_chans, H, W) -> features (B, widths[-1] * expansion, ceil(H / s),
+    ceil(W / s)) with s = ``output_stride`` (default 32; 8 x ``small_stem_stride`` with
+    ``small_stem``) -> logits (B, num_classes).
+
+    Feature levels (``feature_info``, :meth:`forward_intermediates`): 0 = the stem (its last
+    ReLU, before the max-pool; reduction 2, or ``small_stem_stride``), 1..4 = the stages; level i
+    of an (H, W) input is (ceil(H / r_i), ceil(W / r_i)).
     """
 
     def __init__(self, cfg: ResNetConfig, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0):
         super().__init__()
         self.cfg = cfg
         self.in_chans = in_chans
+        w = cfg.stem_width
         if cfg.small_stem:
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, cfg.stem_width, 3, padding=1, bias=False),
-                                      nn.BatchNorm2d(cfg.stem_width), nn.ReLU(inplace=True))
-            size = cfg.img_size
+            s = cfg.small_stem_stride
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, w, 3, stride=s, padding=1, bias=False),
+                                      nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+            reduction = s
         else:
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, cfg.stem_width, 7, stride=2, padding=3, bias=False),
-                                      nn.BatchNorm2d(cfg.stem_width), nn.ReLU(inplace=True),
+            if cfg.deep_stem:
+                convs = [nn.Conv2d(in_chans, w // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w // 2),
+                         nn.ReLU(inplace=True), nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(w // 2), nn.ReLU(inplace=True), nn.Conv2d(w // 2, w, 3, padding=1, bias=False)]
+            else:
+                convs = [nn.Conv2d(in_chans, w, 7, stride=2, padding=3, bias=False)]
+            self.stem = nn.Sequential(*convs, nn.BatchNorm2d(w), nn.ReLU(inplace=True),
                                       nn.MaxPool2d(3, stride=2, padding=1))
-            size = math.ceil(cfg.img_size / 4)
+            reduction = 2
+        size = math.ceil(cfg.img_size / (cfg.small_stem_stride if cfg.small_stem else 4))
+        info = [{"num_chs": w, "reduction": reduction, "module": f"stem.{len(self.stem) - (1 if cfg.small_stem else 2)}"}]
+        reduction = reduction if cfg.small_stem else 2 * reduction
         stages = []
-        in_ch = cfg.stem_width
+        in_ch = w
         mixer_stages = range(len(cfg.depths)) if cfg.mixer_stages is None else cfg.mixer_stages
+        plan = cfg.stage_strides_and_dilations()
         for i, (depth, width) in enumerate(zip(cfg.depths, cfg.widths)):
             blocks = []
             out_ch = width * cfg.expansion
+            stage_stride, first_dil, dil = plan[i]
             for j in range(depth):
-                stride = 2 if (i > 0 and j == 0) else 1
+                stride = stage_stride if j == 0 else 1
                 mixer = cfg.mixer if (cfg.mixer is not None and i in mixer_stages) else None
-                blocks.append(Bottleneck(in_ch, width, out_ch, stride, mixer, self._mixer_kwargs(mixer, size)))
+                blocks.append(Bottleneck(in_ch, width, out_ch, stride, mixer, self._mixer_kwargs(mixer, size),
+                                         dilation=first_dil if j == 0 else dil))
                 in_ch = out_ch
                 size = math.ceil(size / stride)
+            reduction *= stage_stride
             stages.append(nn.Sequential(*blocks))
+            info.append({"num_chs": out_ch, "reduction": reduction, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
+        self.feature_info = FeatureInfo(info)
         self._init_head(in_ch, num_classes, drop_rate)
         self._init_weights()
 
@@ -182,17 +244,35 @@ class ResNet(VisionModel):
             if isinstance(m, nn.Conv2d) and id(m) not in inside:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_chans, H, W) -> (B, num_features, h, w)."""
+    def _levels(self, x: torch.Tensor, take, stop: int) -> list:
+        # Level 0: the stem's last ReLU (before the max-pool); level i + 1: stage i.
         self._check_image(x, self.in_chans)
-        return self.stages(self.stem(x))
+        out: list = [None] * (stop + 1)
+        for m in self.stem:
+            if isinstance(m, nn.MaxPool2d):
+                out[0] = x
+                if stop == 0:
+                    return out
+            x = m(x)
+        if out[0] is None:
+            out[0] = x
+        for i, stage in enumerate(self.stages):
+            if i + 1 > stop:
+                break
+            x = stage(x)
+            if i + 1 in take or i + 1 == stop:
+                out[i + 1] = x
+        return out
+
+    def _prune_levels(self, keep: int) -> None:
+        self.stages = self.stages[: keep - 1]
 
 
 # ---------------------------------------------------------------------------
 # Registered models
 # ---------------------------------------------------------------------------
 
-_DEPTHS = {26: (2, 2, 2, 2), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
+_DEPTHS = {26: (2, 2, 2, 2), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
 def _build(cfg: ResNetConfig, num_classes: int, attention: str | None, attn_kwargs: dict | None,

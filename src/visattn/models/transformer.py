@@ -42,6 +42,7 @@ from torch import nn
 
 from visattn.layers.base import check_positive_int, from_tokens, to_tokens
 from visattn.models.base import VisionModel, resolve_mixer
+from visattn.models.features import FeatureInfo
 from visattn.registry import create_attention, register_model
 
 __all__ = ["TransformerConfig", "TokenTransformer", "TransformerBlock", "SAN_PAPER",
@@ -124,6 +125,9 @@ class TokenTransformer(VisionModel):
 
     Shapes: images (B, C_in, H, W) with H, W divisible by ``patch_size`` ->
     ``forward_features`` (B, embed_dim, H/p, W/p) -> logits (B, num_classes).
+
+    Feature levels (``feature_info``, :meth:`forward_intermediates`): one scale; level i is the
+    output of block i, (B, embed_dim, H/p, W/p), all at reduction p (as timm does for ViTs).
     """
 
     def __init__(self, cfg: TransformerConfig, num_classes: int = 10):
@@ -140,9 +144,11 @@ class TokenTransformer(VisionModel):
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
+        self.feature_info = FeatureInfo([{"num_chs": cfg.embed_dim, "reduction": p, "module": f"blocks.{i}"}
+                                         for i in range(cfg.depth)])
         self._init_head(cfg.embed_dim, num_classes, cfg.head_drop_rate)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _levels(self, x: torch.Tensor, take, stop: int) -> list:
         self._check_image(x, self.cfg.in_chans)
         p = self.cfg.patch_size
         if x.shape[2] % p or x.shape[3] % p:
@@ -151,9 +157,20 @@ class TokenTransformer(VisionModel):
         f = self.patch_embed(x)  # (B, C, h, w)
         hw = (f.shape[2], f.shape[3])
         t = self.pos_drop(to_tokens(f))  # (B, N, C)
-        for blk in self.blocks:
+        out: list = [None] * (stop + 1)
+        for i, blk in enumerate(self.blocks):
+            if i > stop:
+                break
             t = blk(t, hw)
-        return from_tokens(self.norm(t), hw)
+            if i in take or i == stop:
+                out[i] = from_tokens(t, hw)
+        return out
+
+    def _finish(self, f: torch.Tensor) -> torch.Tensor:
+        return from_tokens(self.norm(to_tokens(f)), tuple(f.shape[2:]))
+
+    def _prune_levels(self, keep: int) -> None:
+        self.blocks = self.blocks[:keep]
 
     def mixers(self) -> list[nn.Module]:
         """The spatial mixer of every block, in order."""
