@@ -88,9 +88,9 @@ def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG
     arguments as :func:`visattn.compare.compare`). Writes ``compare.json``, ``compare.png`` and
     ``runs/<mechanism>/metrics.jsonl`` into ``output`` (None: nothing written)."""
     import visattn
-    from visattn.registry import model_entry
+    from visattn.train.segment import check_segmentation_model
 
-    model_entry(model)
+    check_segmentation_model(model)
     names = list(mechanisms) if mechanisms is not None else visattn.list_attention()
     known = visattn.list_attention()
     unknown = [n for n in names if n not in known]

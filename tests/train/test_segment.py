@@ -53,6 +53,23 @@ def test_config_errors():
         SegTrainConfig(ignore_index=-1).validate()
     with pytest.raises(ValueError, match="augment must be one of"):
         SegTrainConfig(augment="rotate").validate()
+    with pytest.raises(ValueError, match="segmentation needs a segmentation model; 'resnet_tiny' is a classify model "
+                                         "\(segmentation models: .*fpn_resnet_tiny"):
+        train_segment(SegTrainConfig(model="resnet_tiny", output=None))
+
+
+def test_default_model_on_digit_scenes(tmp_path):
+    """The default configuration's model gives logits at input resolution and a consistent record."""
+    from visattn.data.segmentation import load_digit_scenes
+
+    data = load_digit_scenes(32, n_train=32, n_test=8)
+    res = train_segment(SegTrainConfig(epochs=1, batch_size=16, output=None, progress=False, verbose=False,
+                                       image_size=32), data=data)
+    assert res.model(torch.zeros(1, 3, 23, 37)).shape == (1, 11, 23, 37)
+    rec = res.final
+    assert rec["step"] == 2 and set(rec["test_iou"]) == set(data.classes)
+    present = [v for v in rec["test_iou"].values() if v is not None]
+    assert rec["test_miou"] == pytest.approx(sum(present) / len(present), abs=1e-12)
 
 
 def _cfg(out, **kw):

@@ -32,7 +32,7 @@ from visattn.data.transforms import eval_indices
 from visattn.train import distributed as D
 from visattn.train.engine import AUGMENT_CHOICES, TrainConfig, Trainer, TrainResult
 
-__all__ = ["SegTrainConfig", "SegTrainer", "GlobalPixelCrossEntropy", "train_segment", "confusion_matrix", "segmentation_metrics",
+__all__ = ["SegTrainConfig", "SegTrainer", "GlobalPixelCrossEntropy", "check_segmentation_model", "train_segment", "confusion_matrix", "segmentation_metrics",
            "SEG_DEFAULT_MODEL", "SEG_DEFAULT_DATA", "add_segment_arguments", "seg_config_from_args"]
 
 #: The small segmentation model that trains on digit scenes on a CPU in minutes.
@@ -101,6 +101,16 @@ def segmentation_metrics(conf: torch.Tensor, classes: Sequence[str] | None = Non
             "pixel_acc": float(tp.sum()) / total if total > 0 else 0.0, "iou": iou}
 
 
+def check_segmentation_model(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is a registered segmentation model."""
+    from visattn.registry import list_models, model_entry
+
+    task = model_entry(name).task
+    if task != "segment":
+        raise ValueError(f"segmentation needs a segmentation model; {name!r} is a {task} model "
+                         f"(segmentation models: {', '.join(list_models('segment'))})")
+
+
 class GlobalPixelCrossEntropy(nn.Module):
     """Pixel cross-entropy averaged over the labelled pixels of the *global* batch.
 
@@ -140,6 +150,7 @@ class SegTrainer(Trainer):
 
     def _setup(self) -> None:
         cfg = self.cfg
+        check_segmentation_model(cfg.model)
         if self.data is None:
             self.data = load_seg_data(cfg.data, cfg.image_size, seed=cfg.seed, ignore_index=cfg.ignore_index)
         if not isinstance(self.data, SegDataBundle):
