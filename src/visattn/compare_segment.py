@@ -32,9 +32,9 @@ SEG_COMPARE_DEFAULTS: dict[str, Any] = {
     "model": SEG_DEFAULT_MODEL,
     "data": SEG_DEFAULT_DATA,
     "image_size": 32,
-    "epochs": 3,
-    "batch_size": 32,
-    "lr": 3e-3,
+    "epochs": 4,
+    "batch_size": 16,
+    "lr": 5e-3,
     "seed": 0,
     "latency_batch": 1,
     "precise_bn": 5,
@@ -210,7 +210,7 @@ def write_seg_plot(results: list[SegCompareResult], path: str | os.PathLike, tit
 
 def run_from_args(args) -> int:
     """``visattn compare --task segment``. The classification defaults of ``--model``, ``--data``,
-    ``--image-size``, ``--epochs`` and ``--batch-size`` become :data:`SEG_COMPARE_DEFAULTS`'."""
+    ``--image-size``, ``--epochs``, ``--batch-size`` and ``--lr`` become :data:`SEG_COMPARE_DEFAULTS`'."""
     from visattn.compare import DEFAULTS
 
     def pick(key: str, value):
@@ -218,7 +218,7 @@ def run_from_args(args) -> int:
 
     results = compare_segment(args.mechanisms, model=pick("model", args.model), data=pick("data", args.data),
                               image_size=pick("image_size", args.image_size), epochs=pick("epochs", args.epochs),
-                              batch_size=pick("batch_size", args.batch_size), lr=args.lr, seed=args.seed,
+                              batch_size=pick("batch_size", args.batch_size), lr=pick("lr", args.lr), seed=args.seed,
                               latency_batch=args.latency_batch, attn_kwargs=args.attn_kwargs, amp=args.amp,
                               device=args.device, output=args.output, progress=not args.no_progress,
                               threads=args.threads, precise_bn=args.precise_bn)

@@ -53,8 +53,8 @@ def test_config_errors():
         SegTrainConfig(ignore_index=-1).validate()
     with pytest.raises(ValueError, match="augment must be one of"):
         SegTrainConfig(augment="rotate").validate()
-    with pytest.raises(ValueError, match="segmentation needs a segmentation model; 'resnet_tiny' is a classify model "
-                                         "\(segmentation models: .*fpn_resnet_tiny"):
+    with pytest.raises(ValueError, match=r"segmentation needs a segmentation model; 'resnet_tiny' is a classify model "
+                                         r"\(segmentation models: .*fpn_resnet_tiny"):
         train_segment(SegTrainConfig(model="resnet_tiny", output=None))
 
 

@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--task", default="classify", choices=("classify", "segment"),
                    help="segment: a segmentation model per mechanism, mIoU instead of top-1 (defaults then: "
-                        "fpn_resnet_tiny on digitscenes at 32 px; docs/segmentation.md)")
+                        "fpn_resnet_tiny on digitscenes, 32 px, 4 epochs, batch 16, lr 5e-3; docs/segmentation.md)")
     p.set_defaults(func=run)
 
 
