@@ -202,3 +202,15 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     assert ma["step"] == mb["step"] == 1
     for key in ("train_loss", "train_acc", "test_loss", "test_miou", "test_pixel_acc"):
         assert ma[key] == pytest.approx(mb[key], abs=1e-5), key
+
+
+def test_precise_bn_uses_whole_training_images(tmp_path):
+    from visattn.data import normalize
+
+    data = load_seg_data(make_seg_folder(tmp_path / "d", n=20), image_size=12)
+    res = train_segment(_cfg(None, epochs=1, precise_bn=1, model_kwargs={"bn": True}), data=data)
+    x, _ = data.train.batch(torch.arange(8))  # the first batch, whole images, no augmentation
+    with torch.no_grad():
+        f = res.model.stem(normalize(x, data.mean, data.std))
+    torch.testing.assert_close(res.model.bn.running_mean, f.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res.model.bn.running_var, f.var((0, 2, 3)), rtol=1e-4, atol=1e-6)

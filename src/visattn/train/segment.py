@@ -191,32 +191,6 @@ class SegTrainer(Trainer):
                   f"pixel accuracy {100 * ev['pixel_acc']:.2f}%")
 
     @torch.no_grad()
-    def recompute_bn_stats(self, num_batches: int) -> None:
-        """Precise BatchNorm (see :meth:`Trainer.recompute_bn_stats`) over centre crops of the
-        first ``num_batches`` x batch_size training pairs, without augmentation."""
-        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns or num_batches < 1:
-            return
-        b = self.data
-        was_training = self.model.training
-        self.model.eval()
-        saved = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        plain = SegEpochBatches(b.train, self.cfg.batch_size, 0, self.cfg.seed, augment="none",
-                                crop_size=b.image_size, mean=b.mean, std=b.std)
-        plain.indices = torch.arange(len(b.train))
-        for i in range(min(num_batches, len(plain))):
-            x, _ = plain.get(i)
-            with self._autocast():
-                self.model(x.to(self.device))
-        for m, mom in zip(bns, saved):
-            m.momentum = mom
-        self.model.train(was_training)
-
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """(mean pixel cross-entropy, pixel accuracy) on whole test images, over all processes;
         mIoU and per-class IoU are kept for the epoch's record."""
