@@ -76,7 +76,8 @@ def _measure_seg(model: torch.nn.Module, image_size: int, batch_size: int, laten
 
 
 def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG_COMPARE_DEFAULTS["model"],
-                    data: str = SEG_COMPARE_DEFAULTS["data"], image_size: int | None = SEG_COMPARE_DEFAULTS["image_size"],
+                    data: str = SEG_COMPARE_DEFAULTS["data"],
+                    image_size: int | None = SEG_COMPARE_DEFAULTS["image_size"],
                     epochs: int = SEG_COMPARE_DEFAULTS["epochs"], batch_size: int = SEG_COMPARE_DEFAULTS["batch_size"],
                     lr: float = SEG_COMPARE_DEFAULTS["lr"], seed: int = SEG_COMPARE_DEFAULTS["seed"],
                     latency_batch: int = SEG_COMPARE_DEFAULTS["latency_batch"],

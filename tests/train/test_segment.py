@@ -92,7 +92,8 @@ def test_learns_colour_regions_and_writes_strict_metrics(tmp_path):
     assert last["images_per_s"] == pytest.approx(24 / last["train_time_s"], rel=1e-9)
     assert res.final == last and res.num_classes == 3
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["config"]["task"] == "segment" and cfg["classes"] == ["0", "1", "2"] and cfg["config"]["ignore_index"] == 255
+    assert cfg["config"]["task"] == "segment" and cfg["config"]["ignore_index"] == 255
+    assert cfg["classes"] == ["0", "1", "2"]
     w = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert w["classifier.weight"].shape == (3, 8, 1, 1)
 
@@ -143,7 +144,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         train_segment(_cfg(tmp_path / "cut", deterministic=True, save_every=2), data=data, callbacks=[StopAt()])
     assert json.loads((tmp_path / "cut" / "checkpoints" / "latest.json").read_text())["step"] == 4
     resumed = train_segment(_cfg(tmp_path / "cut", deterministic=True, save_every=2, resume=True), data=data)
-    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -194,7 +196,8 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert train_cmd.main([*args, "--batch-size", "16", "--output", str(tmp_path / "one")]) == 0
-    a, b = load_file(str(tmp_path / "ddp" / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
+    a = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     ma = _strict((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[0])

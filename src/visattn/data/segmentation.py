@@ -287,7 +287,8 @@ def load_digit_scenes(image_size: int = 64, n_train: int = 2000, n_test: int = 5
     test = SegDataset(te_x, te_m, ignore_index, [f"test scene {i}" for i in range(n_test)])
     mean, std = _seg_stats(train.images)
     return SegDataBundle("digitscenes", train, test, ["background"] + [f"digit {i}" for i in range(10)],
-                         image_size, mean, std, augment="crop", extra={"train_scans": tr.tolist(), "test_scans": te.tolist()},
+                         image_size, mean, std, augment="crop",
+                         extra={"train_scans": tr.tolist(), "test_scans": te.tolist()},
                          ignore_index=ignore_index, scale_range=(0.75, 1.33))
 
 
