@@ -317,3 +317,17 @@ def test_feature_api_with_a_swapped_mechanism(family):
     extractor = build(name, features_only=True, **kw).eval()
     extractor.model.load_state_dict(model.state_dict(), strict=False)
     check_features(name, model, extractor, image(name, size=odd_size(name)))
+
+
+def test_feature_indices_types():
+    import numpy as np
+
+    model = build("resnet_tiny")
+    assert model.feature_info.resolve(np.int64(2)) == [3, 4]
+    assert model.feature_info.resolve((np.int64(1), -1, 1)) == [1, 4]
+    with pytest.raises(TypeError, match=r"feature level indices must be ints, got \('1',\)"):
+        build("resnet_tiny", features_only=True, out_indices=("1",))
+    with pytest.raises(TypeError, match="indices must be None, an int or a sequence of ints, got str"):
+        model.forward_intermediates(image("resnet_tiny"), indices="1")
+    with pytest.raises(ValueError, match=r"indices is empty; expected level indices in 0\.\.4"):
+        build("resnet_tiny", features_only=True, out_indices=())

@@ -161,3 +161,22 @@ def test_option_errors():
     with pytest.raises(ValueError, match=r"unknown attention mechanism 'lamda'.*did you mean 'lambda'"):
         visattn.create_model("resnet26", attention="lamda")
     assert isinstance(visattn.create_model("resnet26", attention="lambda"), ResNet)
+
+
+def test_output_stride_dilates_the_last_stages():
+    from visattn.models.resnet import ResNetConfig
+
+    cfg = ResNetConfig(depths=(1, 2, 2, 2), output_stride=16)
+    assert cfg.stage_strides_and_dilations() == [(1, 1, 1), (2, 1, 1), (2, 1, 1), (1, 1, 2)]
+    assert ResNetConfig(output_stride=8).stage_strides_and_dilations() == [(1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]
+    model = visattn.create_model("resnet26", num_classes=0, output_stride=16, widths=(4, 4, 4, 4), stem_width=8)
+    assert model.feature_info.reduction() == [2, 4, 8, 16, 16]
+    x = torch.randn(1, 3, 45, 38)
+    assert [tuple(f.shape[-2:]) for f in model.forward_intermediates(x, intermediates_only=True)] == [
+        (23, 19), (12, 10), (6, 5), (3, 3), (3, 3)]
+    with pytest.raises(ValueError, match=r"output_stride must be one of \[8, 16, 32\] for this stem and 4 stages, got 4"):
+        ResNetConfig(output_stride=4)
+    with pytest.raises(ValueError, match=r"output_stride must be one of \[2, 4, 8\]"):
+        ResNetConfig(small_stem=True, output_stride=16)
+    with pytest.raises(ValueError, match="small_stem_stride must be 1 or 2, got 3"):
+        ResNetConfig(small_stem=True, small_stem_stride=3)

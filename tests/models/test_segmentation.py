@@ -239,3 +239,16 @@ def test_errors():
         model(torch.randn(1, 1, 8, 8))
     with pytest.raises(ValueError, match=r"EANet expects images \(B, 3, H, W\), got \(3, 8, 8\)"):
         build("eanet_r50").eval()(torch.randn(3, 8, 8))
+
+
+def test_safetensors_round_trip(tmp_path):
+    torch.manual_seed(0)
+    a = build("fpn_resnet_tiny", num_classes=4).eval()
+    b = build("fpn_resnet_tiny", num_classes=4).eval()
+    x = torch.randn(1, 3, 24, 40)
+    with torch.no_grad():
+        assert not torch.equal(a(x), b(x))
+    visattn.save_weights(a, tmp_path / "seg.safetensors")
+    visattn.load_weights(b, tmp_path / "seg.safetensors")
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))

@@ -15,10 +15,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from visattn.layers.base import check_choice, check_positive_int
+from visattn.layers.base import check_choice, check_positive_int, from_tokens, to_tokens
 from visattn.models.features import FeatureInfo
 
-__all__ = ["VisionModel", "resolve_mixer"]
+__all__ = ["VisionModel", "TokenBlockLevels", "resolve_mixer", "check_images"]
+
+
+def check_images(owner: str, x, channels: int) -> None:
+    """Raise a ValueError naming ``owner`` unless ``x`` is a (B, channels, H, W) tensor."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{owner} expects images (B, {channels}, H, W), got {shape}")
 
 
 def resolve_mixer(default: str, default_kwargs: dict | None, attention: str | None,
@@ -59,9 +66,7 @@ class VisionModel(nn.Module):
         self.head = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _check_image(self, x: torch.Tensor, channels: int = 3) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__} expects images (B, {channels}, H, W), got {shape}")
+        check_images(type(self).__name__, x, channels)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> final feature map (B, num_features, h, w)."""
@@ -146,3 +151,26 @@ class VisionModel(nn.Module):
         self.num_classes = num_classes
         dev = next(self.parameters()).device
         self.head = nn.Linear(self.num_features, num_classes).to(dev) if num_classes > 0 else nn.Identity()
+
+
+class TokenBlockLevels:
+    """Feature levels of a one-scale token model (mixin for a :class:`VisionModel` with
+    ``self.blocks`` taking ``(tokens (B, N, C), (h, w))`` and a final ``self.norm`` over C):
+    level i is block i's output as a (B, C, h, w) map."""
+
+    def _run_blocks(self, t: torch.Tensor, hw: tuple[int, int], take, stop: int) -> list:
+        out: list = [None] * (stop + 1)
+        for i, blk in enumerate(self.blocks):
+            if i > stop:
+                break
+            t = blk(t, hw)
+            if i in take or i == stop:
+                out[i] = from_tokens(t, hw)
+        return out
+
+    def _finish(self, f: torch.Tensor) -> torch.Tensor:
+        """Last block's map -> the final norm per token, (B, C, h, w)."""
+        return from_tokens(self.norm(to_tokens(f)), tuple(f.shape[2:]))
+
+    def _prune_levels(self, keep: int) -> None:
+        self.blocks = self.blocks[:keep]

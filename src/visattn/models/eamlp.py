@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers.base import check_divisible, check_positive_int, from_tokens, to_tokens
-from visattn.models.base import VisionModel, resolve_mixer
+from visattn.models.base import TokenBlockLevels, VisionModel, resolve_mixer
 from visattn.models.features import FeatureInfo
 from visattn.registry import create_attention, register_model
 
@@ -187,7 +187,7 @@ class EAMLPBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class EAMLP(VisionModel):
+class EAMLP(TokenBlockLevels, VisionModel):
     """T2T stem + pre-norm blocks whose spatial mixer is any registered mechanism (default: multi-head EA).
 
     Args:
@@ -260,21 +260,7 @@ class EAMLP(VisionModel):
             raise ValueError(f"EAMLP needs images of at least 3 x 3 pixels, got {tuple(x.shape[-2:])}")
         t, hw = self.stem(x)  # (B, N, C)
         t = t + sinusoid_positions(t.shape[1], self.embed_dim, device=t.device, dtype=t.dtype)
-        out: list = [None] * (stop + 1)
-        for i, blk in enumerate(self.blocks):
-            if i > stop:
-                break
-            t = blk(t, hw)
-            if i in take or i == stop:
-                out[i] = from_tokens(t, hw)
-        return out
-
-    def _finish(self, f: torch.Tensor) -> torch.Tensor:
-        """Last block's map -> the final LayerNorm per token, (B, C, h, w)."""
-        return from_tokens(self.norm(to_tokens(f)), tuple(f.shape[2:]))
-
-    def _prune_levels(self, keep: int) -> None:
-        self.blocks = self.blocks[:keep]
+        return self._run_blocks(t, hw, take, stop)
 
 
 def _eamlp(name: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, **published):

@@ -34,6 +34,7 @@ transformers (H, W must divide by the patch size p); EAMLP's T2T stem gives
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterator, Sequence
 
 import torch
@@ -95,17 +96,22 @@ class FeatureInfo:
         n = len(self._entries)
         if indices is None:
             return list(range(n))
-        if isinstance(indices, bool) or not isinstance(indices, (int, Sequence)) or isinstance(indices, str):
+        if isinstance(indices, bool) or not isinstance(indices, (numbers.Integral, Sequence)) or isinstance(indices, str):
             raise TypeError(f"{owner}: indices must be None, an int or a sequence of ints, got "
                             f"{type(indices).__name__}")
-        if isinstance(indices, int):
+        if isinstance(indices, numbers.Integral):
+            indices = int(indices)
             if not 1 <= indices <= n:
                 raise ValueError(f"{owner}: indices={indices} asks for the last {indices} feature levels, but "
                                  f"the model has {n}: {self.describe()}")
             return list(range(n - indices, n))
         if len(indices) == 0:
             raise ValueError(f"{owner}: indices is empty; expected level indices in 0..{n - 1}: {self.describe()}")
-        bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n]
+        wrong_type = [i for i in indices if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+        if wrong_type:
+            raise TypeError(f"{owner}: feature level indices must be ints, got {tuple(indices)}")
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not -n <= i < n]
         if bad:
             raise ValueError(f"{owner}: feature level indices {tuple(indices)} out of range: the model has {n} "
                              f"levels, indices 0..{n - 1} (or -{n}..-1): {self.describe()}")

@@ -111,7 +111,6 @@ class ResNetConfig:
                 raise ValueError(f"mixer_stages must hold stage indices in 0..{len(self.depths) - 1}, got "
                                  f"{tuple(self.mixer_stages)}")
 
-
     def natural_stride(self) -> int:
         """Total stride without dilation: stem x 2 per stage after the first."""
         stem = self.small_stem_stride if self.small_stem else 4

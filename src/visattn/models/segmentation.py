@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers.base import check_positive_int
+from visattn.models.base import check_images
 from visattn.models.features import FeatureExtractor
 from visattn.models.heads import ExternalAttentionHead
 from visattn.models.resnet import _DEPTHS, ResNetConfig, _build
@@ -71,9 +72,7 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_chans, H, W) -> logits (B, num_classes, H, W)."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__} expects images (B, {self.in_chans}, H, W), got {shape}")
+        check_images(type(self).__name__, x, self.in_chans)
         logits = self.decode_head(self.backbone(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
@@ -311,7 +310,8 @@ _register_fpn("fpn_pvt_t", "pvt_t", model_entry("pvt_t").test_kwargs, {"params_m
 _register_fpn("fpn_slide_pvt_t", "slide_pvt_t", model_entry("slide_pvt_t").test_kwargs, {}, _SLIDE_PAPER)
 
 # The CPU model: resnet_tiny with a stride-2 stem (levels at 2, 4, 8, 16 for 64 x 64 scenes), a
-# 32-wide FPN and 32-wide heads (a train step at batch 8, 64 x 64 takes ~0.2 s on one core).
+# 32-wide FPN and 32-wide heads (a train step at batch 8, 64 x 64: ~0.18 s on one core,
+# benchmarks/segment_step.py).
 _TINY_BACKBONE = {"small_stem_stride": 2}
 
 

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from visattn.layers.base import check_positive_int, from_tokens, to_tokens
-from visattn.models.base import VisionModel, resolve_mixer
+from visattn.models.base import TokenBlockLevels, VisionModel, resolve_mixer
 from visattn.models.features import FeatureInfo
 from visattn.registry import create_attention, register_model
 
@@ -120,7 +120,7 @@ class TransformerBlock(nn.Module):
         return self.norm2(t + self.drop2(self.mlp(t)))
 
 
-class TokenTransformer(VisionModel):
+class TokenTransformer(TokenBlockLevels, VisionModel):
     """Patch embedding + ``depth`` transformer blocks with any registered token mixer.
 
     Shapes: images (B, C_in, H, W) with H, W divisible by ``patch_size`` ->
@@ -157,20 +157,7 @@ class TokenTransformer(VisionModel):
         f = self.patch_embed(x)  # (B, C, h, w)
         hw = (f.shape[2], f.shape[3])
         t = self.pos_drop(to_tokens(f))  # (B, N, C)
-        out: list = [None] * (stop + 1)
-        for i, blk in enumerate(self.blocks):
-            if i > stop:
-                break
-            t = blk(t, hw)
-            if i in take or i == stop:
-                out[i] = from_tokens(t, hw)
-        return out
-
-    def _finish(self, f: torch.Tensor) -> torch.Tensor:
-        return from_tokens(self.norm(to_tokens(f)), tuple(f.shape[2:]))
-
-    def _prune_levels(self, keep: int) -> None:
-        self.blocks = self.blocks[:keep]
+        return self._run_blocks(t, hw, take, stop)
 
     def mixers(self) -> list[nn.Module]:
         """The spatial mixer of every block, in order."""
