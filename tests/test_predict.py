@@ -76,3 +76,20 @@ def test_predict_errors(run_dir, capsys):
     assert f"the weights were trained as model '{ensure_registered()}'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="pass the number of classes"):
         load_segmenter(ensure_registered(), run_dir / "d" / "masks" / "s000.png")
+
+
+def test_predict_without_run_config(run_dir, tmp_path):
+    """A bare model.safetensors: classes from --num-classes, normalisation mean = std = 0.5."""
+    import shutil
+
+    shutil.copy(run_dir / "run" / "model.safetensors", tmp_path / "w.safetensors")
+    net, info = load_segmenter(ensure_registered(), tmp_path / "w.safetensors", num_classes=3)
+    assert info["classes"] == ["0", "1", "2"] and info["mean"] == (0.5,) * 3 and info["std"] == (0.5,) * 3
+    img = read_image(run_dir / "d" / "images" / "s000.png")
+    from visattn.data import normalize
+
+    with torch.no_grad():
+        ref = net(normalize(img.float()[None] / 255, (0.5,) * 3, (0.5,) * 3)).argmax(1)[0]
+    assert torch.equal(predict_mask(net, img, info["mean"], info["std"]), ref)
+    with pytest.raises(ValueError, match="3 class names for 4 classes"):
+        load_segmenter(ensure_registered(), run_dir / "run", num_classes=4)
