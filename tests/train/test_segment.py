@@ -161,13 +161,13 @@ def test_cli_train_task_segment(tmp_path, capsys):
     out = tmp_path / "run"
     rc = train_cmd.main(["--task", "segment", "--model", ensure_registered(), "--data", spec, "--image-size", "12",
                          "--epochs", "2", "--batch-size", "8", "--lr", "0.02", "--output", str(out), "--no-progress",
-                         "--scale-range", "0.8", "1.25", "--label-smoothing", "0"])
+                         "--scale-range", "0.8", "1.25", "--label-smoothing", "0", "--amp", "bf16"])
     assert rc == 0
     assert "test mIoU" in capsys.readouterr().out
     lines = [_strict(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and 0.0 <= lines[-1]["test_miou"] <= 1.0
     cfg = json.loads((out / "config.json").read_text())["config"]
-    assert cfg["scale_range"] == [0.8, 1.25] and cfg["label_smoothing"] == 0.0
+    assert cfg["scale_range"] == [0.8, 1.25] and cfg["label_smoothing"] == 0.0 and cfg["amp"] == "bf16"
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     # bad data: one line naming the file, exit code 2
     bad = tmp_path / "bad"
