@@ -153,6 +153,11 @@ def test_bad_input_names_file_and_value(tmp_path):
     (voc / "SegmentationClass" / "s000.png").unlink()
     with pytest.raises(ValueError, match=r"image '.*JPEGImages/s000\.jpg' has no mask '.*SegmentationClass/s000\.png'"):
         load_seg_data(f"segfolder:{voc}")
+    split = tmp_path / "split"
+    write_pairs(split / "train" / "images", split / "train" / "masks", 2)
+    (split / "val" / "images").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"'.*val/images' has no mask folder beside it: expected '.*val/masks'"):
+        load_seg_data(f"segfolder:{split}")
     with pytest.raises(FileNotFoundError, match="no segmentation layout found"):
         load_seg_data(f"segfolder:{tmp_path}")
     with pytest.raises(FileNotFoundError, match="does not exist"):

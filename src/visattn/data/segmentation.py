@@ -340,6 +340,8 @@ def _by_stem(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
 
 
 def _pairs_from_dirs(img_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
+    if not mask_dir.is_dir():
+        raise FileNotFoundError(f"{str(img_dir)!r} has no mask folder beside it: expected {str(mask_dir)!r}")
     images = _by_stem(img_dir, IMAGE_EXTENSIONS)
     masks = _by_stem(mask_dir, (".png",))
     no_mask = sorted(set(images) - set(masks))
