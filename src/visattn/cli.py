@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "visattn.commands.viz_cmd",  # viz
     "visattn.commands.train_cmd",  # train
     "visattn.commands.compare_cmd",  # compare
+    "visattn.commands.predict_cmd",  # predict
 ]
 
 

@@ -51,10 +51,17 @@ def add_parser(sub) -> None:
                         "even on a busy machine; 0: torch's choice)")
     p.add_argument("--output", "-o", default="compare-out", help="folder for compare.json, compare.png, runs/")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--task", default="classify", choices=("classify", "segment"),
+                   help="segment: a segmentation model per mechanism, mIoU instead of top-1 (defaults then: "
+                        "fpn_resnet_tiny on digitscenes, 32 px, 4 epochs, batch 16, lr 5e-3; docs/segmentation.md)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.task == "segment":
+        from visattn.compare_segment import run_from_args
+
+        return run_from_args(args)
     from visattn.compare import compare, format_table
 
     results = compare(args.mechanisms, model=args.model, data=args.data, image_size=args.image_size,

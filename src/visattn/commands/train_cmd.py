@@ -73,6 +73,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dist-timeout", type=positive_float, default=600.0, metavar="SECONDS",
                    help="under torchrun: give up (and name the silent rank where possible) when a peer process "
                         "does not answer a collective within this time (default: %(default)s)")
+    p.add_argument("--task", default="classify", choices=("classify", "segment"),
+                   help="segment: semantic segmentation (data digitscenes | segfolder:PATH; docs/segmentation.md)")
+    from visattn.train.segment import add_segment_arguments
+
+    add_segment_arguments(p)
 
 
 def add_parser(sub) -> None:
@@ -98,6 +103,10 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    if args.task == "segment":
+        from visattn.train.segment import run_from_args
+
+        return run_from_args(args)
     from visattn.train import train
 
     res = train(config_from_args(args))

@@ -302,6 +302,15 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    # -- task hooks (a subclass such as visattn.train.segment.SegTrainer overrides these) --------
+    def _batch_sums(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[loss x count, correct, count] of one training batch, float64."""
+        n = y.numel()
+        return torch.tensor([float(loss.detach()) * n, float((logits.argmax(1) == y).sum()), n], dtype=torch.float64)
+
+    def _complete_record(self, rec: dict[str, Any]) -> None:
+        """Add task-specific figures to an epoch's metrics record, in place, before it is logged."""
+
     # -- setup ---------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.cfg
@@ -573,10 +582,8 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 self.batch_in_epoch = i + 1
-                n = y.numel()
-                running += torch.tensor([loss_value * n, float((logits.argmax(1) == y).sum()), n],
-                                        dtype=torch.float64)
-                seen_this_session += n
+                running += self._batch_sums(loss, logits, y)
+                seen_this_session += x.shape[0]
                 if show:
                     elapsed = time.perf_counter() - t0
                     bar.set_postfix(loss=f"{running[0] / running[2]:.3f}", acc=f"{running[1] / running[2]:.3f}",
@@ -596,6 +603,7 @@ class Trainer:
                    "test_loss": test_loss, "test_acc": test_acc,
                    "images_per_s": float(tot[2]) / max(train_time, 1e-9), "train_time_s": train_time,
                    "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            self._complete_record(rec)
             self.history.append(rec)
             self._log(f"epoch {rec['epoch']}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
                       f"acc {100 * rec['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "

@@ -1,0 +1,189 @@
+"""Predicted segmentation masks drawn over their image (``visattn predict``).
+
+:func:`load_segmenter` builds a registered segmentation model and loads trained weights;
+when the weights come from ``visattn train --task segment`` (a run folder, or a
+``model.safetensors`` next to its ``config.json``) the class names, normalisation and
+mechanism are read from that ``config.json``. :func:`predict_mask` gives the per-pixel
+class, :func:`draw_prediction` a :class:`matplotlib.figure.Figure` (no pyplot, no global
+state): the image, the ground truth when known, and the prediction blended over the image,
+with a legend of the classes present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["load_segmenter", "predict_mask", "draw_prediction", "predict_image", "read_input_image"]
+
+
+def _run_info(weights: Path) -> dict[str, Any] | None:
+    folder = weights if weights.is_dir() else weights.parent
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from e
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise ValueError(f"{str(path)!r} is not a visattn run config (no 'config' object)")
+    return info
+
+
+def load_segmenter(model: str, weights: str | os.PathLike, *, attention: str | None = None,
+                   attn_kwargs: dict | None = None, num_classes: int | None = None,
+                   classes: Sequence[str] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A segmentation model in eval mode with ``weights`` loaded, and what is known about it.
+
+    Returns ``(model, info)`` with ``info`` keys ``classes``, ``mean``, ``std``, ``image_size``,
+    ``data`` and ``seed`` (from the run's ``config.json`` when present, else ``num_classes``
+    must be given and images are normalised with mean = std = 0.5).
+    """
+    from visattn.registry import create_model
+    from visattn.train.checkpoint import load_weights
+
+    wpath = Path(weights)
+    if not wpath.exists():
+        raise FileNotFoundError(f"weights {str(wpath)!r} do not exist (expected a model.safetensors file or the "
+                                "run folder of `visattn train --task segment`)")
+    run = _run_info(wpath)
+    model_kwargs: dict = {}
+    info: dict[str, Any] = {"mean": (0.5,) * 3, "std": (0.5,) * 3, "image_size": None, "data": None, "seed": 0}
+    if run is not None:
+        cfg = run["config"]
+        if cfg.get("model") != model:
+            raise ValueError(f"the weights were trained as model {cfg.get('model')!r} (see their config.json), "
+                             f"not {model!r}")
+        attention = attention if attention is not None else cfg.get("attention")
+        attn_kwargs = attn_kwargs if attn_kwargs is not None else cfg.get("attn_kwargs")
+        model_kwargs = dict(cfg.get("model_kwargs") or {})
+        classes = classes if classes is not None else run.get("classes")
+        info.update(mean=tuple(run.get("mean", info["mean"])), std=tuple(run.get("std", info["std"])),
+                    image_size=run.get("image_size"), data=cfg.get("data"), seed=cfg.get("seed", 0),
+                    ignore_index=cfg.get("ignore_index"))
+    if classes is None and num_classes is None:
+        raise ValueError(f"no config.json beside {str(wpath)!r}: pass the number of classes (--num-classes)")
+    if num_classes is None:
+        num_classes = len(classes)
+    if classes is None:
+        classes = [str(i) for i in range(num_classes)]
+    if len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names for {num_classes} classes")
+    net = create_model(model, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs, **model_kwargs)
+    load_weights(net, wpath)
+    net.eval()
+    info["classes"] = list(classes)
+    return net, info
+
+
+def read_input_image(spec: str, info: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(image (3, H, W) uint8, ground-truth mask or None, title) for ``spec``: an image file, or
+    ``digitscenes:K``, test scene K of the built-in digit scenes (the run's size and seed)."""
+    from visattn.data.segmentation import load_digit_scenes, read_image
+
+    if spec.startswith("digitscenes:"):
+        k = spec.partition(":")[2]
+        if not k.isdigit():
+            raise ValueError(f"expected digitscenes:K with K a test-scene number, got {spec!r}")
+        k = int(k)
+        if info.get("data") not in (None, "digitscenes"):
+            raise ValueError(f"the model was trained on {info['data']!r}, not on digitscenes")
+        b = load_digit_scenes(info.get("image_size") or 64, n_test=max(500, k + 1), seed=int(info.get("seed") or 0))
+        return b.test.images[k], b.test.masks[k], f"digit scenes, test scene {k}"
+    return read_image(spec), None, Path(spec).name
+
+
+@torch.no_grad()
+def predict_mask(model: torch.nn.Module, image: torch.Tensor, mean, std) -> torch.Tensor:
+    """Per-pixel class (H, W) int64 of one image (3, H, W) uint8 (or float in 0..1)."""
+    from visattn.data import normalize
+
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image (3, H, W), got {tuple(image.shape)}")
+    x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    dev = next(model.parameters()).device
+    logits = model(normalize(x[None], mean, std).to(dev))
+    if logits.dim() != 4 or logits.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"a segmentation model returns logits (1, K, {image.shape[1]}, {image.shape[2]}); this one "
+                         f"returned {tuple(logits.shape)} (is it a classifier?)")
+    return logits.argmax(1)[0].cpu()
+
+
+def _colours(n: int) -> np.ndarray:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20" if n > 10 else "tab10"]
+    return np.array([cmap(i % cmap.N)[:3] for i in range(n)])
+
+
+def draw_prediction(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[str], truth: torch.Tensor | None = None,
+                    title: str = "", alpha: float = 0.55, ignore_index: int | None = None):
+    """A Figure: the image, the ground truth (if given) and the prediction over the image.
+
+    Masks are blended over the image with ``alpha``; a class named "background" is left
+    transparent, and ``ignore_index`` pixels of the truth are drawn white. The legend lists
+    the classes present in the prediction or the truth.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    img = image.permute(1, 2, 0).numpy().astype(np.float64)
+    img = img / 255.0 if image.dtype == torch.uint8 else img
+    colours = _colours(len(classes))
+
+    def blend(mask: torch.Tensor) -> np.ndarray:
+        m = mask.numpy()
+        out = img.copy()
+        for c in np.unique(m):
+            if 0 <= c < len(classes) and classes[c] != "background":
+                sel = m == c
+                out[sel] = (1 - alpha) * img[sel] + alpha * colours[c]
+            elif c == ignore_index:
+                out[m == c] = 1.0
+        return out
+
+    panels = [("image", img)] + ([("ground truth", blend(truth))] if truth is not None else []) + [
+        ("prediction", blend(pred))]
+    fig = Figure(figsize=(3.2 * len(panels) + 1.6, 3.6))
+    axes = fig.subplots(1, len(panels))
+    for ax, (name, arr) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(np.clip(arr, 0, 1), interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    present = sorted(set(pred.unique().tolist()) | (set(truth.unique().tolist()) if truth is not None else set()))
+    handles = [Patch(color=colours[c], label=classes[c]) for c in present
+               if 0 <= c < len(classes) and classes[c] != "background"]
+    if handles:
+        fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.02, right=1 - 1.5 / fig.get_figwidth(), top=0.85, bottom=0.03, wspace=0.05)
+    return fig
+
+
+def predict_image(model: str, weights: str | os.PathLike, image: str, out: str | os.PathLike, *,
+                  attention: str | None = None, attn_kwargs: dict | None = None,
+                  num_classes: int | None = None) -> tuple[Path, torch.Tensor, list[str]]:
+    """Predict the mask of ``image`` (a file or ``digitscenes:K``) and write the figure to ``out`` (PNG).
+
+    Returns (path written, predicted mask (H, W), class names).
+    """
+    net, info = load_segmenter(model, weights, attention=attention, attn_kwargs=attn_kwargs,
+                               num_classes=num_classes)
+    img, truth, name = read_input_image(image, info)
+    pred = predict_mask(net, img, info["mean"], info["std"])
+    fig = draw_prediction(img, pred, info["classes"], truth, title=f"{model} on {name}",
+                          ignore_index=info.get("ignore_index"))
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"folder {str(out.parent)!r} for {out.name} does not exist")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, out)
+    return out, pred, info["classes"]

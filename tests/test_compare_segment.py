@@ -1,0 +1,51 @@
+"""visattn compare --task segment: one segmentation model per mechanism, mIoU table, JSON and plot."""
+
+import json
+
+import pytest
+
+from _seg_fixtures import make_seg_folder
+from _tiny_seg_model import ensure_registered, unregister
+from visattn.cli import main
+from visattn.compare_segment import compare_segment, format_seg_table
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _unregister_tiny_model():
+    yield
+    unregister()
+
+
+def test_compare_task_segment_cli(tmp_path, capsys):
+    spec = make_seg_folder(tmp_path / "d", n=20)
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--task", "segment", "-m", "conv", "external", "--model", ensure_registered(), "--data", spec,
+               "--image-size", "12", "--epochs", "2", "--batch-size", "8", "--lr", "0.02", "--output", str(out),
+               "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    header = text.splitlines()[0]
+    assert "mIoU %" in header and "pixel acc %" in header and "top-1" not in header
+    doc = json.loads((out / "compare.json").read_text())
+    assert doc["config"]["task"] == "segment" and doc["config"]["num_classes"] == 3
+    rows = {r["mechanism"]: r for r in doc["results"]}
+    assert set(rows) == {"conv", "external"}
+    for r in rows.values():
+        assert r["error"] == "" and 0.0 <= r["miou"] <= 1.0 and r["top1"] is None
+        assert r["miou"] == r["history"][-1]["test_miou"] and r["params"] > 0 and r["flops"] > 0
+        assert r["peak_mib"] > 0 and r["latency_ms"] > 0
+        assert f"{100 * r['miou']:.1f}" in text
+    # stem 3x3 (3 -> 8), conv mixer 3x3 (8 -> 8), 1x1 classifier (8 -> 3), all with biases
+    assert rows["conv"]["params"] == (3 * 8 * 9 + 8) + (8 * 8 * 9 + 8) + (8 * 3 + 3)
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "runs" / "external" / "metrics.jsonl").is_file()
+
+
+def test_compare_segment_failure_row_and_errors(tmp_path):
+    spec = make_seg_folder(tmp_path / "d", n=12)
+    res = compare_segment(["conv"], model=ensure_registered(), data=spec, image_size=12, epochs=1, batch_size=8,
+                          attn_kwargs={"conv": {"kernel_size": -1}}, output=None, progress=False)
+    assert res[0].error.startswith("ValueError") and res[0].miou is None
+    assert "| conv " in format_seg_table(res)
+    with pytest.raises(ValueError, match="unknown mechanism\\(s\\) \\['nope'\\]"):
+        compare_segment(["nope"], model=ensure_registered(), data=spec, output=None)
