@@ -279,3 +279,16 @@ def test_conv_bad_arguments():
         visattn.attention_from_conv(nn.Linear(2, 2), 10.0)
     with pytest.raises(ValueError, match=r"alpha must be a finite number > 0, got -1"):
         visattn.attention_from_conv(nn.Conv2d(2, 2, 3, padding=1), -1)
+
+
+def test_quadratic_table_refused_before_allocation():
+    # issue 10: a 1024 x 1024 map asked the allocator for terabytes. On a device without a FLOP
+    # bound (meta here) the byte estimate alone must refuse it before anything is allocated.
+    m = visattn.create_attention("relpos", 16, num_heads=4).to("meta")
+    with pytest.raises(ValueError, match=r"RelativePositionAttention: a \(1, 16, 1024, 1024\) input needs an "
+                                         r"estimated 16.0 TiB for one intermediate, above the bound of 16.0 GiB"):
+        m(torch.empty(1, 16, 1024, 1024, device="meta"))
+    c = visattn.create_attention("relpos", 16, num_heads=4, content=True)
+    assert c.peak_intermediate_bytes(8, 8, batch=3) == 3 * 4 * 64 * 64 * 4  # (B, h, n, n) under autograd
+    with torch.no_grad():
+        assert c.eval().peak_intermediate_bytes(8, 8, batch=3) == 4 * 64 * 64 * 4  # the (h, n, n) mask only

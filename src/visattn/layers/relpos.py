@@ -293,6 +293,15 @@ class RelativePositionAttention(SpatialAttention):
         o = self.proj(o)  # (B, n, C_out)
         return o.transpose(1, 2).reshape(b, self.dim_out, h, w)
 
+    def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
+        """The positional table (h, n, n) in float32 or wider; with a per-example (B, h, n, n)
+        attention matrix when one is materialised (content in training or under autograd, or
+        attention dropout)."""
+        n, size = height * width, max(itemsize, 4)
+        per_example = (self.content and (self.training or torch.is_grad_enabled())) or (
+            self.training and self.attn_drop > 0)
+        return (batch if per_example else 1) * self.num_heads * n * n * size
+
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
         """Counted: projections and the attention matmuls (SDPA or P @ V). Uncounted: the
         positional logits, one multiply-add per (head, query, key) (two for "gaussian",
