@@ -290,16 +290,16 @@ def test_attention_function_gradcheck(deformed):
 
     d, nh, ks = 3, 2, 3
     t = dict(dtype=torch.float64, requires_grad=True)
-    q, kp, vp = torch.randn(1, nh, d, 3, 4, **t), torch.randn(1, nh, d, 5, 6, **t), torch.randn(1, nh, d, 5, 6, **t)
+    q, k, v = torch.randn(1, nh, d, 3, 4, **t), torch.randn(1, nh, d, 3, 4, **t), torch.randn(1, nh, d, 3, 4, **t)
     kb = torch.randn(nh, 9, **t)
     valid = torch.rand(9, 3, 4) > 0.3
     valid[4] = True  # the centre always exists
     if deformed:
         w3, b2 = torch.randn(d, 9, 9, **t), torch.randn(d, 9, **t)
-        assert torch.autograd.gradcheck(lambda *a: _SlideAttend.apply(*a, valid, ks), (q, kp, vp, w3, b2, kb))
+        assert torch.autograd.gradcheck(lambda *a: _SlideAttend.apply(*a, valid, ks), (q, k, v, w3, b2, kb))
     else:
-        assert torch.autograd.gradcheck(lambda q, kp, vp, kb: _SlideAttend.apply(q, kp, vp, None, None, kb, valid, ks),
-                                        (q, kp, vp, kb))
+        assert torch.autograd.gradcheck(lambda q, k, v, kb: _SlideAttend.apply(q, k, v, None, None, kb, valid, ks),
+                                        (q, k, v, kb))
 
 
 def _saved_bytes(module, x):
@@ -316,8 +316,8 @@ def _saved_bytes(module, x):
 
 
 def test_training_memory_at_most_a_third_of_im2col():
-    # What a training forward keeps for the backward (C=64, k=3, deformed): q, padded K and V and
-    # the (B, h, k*k, H, W) weights, not k*k shifted copies.
+    # What a training forward keeps for the backward (C=64, k=3, deformed): q, K, V and the
+    # (B, h, k*k, H, W) weights, not k*k shifted copies.
     slide = SlideAttention(64, num_heads=4, kernel_size=3).train()
     local = LocalAttention(64, num_heads=4, kernel_size=3).train()
     x = torch.randn(2, 64, 28, 28, requires_grad=True)

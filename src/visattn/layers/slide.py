@@ -54,6 +54,9 @@ __all__ = ["SlideAttention", "one_hot_shift_kernels"]
 #: Elements per row chunk of the in-place path (4 MiB of float32 per buffer): smaller chunks
 #: pay Python overhead per offset, larger ones leave the cache (measured on a 2-core CPU).
 _CHUNK_ELEMS = 1 << 20
+#: The same for the backward of the training path, which holds more per-chunk buffers (the
+#: chunk's padded K, V and their gradients); smaller chunks keep its peak memory low.
+_BWD_CHUNK_ELEMS = 1 << 17
 
 
 def one_hot_shift_kernels(channels: int, kernel_size: int, dtype=None, device=None) -> torch.Tensor:
@@ -249,12 +252,13 @@ class SlideAttention(SpatialAttention):
             # pure shifts: slices of the unpadded maps, restricted to where the neighbour exists
             o = _attend_shifts_inplace(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), ks, kb, valid)
             return o.reshape(bsz, c, h, w)
+        if grad and not _is_exporting():
+            o = _SlideAttend.apply(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), w3, b2, kb, valid, ks)
+            return o.reshape(bsz, c, h, w)
         kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
         vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
         if _is_exporting():
             o = _attend_functional(q5, kp, vp, ks, w3, b2, kb, valid)
-        elif grad:
-            o = _SlideAttend.apply(q5, kp, vp, w3, b2, kb, valid, ks)
         else:
             o = _attend_inplace(q5, kp, vp, ks, w3, b2, kb, valid)
         return o.reshape(bsz, c, h, w)
@@ -464,32 +468,36 @@ def _attend_shifts_inplace(q, k, v, ks, kb, valid):
 # ---------------------------------------------------------------------------
 # Training path: the same arithmetic as a custom autograd Function. Autograd through the
 # offset loop stores one (B, h, d, H, W) product and one shifted slice per offset (k*k
-# copies of the keys and values); this Function saves only q, the padded K and V and the
+# copies of the keys and values); this Function saves only q, K, V (unpadded) and the
 # attention weights (B, h, k*k, H, W), and its backward walks the offsets again with slices.
 # ---------------------------------------------------------------------------
 
 
 class _SlideAttend(torch.autograd.Function):
-    """(q, kp, vp, w3, b2, kb, valid, ks) -> out (B, h, d, H, W); arguments as above."""
+    """(q, k, v, w3, b2, kb, valid, ks) -> out (B, h, d, H, W); q, k, v unpadded (B, h, d, H, W),
+    the rest as above. Saves q, k, v (views of the projection's output) and the weights."""
 
     @staticmethod
-    def forward(ctx, q, kp, vp, w3, b2, kb, valid, ks):
+    def forward(ctx, q, k, v, w3, b2, kb, valid, ks):
+        r = ks // 2
+        kp, vp = F.pad(k, (r, r, r, r)), F.pad(v, (r, r, r, r))
         attn = torch.empty(q.shape[0], q.shape[1], ks * ks, q.shape[3], q.shape[4], dtype=q.dtype, device=q.device)
         out = _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid, attn_out=attn)
-        ctx.save_for_backward(q, kp, vp, w3, b2, kb, attn)
+        ctx.save_for_backward(q, k, v, w3, b2, kb, attn)
         ctx.ks = ks
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gout):
-        q, kp, vp, w3, b2, kb, attn = ctx.saved_tensors
-        grads = _attend_backward(gout.contiguous(), q, kp, vp, w3, b2, kb, attn, ctx.ks, ctx.needs_input_grad)
+        q, k, v, w3, b2, kb, attn = ctx.saved_tensors
+        grads = _attend_backward(gout.contiguous(), q, k, v, w3, b2, kb, attn, ctx.ks, ctx.needs_input_grad)
         return (*grads, None, None)
 
 
-def _attend_backward(gout, q, kp, vp, w3, b2, kb, attn, ks, needs):
-    """Gradients of :func:`_attend_inplace` for (q, kp, vp, w3, b2, kb), chunked over rows.
+def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
+    """Gradients of :func:`_attend_inplace` for (q, k, v, w3, b2, kb), chunked over rows;
+    q, k, v unpadded (B, h, d, H, W): each chunk pads only its own rows (and halo) of K and V.
 
     With a_i the attention weights, G_j = sum_i W[:, i, j] a_i (the merged kernel seen from
     the output) and dL the softmax-backward of the logits:
@@ -499,15 +507,15 @@ def _attend_backward(gout, q, kp, vp, w3, b2, kb, attn, ks, needs):
     Pure shifts (w3 None) are the case W = identity, b = 0.
     """
     bsz, nh, d, h, w = q.shape
-    kk, dt, dev = ks * ks, q.dtype, q.device
+    kk, r, dt, dev = ks * ks, ks // 2, q.dtype, q.device
     bh = bsz * nh
     dq = torch.empty_like(q)
-    dkp = torch.zeros_like(kp)
-    dvp = torch.zeros_like(vp)
+    dk = torch.zeros_like(k)
+    dv = torch.zeros_like(v)
     dw3 = torch.zeros(d, kk, kk, dtype=dt, device=dev) if w3 is not None else None
     db2 = torch.zeros(d, kk, dtype=dt, device=dev) if w3 is not None else None
     dkb = torch.zeros(nh, kk, dtype=dt, device=dev) if kb is not None else None
-    rows = max(1, min(h, _CHUNK_ELEMS // (bsz * nh * max(d, kk) * w)))
+    rows = max(1, min(h, _BWD_CHUNK_ELEMS // (bsz * nh * max(d, kk) * w)))
     shifts = [(j // ks, j % ks) for j in range(kk)]
     if w3 is not None:
         wl = [w3[:, :, j].t().contiguous().expand(bh, kk, d) for j in range(kk)]  # (k*k, d) each
@@ -517,6 +525,12 @@ def _attend_backward(gout, q, kp, vp, w3, b2, kb, attn, ks, needs):
         y1 = min(h, y0 + rows)
         m = y1 - y0
         mw = m * w
+        lo, a0, a1 = y0 - r, max(y0 - r, 0), min(y1 + r, h)  # slab rows lo..y1+r, existing a0..a1
+        kp = q.new_zeros(bsz, nh, d, m + 2 * r, w + 2 * r)  # zero-padded K rows of this chunk
+        vp = q.new_zeros(bsz, nh, d, m + 2 * r, w + 2 * r)
+        kp[..., a0 - lo:a1 - lo, r:r + w] = k[..., a0:a1, :]
+        vp[..., a0 - lo:a1 - lo, r:r + w] = v[..., a0:a1, :]
+        dkp, dvp = torch.zeros_like(kp), torch.zeros_like(vp)
         a = attn[..., y0:y1, :].contiguous()  # (B, h, k*k, m, W)
         go = gout[..., y0:y1, :].contiguous()  # (B, h, d, m, W)
         qc = q[..., y0:y1, :]
@@ -527,33 +541,33 @@ def _attend_backward(gout, q, kp, vp, w3, b2, kb, attn, ks, needs):
         if w3 is None:
             da = torch.empty(bsz, nh, kk, m, w, dtype=dt, device=dev)
             for j, (dy, dx) in enumerate(shifts):
-                vj = vp[..., y0 + dy:y1 + dy, dx:dx + w]
+                vj = vp[..., dy:dy + m, dx:dx + w]
                 torch.mul(go, vj, out=tmp)
                 torch.sum(tmp, 2, out=da[:, :, j])
-                dvp[..., y0 + dy:y1 + dy, dx:dx + w].addcmul_(a[:, :, j:j + 1], go)
+                dvp[..., dy:dy + m, dx:dx + w].addcmul_(a[:, :, j:j + 1], go)
         else:
             da = torch.bmm(b2t, gom)  # (B*h, k*k, m*W)
             amt = am.transpose(1, 2)
             db2 += torch.bmm(gom, amt).sum(0)
             for j, (dy, dx) in enumerate(shifts):
-                vj = vp[..., y0 + dy:y1 + dy, dx:dx + w]
+                vj = vp[..., dy:dy + m, dx:dx + w]
                 torch.mul(go, vj, out=tmp)
                 torch.baddbmm(da, wl[j], tm, out=da)
                 dw3[:, :, j] += torch.bmm(tm, amt).sum(0)
                 torch.bmm(wo[j], am, out=tm)  # G_j
-                dvp[..., y0 + dy:y1 + dy, dx:dx + w].addcmul_(tmp, go)
+                dvp[..., dy:dy + m, dx:dx + w].addcmul_(tmp, go)
             da = da.view(bsz, nh, kk, m, w)
         # softmax backward: dL = a * (dA - sum_i a_i dA_i); masked neighbours have a = 0
         dl = da.sub_((a * da).sum(2, keepdim=True)).mul_(a)  # (B, h, k*k, m, W)
         dlm = dl.view(bh, kk, mw)
         dqc = dq[..., y0:y1, :]
         if w3 is None:
-            torch.mul(dl[:, :, 0:1], kp[..., y0:y1, 0:w], out=dqc)
+            torch.mul(dl[:, :, 0:1], kp[..., 0:m, 0:w], out=dqc)
             for j, (dy, dx) in enumerate(shifts):
-                kj = kp[..., y0 + dy:y1 + dy, dx:dx + w]
+                kj = kp[..., dy:dy + m, dx:dx + w]
                 if j:
                     dqc.addcmul_(dl[:, :, j:j + 1], kj)
-                dkp[..., y0 + dy:y1 + dy, dx:dx + w].addcmul_(dl[:, :, j:j + 1], qc)
+                dkp[..., dy:dy + m, dx:dx + w].addcmul_(dl[:, :, j:j + 1], qc)
         else:
             qm = qc.reshape(bh, d, mw)
             dlt = dlm.transpose(1, 2)
@@ -561,15 +575,17 @@ def _attend_backward(gout, q, kp, vp, w3, b2, kb, attn, ks, needs):
             dqm = torch.bmm(b2e, dlm)  # (B*h, d, m*W)
             dqc.copy_(dqm.view(bsz, nh, d, m, w))
             for j, (dy, dx) in enumerate(shifts):
-                kj = kp[..., y0 + dy:y1 + dy, dx:dx + w]
+                kj = kp[..., dy:dy + m, dx:dx + w]
                 torch.mul(qc, kj, out=tmp)
                 dw3[:, :, j] += torch.bmm(tm, dlt).sum(0)
                 torch.bmm(wo[j], dlm, out=tm)  # H_j
                 dqc.addcmul_(tmp, kj)
-                dkp[..., y0 + dy:y1 + dy, dx:dx + w].addcmul_(tmp, qc)
+                dkp[..., dy:dy + m, dx:dx + w].addcmul_(tmp, qc)
         if kb is not None:
             # logit_i += kb_i * sum_c q[c]
             dqc.add_((dl * kb.view(1, nh, kk, 1, 1)).sum(2, keepdim=True))
             dkb += (dl * qc.sum(2, keepdim=True)).sum((0, 3, 4))
-    return (dq if needs[0] else None, dkp if needs[1] else None, dvp if needs[2] else None,
+        dk[..., a0:a1, :] += dkp[..., a0 - lo:a1 - lo, r:r + w]
+        dv[..., a0:a1, :] += dvp[..., a0 - lo:a1 - lo, r:r + w]
+    return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
             dw3 if needs[3] else None, db2 if needs[4] else None, dkb if needs[5] else None)
