@@ -362,6 +362,15 @@ def _attend_functional(q, kp, vp, ks, w3, b2, kb, valid):
     return out
 
 
+def _batched_kernels(w3, b2, bh):
+    """Per-offset views of the merged kernel for bmm over B*h: W[:, :, j]^T (k*k, d) and
+    W[:, :, j] (d, k*k) for each j, and b^T (k*k, d), b (d, k*k), expanded over the batch."""
+    d, kk = b2.shape
+    wl = [w3[:, :, j].t().contiguous().expand(bh, kk, d) for j in range(kk)]
+    wo = [w3[:, :, j].contiguous().expand(bh, d, kk) for j in range(kk)]
+    return wl, wo, b2.t().contiguous().expand(bh, kk, d), b2.contiguous().expand(bh, d, kk)
+
+
 @torch.no_grad()
 def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid, attn_out=None):
     """The forward in place over row chunks; ``attn_out`` (B, h, k*k, H, W), when given,
@@ -373,9 +382,7 @@ def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid, attn_out=None):
     rows = max(1, min(h, _CHUNK_ELEMS // (bsz * nh * max(d, kk) * w)))
     shifts = [(j // ks, j % ks) for j in range(kk)]
     if w3 is not None:
-        wl = [w3[:, :, j].t().contiguous().expand(bh, kk, d) for j in range(kk)]  # (k*k, d) each
-        wo = [w3[:, :, j].contiguous().expand(bh, d, kk) for j in range(kk)]  # (d, k*k) each
-        b2t, b2e = b2.t().contiguous().expand(bh, kk, d), b2.contiguous().expand(bh, d, kk)
+        wl, wo, b2t, b2e = _batched_kernels(w3, b2, bh)
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         m = y1 - y0
@@ -518,9 +525,7 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
     rows = max(1, min(h, _BWD_CHUNK_ELEMS // (bsz * nh * max(d, kk) * w)))
     shifts = [(j // ks, j % ks) for j in range(kk)]
     if w3 is not None:
-        wl = [w3[:, :, j].t().contiguous().expand(bh, kk, d) for j in range(kk)]  # (k*k, d) each
-        wo = [w3[:, :, j].contiguous().expand(bh, d, kk) for j in range(kk)]  # (d, k*k) each
-        b2t, b2e = b2.t().contiguous().expand(bh, kk, d), b2.contiguous().expand(bh, d, kk)
+        wl, wo, b2t, b2e = _batched_kernels(w3, b2, bh)
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         m = y1 - y0
