@@ -400,3 +400,16 @@ def test_peak_intermediate_bytes_refuses_early():
     with visattn.work_limit(max_bytes=10_000):
         with pytest.raises(ValueError, match=r"needs an estimated 18.0 KiB for one intermediate"):
             m(torch.randn(1, 8, 16, 16))
+
+
+def test_training_peak_memory_at_most_a_third_of_im2col():
+    # Peak allocation of one training forward + backward (profiler allocation curve), k=3 deformed.
+    from visattn.bench.measure import peak_memory_bytes
+
+    slide = SlideAttention(64, num_heads=4, kernel_size=3).train()
+    local = LocalAttention(64, num_heads=4, kernel_size=3).train()
+    x = torch.randn(2, 64, 28, 28)
+    g = torch.randn(2, 64, 28, 28)
+    ours = peak_memory_bytes(lambda: slide(x).backward(g))
+    theirs = peak_memory_bytes(lambda: local(x).backward(g))
+    assert ours <= theirs / 3

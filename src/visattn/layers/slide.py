@@ -522,7 +522,8 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
     dw3 = torch.zeros(d, kk, kk, dtype=dt, device=dev) if w3 is not None else None
     db2 = torch.zeros(d, kk, dtype=dt, device=dev) if w3 is not None else None
     dkb = torch.zeros(nh, kk, dtype=dt, device=dev) if kb is not None else None
-    rows = max(1, min(h, _BWD_CHUNK_ELEMS // (bsz * nh * max(d, kk) * w)))
+    # at most 1/8 of the map per chunk too: the chunk's ~10 buffers stay small next to q, k, v
+    rows = max(1, min(h, _BWD_CHUNK_ELEMS // (bsz * nh * max(d, kk) * w), max(2, h // 8)))
     shifts = [(j // ks, j % ks) for j in range(kk)]
     if w3 is not None:
         wl, wo, b2t, b2e = _batched_kernels(w3, b2, bh)
