@@ -532,10 +532,8 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
         m = y1 - y0
         mw = m * w
         lo, a0, a1 = y0 - r, max(y0 - r, 0), min(y1 + r, h)  # slab rows lo..y1+r, existing a0..a1
-        kp = q.new_zeros(bsz, nh, d, m + 2 * r, w + 2 * r)  # zero-padded K rows of this chunk
-        vp = q.new_zeros(bsz, nh, d, m + 2 * r, w + 2 * r)
-        kp[..., a0 - lo:a1 - lo, r:r + w] = k[..., a0:a1, :]
-        vp[..., a0 - lo:a1 - lo, r:r + w] = v[..., a0:a1, :]
+        pad = (r, r, a0 - lo, y1 + r - a1)  # zero-padded K and V rows of this chunk (and halo)
+        kp, vp = F.pad(k[..., a0:a1, :], pad), F.pad(v[..., a0:a1, :], pad)
         dkp, dvp = torch.zeros_like(kp), torch.zeros_like(vp)
         a = attn[..., y0:y1, :].contiguous()  # (B, h, k*k, m, W)
         go = gout[..., y0:y1, :].contiguous()  # (B, h, d, m, W)
