@@ -57,6 +57,8 @@ _CHUNK_ELEMS = 1 << 20
 #: The same for the backward of the training path, which holds more per-chunk buffers (the
 #: chunk's padded K, V and their gradients); smaller chunks keep its peak memory low.
 _BWD_CHUNK_ELEMS = 1 << 17
+#: ... and at least this many chunks per map (the chunk's ~10 buffers stay small next to q, k, v).
+_BWD_CHUNKS_MIN = 4
 
 
 def one_hot_shift_kernels(channels: int, kernel_size: int, dtype=None, device=None) -> torch.Tensor:
@@ -522,8 +524,7 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
     dw3 = torch.zeros(d, kk, kk, dtype=dt, device=dev) if w3 is not None else None
     db2 = torch.zeros(d, kk, dtype=dt, device=dev) if w3 is not None else None
     dkb = torch.zeros(nh, kk, dtype=dt, device=dev) if kb is not None else None
-    # at most 1/8 of the map per chunk too: the chunk's ~10 buffers stay small next to q, k, v
-    rows = max(1, min(h, _BWD_CHUNK_ELEMS // (bsz * nh * max(d, kk) * w), max(2, h // 8)))
+    rows = max(1, min(h, _BWD_CHUNK_ELEMS // (bsz * nh * max(d, kk) * w), max(2, h // _BWD_CHUNKS_MIN)))
     shifts = [(j // ks, j % ks) for j in range(kk)]
     if w3 is not None:
         wl, wo, b2t, b2e = _batched_kernels(w3, b2, bh)
