@@ -521,8 +521,10 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
     dq = torch.empty_like(q)
     dk = torch.zeros_like(k)
     dv = torch.zeros_like(v)
-    dw3 = torch.zeros(d, kk, kk, dtype=dt, device=dev) if w3 is not None else None
-    db2 = torch.zeros(d, kk, dtype=dt, device=dev) if w3 is not None else None
+    # weight gradients accumulated per (B*h) batch entry by baddbmm, summed over it at the end:
+    # dwb[j] (B*h, d, k*k) holds dW[:, :, j], dbb (B*h, d, k*k) holds db
+    dwb = torch.zeros(kk, bsz * nh, d, kk, dtype=dt, device=dev) if w3 is not None else None
+    dbb = torch.zeros(bsz * nh, d, kk, dtype=dt, device=dev) if w3 is not None else None
     dkb = torch.zeros(nh, kk, dtype=dt, device=dev) if kb is not None else None
     rows = max(1, min(h, _BWD_CHUNK_ELEMS // (bsz * nh * max(d, kk) * w), max(2, h // _BWD_CHUNKS_MIN)))
     shifts = [(j // ks, j % ks) for j in range(kk)]
@@ -553,12 +555,12 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
         else:
             da = torch.bmm(b2t, gom)  # (B*h, k*k, m*W)
             amt = am.transpose(1, 2)
-            db2 += torch.bmm(gom, amt).sum(0)
+            dbb.baddbmm_(gom, amt)
             for j, (dy, dx) in enumerate(shifts):
                 vj = vp[..., dy:dy + m, dx:dx + w]
                 torch.mul(go, vj, out=tmp)
                 torch.baddbmm(da, wl[j], tm, out=da)
-                dw3[:, :, j] += torch.bmm(tm, amt).sum(0)
+                dwb[j].baddbmm_(tm, amt)
                 torch.bmm(wo[j], am, out=tm)  # G_j
                 dvp[..., dy:dy + m, dx:dx + w].addcmul_(tmp, go)
             da = da.view(bsz, nh, kk, m, w)
@@ -576,13 +578,13 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
         else:
             qm = qc.reshape(bh, d, mw)
             dlt = dlm.transpose(1, 2)
-            db2 += torch.bmm(qm, dlt).sum(0)
+            dbb.baddbmm_(qm, dlt)
             dqm = torch.bmm(b2e, dlm)  # (B*h, d, m*W)
             dqc.copy_(dqm.view(bsz, nh, d, m, w))
             for j, (dy, dx) in enumerate(shifts):
                 kj = kp[..., dy:dy + m, dx:dx + w]
                 torch.mul(qc, kj, out=tmp)
-                dw3[:, :, j] += torch.bmm(tm, dlt).sum(0)
+                dwb[j].baddbmm_(tm, dlt)
                 torch.bmm(wo[j], dlm, out=tm)  # H_j
                 dqc.addcmul_(tmp, kj)
                 dkp[..., dy:dy + m, dx:dx + w].addcmul_(tmp, qc)
@@ -592,5 +594,7 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
             dkb += (dl * qc.sum(2, keepdim=True)).sum((0, 3, 4))
         dk[..., a0:a1, :] += dkp[..., a0 - lo:a1 - lo, r:r + w]
         dv[..., a0:a1, :] += dvp[..., a0 - lo:a1 - lo, r:r + w]
+    dw3 = dwb.sum(1).permute(1, 2, 0) if w3 is not None else None  # (d, k*k [i], k*k [j])
+    db2 = dbb.sum(0) if w3 is not None else None
     return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
             dw3 if needs[3] else None, db2 if needs[4] else None, dkb if needs[5] else None)
