@@ -257,12 +257,12 @@ class SlideAttention(SpatialAttention):
         if grad and not _is_exporting():
             o = _SlideAttend.apply(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), w3, b2, kb, valid, ks)
             return o.reshape(bsz, c, h, w)
-        kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
-        vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
         if _is_exporting():
+            kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
+            vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
             o = _attend_functional(q5, kp, vp, ks, w3, b2, kb, valid)
         else:
-            o = _attend_inplace(q5, kp, vp, ks, w3, b2, kb, valid)
+            o = _attend_inplace(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), ks, w3, b2, kb, valid)
         return o.reshape(bsz, c, h, w)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -373,12 +373,20 @@ def _batched_kernels(w3, b2, bh):
     return wl, wo, b2.t().contiguous().expand(bh, kk, d), b2.contiguous().expand(bh, d, kk)
 
 
+def _padded_rows(t, y0, y1, r):
+    """Rows y0 - r .. y1 + r of t (B, h, d, H, W), zero-padded by r columns each side and by
+    zero rows where they fall outside the map: (B, h, d, y1 - y0 + 2r, W + 2r)."""
+    a0, a1 = max(y0 - r, 0), min(y1 + r, t.shape[3])
+    return F.pad(t[..., a0:a1, :], (r, r, a0 - (y0 - r), y1 + r - a1))
+
+
 @torch.no_grad()
-def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid, attn_out=None):
-    """The forward in place over row chunks; ``attn_out`` (B, h, k*k, H, W), when given,
+def _attend_inplace(q, k, v, ks, w3, b2, kb, valid, attn_out=None):
+    """The forward in place over row chunks; q, k, v unpadded (B, h, d, H, W): each chunk pads
+    only its own rows (and halo) of K and V. ``attn_out`` (B, h, k*k, H, W), when given,
     receives the attention weights (for the backward of :class:`_SlideAttend`)."""
     bsz, nh, d, h, w = q.shape
-    kk, dt, dev = ks * ks, q.dtype, q.device
+    kk, r, dt, dev = ks * ks, ks // 2, q.dtype, q.device
     bh = bsz * nh
     out = torch.empty(bsz, nh, d, h, w, dtype=dt, device=dev)
     rows = max(1, min(h, _CHUNK_ELEMS // (bsz * nh * max(d, kk) * w)))
@@ -389,17 +397,18 @@ def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid, attn_out=None):
         y1 = min(h, y0 + rows)
         m = y1 - y0
         qc, oc = q[..., y0:y1, :], out[..., y0:y1, :]
+        kp, vp = _padded_rows(k, y0, y1, r), _padded_rows(v, y0, y1, r)
         tmp = torch.empty(bsz, nh, d, m, w, dtype=dt, device=dev)
         if w3 is None:
             logits = torch.empty(bsz, nh, kk, m, w, dtype=dt, device=dev)
             for j, (dy, dx) in enumerate(shifts):
-                torch.mul(qc, kp[..., y0 + dy:y1 + dy, dx:dx + w], out=tmp)
+                torch.mul(qc, kp[..., dy:dy + m, dx:dx + w], out=tmp)
                 torch.sum(tmp, 2, out=logits[:, :, j])
         else:
             qm = qc.reshape(bh, d, m * w)
             logits = torch.bmm(b2t, qm)  # (B*h, k*k, m*w)
             for j, (dy, dx) in enumerate(shifts):
-                torch.mul(qc, kp[..., y0 + dy:y1 + dy, dx:dx + w], out=tmp)
+                torch.mul(qc, kp[..., dy:dy + m, dx:dx + w], out=tmp)
                 torch.baddbmm(logits, wl[j], tmp.view(bh, d, m * w), out=logits)  # (counted, unlike baddbmm_)
             logits = logits.view(bsz, nh, kk, m, w)
         if kb is not None:
@@ -413,10 +422,10 @@ def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid, attn_out=None):
             attn_out[..., y0:y1, :].copy_(logits)
         if w3 is None:
             dy, dx = shifts[0]
-            torch.mul(logits[:, :, 0:1], vp[..., y0 + dy:y1 + dy, dx:dx + w], out=oc)
+            torch.mul(logits[:, :, 0:1], vp[..., dy:dy + m, dx:dx + w], out=oc)
             for j in range(1, kk):
                 dy, dx = shifts[j]
-                oc.addcmul_(logits[:, :, j:j + 1], vp[..., y0 + dy:y1 + dy, dx:dx + w])
+                oc.addcmul_(logits[:, :, j:j + 1], vp[..., dy:dy + m, dx:dx + w])
         else:
             am = logits.view(bh, kk, m * w)
             g = tmp.view(bh, d, m * w)
@@ -424,7 +433,7 @@ def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid, attn_out=None):
             oc.copy_(tmp)
             for j, (dy, dx) in enumerate(shifts):
                 torch.bmm(wo[j], am, out=g)
-                oc.addcmul_(tmp, vp[..., y0 + dy:y1 + dy, dx:dx + w])
+                oc.addcmul_(tmp, vp[..., dy:dy + m, dx:dx + w])
     return out
 
 
@@ -488,10 +497,8 @@ class _SlideAttend(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, w3, b2, kb, valid, ks):
-        r = ks // 2
-        kp, vp = F.pad(k, (r, r, r, r)), F.pad(v, (r, r, r, r))
         attn = torch.empty(q.shape[0], q.shape[1], ks * ks, q.shape[3], q.shape[4], dtype=q.dtype, device=q.device)
-        out = _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid, attn_out=attn)
+        out = _attend_inplace(q, k, v, ks, w3, b2, kb, valid, attn_out=attn)
         ctx.save_for_backward(q, k, v, w3, b2, kb, attn)
         ctx.ks = ks
         return out
@@ -535,8 +542,7 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
         m = y1 - y0
         mw = m * w
         lo, a0, a1 = y0 - r, max(y0 - r, 0), min(y1 + r, h)  # slab rows lo..y1+r, existing a0..a1
-        pad = (r, r, a0 - lo, y1 + r - a1)  # zero-padded K and V rows of this chunk (and halo)
-        kp, vp = F.pad(k[..., a0:a1, :], pad), F.pad(v[..., a0:a1, :], pad)
+        kp, vp = _padded_rows(k, y0, y1, r), _padded_rows(v, y0, y1, r)
         dkp, dvp = torch.zeros_like(kp), torch.zeros_like(vp)
         a = attn[..., y0:y1, :].contiguous()  # (B, h, k*k, m, W)
         go = gout[..., y0:y1, :].contiguous()  # (B, h, d, m, W)
