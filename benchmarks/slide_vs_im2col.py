@@ -62,10 +62,9 @@ def im2col_core(q, k, v, ks):
 def slide_core(q, k, v, ks):
     """Slide's in-place shift loop (pure shifts, no key bias) on the same q, k, v."""
     b, c, h, w = q.shape
-    r, d = ks // 2, c // HEADS
-    kp = F.pad(k, (r, r, r, r)).view(b, HEADS, d, h + 2 * r, w + 2 * r)
-    vp = F.pad(v, (r, r, r, r)).view(b, HEADS, d, h + 2 * r, w + 2 * r)
-    return _attend_inplace(q.view(b, HEADS, d, h, w), kp, vp, ks, None, None, None, None)
+    d = c // HEADS
+    return _attend_inplace(q.view(b, HEADS, d, h, w), k.view(b, HEADS, d, h, w), v.view(b, HEADS, d, h, w), ks,
+                           None, None, None, None)
 
 
 def natten_module(ks):

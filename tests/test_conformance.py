@@ -48,11 +48,11 @@ def test_info_is_complete(name):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("hw", SIZES)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_shapes_any_resolution(name, hw, batch):
-    m = make(name, dim_out=12)
+def test_shapes_any_resolution(name, hw, batch, device):
+    m = make(name, dim_out=12).to(device)
     for mode in (True, False):
         m.train(mode)
-        x = torch.randn(batch, DIM, *hw)
+        x = torch.randn(batch, DIM, *hw, device=device)
         y = m(x)
         assert y.shape == (batch, 12, *hw)
         assert torch.isfinite(y).all()
@@ -60,9 +60,9 @@ def test_shapes_any_resolution(name, hw, batch):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_dtypes(name, dtype):
-    m = make(name).eval()
-    x = torch.randn(2, DIM, 5, 6)
+def test_dtypes(name, dtype, device):
+    m = make(name).eval().to(device)
+    x = torch.randn(2, DIM, 5, 6, device=device)
     ref = m(x)
     m = m.to(dtype)
     y = m(x.to(dtype))
@@ -93,9 +93,9 @@ def test_channels_last_and_non_contiguous(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_eval_batch_independence(name):
-    m = make(name).eval()
-    x = torch.randn(3, DIM, 4, 5)
+def test_eval_batch_independence(name, device):
+    m = make(name).eval().to(device)
+    x = torch.randn(3, DIM, 4, 5, device=device)
     y = m(x)
     for i in range(3):
         assert rel_err(m(x[i : i + 1]), y[i : i + 1]) < 1e-5
@@ -114,9 +114,9 @@ def test_token_adapter(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_parameter_gets_a_gradient(name):
-    m = make(name).train()
-    x = torch.randn(2, DIM, 5, 4, requires_grad=True)
+def test_every_parameter_gets_a_gradient(name, device):
+    m = make(name).train().to(device)
+    x = torch.randn(2, DIM, 5, 4, device=device, requires_grad=True)
     m(x).square().mean().backward()
     for n, p in m.named_parameters():
         if p.requires_grad:
@@ -146,14 +146,32 @@ def _small_heads(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bf16_autocast_large_inputs(name):
-    m = make(name).eval()
-    x = 100 * torch.randn(2, DIM, 6, 6)
+def test_bf16_autocast_large_inputs(name, device):
+    m = make(name).eval().to(device)
+    x = 100 * torch.randn(2, DIM, 6, 6, device=device)
     ref = m(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         y = m(x)
     assert torch.isfinite(y.float()).all()
     assert rel_err(y.float(), ref) < 0.1
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
+def test_autocast_training_step(name, amp_dtype, device):
+    # A training forward + backward under autocast: finite, and input gradients close to float32's.
+    m = make(name).train().to(device)
+    x = torch.randn(2, DIM, 6, 5, device=device, requires_grad=True)
+    m(x).float().square().mean().backward()
+    ref = x.grad.clone()
+    x.grad = None
+    m.zero_grad()
+    with torch.autocast(device.type, dtype=amp_dtype):
+        y = m(x)
+    y.float().square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert rel_err(x.grad, ref) < 0.15
 
 
 @pytest.mark.parametrize("name", NAMES)

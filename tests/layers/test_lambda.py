@@ -255,3 +255,23 @@ def test_fft_lambda_conv_gradients_float64():
     ga = torch.autograd.grad(lambda_conv(v, w, "fft"), (v, w), g)
     gb = torch.autograd.grad(lambda_conv(v, w, "direct"), (v, w), g)
     assert rel_err(ga[0], gb[0]) < TOL64 and rel_err(ga[1], gb[1]) < TOL64
+
+
+def test_non_finite_training_batch_leaves_running_stats_alone():
+    # issue 10: one NaN pixel in train mode used to poison the BatchNorm running statistics for good.
+    import warnings
+
+    m = visattn.create_attention("lambda", 16, num_heads=2, key_dim=4, local_scope=3).train()
+    m(torch.randn(2, 16, 6, 6))
+    before = {k: v.clone() for k, v in m.state_dict().items() if "running" in k or "num_batches" in k}
+    x = torch.randn(2, 16, 6, 6)
+    x[0, 3, 2, 2] = float("nan")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m(x)
+    assert any("non-finite (NaN/inf)" in str(w.message) and "not updated" in str(w.message) for w in caught)
+    after = {k: v for k, v in m.state_dict().items() if k in before}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    m(torch.randn(2, 16, 6, 6))  # a finite batch updates them again
+    assert m.norm_q.num_batches_tracked.item() == 2
+    assert all(torch.isfinite(v).all() for k, v in m.state_dict().items() if "running" in k)

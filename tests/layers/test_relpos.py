@@ -279,3 +279,56 @@ def test_conv_bad_arguments():
         visattn.attention_from_conv(nn.Linear(2, 2), 10.0)
     with pytest.raises(ValueError, match=r"alpha must be a finite number > 0, got -1"):
         visattn.attention_from_conv(nn.Conv2d(2, 2, 3, padding=1), -1)
+
+
+def test_quadratic_table_refused_before_allocation():
+    # issue 10: a 1024 x 1024 map asked the allocator for terabytes. On a device without a FLOP
+    # bound (meta here) the byte estimate alone must refuse it before anything is allocated.
+    m = visattn.create_attention("relpos", 16, num_heads=4).to("meta")
+    with pytest.raises(ValueError, match=r"RelativePositionAttention: a \(1, 16, 1024, 1024\) input needs an "
+                                         r"estimated 16.0 TiB for one intermediate, above the bound of 16.0 GiB"):
+        m(torch.empty(1, 16, 1024, 1024, device="meta"))
+    c = visattn.create_attention("relpos", 16, num_heads=4, content=True, encoding="learned")
+    assert c.peak_intermediate_bytes(8, 8, batch=3) == 3 * 4 * 64 * 64 * 4  # (B, h, n, n) under autograd
+    with torch.no_grad():
+        assert c.eval().peak_intermediate_bytes(8, 8, batch=3) == 4 * 64 * 64 * 4  # the (h, n, n) mask only
+    # quadratic with content: positions folded into (B, h, n, D) queries/keys, D = 4 + 3 -> 8
+    f = visattn.create_attention("relpos", 16, num_heads=4, content=True)
+    assert f.peak_intermediate_bytes(8, 8, batch=3) == 3 * 4 * 64 * 8 * 4
+
+
+@pytest.mark.parametrize("encoding", ["quadratic", "gaussian"])
+@pytest.mark.parametrize("value_proj", [True, False])
+def test_folded_positions_equal_the_additive_mask_float64(encoding, value_proj):
+    # issue 12: with content, the positions are extra query/key dimensions (fused SDPA, no (h, n, n)
+    # table); outputs and all gradients equal the additive-mask form to float64 rounding.
+    m = RelativePositionAttention(8, num_heads=2, encoding=encoding, content=True, value_proj=value_proj).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+    params = list(m.parameters())
+    for hw in [(1, 1), (3, 5), (6, 6)]:
+        x = torch.randn(2, 8, *hw, dtype=torch.float64, requires_grad=True)
+        assert m._folds_positions()
+        y = m(x)
+        g = torch.randn_like(y)
+        got = torch.autograd.grad(y, [x, *params], g)
+        m._folds_positions = lambda: False  # the mask path (still used for exports and "learned")
+        ref_y = m(x)
+        ref = torch.autograd.grad(ref_y, [x, *params], g)
+        del m._folds_positions
+        assert (y - ref_y).abs().max().item() < 1e-10
+        for a, b in zip(got, ref):
+            assert (a - b).abs().max().item() < 1e-10 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("encoding", ["quadratic", "gaussian"])
+def test_positional_features_reproduce_the_logits_up_to_a_per_query_constant(encoding):
+    m = RelativePositionAttention(8, num_heads=2, encoding=encoding, content=True).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+    qf, kf = m.positional_features(4, 5)
+    assert qf.shape == (2, 20, 3 if encoding == "quadratic" else 5) and kf.shape == (20, qf.shape[-1])
+    diff = qf @ kf.t() - m.positional_logits(4, 5)  # (h, n, n): constant along the keys
+    assert (diff - diff[..., :1]).abs().max().item() < 1e-10

@@ -235,3 +235,181 @@ def test_flop_counter_sees_the_in_place_path(deformed):
     x = torch.randn(2, 16, 9, 7)
     with torch.no_grad():
         assert count_flops(m, x) == m.flop_breakdown(9, 7, 2)["counted"]
+
+
+# -- training path: the custom autograd Function (issue 12) ---------------------------------
+
+
+def _randomise(m: SlideAttention) -> None:
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("key_bias", [False, True])
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_training_path_and_gradients_equal_definition_float64(deformed, mask, key_bias, k):
+    # Output and every gradient (input and all parameters) of the custom Function equal autograd
+    # through the literal definition, at any H, W (1x1, smaller than the kernel, non-square).
+    m = SlideAttention(8, 6, num_heads=2, kernel_size=k, deformed=deformed, mask_padding=mask,
+                       key_bias=key_bias).double().train()
+    _randomise(m)
+    params = list(m.parameters())
+    for hw in [(1, 1), (2, 3), (5, 4), (9, 7)]:
+        x = torch.randn(2, 8, *hw, dtype=torch.float64, requires_grad=True)
+        y = m(x)
+        assert y.grad_fn is not None
+        g = torch.randn_like(y)
+        got = torch.autograd.grad(y, [x, *params], g)
+        ref_y = m.forward_reference(x)
+        ref = torch.autograd.grad(ref_y, [x, *params], g)
+        assert (y - ref_y).abs().max().item() < 1e-10
+        for a, b in zip(got, ref):
+            assert (a - b).abs().max().item() < 1e-10 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_training_path_chunks_rows(monkeypatch, deformed):
+    import visattn.layers.slide as slide_mod
+
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, mask_padding=True).double()
+    _randomise(m)
+    x = torch.randn(2, 8, 7, 5, dtype=torch.float64, requires_grad=True)
+    ref = torch.autograd.grad(m.forward_reference(x).square().sum(), [x, m.qkv.weight])
+    monkeypatch.setattr(slide_mod, "_CHUNK_ELEMS", 1)  # one row per chunk, forward and backward
+    got = torch.autograd.grad(m(x).square().sum(), [x, m.qkv.weight])
+    for a, b in zip(got, ref):
+        assert (a - b).abs().max().item() < 1e-9
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_attention_function_gradcheck(deformed):
+    from visattn.layers.slide import _SlideAttend
+
+    d, nh, ks = 3, 2, 3
+    t = dict(dtype=torch.float64, requires_grad=True)
+    q, k, v = torch.randn(1, nh, d, 3, 4, **t), torch.randn(1, nh, d, 3, 4, **t), torch.randn(1, nh, d, 3, 4, **t)
+    kb = torch.randn(nh, 9, **t)
+    valid = torch.rand(9, 3, 4) > 0.3
+    valid[4] = True  # the centre always exists
+    if deformed:
+        w3, b2 = torch.randn(d, 9, 9, **t), torch.randn(d, 9, **t)
+        assert torch.autograd.gradcheck(lambda *a: _SlideAttend.apply(*a, valid, ks), (q, k, v, w3, b2, kb))
+    else:
+        assert torch.autograd.gradcheck(lambda q, k, v, kb: _SlideAttend.apply(q, k, v, None, None, kb, valid, ks),
+                                        (q, k, v, kb))
+
+
+def _saved_bytes(module, x):
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum()
+    return total
+
+
+def test_training_memory_at_most_a_third_of_im2col():
+    # What a training forward keeps for the backward (C=64, k=3, deformed): q, K, V and the
+    # (B, h, k*k, H, W) weights, not k*k shifted copies.
+    slide = SlideAttention(64, num_heads=4, kernel_size=3).train()
+    local = LocalAttention(64, num_heads=4, kernel_size=3).train()
+    x = torch.randn(2, 64, 28, 28, requires_grad=True)
+    assert _saved_bytes(slide, x) <= _saved_bytes(local, x) / 3
+
+
+def test_training_under_bf16_autocast():
+    m = SlideAttention(16, num_heads=2, kernel_size=3).train()
+    x = torch.randn(2, 16, 6, 7, requires_grad=True)
+    m(x).square().sum().backward()
+    ref = x.grad.clone()
+    x.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    assert _rel(x.grad, ref) < 0.05
+
+
+# -- reliability (issue 10) ------------------------------------------------------------------
+
+
+def _merged_copy():
+    m = SlideAttention(8, num_heads=2, kernel_size=3).eval()
+    _randomise(m)
+    x = torch.randn(1, 8, 6, 5)
+    with torch.no_grad():
+        ref = m(x)
+    return m.reparameterize(), x, ref
+
+
+def test_reparameterized_state_dict_loads_merged_into_a_fresh_module():
+    m, x, ref = _merged_copy()
+    assert m.state_dict()["shift_merged"].item() is True
+    fresh = SlideAttention(8, num_heads=2, kernel_size=3).eval()
+    result = fresh.load_state_dict(m.state_dict())
+    assert not result.missing_keys and not result.unexpected_keys
+    assert fresh.reparameterized
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), ref, atol=1e-5, rtol=0)
+
+
+def test_reparameterized_weights_file_loads_merged(tmp_path):
+    m, x, ref = _merged_copy()
+    path = tmp_path / "slide.safetensors"
+    visattn.save_weights(m, path)
+    fresh = SlideAttention(8, num_heads=2, kernel_size=3).eval()
+    assert visattn.load_weights(fresh, path) == ([], [])
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), ref, atol=1e-5, rtol=0)
+
+
+def test_training_state_dict_unmerges_and_old_state_dicts_load():
+    m, x, ref = _merged_copy()
+    train_form = SlideAttention(8, num_heads=2, kernel_size=3)
+    _randomise(train_form)
+    m.load_state_dict(train_form.state_dict())  # a training checkpoint into a merged module
+    assert not m.reparameterized
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), train_form.eval()(x))
+    old = {k: v for k, v in train_form.state_dict().items() if k != "shift_merged"}  # written before the flag
+    fresh = SlideAttention(8, num_heads=2, kernel_size=3).reparameterize()
+    assert fresh.load_state_dict(old).missing_keys == []
+    assert not fresh.reparameterized
+
+
+def test_huge_kernel_refused_at_construction():
+    with pytest.raises(ValueError, match=r"SlideAttention: kernel_size=99 with head width 2 \(dim=8, num_heads=4\) "
+                                         r"builds 3.84e\+08 parameters, above the bound of 1e\+08"):
+        SlideAttention(8, kernel_size=99)
+    with visattn.work_limit(max_params=500):
+        with pytest.raises(ValueError, match=r"builds 580 parameters, above the bound of 500"):
+            SlideAttention(8, num_heads=4, kernel_size=3)
+
+
+def test_peak_intermediate_bytes_refuses_early():
+    m = SlideAttention(8, num_heads=2, kernel_size=3)
+    # padded keys (1, 8, 18, 18) float32 = 10368 bytes > attention weights (1, 2, 9, 16, 16) = 18432
+    assert m.peak_intermediate_bytes(16, 16) == 18432
+    with visattn.work_limit(max_bytes=10_000):
+        with pytest.raises(ValueError, match=r"needs an estimated 18.0 KiB for one intermediate"):
+            m(torch.randn(1, 8, 16, 16))
+
+
+def test_training_peak_memory_at_most_a_third_of_im2col():
+    # Peak allocation of one training forward + backward (profiler allocation curve), k=3 deformed.
+    from visattn.bench.measure import peak_memory_bytes
+
+    slide = SlideAttention(64, num_heads=4, kernel_size=3).train()
+    local = LocalAttention(64, num_heads=4, kernel_size=3).train()
+    x = torch.randn(2, 64, 28, 28)
+    g = torch.randn(2, 64, 28, 28)
+    ours = peak_memory_bytes(lambda: slide(x).backward(g))
+    theirs = peak_memory_bytes(lambda: local(x).backward(g))
+    assert ours <= theirs / 3

@@ -36,6 +36,7 @@ with the running statistics, as in eval mode, and leaves them unchanged for that
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -225,10 +226,23 @@ def _as_pair(name: str, value) -> tuple[int, int]:
 
 
 def _bn(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm that falls back to running statistics when training on one value per channel."""
+    """BatchNorm that falls back to running statistics when training on one value per channel,
+    and that never lets a non-finite training batch into the running statistics (one NaN
+    pixel would poison them for good): such a batch is normalised with its own statistics,
+    the running ones are left as they were, and a warning says so."""
     if norm.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
         return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+    if (norm.training and norm.track_running_stats and not _is_tracing()
+            and not bool(torch.isfinite(x.detach()).all())):
+        warnings.warn("LambdaLayer: a training batch has non-finite (NaN/inf) queries or values; the "
+                      "BatchNorm running statistics were not updated with it", RuntimeWarning, stacklevel=3)
+        return F.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
     return norm(x)
+
+
+def _is_tracing() -> bool:
+    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                or torch.onnx.is_in_onnx_export())
 
 
 @register_attention(

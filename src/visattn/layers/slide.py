@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers._ops import autocast_off, softmax_fp32, upcast
-from visattn.layers.base import SpatialAttention, check_divisible, check_odd, check_positive_int
+from visattn.layers.base import SpatialAttention, check_divisible, check_odd, check_positive_int, check_work
 from visattn.layers.local import padding_mask
 from visattn.registry import register_attention
 
@@ -54,6 +54,11 @@ __all__ = ["SlideAttention", "one_hot_shift_kernels"]
 #: Elements per row chunk of the in-place path (4 MiB of float32 per buffer): smaller chunks
 #: pay Python overhead per offset, larger ones leave the cache (measured on a 2-core CPU).
 _CHUNK_ELEMS = 1 << 20
+#: The same for the backward of the training path, which holds more per-chunk buffers (the
+#: chunk's padded K, V and their gradients); smaller chunks keep its peak memory low.
+_BWD_CHUNK_ELEMS = 1 << 17
+#: ... and at least this many chunks per map (the chunk's ~10 buffers stay small next to q, k, v).
+_BWD_CHUNKS_MIN = 4
 
 
 def one_hot_shift_kernels(channels: int, kernel_size: int, dtype=None, device=None) -> torch.Tensor:
@@ -132,6 +137,10 @@ class SlideAttention(SpatialAttention):
         self.mask_padding = mask_padding
         self.scale = self.head_dim ** -0.5
         d, kk = self.head_dim, kernel_size * kernel_size
+        # the one-hot buffer and the learned shift conv hold d * (k*k)^2 numbers each
+        shift_numbers = d * kk * kk * (2 if deformed else 1) + 4 * dim * dim
+        check_work("SlideAttention", f"kernel_size={kernel_size} with head width {d} (dim={dim}, "
+                   f"num_heads={num_heads})", params=shift_numbers)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, self.dim_out)
         # Fixed path: the k*k one-hot shifts of each head channel (frozen, follows .to()).
@@ -142,6 +151,9 @@ class SlideAttention(SpatialAttention):
         self.key_bias = nn.Parameter(torch.zeros(num_heads, kk)) if key_bias else None
         #: True once :meth:`reparameterize` has folded the fixed shifts into ``deform``.
         self.reparameterized = False
+        # The same flag in the state dict, so merged weights load as merged (see _load_from_state_dict).
+        if deformed:
+            self.register_buffer("shift_merged", torch.zeros((), dtype=torch.bool))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -151,7 +163,7 @@ class SlideAttention(SpatialAttention):
         self.proj.reset_parameters()
         if self.deform is not None:
             self.deform.reset_parameters()
-            self.reparameterized = False
+            self._set_merged(False)
         if self.key_bias is not None:
             nn.init.trunc_normal_(self.key_bias, std=0.02)
 
@@ -166,8 +178,32 @@ class SlideAttention(SpatialAttention):
         """
         if self.deform is not None and not self.reparameterized:
             self.deform.weight.add_(self.shift_weight.to(self.deform.weight.dtype))
-            self.reparameterized = True
+            self._set_merged(True)
         return self
+
+    def _set_merged(self, merged: bool) -> None:
+        self.reparameterized = merged
+        if self.deform is not None:
+            with torch.no_grad():
+                self.shift_merged.fill_(merged)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # ``deform.weight`` means the learned kernel alone or the merged one, as ``shift_merged`` says:
+        # take the incoming meaning, so a re-parameterised checkpoint loads merged into a fresh module
+        # (and a training checkpoint un-merges a re-parameterised one). A state dict without the flag
+        # (written before it existed) is the training form.
+        key = prefix + "shift_merged"
+        if self.deform is not None:
+            incoming = state_dict.get(key)
+            if incoming is not None and (not isinstance(incoming, torch.Tensor) or incoming.numel() != 1):
+                error_msgs.append(f"{key}: expected a one-element bool tensor, got {incoming!r}")
+                return
+            self._set_merged(bool(incoming) if incoming is not None else False)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if self.deform is not None and key in missing_keys:
+            missing_keys.remove(key)
 
     def merged_shift(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The single depthwise conv equal to both paths: (weight (d*k*k, 1, k, k), bias (d*k*k,)),
@@ -218,12 +254,15 @@ class SlideAttention(SpatialAttention):
             # pure shifts: slices of the unpadded maps, restricted to where the neighbour exists
             o = _attend_shifts_inplace(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), ks, kb, valid)
             return o.reshape(bsz, c, h, w)
-        kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
-        vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
-        if grad or _is_exporting():
+        if grad and not _is_exporting():
+            o = _SlideAttend.apply(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), w3, b2, kb, valid, ks)
+            return o.reshape(bsz, c, h, w)
+        if _is_exporting():
+            kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
+            vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
             o = _attend_functional(q5, kp, vp, ks, w3, b2, kb, valid)
         else:
-            o = _attend_inplace(q5, kp, vp, ks, w3, b2, kb, valid)
+            o = _attend_inplace(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), ks, w3, b2, kb, valid)
         return o.reshape(bsz, c, h, w)
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -260,6 +299,13 @@ class SlideAttention(SpatialAttention):
         return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
 
     # -- cost --------------------------------------------------------------------
+    def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
+        """Largest of: the padded keys (B, C, H+2r, W+2r), the attention weights (B, h, k*k, H, W)
+        (kept for the backward in training), both in the compute dtype (float32 for half input)."""
+        r, kk = self.kernel_size // 2, self.kernel_size ** 2
+        size = max(itemsize, 4)  # half input runs the core in float32
+        return batch * max(self.dim * (height + 2 * r) * (width + 2 * r), self.num_heads * kk * height * width) * size
+
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
         n, c, kk = height * width, self.dim, self.kernel_size ** 2
         counted = 2 * n * c * 3 * c + 2 * n * c * self.dim_out  # qkv, proj (1x1 convs)
@@ -318,33 +364,51 @@ def _attend_functional(q, kp, vp, ks, w3, b2, kb, valid):
     return out
 
 
+def _batched_kernels(w3, b2, bh):
+    """Per-offset views of the merged kernel for bmm over B*h: W[:, :, j]^T (k*k, d) and
+    W[:, :, j] (d, k*k) for each j, and b^T (k*k, d), b (d, k*k), expanded over the batch."""
+    d, kk = b2.shape
+    wl = [w3[:, :, j].t().contiguous().expand(bh, kk, d) for j in range(kk)]
+    wo = [w3[:, :, j].contiguous().expand(bh, d, kk) for j in range(kk)]
+    return wl, wo, b2.t().contiguous().expand(bh, kk, d), b2.contiguous().expand(bh, d, kk)
+
+
+def _padded_rows(t, y0, y1, r):
+    """Rows y0 - r .. y1 + r of t (B, h, d, H, W), zero-padded by r columns each side and by
+    zero rows where they fall outside the map: (B, h, d, y1 - y0 + 2r, W + 2r)."""
+    a0, a1 = max(y0 - r, 0), min(y1 + r, t.shape[3])
+    return F.pad(t[..., a0:a1, :], (r, r, a0 - (y0 - r), y1 + r - a1))
+
+
 @torch.no_grad()
-def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid):
+def _attend_inplace(q, k, v, ks, w3, b2, kb, valid, attn_out=None):
+    """The forward in place over row chunks; q, k, v unpadded (B, h, d, H, W): each chunk pads
+    only its own rows (and halo) of K and V. ``attn_out`` (B, h, k*k, H, W), when given,
+    receives the attention weights (for the backward of :class:`_SlideAttend`)."""
     bsz, nh, d, h, w = q.shape
-    kk, dt, dev = ks * ks, q.dtype, q.device
+    kk, r, dt, dev = ks * ks, ks // 2, q.dtype, q.device
     bh = bsz * nh
     out = torch.empty(bsz, nh, d, h, w, dtype=dt, device=dev)
     rows = max(1, min(h, _CHUNK_ELEMS // (bsz * nh * max(d, kk) * w)))
     shifts = [(j // ks, j % ks) for j in range(kk)]
     if w3 is not None:
-        wl = [w3[:, :, j].t().contiguous().expand(bh, kk, d) for j in range(kk)]  # (k*k, d) each
-        wo = [w3[:, :, j].contiguous().expand(bh, d, kk) for j in range(kk)]  # (d, k*k) each
-        b2t, b2e = b2.t().contiguous().expand(bh, kk, d), b2.contiguous().expand(bh, d, kk)
+        wl, wo, b2t, b2e = _batched_kernels(w3, b2, bh)
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         m = y1 - y0
         qc, oc = q[..., y0:y1, :], out[..., y0:y1, :]
+        kp, vp = _padded_rows(k, y0, y1, r), _padded_rows(v, y0, y1, r)
         tmp = torch.empty(bsz, nh, d, m, w, dtype=dt, device=dev)
         if w3 is None:
             logits = torch.empty(bsz, nh, kk, m, w, dtype=dt, device=dev)
             for j, (dy, dx) in enumerate(shifts):
-                torch.mul(qc, kp[..., y0 + dy:y1 + dy, dx:dx + w], out=tmp)
+                torch.mul(qc, kp[..., dy:dy + m, dx:dx + w], out=tmp)
                 torch.sum(tmp, 2, out=logits[:, :, j])
         else:
             qm = qc.reshape(bh, d, m * w)
             logits = torch.bmm(b2t, qm)  # (B*h, k*k, m*w)
             for j, (dy, dx) in enumerate(shifts):
-                torch.mul(qc, kp[..., y0 + dy:y1 + dy, dx:dx + w], out=tmp)
+                torch.mul(qc, kp[..., dy:dy + m, dx:dx + w], out=tmp)
                 torch.baddbmm(logits, wl[j], tmp.view(bh, d, m * w), out=logits)  # (counted, unlike baddbmm_)
             logits = logits.view(bsz, nh, kk, m, w)
         if kb is not None:
@@ -354,12 +418,14 @@ def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid):
         # softmax over the k*k neighbours, in place
         logits.sub_(logits.amax(2, keepdim=True)).exp_()
         logits.div_(logits.sum(2, keepdim=True))
+        if attn_out is not None:
+            attn_out[..., y0:y1, :].copy_(logits)
         if w3 is None:
             dy, dx = shifts[0]
-            torch.mul(logits[:, :, 0:1], vp[..., y0 + dy:y1 + dy, dx:dx + w], out=oc)
+            torch.mul(logits[:, :, 0:1], vp[..., dy:dy + m, dx:dx + w], out=oc)
             for j in range(1, kk):
                 dy, dx = shifts[j]
-                oc.addcmul_(logits[:, :, j:j + 1], vp[..., y0 + dy:y1 + dy, dx:dx + w])
+                oc.addcmul_(logits[:, :, j:j + 1], vp[..., dy:dy + m, dx:dx + w])
         else:
             am = logits.view(bh, kk, m * w)
             g = tmp.view(bh, d, m * w)
@@ -367,7 +433,7 @@ def _attend_inplace(q, kp, vp, ks, w3, b2, kb, valid):
             oc.copy_(tmp)
             for j, (dy, dx) in enumerate(shifts):
                 torch.bmm(wo[j], am, out=g)
-                oc.addcmul_(tmp, vp[..., y0 + dy:y1 + dy, dx:dx + w])
+                oc.addcmul_(tmp, vp[..., dy:dy + m, dx:dx + w])
     return out
 
 
@@ -415,3 +481,126 @@ def _attend_shifts_inplace(q, k, v, ks, kb, valid):
             oc[..., ya - y0:yb - y0, xa:xb].addcmul_(logits[:, :, j:j + 1, ya - y0:yb - y0, xa:xb],
                                                      v[..., ya + oy:yb + oy, xa + ox:xb + ox])
     return out
+
+
+# ---------------------------------------------------------------------------
+# Training path: the same arithmetic as a custom autograd Function. Autograd through the
+# offset loop stores one (B, h, d, H, W) product and one shifted slice per offset (k*k
+# copies of the keys and values); this Function saves only q, K, V (unpadded) and the
+# attention weights (B, h, k*k, H, W), and its backward walks the offsets again with slices.
+# ---------------------------------------------------------------------------
+
+
+class _SlideAttend(torch.autograd.Function):
+    """(q, k, v, w3, b2, kb, valid, ks) -> out (B, h, d, H, W); q, k, v unpadded (B, h, d, H, W),
+    the rest as above. Saves q, k, v (views of the projection's output) and the weights."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, w3, b2, kb, valid, ks):
+        attn = torch.empty(q.shape[0], q.shape[1], ks * ks, q.shape[3], q.shape[4], dtype=q.dtype, device=q.device)
+        out = _attend_inplace(q, k, v, ks, w3, b2, kb, valid, attn_out=attn)
+        ctx.save_for_backward(q, k, v, w3, b2, kb, attn)
+        ctx.ks = ks
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gout):
+        q, k, v, w3, b2, kb, attn = ctx.saved_tensors
+        grads = _attend_backward(gout.contiguous(), q, k, v, w3, b2, kb, attn, ctx.ks, ctx.needs_input_grad)
+        return (*grads, None, None)
+
+
+def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
+    """Gradients of :func:`_attend_inplace` for (q, k, v, w3, b2, kb), chunked over rows;
+    q, k, v unpadded (B, h, d, H, W): each chunk pads only its own rows (and halo) of K and V.
+
+    With a_i the attention weights, G_j = sum_i W[:, i, j] a_i (the merged kernel seen from
+    the output) and dL the softmax-backward of the logits:
+        dV_j += G_j * gout,   dA_i = sum_c b[c, i] gout[c] + sum_j sum_c W[c, i, j] gout[c] V_j[c]
+        dq = sum_i b[:, i] dL_i + sum_j H_j * K_j + sum_i kb_i dL_i,   dK_j += H_j * q,
+        H_j = sum_i W[:, i, j] dL_i;   dW[c, i, j] = sum (a_i gout[c] V_j[c] + dL_i q[c] K_j[c]).
+    Pure shifts (w3 None) are the case W = identity, b = 0.
+    """
+    bsz, nh, d, h, w = q.shape
+    kk, r, dt, dev = ks * ks, ks // 2, q.dtype, q.device
+    bh = bsz * nh
+    dq = torch.empty_like(q)
+    dk = torch.zeros_like(k)
+    dv = torch.zeros_like(v)
+    # weight gradients accumulated per (B*h) batch entry by baddbmm, summed over it at the end:
+    # dwb[j] (B*h, d, k*k) holds dW[:, :, j], dbb (B*h, d, k*k) holds db
+    dwb = torch.zeros(kk, bsz * nh, d, kk, dtype=dt, device=dev) if w3 is not None else None
+    dbb = torch.zeros(bsz * nh, d, kk, dtype=dt, device=dev) if w3 is not None else None
+    dkb = torch.zeros(nh, kk, dtype=dt, device=dev) if kb is not None else None
+    rows = max(1, min(h, _BWD_CHUNK_ELEMS // (bsz * nh * max(d, kk) * w), max(2, h // _BWD_CHUNKS_MIN)))
+    shifts = [(j // ks, j % ks) for j in range(kk)]
+    if w3 is not None:
+        wl, wo, b2t, b2e = _batched_kernels(w3, b2, bh)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        m = y1 - y0
+        mw = m * w
+        lo, a0, a1 = y0 - r, max(y0 - r, 0), min(y1 + r, h)  # slab rows lo..y1+r, existing a0..a1
+        kp, vp = _padded_rows(k, y0, y1, r), _padded_rows(v, y0, y1, r)
+        dkp, dvp = torch.zeros_like(kp), torch.zeros_like(vp)
+        a = attn[..., y0:y1, :].contiguous()  # (B, h, k*k, m, W)
+        go = gout[..., y0:y1, :].contiguous()  # (B, h, d, m, W)
+        qc = q[..., y0:y1, :]
+        tmp = torch.empty(bsz, nh, d, m, w, dtype=dt, device=dev)
+        tm = tmp.view(bh, d, mw)
+        am, gom = a.view(bh, kk, mw), go.view(bh, d, mw)
+        # dA: gradient of the attention weights
+        if w3 is None:
+            da = torch.empty(bsz, nh, kk, m, w, dtype=dt, device=dev)
+            for j, (dy, dx) in enumerate(shifts):
+                vj = vp[..., dy:dy + m, dx:dx + w]
+                torch.mul(go, vj, out=tmp)
+                torch.sum(tmp, 2, out=da[:, :, j])
+                dvp[..., dy:dy + m, dx:dx + w].addcmul_(a[:, :, j:j + 1], go)
+        else:
+            da = torch.bmm(b2t, gom)  # (B*h, k*k, m*W)
+            amt = am.transpose(1, 2)
+            dbb.baddbmm_(gom, amt)
+            for j, (dy, dx) in enumerate(shifts):
+                vj = vp[..., dy:dy + m, dx:dx + w]
+                torch.mul(go, vj, out=tmp)
+                torch.baddbmm(da, wl[j], tm, out=da)
+                dwb[j].baddbmm_(tm, amt)
+                torch.bmm(wo[j], am, out=tm)  # G_j
+                dvp[..., dy:dy + m, dx:dx + w].addcmul_(tmp, go)
+            da = da.view(bsz, nh, kk, m, w)
+        # softmax backward: dL = a * (dA - sum_i a_i dA_i); masked neighbours have a = 0
+        dl = da.sub_((a * da).sum(2, keepdim=True)).mul_(a)  # (B, h, k*k, m, W)
+        dlm = dl.view(bh, kk, mw)
+        dqc = dq[..., y0:y1, :]
+        if w3 is None:
+            torch.mul(dl[:, :, 0:1], kp[..., 0:m, 0:w], out=dqc)
+            for j, (dy, dx) in enumerate(shifts):
+                kj = kp[..., dy:dy + m, dx:dx + w]
+                if j:
+                    dqc.addcmul_(dl[:, :, j:j + 1], kj)
+                dkp[..., dy:dy + m, dx:dx + w].addcmul_(dl[:, :, j:j + 1], qc)
+        else:
+            qm = qc.reshape(bh, d, mw)
+            dlt = dlm.transpose(1, 2)
+            dbb.baddbmm_(qm, dlt)
+            dqm = torch.bmm(b2e, dlm)  # (B*h, d, m*W)
+            dqc.copy_(dqm.view(bsz, nh, d, m, w))
+            for j, (dy, dx) in enumerate(shifts):
+                kj = kp[..., dy:dy + m, dx:dx + w]
+                torch.mul(qc, kj, out=tmp)
+                dwb[j].baddbmm_(tm, dlt)
+                torch.bmm(wo[j], dlm, out=tm)  # H_j
+                dqc.addcmul_(tmp, kj)
+                dkp[..., dy:dy + m, dx:dx + w].addcmul_(tmp, qc)
+        if kb is not None:
+            # logit_i += kb_i * sum_c q[c]
+            dqc.add_((dl * kb.view(1, nh, kk, 1, 1)).sum(2, keepdim=True))
+            dkb += (dl * qc.sum(2, keepdim=True)).sum((0, 3, 4))
+        dk[..., a0:a1, :] += dkp[..., a0 - lo:a1 - lo, r:r + w]
+        dv[..., a0:a1, :] += dvp[..., a0 - lo:a1 - lo, r:r + w]
+    dw3 = dwb.sum(1).permute(1, 2, 0) if w3 is not None else None  # (d, k*k [i], k*k [j])
+    db2 = dbb.sum(0) if w3 is not None else None
+    return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
+            dw3 if needs[3] else None, db2 if needs[4] else None, dkb if needs[5] else None)
