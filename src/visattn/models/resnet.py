@@ -37,6 +37,7 @@ from torch import nn
 
 from visattn.layers.base import SpatialAttention, check_positive_int
 from visattn.models.base import VisionModel, resolve_mixer
+from visattn.models.pos_embed import ConvPosEmbed
 from visattn.registry import attention_info, create_attention, register_model
 
 __all__ = ["ResNetConfig", "ResNet", "Bottleneck", "LAMBDA_DEFAULTS"]
@@ -64,6 +65,8 @@ class ResNetConfig:
         mixer_stages: indices (0-based) of the stages whose blocks use ``mixer``; ``None``: all.
         img_size: input side the model is built for; fills ``max_size``-style arguments of
             mechanisms that declare one (``AttentionInfo.max_resolution_arg``) when not given.
+        pos_embed: put a depthwise-conv position encoding (:class:`~visattn.models.pos_embed.ConvPosEmbed`,
+            CPVT / PVTv2) before every mechanism in the slot; gives content-only mechanisms position.
     """
 
     depths: tuple[int, ...] = (3, 4, 6, 3)
@@ -75,6 +78,7 @@ class ResNetConfig:
     mixer_kwargs: dict[str, Any] = field(default_factory=dict)
     mixer_stages: tuple[int, ...] | None = None
     img_size: int = 224
+    pos_embed: bool = False
 
     def __post_init__(self):
         if len(self.depths) != len(self.widths):
@@ -99,7 +103,7 @@ class Bottleneck(nn.Module):
     """
 
     def __init__(self, in_ch: int, width: int, out_ch: int, stride: int = 1, mixer: str | None = None,
-                 mixer_kwargs: dict | None = None):
+                 mixer_kwargs: dict | None = None, pos_embed: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -107,6 +111,8 @@ class Bottleneck(nn.Module):
             self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
         else:
             attn = create_attention(mixer, width, width, **(mixer_kwargs or {}))
+            if pos_embed:
+                attn = nn.Sequential(ConvPosEmbed(width), attn)
             self.conv2 = attn if stride == 1 else nn.Sequential(attn, nn.AvgPool2d(3, stride, 1))
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
@@ -158,7 +164,8 @@ class ResNet(VisionModel):
             for j in range(depth):
                 stride = 2 if (i > 0 and j == 0) else 1
                 mixer = cfg.mixer if (cfg.mixer is not None and i in mixer_stages) else None
-                blocks.append(Bottleneck(in_ch, width, out_ch, stride, mixer, self._mixer_kwargs(mixer, size)))
+                blocks.append(Bottleneck(in_ch, width, out_ch, stride, mixer, self._mixer_kwargs(mixer, size),
+                                         pos_embed=cfg.pos_embed))
                 in_ch = out_ch
                 size = math.ceil(size / stride)
             stages.append(nn.Sequential(*blocks))
