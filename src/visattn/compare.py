@@ -79,7 +79,7 @@ class Task:
 
 #: The built-in tasks (epochs from the plateau check recorded in docs/compare.md).
 TASKS: dict[str, Task] = {
-    "digits": Task("digits", "digits", 8, 12, 6, 0.1,
+    "digits": Task("digits", "digits", 8, 8, 4, 0.1,
                    "handwritten digit scans at 8x8: local shape, every mixer sees the whole image"),
     "longrange": Task("longrange", "longrange", 16, 2, 1, 0.5,
                       "same colour? two marks >= 8 columns apart: local mixers never see both"),
@@ -286,7 +286,7 @@ def _claim_run_dir(d: Path) -> None:
 def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | None = None,
             model: str = DEFAULTS["model"], model_kwargs: dict | None = None, pos_embed: bool = False,
             data: str | None = None, image_size: int | None = None, epochs: int | None = None,
-            seeds: int = DEFAULTS["seeds"], seed: int = DEFAULTS["seed"], batch_size: int = DEFAULTS["batch_size"],
+            seeds: int | None = None, seed: int = DEFAULTS["seed"], batch_size: int = DEFAULTS["batch_size"],
             lr: float = DEFAULTS["lr"], latency_batch: int = DEFAULTS["latency_batch"],
             attn_kwargs: dict[str, dict] | None = None, amp: str = "none", device: str = "auto",
             output: str | os.PathLike | None = "compare-out", progress: bool = True,
@@ -304,8 +304,9 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
         data, image_size, epochs: a custom data spec instead of the tasks (needs ``image_size``
             and ``epochs``); otherwise ``image_size`` / ``epochs`` override every task's.
         seeds: runs per (task, mechanism), with seeds ``seed, seed + 1, ...`` (each seed also
-            redraws the data: digits' split, the long-range images).
-        quick: fewer epochs per task (``Task.quick_epochs``) for a smoke run.
+            redraws the data: digits' split, the long-range images). Default 2, or 1 with ``quick``.
+        quick: fewer epochs per task (``Task.quick_epochs``) and one seed unless ``seeds`` is given:
+            a smoke run.
         attn_kwargs: mechanism name -> constructor arguments.
         precise_bn: BatchNorm statistics recomputed over that many training batches before
             each evaluation (:meth:`visattn.train.Trainer.recompute_bn_stats`).
@@ -328,6 +329,8 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown mechanism(s) {unknown}; expected names from {known}")
+    if seeds is None:
+        seeds = 1 if quick else DEFAULTS["seeds"]
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an int >= 1, got {seeds!r}")
     if latency_batch < 1:

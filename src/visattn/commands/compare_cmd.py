@@ -42,11 +42,11 @@ def add_parser(sub) -> None:
                    help="mechanisms to compare (default: all registered, see `visattn list`)")
     p.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS), metavar="TASK",
                    help=f"built-in tasks, from {', '.join(TASKS)} (default: all)")
-    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"],
-                   help="runs per mechanism and task, seeds --seed, --seed + 1, ... (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"runs per mechanism and task, seeds --seed, --seed + 1, ... (default: {DEFAULTS['seeds']}, "
+                        "1 with --quick)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="first seed (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="fewer epochs per task: a smoke run (combine with --seeds 1 "
-                   "for the quickest)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: fewer epochs per task, one seed")
     p.add_argument("--model", default=DEFAULTS["model"], help="backbone (default: %(default)s, first two stages)")
     p.add_argument("--model-kwargs", type=_json_object('{"depths": [1, 1, 1, 1]}', nested=False), default=None,
                    metavar="JSON", help="backbone options (default for resnet_tiny: its first two stages, "
