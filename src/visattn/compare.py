@@ -79,7 +79,7 @@ class Task:
 
 #: The built-in tasks (epochs from the plateau check recorded in docs/compare.md).
 TASKS: dict[str, Task] = {
-    "digits": Task("digits", "digits", 8, 8, 4, 0.1,
+    "digits": Task("digits", "digits", 8, 8, 3, 0.1,
                    "handwritten digit scans at 8x8: local shape, every mixer sees the whole image"),
     "longrange": Task("longrange", "longrange", 16, 2, 1, 0.5,
                       "same colour? two marks >= 8 columns apart: local mixers never see both"),
