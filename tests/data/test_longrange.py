@@ -42,8 +42,8 @@ def test_odd_count_and_load_data_splits():
     _, y, _ = make_same_different(7, 16, seed=1)
     assert int(y.sum()) in (3, 4)
     b = load_data("longrange", 16, seed=0)
-    assert (len(b.train), len(b.test)) == (1500, 1000) and b.classes == ["different", "same"]
-    assert int(b.train.labels.sum()) == 750 and int(b.test.labels.sum()) == 500
+    assert (len(b.train), len(b.test)) == (2000, 1000) and b.classes == ["different", "same"]
+    assert int(b.train.labels.sum()) == 1000 and int(b.test.labels.sum()) == 500
     assert b.augment == "none" and b.image_size == 16
     # train and test come from independent streams: no test image appears in train
     tr = {bytes(x.numpy().tobytes()) for x in b.train.images}

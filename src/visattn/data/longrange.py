@@ -133,7 +133,7 @@ def make_same_different(n: int, image_size: int = 16, seed: int = 0, *, num_colo
     return images_u8, torch.from_numpy(labels), truth
 
 
-def load_longrange_dataset(image_size: int = 16, seed: int = 0, *, train_size: int = 1500, test_size: int = 1000,
+def load_longrange_dataset(image_size: int = 16, seed: int = 0, *, train_size: int = 2000, test_size: int = 1000,
                            num_colors: int = 4, mark: int = 2) -> DataBundle:
     """The same-different task as a :class:`DataBundle` (``load_data("longrange")``).
 
