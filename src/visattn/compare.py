@@ -16,8 +16,8 @@ directions:
 
 Per (task, mechanism, seed): ``top1``, test accuracy after the last epoch (BatchNorm
 statistics recomputed over a few training batches first, ``precise_bn``), the training
-throughput and the wall time. Per (task, mechanism), once, on the first seed's model:
-``params``, ``flops`` (forward FLOPs of one image, ``torch.utils.flop_counter``),
+throughput and the wall time. Per mechanism, once, on the first seed's model of the task
+with the largest images (:func:`cost_task`; the long-range task by default): ``params``, ``flops`` (forward FLOPs of one image, ``torch.utils.flop_counter``),
 ``latency_ms`` (median eval-mode forward at ``latency_batch`` images) and ``peak_mib`` (peak
 memory of one training step at the training batch size). Accuracy is reported as the mean
 over seeds ± half the range (max - min) / 2; a mechanism whose interval overlaps the best
@@ -373,6 +373,7 @@ def _compare(names: list[str], tasks: list[Task], seeds: list[int], cfg: dict, d
     costs: dict[tuple[str, str], dict[str, Any]] = {}
     data_info: dict[str, dict] = {}
     plan = [(t, s) for t in tasks for s in seeds]
+    measured = cost_task(tasks).name
     with tqdm(total=len(plan) * len(names), desc="compare", unit="run", disable=not progress, dynamic_ncols=True,
               position=0) as bar:
         for task, seed in plan:
@@ -397,7 +398,7 @@ def _compare(names: list[str], tasks: list[Task], seeds: list[int], cfg: dict, d
                     run.history = res.history
                     run.top1 = res.final.get("test_acc")
                     run.train_img_s = res.history[-1]["images_per_s"] if res.history else None
-                    if (task.name, name) not in costs:
+                    if task.name == measured and (task.name, name) not in costs:
                         bar.set_postfix_str(f"{task.name} · {name} · measuring")
                         costs[(task.name, name)] = _measure(res.model, bundle.image_size, cfg["batch_size"],
                                                             cfg["latency_batch"], dev, bundle.num_classes)
@@ -472,7 +473,7 @@ def _acc_cell(s: TaskStats) -> str:
 
 
 def cost_task(tasks: Sequence[Task]) -> Task:
-    """The task whose costs fill the table's cost columns: the one with the largest images."""
+    """The task whose costs are measured and fill the table's cost columns: the one with the largest images."""
     return max(tasks, key=lambda t: t.image_size)
 
 
