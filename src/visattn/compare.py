@@ -11,8 +11,8 @@ directions:
   matters and position helps; every mechanism's receptive field covers the image.
 * ``longrange`` — :mod:`visattn.data.longrange` at 16 x 16: are two marks, at least 8
   columns apart, the same colour? The shallow backbone's local mixers never see both marks,
-  so they stay at chance (50%, provably: see that module); mechanisms that mix the whole map
-  can compare them.
+  which caps them at 75% (provably: see that module) and in practice keeps them near
+  chance; mechanisms that mix the whole map can compare them.
 
 Per (task, mechanism, seed): ``top1``, test accuracy after the last epoch (BatchNorm
 statistics recomputed over a few training batches first, ``precise_bn``), the training
@@ -86,8 +86,8 @@ TASKS: dict[str, Task] = {
 }
 
 #: ``resnet_tiny`` cut to its first two stages (stem, a stride-1 block, a stride-2 block): the
-#: receptive field of a 3x3 mixer is 7 (conv) to 9 (mechanism + average pool) pixels, narrower
-#: than the long-range task's gap; 29k-36k parameters.
+#: receptive field of a local mixer is 7 (conv), 9 (3x3 mechanism + average pool) or 11 (swin's
+#: 7x7 windows) pixels, narrower than the 12 columns both long-range marks span; 10k-30k parameters.
 SHALLOW_TINY: dict[str, Any] = {"depths": [1, 1], "widths": [16, 32]}
 
 #: Defaults of the main job: 10 mechanisms x 2 tasks x 2 seeds in <= 8 minutes on 2 CPU cores.

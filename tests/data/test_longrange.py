@@ -92,3 +92,16 @@ def test_bad_arguments_are_refused(kw, msg):
     n, size, seed = args.pop("n"), args.pop("image_size"), args.pop("seed")
     with pytest.raises(ValueError, match=re.escape(msg)):
         make_same_different(n, size, seed, **args)
+
+
+def test_local_features_are_capped_at_75_percent():
+    from visattn.data.longrange import best_additive_accuracy
+
+    # exhaustive over every rule "same iff g(left) + h(right) > t"
+    assert [best_additive_accuracy(k) for k in (2, 3, 4)] == [pytest.approx(0.75)] * 3
+    # the rule that attains it: "same" when the right colour does not come after the left one
+    _, y, t = make_same_different(4000, 16, seed=2)
+    pred = (t["colors"][:, 1] <= t["colors"][:, 0]).astype(np.int64)
+    assert abs(float((pred == y.numpy()).mean()) - 0.75) < 0.02  # sd of the estimate ~ 0.007
+    with pytest.raises(ValueError, match="num_colors must be in 2..5 for the exhaustive search, got 6"):
+        best_additive_accuracy(6)

@@ -10,14 +10,16 @@ Serre, "Not-So-CLEVR: learning same-different relations strains feedforward neur
 networks" (Interface Focus 2018), with the two items pinned far apart.
 
 Why local mixers cannot solve it: the marks are at least ``image_size // 2`` columns apart
-(edge to edge), so in a network whose receptive field is narrower than that, no feature
-sees both marks. After global average pooling and a linear classifier the logit is then a
-sum ``g(mark 1) + g(mark 2) + (terms that do not depend on the marks)``, and no sum of
-that form separates "same" from "different": for two colours a, b it would need
-``2g(a) > t``, ``2g(b) > t`` and ``g(a) + g(b) < t`` at once. Such a network stays at
-chance (50%). A mechanism that mixes information across the whole map (global
-attention, efficient or external attention, a lambda layer's content lambda) can bring one
-mark's colour to the other and compare them.
+(edge to edge), so in a network whose receptive field is narrower than the span of both
+marks, no feature sees both. After global average pooling and a linear classifier the
+decision is then a threshold on a sum ``g(left mark) + h(right mark) + (terms that do not
+depend on the marks)``. Over ``K`` colours, uniform in both classes, the best rule of that
+form is right 75% of the time (order the colours and answer "same" when the right mark's
+colour does not come after the left one's: every "same" pair and half the "different"
+ones; :func:`best_additive_accuracy` checks every such rule): a network of local features is
+capped at 75%, and in practice stays near chance. A mechanism that mixes information across
+the whole map (global attention, efficient or external attention, a lambda layer's content
+lambda) can bring one mark's colour to the other and compare them: 100% is reachable.
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same arguments give the
 same images, bit for bit; nothing is downloaded.
@@ -30,7 +32,8 @@ import torch
 
 from visattn.data.datasets import DataBundle, ImageDataset, _channel_stats
 
-__all__ = ["PALETTE", "make_same_different", "render_pair", "load_longrange_dataset", "mark_slots"]
+__all__ = ["PALETTE", "make_same_different", "render_pair", "load_longrange_dataset", "mark_slots",
+           "best_additive_accuracy"]
 
 #: Mark colours (RGB, 0..1): red, green, blue, yellow, magenta, cyan.
 PALETTE = np.array([(1.0, 0.1, 0.1), (0.1, 1.0, 0.1), (0.2, 0.3, 1.0), (1.0, 1.0, 0.1), (1.0, 0.1, 1.0),
@@ -148,3 +151,26 @@ def load_longrange_dataset(image_size: int = 16, seed: int = 0, *, train_size: i
     mean, std = _channel_stats(train.images)
     return DataBundle("longrange", train, test, ["different", "same"], image_size, mean, std, augment="none",
                       extra={"train_truth": tr_t, "test_truth": te_t, "num_colors": num_colors, "mark": mark})
+
+
+def best_additive_accuracy(num_colors: int = 4) -> float:
+    """Best accuracy on the task of any rule "same iff g(left colour) + h(right colour) > t".
+
+    The sets of colour pairs such rules pick are exactly the Ferrers relations (each row's set
+    of columns nested in the next one's), so enumerating nested chains of column sets covers
+    them all. ``num_colors`` up to 5 (the search is exhaustive: (2^K)^K candidate chains).
+    """
+    import itertools
+
+    if not 2 <= num_colors <= 5:
+        raise ValueError(f"num_colors must be in 2..5 for the exhaustive search, got {num_colors}")
+    k = num_colors
+    p_same, p_diff = 0.5 / k, 0.5 / (k * (k - 1))
+    best = 0.0
+    for rows in itertools.product(range(1 << k), repeat=k):
+        if any((a & b) not in (a, b) for a, b in itertools.combinations(rows, 2)):
+            continue  # not nested: no threshold of a sum picks this set
+        acc = sum(p_same if (rows[a] >> a) & 1 else 0.0 for a in range(k))
+        acc += sum(p_diff for a in range(k) for b in range(k) if a != b and not (rows[a] >> b) & 1)
+        best = max(best, acc)
+    return best
