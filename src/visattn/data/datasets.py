@@ -399,4 +399,4 @@ def load_data(spec: str, image_size: int | None = None, seed: int = 0) -> DataBu
         from visattn.data.longrange import load_longrange_dataset
 
         return load_longrange_dataset(image_size or 16, seed=seed)
-    raise ValueError(f"data spec must be 'digits', 'longrange', 'cifar10:PATH' or 'folder:PATH', got {spec!r}")
+    raise ValueError(f"data spec must be 'longrange', 'digits', 'cifar10:PATH' or 'folder:PATH', got {spec!r}")
