@@ -162,6 +162,10 @@ def test_output_that_is_a_file_fails_first_with_one_line(tmp_path, capsys, monke
     assert err.strip() == (f"visattn compare: error: output {str(f)!r} is an existing file; expected a folder "
                            "(it will hold compare.json, compare.png and runs/)")
     assert f.read_text() == "mine"
+    rc = main(["compare", "-m", "conv", "--output", str(f / "sub"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(f"visattn compare: error: cannot create the output folder {str(f / 'sub')!r}: ")
 
 
 def test_foreign_files_in_run_folders_survive_and_own_runs_are_replaced(tmp_path, capsys):

@@ -272,7 +272,10 @@ def _check_output(out: Path, run_dirs: list[Path]) -> None:
                                                                   else "")
         raise ValueError(f"{shown} already exist(s) and compare did not create it (no {RUN_MARKER} file); compare "
                          "removes only its own runs: move it away or choose another output")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output folder {str(out)!r}: {e.strerror or e}") from e
 
 
 def _claim_run_dir(d: Path) -> None:
