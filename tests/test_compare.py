@@ -1,6 +1,7 @@
-"""`visattn compare` end to end on a tiny setting: table, JSON figures, PNG, a failing mechanism."""
+"""`visattn compare`: tasks x seeds, spreads and near-best marks, table, JSON, plot, and output-folder safety."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ import torch
 import visattn
 from _tiny_model import ensure_registered, make_color_folder, unregister
 from visattn.cli import main
-from visattn.compare import HEADERS
+from visattn.compare import (RUN_MARKER, TASKS, CompareReport, RunResult, Task, compare, format_table, reach,
+                             sees_position, summarize)
 from visattn.flops import count_flops
 
 
@@ -18,40 +20,185 @@ def _unregister_tiny_model():
     unregister()
 
 
-def test_compare_table_json_png_and_failure_row(tmp_path, capsys):
+def _cli(tmp_path, out, *extra):
     name = ensure_registered()
-    data = make_color_folder(tmp_path / "imgs", per_class=6)  # 15 train / 3 test images
+    data = make_color_folder(tmp_path / "imgs", per_class=6) if not (tmp_path / "imgs").exists() else \
+        f"folder:{tmp_path / 'imgs'}"
+    return main(["compare", "--model", name, "--data", data, "--image-size", "8", "--epochs", "1", "--batch-size",
+                 "8", "--output", str(out), "--no-progress", "--threads", "1", *extra])
+
+
+def test_compare_seeds_table_json_png_and_failure_row(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = main(["compare", "--model", name, "--data", data, "--image-size", "8", "--epochs", "1", "--batch-size", "8",
-               "-m", "conv", "mhsa", "external", "--attn-kwargs", '{"external": {"no_such_option": 1}}',
-               "--output", str(out), "--no-progress", "--threads", "1"])
+    rc = _cli(tmp_path, out, "-m", "conv", "mhsa", "external", "--seeds", "2", "--attn-kwargs",
+              '{"external": {"no_such_option": 1}}')
     assert rc == 0
     text = capsys.readouterr().out
     header = text.splitlines()[0]
-    for col in HEADERS[:5] + ["latency ms (batch 1)", "peak MiB", "error"]:
+    for col in ("mechanism", "reach", "sees position", "folder top-1 %", "params (folder)", "MFLOPs/img",
+                "train img/s", "latency ms (batch 1)", "peak MiB", "error"):
         assert f" {col} " in header, col
     assert "failed: external" in text and "no_such_option" in text
+    assert "mean ± half the range over 2 seed(s)" in text
 
     doc = json.loads((out / "compare.json").read_text())
-    assert doc["config"]["model"] == name and doc["config"]["threads"] == 1
-    rows = {r["mechanism"]: r for r in doc["results"]}
-    assert list(rows) == ["conv", "mhsa", "external"]
-    assert rows["external"]["error"].startswith("TypeError") and rows["external"]["top1"] is None
+    assert doc["config"]["seeds"] == [0, 1] and doc["config"]["threads"] == 1
+    runs = [(r["mechanism"], r["seed"]) for r in doc["runs"]]
+    assert runs == [("conv", 0), ("mhsa", 0), ("external", 0), ("conv", 1), ("mhsa", 1), ("external", 1)]
+    rows = {r["mechanism"]: r for r in doc["rows"]}
+    assert rows["external"]["tasks"]["folder"]["error"].startswith("TypeError")
+    assert rows["mhsa"]["sees_position"] == "no" and rows["conv"]["sees_position"] == "yes"
     for mech in ("conv", "mhsa"):
-        r = rows[mech]
-        assert r["error"] == "" and len(r["history"]) == 1 and r["history"][0]["step"] == 2
-        assert 0.0 <= r["top1"] <= 1.0 and r["top1"] == r["history"][0]["test_acc"]
-        fresh = visattn.create_model(name, num_classes=3, attention=mech).eval()
-        assert r["params"] == sum(p.numel() for p in fresh.parameters())
+        st = rows[mech]["tasks"]["folder"]
+        accs = [r["top1"] for r in doc["runs"] if r["mechanism"] == mech]
+        assert st["accs"] == accs and st["mean"] == pytest.approx(sum(accs) / 2)
+        assert st["spread"] == pytest.approx(abs(accs[0] - accs[1]) / 2)
+        for r in doc["runs"]:
+            if r["mechanism"] == mech:
+                assert r["error"] == "" and len(r["history"]) == 1 and r["history"][0]["step"] == 2
+                assert r["top1"] == r["history"][0]["test_acc"]
+        fresh = visattn.create_model(ensure_registered(), num_classes=3, attention=mech).eval()
+        assert st["params"] == sum(p.numel() for p in fresh.parameters())
         with torch.no_grad():
-            assert r["flops"] == count_flops(fresh, torch.randn(1, 3, 8, 8))
-        assert r["latency_ms"] > 0 and r["peak_mib"] > 0 and r["train_img_s"] > 0
-    assert rows["conv"]["params"] != rows["mhsa"]["params"]
+            assert st["flops"] == count_flops(fresh, torch.randn(1, 3, 8, 8))
+        assert st["latency_ms"] > 0 and st["peak_mib"] > 0 and st["train_img_s"] > 0
+        cell = f"{100 * st['mean']:.1f} ± {100 * st['spread']:.1f}"
+        assert re.search(rf"\| {mech} .*\| {re.escape(cell)}( \*)? ", text), cell
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "runs" / "conv" / "metrics.jsonl").is_file()
-    assert not (out / "runs" / "conv" / "checkpoints").exists()
+    run = out / "runs" / "folder" / "conv" / "seed1"
+    assert (run / "metrics.jsonl").is_file() and (run / RUN_MARKER).is_file()
+    assert not (run / "checkpoints").exists()
+
+
+def _row_report(accs: dict[str, list[float]]) -> CompareReport:
+    task = Task("t", "digits", 8, 1, 1, 0.1, "")
+    runs = [RunResult("t", m, s, top1=a, train_img_s=100.0) for m, v in accs.items() for s, a in enumerate(v)]
+    rows = summarize(runs, {}, list(accs), [task])
+    return CompareReport(rows, runs, [task], {"seeds": [0, 1], "latency_batch": 1}, 1.0)
+
+
+def test_spread_and_near_best_marks():
+    rep = _row_report({"conv": [0.90, 0.80], "local": [0.84, 0.82], "mhsa": [0.70, 0.72], "swin": [0.79, 0.79]})
+    st = {r.mechanism: r.tasks["t"] for r in rep.rows}
+    assert st["conv"].mean == pytest.approx(0.85) and st["conv"].spread == pytest.approx(0.05)
+    assert st["conv"].best and not st["local"].best
+    # best interval [0.80, 0.90]: local [0.82, 0.84] overlaps, swin [0.79, 0.79] does not, mhsa does not
+    assert [st[m].near_best for m in ("conv", "local", "mhsa", "swin")] == [True, True, False, False]
+    table = format_table(rep)
+    assert "| 85.0 ± 5.0 * " in table and "| 83.0 ± 1.0 * " in table and "| 71.0 ± 1.0 " in table
+    assert "| 79.0 ± 0.0 " in table
+
+
+def test_reach_and_position_columns():
+    assert [sees_position(m) for m in ("conv", "mhsa", "efficient", "sra", "external", "relpos", "swin")] == \
+        ["yes", "no", "no", "no", "no", "yes", "yes"]
+    assert sees_position("mhsa", pos_embed=True) == "conv PE" and sees_position("conv", pos_embed=True) == "yes"
+    assert [reach(m) for m in ("conv", "local", "slide", "swin", "lambda", "mhsa", "external")] == \
+        ["local", "local", "local", "local", "global", "global", "global"]
+
+
+def test_pos_embed_adds_one_depthwise_conv_per_mechanism_and_breaks_permutation_equivariance():
+    from visattn.models.pos_embed import ConvPosEmbed
+
+    plain = visattn.create_model("resnet_tiny", num_classes=2, attention="mhsa", depths=[1, 1], widths=[16, 32])
+    pe = visattn.create_model("resnet_tiny", num_classes=2, attention="mhsa", depths=[1, 1], widths=[16, 32],
+                              pos_embed=True)
+    pes = [m for m in pe.modules() if isinstance(m, ConvPosEmbed)]
+    assert len(pes) == 2
+    extra = sum(p.numel() for p in pe.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == (16 * 9 + 16) + (32 * 9 + 32)  # depthwise 3x3 + bias, widths 16 and 32
+    # x + dwconv(x): with a zero kernel it is the identity
+    layer = ConvPosEmbed(4)
+    torch.nn.init.zeros_(layer.proj.weight)
+    torch.nn.init.zeros_(layer.proj.bias)
+    x = torch.randn(2, 4, 5, 7)
+    assert torch.equal(layer(x), x)
+    with pytest.raises(ValueError, match="kernel_size must be an odd int >= 1, got 4"):
+        ConvPosEmbed(4, kernel_size=4)
+
+
+def test_default_tasks_and_budget_settings():
+    assert list(TASKS) == ["digits", "longrange"]
+    assert TASKS["digits"].chance == 0.1 and TASKS["longrange"].chance == 0.5
+    assert all(t.quick_epochs <= t.epochs for t in TASKS.values())
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"seeds": 0}, "seeds must be an int >= 1, got 0"),
+    ({"tasks": ["digits", "nope"]}, "unknown task(s) ['nope']; expected names from ['digits', 'longrange']"),
+    ({"data": "digits"}, "a custom data spec ('digits') needs image_size and epochs"),
+    ({"data": "digits", "tasks": ["digits"], "image_size": 8, "epochs": 1},
+     "give either tasks ['digits'] or a data spec 'digits', not both"),
+    ({"epochs": 0}, "epochs must be an int >= 1, got 0"),
+])
+def test_bad_options_fail_before_training(kw, msg, tmp_path, monkeypatch):
+    import visattn.train
+
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained despite bad options"))
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        compare(["conv"], output=tmp_path / "o", progress=False, **kw)
+    assert not (tmp_path / "o").exists()
 
 
 def test_compare_rejects_unknown_names(capsys):
     assert main(["compare", "-m", "conv", "nope", "--model", ensure_registered(), "--no-progress"]) == 2
     assert "unknown mechanism(s) ['nope']" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Output folder safety (issue 10): compare removes only what it created itself.
+# ---------------------------------------------------------------------------
+
+
+def test_output_that_is_a_file_fails_first_with_one_line(tmp_path, capsys, monkeypatch):
+    import visattn.train
+
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("measured before checking --output"))
+    f = tmp_path / "taken.txt"
+    f.write_text("mine")
+    rc = main(["compare", "-m", "conv", "--output", str(f), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == (f"visattn compare: error: output {str(f)!r} is an existing file; expected a folder "
+                           "(it will hold compare.json, compare.png and runs/)")
+    assert f.read_text() == "mine"
+    rc = main(["compare", "-m", "conv", "--output", str(f / "sub"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(f"visattn compare: error: cannot create the output folder {str(f / 'sub')!r}: ")
+
+
+def test_foreign_files_in_run_folders_survive_and_own_runs_are_replaced(tmp_path, capsys):
+    name = ensure_registered()
+    data = make_color_folder(tmp_path / "imgs", per_class=6)
+    out = tmp_path / "cmp"
+    # an earlier `visattn train` run and a user's file where compare's run folder would go
+    train_dir = out / "runs" / "folder" / "conv" / "seed0"
+    assert main(["train", "--model", name, "--attention", "conv", "--data", data, "--image-size", "8", "--epochs",
+                 "1", "--batch-size", "8", "--output", str(train_dir), "--no-progress"]) == 0
+    user = out / "runs" / "folder" / "mhsa" / "seed0" / "notes.txt"
+    user.parent.mkdir(parents=True)
+    user.write_text("my notes")
+    old_layout = out / "runs" / "conv" / "notes.txt"  # where compare used to write (and delete)
+    old_layout.parent.mkdir(parents=True)
+    old_layout.write_text("keep")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    capsys.readouterr()
+    rc = _cli(tmp_path, out, "-m", "conv", "mhsa")
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(f"visattn compare: error: {str(train_dir)!r}, {str(user.parent)!r} already exist(s) and "
+                          f"compare did not create it (no {RUN_MARKER} file)")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing touched
+    assert user.read_text() == "my notes" and (train_dir / "model.safetensors").is_file()
+
+    # compare's own runs: replaced on the next run; the user's files elsewhere stay
+    out2 = tmp_path / "cmp2"
+    (out2 / "runs" / "conv").mkdir(parents=True)
+    (out2 / "runs" / "conv" / "notes.txt").write_text("keep")
+    assert _cli(tmp_path, out2, "-m", "conv") == 0
+    stale = out2 / "runs" / "folder" / "conv" / "seed0" / "stale.txt"
+    stale.write_text("left by an earlier compare run")
+    assert _cli(tmp_path, out2, "-m", "conv") == 0
+    assert not stale.exists() and (stale.parent / "metrics.jsonl").is_file()
+    assert (out2 / "runs" / "conv" / "notes.txt").read_text() == "keep"

@@ -31,14 +31,23 @@ def test_compare_task_segment_cli(tmp_path, capsys):
     rows = {r["mechanism"]: r for r in doc["results"]}
     assert set(rows) == {"conv", "external"}
     for r in rows.values():
-        assert r["error"] == "" and 0.0 <= r["miou"] <= 1.0 and r["top1"] is None
+        assert r["error"] == "" and 0.0 <= r["miou"] <= 1.0 and "top1" not in r
         assert r["miou"] == r["history"][-1]["test_miou"] and r["params"] > 0 and r["flops"] > 0
         assert r["peak_mib"] > 0 and r["latency_ms"] > 0
         assert f"{100 * r['miou']:.1f}" in text
     # stem 3x3 (3 -> 8), conv mixer 3x3 (8 -> 8), 1x1 classifier (8 -> 3), all with biases
     assert rows["conv"]["params"] == (3 * 8 * 9 + 8) + (8 * 8 * 9 + 8) + (8 * 3 + 3)
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "runs" / "external" / "metrics.jsonl").is_file()
+    assert (out / "runs" / "segment" / "external" / "seed0" / "metrics.jsonl").is_file()
+    assert (out / "runs" / "segment" / "external" / "seed0" / ".visattn-compare-run").is_file()
+    # A folder compare did not create is refused before any training, and left alone.
+    mine = out / "runs" / "segment" / "conv" / "seed0"
+    (mine / ".visattn-compare-run").unlink()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="compare did not create it"):
+        compare_segment(["conv"], model=ensure_registered(), data=spec, image_size=12, epochs=1, batch_size=8,
+                        output=out, progress=False)
+    assert (mine / "notes.txt").read_text() == "mine"
 
 
 def test_compare_segment_failure_row_and_errors(tmp_path):
@@ -49,3 +58,12 @@ def test_compare_segment_failure_row_and_errors(tmp_path):
     assert "| conv " in format_seg_table(res)
     with pytest.raises(ValueError, match="unknown mechanism\\(s\\) \\['nope'\\]"):
         compare_segment(["nope"], model=ensure_registered(), data=spec, output=None)
+
+
+def test_classification_only_options_are_refused_with_task_segment(capsys):
+    rc = main(["compare", "--task", "segment", "--seeds", "3", "--quick", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == ("visattn compare: error: --seeds, --quick belong(s) to the classification comparison; "
+                           "--task segment trains one seed of one segmentation model per mechanism (choose it with "
+                           "--model, its data with --data)")

@@ -12,16 +12,17 @@ latency).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
-from visattn.compare import HEADERS, CompareResult, _clear_run, _f, write_json
+from visattn.compare import _check_output, _claim_run_dir, _f, _run_dir
 from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL
 
 __all__ = ["SegCompareResult", "compare_segment", "format_seg_table", "write_seg_plot", "SEG_COMPARE_DEFAULTS",
@@ -42,12 +43,26 @@ SEG_COMPARE_DEFAULTS: dict[str, Any] = {
 }
 
 
-@dataclass
-class SegCompareResult(CompareResult):
-    """One row: :class:`visattn.compare.CompareResult` with ``miou`` and ``pixel_acc`` (``top1`` unused)."""
+HEADERS = ["mechanism", "mIoU %", "pixel acc %", "params", "MFLOPs/img", "train img/s", "latency ms", "peak MiB",
+           "time s", "error"]
 
+
+@dataclass
+class SegCompareResult:
+    """One row: test mIoU and pixel accuracy (fractions), params, forward FLOPs of one image,
+    training images/s (last epoch), eval latency, peak training-step memory, wall time, error."""
+
+    mechanism: str
     miou: float | None = None
     pixel_acc: float | None = None
+    params: int | None = None
+    flops: int | None = None
+    train_img_s: float | None = None
+    latency_ms: float | None = None
+    peak_mib: float | None = None
+    time_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
 
 
 def _measure_seg(model: torch.nn.Module, image_size: int, batch_size: int, latency_batch: int, device,
@@ -120,9 +135,11 @@ def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, see
     from visattn.train.distributed import _pick_device
     from visattn.train.segment import SegTrainConfig, train_segment
 
+    out = Path(output) if output is not None else None
+    if out is not None:  # before any data or training: refuse a file or run folders compare did not create
+        _check_output(out, [_run_dir(out, "segment", n, seed) for n in names])
     bundle = load_seg_data(data, image_size, seed=seed)
     dev = _pick_device(device, 0)
-    out = Path(output) if output is not None else None
     t_start = time.perf_counter()
     results: list[SegCompareResult] = []
     with tqdm(names, desc="compare", unit="mech", disable=not progress, dynamic_ncols=True, position=0) as bar:
@@ -135,9 +152,9 @@ def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, see
                                      image_size=bundle.image_size, epochs=epochs, batch_size=batch_size, lr=lr,
                                      seed=seed, amp=amp, device=device, progress=progress, verbose=False, plot=False,
                                      precise_bn=precise_bn, checkpoints=False,
-                                     output=str(out / "runs" / name) if out is not None else None)
+                                     output=str(_run_dir(out, "segment", name, seed)) if out is not None else None)
                 if out is not None:
-                    _clear_run(out / "runs" / name)
+                    _claim_run_dir(_run_dir(out, "segment", name, seed))
                 res = train_segment(cfg, data=bundle, bar_position=1)
                 row.history = res.history
                 row.miou, row.pixel_acc = res.final.get("test_miou"), res.final.get("test_pixel_acc")
@@ -159,10 +176,22 @@ def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, see
                   "precise_bn": precise_bn, "attn_kwargs": attn_kwargs, "amp": amp, "device": str(dev),
                   "threads": torch.get_num_threads(), "train_size": len(bundle.train), "test_size": len(bundle.test),
                   "num_classes": bundle.num_classes, "ignore_index": bundle.ignore_index}
-        write_json(results, out / "compare.json", config, total)
+        _write_json(results, out / "compare.json", config, total)
         write_seg_plot(results, out / "compare.png",
                        f"{model} on {data} ({bundle.image_size}x{bundle.image_size}, {epochs} epochs)", latency_batch)
     return results
+
+
+def _write_json(results: list[SegCompareResult], path: Path, config: dict[str, Any], total_s: float) -> Path:
+    """Rows, configuration and environment as indented strict JSON, written atomically."""
+    from visattn.bench.report import environment
+
+    doc = {"environment": environment(), "config": config, "total_time_s": total_s,
+           "results": [asdict(r) for r in results]}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False))
+    os.replace(tmp, path)
+    return path
 
 
 def format_seg_table(results: list[SegCompareResult], latency_batch: int = 1) -> str:
@@ -176,7 +205,7 @@ def format_seg_table(results: list[SegCompareResult], latency_batch: int = 1) ->
              _f(None if r.flops is None else r.flops / 1e6, "{:.1f}"), _f(r.train_img_s, "{:.0f}"),
              _f(r.latency_ms, "{:.2f}"), _f(r.peak_mib, "{:.1f}"), f"{r.time_s:.1f}", r.error]
             for r in results]
-    headers = [HEADERS[0], "mIoU %", "pixel acc %", *HEADERS[2:]]
+    headers = list(HEADERS)
     headers[6] = f"latency ms (batch {latency_batch})"
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
@@ -215,7 +244,13 @@ def run_from_args(args) -> int:
     from visattn.compare import DEFAULTS
 
     def pick(key: str, value):
-        return SEG_COMPARE_DEFAULTS[key] if value == DEFAULTS[key] else value
+        return SEG_COMPARE_DEFAULTS[key] if value is None or value == DEFAULTS.get(key) else value
+
+    given = [opt for opt, v in (("--tasks", args.tasks), ("--seeds", args.seeds), ("--quick", args.quick),
+                                ("--pos-embed", args.pos_embed), ("--model-kwargs", args.model_kwargs)) if v]
+    if given:
+        raise ValueError(f"{', '.join(given)} belong(s) to the classification comparison; --task segment trains one "
+                         "seed of one segmentation model per mechanism (choose it with --model, its data with --data)")
 
     results = compare_segment(args.mechanisms, model=pick("model", args.model), data=pick("data", args.data),
                               image_size=pick("image_size", args.image_size), epochs=pick("epochs", args.epochs),

@@ -1,42 +1,66 @@
-"""``visattn compare``: train one backbone per mechanism; accuracy, size, FLOPs, speed, memory."""
+"""``visattn compare``: train one backbone per mechanism, task and seed; accuracy ± spread, size, speed."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from visattn.compare import DEFAULTS
+from visattn.compare import DEFAULTS, TASKS
 
 __all__ = ["add_parser", "run"]
 
 
-def _kwargs_map(text: str) -> dict:
-    try:
-        v = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"expected JSON such as '{{\"lambda\": {{\"r\": 5}}}}', got {text!r} ({e})")
-    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(a, dict) for k, a in v.items()):
-        raise argparse.ArgumentTypeError(f"expected a JSON object mapping mechanism -> kwargs object, got {text!r}")
-    return v
+def _json_object(example: str, nested: bool):
+    def parse(text: str) -> dict:
+        try:
+            v = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"expected JSON such as '{example}', got {text!r} ({e})")
+        if not isinstance(v, dict) or (nested and not all(isinstance(a, dict) for a in v.values())):
+            what = "mechanism -> kwargs object" if nested else "option -> value"
+            raise argparse.ArgumentTypeError(f"expected a JSON object mapping {what}, got {text!r}")
+        return v
+
+    return parse
+
+
+_kwargs_map = _json_object('{"lambda": {"local_scope": 5}}', nested=True)
 
 
 def add_parser(sub) -> None:
+    tasks = "; ".join(f"{t.name}: {t.about}" for t in TASKS.values())
     p = sub.add_parser(
-        "compare", help="train the same backbone once per mechanism and compare them (the main job)",
+        "compare", help="train the same backbone per mechanism on a local and a long-range task and compare them "
+                        "(the main job)",
         description="Train the same small backbone once per attention mechanism (default: every registered one, "
-                    "the 'conv' baseline included) on the same data, then print one table: test accuracy, "
-                    "parameters, FLOPs, training images/s, inference latency and peak training memory. Writes "
-                    "compare.json and compare.png (accuracy against latency) into --output.")
+                    "the 'conv' baseline included), task and seed, then print one table: test accuracy on each "
+                    "task (mean ± spread over seeds, '*' where a mechanism cannot be told apart from the best), "
+                    "whether the mechanism sees position, parameters, FLOPs, training images/s, inference latency "
+                    f"and peak training memory. Tasks: {tasks}. Writes compare.json, compare.png (accuracy per task "
+                    "with error bars) and runs/ into --output.")
     p.add_argument("--mechanisms", "-m", nargs="+", default=None, metavar="MECH",
                    help="mechanisms to compare (default: all registered, see `visattn list`)")
-    p.add_argument("--model", default=DEFAULTS["model"], help="backbone (default: %(default)s)")
-    p.add_argument("--data", default=DEFAULTS["data"], metavar="SPEC",
-                   help="digits | cifar10:PATH | folder:PATH (default: %(default)s, built in)")
-    p.add_argument("--image-size", type=int, default=DEFAULTS["image_size"], help="default: %(default)s")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="default: %(default)s")
+    p.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS), metavar="TASK",
+                   help=f"built-in tasks, from {', '.join(TASKS)} (default: all)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"runs per mechanism and task, seeds --seed, --seed + 1, ... (default: {DEFAULTS['seeds']}, "
+                        "1 with --quick)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="first seed (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: fewer epochs per task, one seed")
+    p.add_argument("--model", default=DEFAULTS["model"], help="backbone (default: %(default)s, first two stages)")
+    p.add_argument("--model-kwargs", type=_json_object('{"depths": [1, 1, 1, 1]}', nested=False), default=None,
+                   metavar="JSON", help="backbone options (default for resnet_tiny: its first two stages, "
+                                        "'{\"depths\": [1, 1], \"widths\": [16, 32]}'; '{}' for all four)")
+    p.add_argument("--pos-embed", action="store_true",
+                   help="depthwise-conv position encoding before every mechanism (CPVT/PVTv2): gives the "
+                        "content-only mechanisms (mhsa, efficient, sra, external) position")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="your own data instead of the tasks: cifar10:PATH | folder:PATH | digits | longrange "
+                        "(needs --image-size and --epochs)")
+    p.add_argument("--image-size", type=int, default=None, help="override every task's image size")
+    p.add_argument("--epochs", type=int, default=None, help="override every task's epochs")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="default: %(default)s")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak AdamW learning rate (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--latency-batch", type=int, default=DEFAULTS["latency_batch"],
                    help="images per timed inference call (default: %(default)s)")
     p.add_argument("--precise-bn", type=int, default=DEFAULTS["precise_bn"], metavar="N",
@@ -49,7 +73,8 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=DEFAULTS["threads"],
                    help="torch CPU threads for the whole run (default: %(default)s, steady timings of small models "
                         "even on a busy machine; 0: torch's choice)")
-    p.add_argument("--output", "-o", default="compare-out", help="folder for compare.json, compare.png, runs/")
+    p.add_argument("--output", "-o", default="compare-out",
+                   help="folder for compare.json, compare.png, runs/ (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--task", default="classify", choices=("classify", "segment"),
                    help="segment: a segmentation model per mechanism, mIoU instead of top-1 (defaults then: "
@@ -64,16 +89,16 @@ def run(args) -> int:
         return run_from_args(args)
     from visattn.compare import compare, format_table
 
-    results = compare(args.mechanisms, model=args.model, data=args.data, image_size=args.image_size,
-                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      latency_batch=args.latency_batch, attn_kwargs=args.attn_kwargs, amp=args.amp,
-                      device=args.device, output=args.output, progress=not args.no_progress,
-                      threads=args.threads, precise_bn=args.precise_bn)
-    print(format_table(results, args.latency_batch))
-    total = sum(r.time_s for r in results)
-    print(f"\n{len(results)} mechanisms in {total:.0f} s; wrote {args.output}/compare.json and "
-          f"{args.output}/compare.png")
-    failed = [r.mechanism for r in results if r.error]
+    report = compare(args.mechanisms, tasks=args.tasks, model=args.model, model_kwargs=args.model_kwargs,
+                     pos_embed=args.pos_embed, data=args.data, image_size=args.image_size, epochs=args.epochs,
+                     seeds=args.seeds, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                     latency_batch=args.latency_batch, attn_kwargs=args.attn_kwargs, amp=args.amp,
+                     device=args.device, output=args.output, progress=not args.no_progress, threads=args.threads,
+                     precise_bn=args.precise_bn, quick=args.quick)
+    print(format_table(report))
+    print(f"\n{len(report.rows)} mechanisms x {len(report.tasks)} task(s) x {len(report.config['seeds'])} seed(s) "
+          f"in {report.total_time_s:.0f} s; wrote {args.output}/compare.json and {args.output}/compare.png")
+    failed = [r.mechanism for r in report.rows if any(s.error for s in r.tasks.values())]
     if failed:
         print(f"failed: {', '.join(failed)} (see the error column)")
-    return 1 if len(failed) == len(results) else 0
+    return 1 if len(failed) == len(report.rows) else 0

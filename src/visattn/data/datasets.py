@@ -466,4 +466,8 @@ def load_data(spec: str, image_size: int | None = None, seed: int = 0) -> DataBu
         return load_cifar10(path, image_size)
     if kind == "folder" and path:
         return load_image_folder(path, image_size, seed=seed)
-    raise ValueError(f"data spec must be 'digits', 'cifar10:PATH' or 'folder:PATH', got {spec!r}")
+    if kind == "longrange" and not path:  # built-in long-range task, see visattn.data.longrange
+        from visattn.data.longrange import load_longrange_dataset
+
+        return load_longrange_dataset(image_size or 16, seed=seed)
+    raise ValueError(f"data spec must be 'longrange', 'digits', 'cifar10:PATH' or 'folder:PATH', got {spec!r}")

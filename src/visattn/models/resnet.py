@@ -38,6 +38,7 @@ from torch import nn
 from visattn.layers.base import SpatialAttention, check_positive_int
 from visattn.models.base import VisionModel, resolve_mixer
 from visattn.models.features import FeatureInfo
+from visattn.models.pos_embed import ConvPosEmbed
 from visattn.registry import attention_info, create_attention, register_model
 
 __all__ = ["ResNetConfig", "ResNet", "Bottleneck", "LAMBDA_DEFAULTS"]
@@ -74,6 +75,8 @@ class ResNetConfig:
         mixer_stages: indices (0-based) of the stages whose blocks use ``mixer``; ``None``: all.
         img_size: input side the model is built for; fills ``max_size``-style arguments of
             mechanisms that declare one (``AttentionInfo.max_resolution_arg``) when not given.
+        pos_embed: put a depthwise-conv position encoding (:class:`~visattn.models.pos_embed.ConvPosEmbed`,
+            CPVT / PVTv2) before every mechanism in the slot; gives content-only mechanisms position.
     """
 
     depths: tuple[int, ...] = (3, 4, 6, 3)
@@ -88,6 +91,7 @@ class ResNetConfig:
     mixer_kwargs: dict[str, Any] = field(default_factory=dict)
     mixer_stages: tuple[int, ...] | None = None
     img_size: int = 224
+    pos_embed: bool = False
 
     def __post_init__(self):
         if len(self.depths) != len(self.widths):
@@ -139,7 +143,7 @@ class Bottleneck(nn.Module):
     """
 
     def __init__(self, in_ch: int, width: int, out_ch: int, stride: int = 1, mixer: str | None = None,
-                 mixer_kwargs: dict | None = None, dilation: int = 1):
+                 mixer_kwargs: dict | None = None, dilation: int = 1, pos_embed: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -147,6 +151,8 @@ class Bottleneck(nn.Module):
             self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         else:
             attn = create_attention(mixer, width, width, **(mixer_kwargs or {}))
+            if pos_embed:
+                attn = nn.Sequential(ConvPosEmbed(width), attn)
             self.conv2 = attn if stride == 1 else nn.Sequential(attn, nn.AvgPool2d(3, stride, 1))
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
@@ -216,7 +222,7 @@ class ResNet(VisionModel):
                 stride = stage_stride if j == 0 else 1
                 mixer = cfg.mixer if (cfg.mixer is not None and i in mixer_stages) else None
                 blocks.append(Bottleneck(in_ch, width, out_ch, stride, mixer, self._mixer_kwargs(mixer, size),
-                                         dilation=first_dil if j == 0 else dil))
+                                         dilation=first_dil if j == 0 else dil, pos_embed=cfg.pos_embed))
                 in_ch = out_ch
                 size = math.ceil(size / stride)
             reduction *= stage_stride
