@@ -202,3 +202,19 @@ def test_foreign_files_in_run_folders_survive_and_own_runs_are_replaced(tmp_path
     assert _cli(tmp_path, out2, "-m", "conv") == 0
     assert not stale.exists() and (stale.parent / "metrics.jsonl").is_file()
     assert (out2 / "runs" / "conv" / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--threads", "-1"], "argument --threads: expected an integer >= 0, got '-1'"),
+    (["--seeds", "0"], "argument --seeds: expected an integer >= 1, got '0'"),
+    (["--lr", "inf"], "argument --lr: expected a finite number, got 'inf'"),
+    (["--epochs", "2.5"], "argument --epochs: expected an integer, got '2.5'"),
+])
+def test_bad_numeric_options_are_one_line_errors(argv, message, capsys):
+    from visattn.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["compare", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().endswith(f"visattn compare: error: {message}")
+    assert "Traceback" not in err

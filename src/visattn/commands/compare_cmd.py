@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from visattn.commands._args import nonneg_int, positive_float, positive_int
 from visattn.compare import DEFAULTS, TASKS
 
 __all__ = ["add_parser", "run"]
@@ -42,10 +43,10 @@ def add_parser(sub) -> None:
                    help="mechanisms to compare (default: all registered, see `visattn list`)")
     p.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS), metavar="TASK",
                    help=f"built-in tasks, from {', '.join(TASKS)} (default: all)")
-    p.add_argument("--seeds", type=int, default=None,
+    p.add_argument("--seeds", type=positive_int, default=None,
                    help=f"runs per mechanism and task, seeds --seed, --seed + 1, ... (default: {DEFAULTS['seeds']}, "
                         "1 with --quick)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="first seed (default: %(default)s)")
+    p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"], help="first seed (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a smoke run: fewer epochs per task, one seed")
     p.add_argument("--model", default=DEFAULTS["model"], help="backbone (default: %(default)s, first two stages)")
     p.add_argument("--model-kwargs", type=_json_object('{"depths": [1, 1, 1, 1]}', nested=False), default=None,
@@ -57,20 +58,20 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default=None, metavar="SPEC",
                    help="your own data instead of the tasks: cifar10:PATH | folder:PATH | digits | longrange "
                         "(needs --image-size and --epochs)")
-    p.add_argument("--image-size", type=int, default=None, help="override every task's image size")
-    p.add_argument("--epochs", type=int, default=None, help="override every task's epochs")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="default: %(default)s")
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak AdamW learning rate (default: %(default)s)")
-    p.add_argument("--latency-batch", type=int, default=DEFAULTS["latency_batch"],
+    p.add_argument("--image-size", type=positive_int, default=None, help="override every task's image size")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override every task's epochs")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"], help="default: %(default)s")
+    p.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"], help="peak AdamW learning rate (default: %(default)s)")
+    p.add_argument("--latency-batch", type=positive_int, default=DEFAULTS["latency_batch"],
                    help="images per timed inference call (default: %(default)s)")
-    p.add_argument("--precise-bn", type=int, default=DEFAULTS["precise_bn"], metavar="N",
+    p.add_argument("--precise-bn", type=nonneg_int, default=DEFAULTS["precise_bn"], metavar="N",
                    help="recompute BatchNorm statistics over N training batches before each evaluation "
                         "(0: off; default: %(default)s)")
     p.add_argument("--attn-kwargs", type=_kwargs_map, default=None, metavar="JSON",
                    help="per-mechanism constructor arguments, e.g. '{\"local\": {\"kernel_size\": 5}}'")
     p.add_argument("--amp", default="none", choices=("auto", "bf16", "fp16", "none"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=DEFAULTS["threads"],
+    p.add_argument("--threads", type=nonneg_int, default=DEFAULTS["threads"],
                    help="torch CPU threads for the whole run (default: %(default)s, steady timings of small models "
                         "even on a busy machine; 0: torch's choice)")
     p.add_argument("--output", "-o", default="compare-out",
