@@ -198,7 +198,9 @@ def sees_position(mechanism: str, pos_embed: bool = False) -> str:
 
 
 def _measure(model: torch.nn.Module, image_size: int, batch_size: int, latency_batch: int, device,
-             num_classes: int) -> dict[str, Any]:
+             num_classes: int, dense: bool = False) -> dict[str, Any]:
+    """Parameters, FLOPs of one image, eval latency at ``latency_batch`` and the peak memory of one
+    training step at ``batch_size``; ``dense``: per-pixel targets (segmentation) instead of one per image."""
     from visattn.bench.measure import median_time, peak_memory_bytes
     from visattn.flops import count_flops
 
@@ -211,7 +213,8 @@ def _measure(model: torch.nn.Module, image_size: int, batch_size: int, latency_b
                                               min_time=0.2)
     model.train()
     xt = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    yt = torch.randint(0, num_classes, (batch_size,), device=device)
+    yt = torch.randint(0, num_classes, (batch_size, image_size, image_size) if dense else (batch_size,),
+                       device=device)
 
     def step():
         loss = torch.nn.functional.cross_entropy(model(xt), yt)
@@ -511,13 +514,13 @@ def format_table(report: CompareReport) -> str:
 def write_json(report: CompareReport, path: str | os.PathLike) -> Path:
     """``report`` with the environment, as indented JSON, written atomically."""
     from visattn.bench.report import environment
+    from visattn.train.checkpoint import atomic_write_text
+    from visattn.train.engine import _strict
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"environment": environment(), **report.as_dict()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_strict(doc), indent=2, allow_nan=False))  # strict JSON: NaN -> null
     return path
 
 

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import torch
 
-from visattn.compare import _check_output, _claim_run_dir, _f, _run_dir
+from visattn.compare import _check_output, _claim_run_dir, _f, _measure, _run_dir
 from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL
 
 __all__ = ["SegCompareResult", "compare_segment", "format_seg_table", "write_seg_plot", "SEG_COMPARE_DEFAULTS",
@@ -63,31 +63,6 @@ class SegCompareResult:
     time_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
-
-
-def _measure_seg(model: torch.nn.Module, image_size: int, batch_size: int, latency_batch: int, device,
-                 num_classes: int) -> dict[str, Any]:
-    from visattn.bench.measure import median_time, peak_memory_bytes
-    from visattn.flops import count_flops
-
-    model.eval()
-    out: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
-    with torch.no_grad():
-        out["flops"] = count_flops(model, torch.randn(1, 3, image_size, image_size, device=device))
-        xb = torch.randn(latency_batch, 3, image_size, image_size, device=device)
-        out["latency_ms"] = 1e3 * median_time(lambda: model(xb), device, warmup=2, min_repeats=5, max_repeats=30,
-                                              min_time=0.2)
-    model.train()
-    xt = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    yt = torch.randint(0, num_classes, (batch_size, image_size, image_size), device=device)
-
-    def step():
-        torch.nn.functional.cross_entropy(model(xt), yt).backward()
-
-    out["peak_mib"] = peak_memory_bytes(step, device) / 2**20
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    return out
 
 
 def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG_COMPARE_DEFAULTS["model"],
@@ -160,7 +135,8 @@ def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, see
                 row.miou, row.pixel_acc = res.final.get("test_miou"), res.final.get("test_pixel_acc")
                 row.train_img_s = res.history[-1]["images_per_s"] if res.history else None
                 bar.set_postfix_str(f"{name}: measuring")
-                m = _measure_seg(res.model, bundle.image_size, batch_size, latency_batch, dev, bundle.num_classes)
+                m = _measure(res.model, bundle.image_size, batch_size, latency_batch, dev, bundle.num_classes,
+                             dense=True)
                 row.params, row.flops = m["params"], m["flops"]
                 row.latency_ms, row.peak_mib = m["latency_ms"], m["peak_mib"]
             except Exception as e:  # noqa: BLE001 - one failing mechanism must not end the run
@@ -185,12 +161,12 @@ def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, see
 def _write_json(results: list[SegCompareResult], path: Path, config: dict[str, Any], total_s: float) -> Path:
     """Rows, configuration and environment as indented strict JSON, written atomically."""
     from visattn.bench.report import environment
+    from visattn.train.checkpoint import atomic_write_text
+    from visattn.train.engine import _strict
 
     doc = {"environment": environment(), "config": config, "total_time_s": total_s,
            "results": [asdict(r) for r in results]}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_strict(doc), indent=2, allow_nan=False))
     return path
 
 
