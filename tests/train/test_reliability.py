@@ -334,3 +334,17 @@ def test_under_torchrun_every_rank_stops_when_rank_0_cannot_open_the_run_folder(
     assert f"visattn train: error: --output must be a directory, but it is a file: {str(taken)!r}" in err
     assert f"visattn train: error: rank 0 could not open the run folder {str(taken)!r}; see its message" in err
     assert taken.read_text() == "not a folder"
+
+
+def test_resume_after_a_kill_between_step_rename_and_pointer_write(tmp_path, data):
+    # save_every=2: checkpoints at steps 2, 4, 5 (end of epoch 1); stop after the one of step 5
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(data, out, save_every=2), callbacks=[_StopAfter(5)])
+    root = out / "checkpoints"
+    # the kill came after step-00000005 was renamed into place, before latest.json moved to it
+    (root / "latest.json").write_text(json.dumps({"dir": "step-00000004", "format": ck.FORMAT, "epoch": 0,
+                                                  "step": 4, "batch_in_epoch": 4}))
+    assert latest_checkpoint(out) == root / "step-00000005"
+    res = train(_cfg(data, out, save_every=2, resume=True))  # used to fail: "step-00000005 already exists"
+    assert [h["epoch"] for h in res.history] == [1, 2] and res.final["step"] == 10

@@ -15,7 +15,8 @@ pointer moves (the newest ``keep`` stay). An existing step folder is never overw
 Temporary folders ``.step-*.tmp-PID`` left by a failed or killed save are removed by the
 next save (those of this process or of a process that no longer runs), and a save that
 fails removes its own. Without ``latest.json`` the newest *complete* step folder (both
-files present, readable safetensors headers) is the latest checkpoint.
+files present, readable safetensors headers) is the latest checkpoint; so is a complete
+step folder newer than the one ``latest.json`` names (a kill between the rename and the pointer).
 
 :class:`RunLock` is an exclusive lock on a run folder (``DIR/.lock``, ``fcntl.flock``) that
 ``visattn train`` holds for the whole run, so a second run on the same folder refuses.
@@ -298,8 +299,9 @@ def _newest_complete(root: Path) -> Path | None:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint folder ``run_dir/checkpoints/latest.json`` points at; without that
-    pointer, the newest complete ``step-*`` folder; None when there is neither."""
+    """The checkpoint folder ``run_dir/checkpoints/latest.json`` points at, or a newer complete
+    ``step-*`` folder (a save killed before it moved the pointer); without that pointer, the
+    newest complete ``step-*`` folder; None when there is neither."""
     pointer = Path(run_dir) / "checkpoints" / "latest.json"
     if not pointer.is_file():
         return _newest_complete(pointer.parent) if pointer.parent.is_dir() else None
@@ -310,6 +312,12 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
         raise ValueError(f"{pointer} is not a visattn checkpoint pointer: {e}") from e
     if folder.parent != pointer.parent or not folder.is_dir():
         raise ValueError(f"{pointer} points at {folder}, which is not a checkpoint folder in {pointer.parent}")
+    # A save killed after renaming its folder into place but before moving the pointer leaves a
+    # complete, newer step folder: that one is the latest (resuming from the older one would
+    # later collide with it, since step folders are never overwritten).
+    newest = _newest_complete(pointer.parent)
+    if newest is not None and re.fullmatch(r"step-\d+", folder.name) and int(newest.name[5:]) > int(folder.name[5:]):
+        return newest
     return folder
 
 
