@@ -348,3 +348,11 @@ def test_resume_after_a_kill_between_step_rename_and_pointer_write(tmp_path, dat
     assert latest_checkpoint(out) == root / "step-00000005"
     res = train(_cfg(data, out, save_every=2, resume=True))  # used to fail: "step-00000005 already exists"
     assert [h["epoch"] for h in res.history] == [1, 2] and res.final["step"] == 10
+
+
+def test_resume_with_another_batch_size_names_the_option_not_a_bad_field(tmp_path, data, stopped_run):
+    run = _copy(stopped_run, tmp_path)
+    # used to blame the checkpoint: "checkpoint field 'step' must be epoch x 10 steps per epoch + ..."
+    with pytest.raises(ValueError, match=r"^cannot resume: the checkpoint was made with other options "
+                                         r"batch_size=8 \(now 4\)$"):
+        train(_cfg(data, run, batch_size=4, resume=True))

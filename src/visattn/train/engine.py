@@ -403,12 +403,13 @@ class Trainer:
         st = load_checkpoint(self.out, self.model, self.optimizer, self.scheduler, self.scaler)
         if self.dist.rank != 0:  # RNG saved by rank 0; keep ranks distinct
             torch.manual_seed(self.cfg.seed + 1 + self.dist.rank + 7919 * int(st["step"]))
-        self._check_state(st)
-        want, got = self._run_config(), st["config"]
-        diff = {k: (got.get(k), want[k]) for k in want if got.get(k) != want[k]}
+        # Changed options first: the progress fields' bounds depend on them (steps per epoch).
+        want, got = self._run_config(), st.get("config")
+        diff = {k: (got.get(k), want[k]) for k in want if got.get(k) != want[k]} if isinstance(got, dict) else {}
         if diff:
             raise ValueError("cannot resume: the checkpoint was made with other options "
                              + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items()))
+        self._check_state(st)
         self.epoch, self.batch_in_epoch, self.step = st["epoch"], st["batch_in_epoch"], st["step"]
         if self.scheduler.last_epoch != self.step:
             raise ValueError(f"{st['checkpoint']}: scheduler field 'last_epoch' is {self.scheduler.last_epoch}, "
