@@ -103,3 +103,17 @@ def test_image_size_is_bounded_and_memory_is_checked(monkeypatch):
     with pytest.raises(ValueError, match=r"^digits: holding 1797 images of 3x1024x1024 \(4 byte\(s\) per value\) "
                                          r"in memory needs 21\.1 GiB, over half of this machine's 16\.0 GiB"):
         load_data("digits", image_size=1024)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_class_folder_without_training_images_is_refused(tmp_path, split):
+    root = tmp_path / "train" if split else tmp_path
+    _two_classes(root)
+    (root / "empty").mkdir()
+    _png(root / "empty" / "._0.png")  # a macOS resource fork only: skipped, so the class has no image
+    if split:
+        _two_classes(tmp_path / "test", n=1)
+        (tmp_path / "test" / "empty").mkdir()
+    # used to build a 3-class task with a class that has no image at all
+    with pytest.raises(ValueError, match=r"class folder\(s\) \['empty'\] hold no training images"):
+        ds.load_image_folder(tmp_path, image_size=6)

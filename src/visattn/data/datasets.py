@@ -437,6 +437,10 @@ def load_image_folder(path: str | os.PathLike, image_size: int | None = None, te
         raise ValueError(f"image folder {str(root)!r} has {len(classes)} class folder(s), need >= 2; {layout}")
     if not tr_items or not te_items:
         raise ValueError(f"image folder {str(root)!r} has no images in its train or test split; {layout}")
+    empty = sorted(set(classes) - {classes[c] for _, c in tr_items})
+    if empty:  # a class the model could never learn (and, with one other class, a trivial task)
+        raise ValueError(f"image folder {str(root)!r}: class folder(s) {empty} hold no training images "
+                         f"(hidden files are skipped); remove them or add images; {layout}")
     _check_memory(len(tr_items) + len(te_items), size, 1, f"image folder {str(root)!r}")
     both = _read_images(tr_items + te_items, size)  # one pass: an error names every unreadable file
     n = len(tr_items)
