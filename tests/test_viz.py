@@ -99,3 +99,15 @@ def test_errors(tmp_path):
     args = parse(["viz", "relpos", "--attn-kwargs", "[1]"])
     with pytest.raises(ValueError, match=r"--attn-kwargs must be a JSON object"):
         args.func(args)
+
+
+def test_load_image_16bit_png_by_value_and_oversized_image_is_a_value_error(tmp_path, monkeypatch):
+    from visattn.viz import load_image
+
+    Image.fromarray(np.full((6, 6), 32768, dtype=np.uint16)).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    assert load_image(str(tmp_path / "g16.png")).mean() == 128  # used to be 255 (white)
+    Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2 x 100: a decompression bomb
+    with pytest.raises(ValueError, match=r"cannot read .*big.png' as an image with Pillow"):
+        load_image(str(tmp_path / "big.png"))  # used to be a DecompressionBombError traceback

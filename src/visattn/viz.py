@@ -61,10 +61,12 @@ def load_image(path: str | None = None) -> np.ndarray:
         raise FileNotFoundError(f"image file not found: {path!r}")
     from PIL import Image, UnidentifiedImageError
 
+    from visattn.data.datasets import _to_rgb_uint8  # 16-bit greyscale by value, as folder: data
+
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
+            return np.asarray(_to_rgb_uint8(im), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read {path!r} as an image with Pillow: {e}") from e
 
 
