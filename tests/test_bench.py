@@ -93,3 +93,15 @@ def test_bench_cli_errors(capsys):
         main(["bench", "-r", "0", "--no-progress"])
     assert e.value.code == 2
     assert "argument --resolutions/-r: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_bench_json_is_strict_json_with_null_for_missing_values(tmp_path):
+    # one resolution: no slope can be fitted (used to be written as a bare NaN, which is not JSON)
+    assert main(["bench", "-m", "conv", "-r", "4", "--dim", "4", "--batch", "1", "--min-time", "0", "--no-backward",
+                 "-o", str(tmp_path), "--no-progress"]) == 0
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    data = json.loads((tmp_path / "bench.json").read_text(), parse_constant=refuse)
+    assert data["slopes"]["conv"]["fwd_ms"] is None and data["results"][0]["fwdbwd_ms"] is None

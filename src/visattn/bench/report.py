@@ -67,9 +67,20 @@ def write_json(results: list[BenchResult], path, config: dict) -> Path:
         "slopes": scaling_slopes(results),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.write_text(json.dumps(_strict(data), indent=2, default=str, allow_nan=False))
     os.replace(tmp, path)
     return path
+
+
+def _strict(obj):
+    """``obj`` with every non-finite float (a missing measurement or slope) as None: strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
 
 
 def write_plot(results: list[BenchResult], path) -> Path:
