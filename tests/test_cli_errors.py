@@ -289,3 +289,13 @@ def test_viz_and_train_leave_the_callers_rng_alone(tmp_path, data):
     train(TrainConfig(model=ensure_registered(), data=data, image_size=8, epochs=1, batch_size=8, output=None,
                       progress=False, verbose=False, device="cpu", seed=7))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_output_into_a_closed_pipe_is_not_reported_as_an_error():
+    # `visattn info resnet50 | head -0`: used to print "visattn info: error: [Errno 32] Broken pipe"
+    p = subprocess.Popen([sys.executable, "-m", "visattn.cli", "info", "resnet50"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1"))
+    p.stdout.close()  # the reader goes away before the command writes
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert err == ""

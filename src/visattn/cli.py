@@ -8,13 +8,14 @@ Errors: option values are checked by argparse type functions (argparse's own one
 error, exit 2). A command that raises ``ValueError``, ``TypeError``, ``OSError`` or a
 :class:`visattn.errors.VisattnError` ends with one line ``visattn <command>: error: <message>``
 on stderr and exit code 2 (``VisattnError.exit_code`` for the latter); Ctrl-C ends with
-exit code 130. Any other exception is a bug and keeps its traceback.
+exit code 130; output into a closed pipe (``visattn list | head``) ends quietly with 141. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any, Callable
 
@@ -62,6 +63,12 @@ def run_command(name: str, func: Callable[[Any], Any], args: Any) -> int:
     except VisattnError as e:
         print(f"visattn {name}: error: {error_message(e)}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `visattn list | head`: the reader is gone; nothing to report
+        try:  # and no second BrokenPipeError when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+            pass
+        return 141  # 128 + SIGPIPE, as a shell reports a command ended by a closed pipe
     except (ValueError, TypeError, OSError) as e:
         print(f"visattn {name}: error: {error_message(e)}", file=sys.stderr)
         return 2
