@@ -175,6 +175,8 @@ def test_stale_tmp_folders_are_removed_and_a_failed_save_removes_its_own(tmp_pat
     ("--image-size", "8192", "expected an integer in 1..1024 (images are held in memory), got '8192'"),
     ("--dist-timeout", "0", "expected a finite number > 0, got '0'"),
     ("--label-smoothing", "1", "expected a number in [0, 1), got '1'"),
+    ("--seed", "-1", "expected an integer in 0..4294967295, got '-1'"),  # was "expected non-negative integer"
+    ("--seed", "99999999999999999999", "expected an integer in 0..4294967295"),  # was "Overflow when unpacking"
 ])
 def test_bad_numeric_options_are_refused_by_argparse(tmp_path, data, capsys, opt, value, msg):
     with pytest.raises(SystemExit) as e:
@@ -193,6 +195,7 @@ def test_bad_numeric_options_are_refused_by_argparse(tmp_path, data, capsys, opt
     ("keep", 0, "keep must be an int >= 1, got 0"),
     ("image_size", 8192, "image_size must be None or an int in 1..1024"),
     ("dist_timeout", 0, "dist_timeout must be a finite number > 0, got 0"),
+    ("seed", -1, "seed must be an int in 0..4294967295, got -1"),
 ])
 def test_config_validation(field, value, msg):
     with pytest.raises(ValueError, match=msg.replace(".", r"\.").replace("(", r"\(")):

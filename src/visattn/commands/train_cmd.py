@@ -60,7 +60,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (torch.use_deterministic_algorithms): bit-exact resume")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
     p.add_argument("--output", default="runs/train", metavar="DIR",
                    help="checkpoints, metrics.jsonl, curves.png, model.safetensors, config.json")
     p.add_argument("--resume", action="store_true",

@@ -100,6 +100,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range (the stratified split); torch takes it too
+            raise ValueError(f"seed must be an int in 0..{2**32 - 1}, got {self.seed!r}")
         for name, v, lo in (("eval_batch_size", self.eval_batch_size, 1), ("warmup_steps", self.warmup_steps, 0)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
                 raise ValueError(f"{name} must be None or an int >= {lo}, got {v!r}")
