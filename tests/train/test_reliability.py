@@ -359,3 +359,19 @@ def test_resume_with_another_batch_size_names_the_option_not_a_bad_field(tmp_pat
     with pytest.raises(ValueError, match=r"^cannot resume: the checkpoint was made with other options "
                                          r"batch_size=8 \(now 4\)$"):
         train(_cfg(data, run, batch_size=4, resume=True))
+
+
+def test_stale_tmp_files_of_atomic_writes_are_removed(tmp_path):
+    # a kill while the final weights, config, metrics, curves or latest.json were being written
+    (tmp_path / "checkpoints").mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = [".model.safetensors.tmp-{}", ".config.json.tmp-{}", ".metrics.jsonl.tmp-{}", ".curves.png.tmp-{}.png",
+             "checkpoints/.latest.json.tmp-{}"]
+    for pid in (dead.pid, 1):  # dead, alive (init: not ours)
+        for n in names:
+            (tmp_path / n.format(pid)).write_bytes(b"half")
+    (tmp_path / ".mine.tmp-1").write_bytes(b"x")  # not visattn's: left alone
+    ck.remove_stale_tmp(tmp_path)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == sorted([".mine.tmp-1"] + [n.format(1) for n in names])

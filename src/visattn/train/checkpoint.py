@@ -103,19 +103,39 @@ def _pid_alive(pid: int) -> bool:
 
 
 _TMP_RE = re.compile(r"^\.step-\d+\.tmp-(\d+)$")
+# Temporary files of the atomic writes in the checkpoint folder and in the run folder itself.
+_TMP_FILE_RE = {"checkpoints": re.compile(r"^\.latest\.json\.tmp-(\d+)$"),
+                ".": re.compile(r"^\.(?:model\.safetensors|config\.json|metrics\.jsonl)\.tmp-(\d+)$"
+                                r"|^\.curves\.png\.tmp-(\d+)\.png$")}
+
+
+def _stale(pid: int) -> bool:
+    return pid == os.getpid() or not _pid_alive(pid)
 
 
 def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
-    """Remove ``checkpoints/.step-*.tmp-PID`` folders of this process or of dead processes; returns them."""
-    root = Path(run_dir) / "checkpoints"
+    """Remove ``checkpoints/.step-*.tmp-PID`` folders, and the temporary files of atomic writes
+    (``.model.safetensors.tmp-PID``, ``checkpoints/.latest.json.tmp-PID``, ...), of this process
+    or of dead processes; returns them."""
+    run_dir = Path(run_dir)
+    root = run_dir / "checkpoints"
     removed = []
-    if not root.is_dir():
-        return removed
-    for p in root.iterdir():
-        m = _TMP_RE.match(p.name)
-        if m and p.is_dir() and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _TMP_RE.match(p.name)
+            if m and p.is_dir() and _stale(int(m.group(1))):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    for sub, pattern in _TMP_FILE_RE.items():
+        folder = run_dir / sub
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = pattern.match(p.name)
+            if m and p.is_file() and _stale(int(m.group(1) or m.group(2))):
+                with _suppress_os():
+                    p.unlink()
+                    removed.append(p)
     return removed
 
 
