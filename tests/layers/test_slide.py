@@ -16,6 +16,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import visattn
 from visattn.layers.local import LocalAttention
@@ -413,3 +414,35 @@ def test_training_peak_memory_at_most_a_third_of_im2col():
     ours = peak_memory_bytes(lambda: slide(x).backward(g))
     theirs = peak_memory_bytes(lambda: local(x).backward(g))
     assert ours <= theirs / 3
+
+
+# -- review fixes ------------------------------------------------------------------------------
+
+
+def test_partial_state_dict_keeps_the_merge():
+    # load_state_dict(strict=False) of a few keys into a merged module must not flip its flag
+    # (deform.weight still holds the merged kernel)
+    m, x, ref = _merged_copy()
+    m.load_state_dict({"qkv.weight": m.qkv.weight.detach().clone()}, strict=False)
+    assert m.reparameterized and m.shift_merged.item()
+    with torch.no_grad():
+        assert torch.allclose(m(x), ref, atol=1e-5, rtol=0)
+
+
+def test_weights_file_written_before_the_flag_loads_strict(tmp_path):
+    # a safetensors file without shift_merged (older visattn) is the training form: strict
+    # load_weights accepts it, also nested in a model
+    from safetensors.torch import save_file
+
+    m = nn.Sequential(nn.Identity(), SlideAttention(8, num_heads=2, kernel_size=3)).eval()
+    _randomise(m[1])
+    x = torch.randn(1, 8, 6, 5)
+    with torch.no_grad():
+        ref = m(x)
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items() if not k.endswith("shift_merged")}, str(path))
+    fresh = nn.Sequential(nn.Identity(), SlideAttention(8, num_heads=2, kernel_size=3).reparameterize()).eval()
+    assert visattn.load_weights(fresh, path) == ([], [])
+    assert not fresh[1].reparameterized
+    with torch.no_grad():
+        assert torch.equal(fresh(x), ref)

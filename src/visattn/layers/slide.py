@@ -187,23 +187,32 @@ class SlideAttention(SpatialAttention):
             with torch.no_grad():
                 self.shift_merged.fill_(merged)
 
+    #: State-dict keys this module loads without (visattn.load_weights does not call them missing).
+    _optional_state_keys = ("shift_merged",)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         # ``deform.weight`` means the learned kernel alone or the merged one, as ``shift_merged`` says:
         # take the incoming meaning, so a re-parameterised checkpoint loads merged into a fresh module
         # (and a training checkpoint un-merges a re-parameterised one). A state dict without the flag
         # (written before it existed) is the training form.
+        # A partial state dict (strict=False) without ``deform.weight`` leaves the weight, and so
+        # its meaning, as it is.
         key = prefix + "shift_merged"
+        merged = self.reparameterized
         if self.deform is not None:
             incoming = state_dict.get(key)
             if incoming is not None and (not isinstance(incoming, torch.Tensor) or incoming.numel() != 1):
                 error_msgs.append(f"{key}: expected a one-element bool tensor, got {incoming!r}")
                 return
-            self._set_merged(bool(incoming) if incoming is not None else False)
+            if prefix + "deform.weight" in state_dict:
+                merged = bool(incoming) if incoming is not None else False
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if self.deform is not None and key in missing_keys:
-            missing_keys.remove(key)
+        if self.deform is not None:
+            self._set_merged(merged)  # after the buffer copy, which a partial state dict may also make
+            if key in missing_keys:
+                missing_keys.remove(key)
 
     def merged_shift(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The single depthwise conv equal to both paths: (weight (d*k*k, 1, k, k), bias (d*k*k,)),

@@ -135,7 +135,10 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
         if src in loaded:
             loaded[alias] = loaded[src]
 
-    missing = sorted(set(expected) - set(loaded))
+    # keys a module loads without (a file written before they existed), e.g. SlideAttention's shift_merged
+    optional = {f"{name}.{k}" if name else k for name, mod in model.named_modules()
+                for k in getattr(mod, "_optional_state_keys", ())}
+    missing = sorted(set(expected) - set(loaded) - optional)
     unexpected = sorted(set(loaded) - set(expected))
     wrong = [f"{k}: file {tuple(loaded[k].shape)}, model {tuple(expected[k].shape)}"
              for k in expected if k in loaded and loaded[k].shape != expected[k].shape]
