@@ -419,6 +419,41 @@ def test_training_peak_memory_at_most_a_third_of_im2col():
 # -- review fixes ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("deformed", [False, True])
+def test_frozen_projections_still_train_shifts_and_key_bias(deformed):
+    # qkv frozen and an input without a gradient: key_bias and the learned shift conv must still
+    # get their gradients (the in-place no-grad path used to run and dropped them silently).
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, key_bias=True).double().train()
+    _randomise(m)
+    m.qkv.requires_grad_(False)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    params = [p for p in m.parameters() if p.requires_grad]
+    y = m(x)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, params, g, allow_unused=True)
+    ref = torch.autograd.grad(m.forward_reference(x), params, g)
+    for a, b in zip(got, ref):
+        assert a is not None
+        assert (a - b).abs().max().item() < 1e-10 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_double_backward_matches_the_definition(deformed):
+    # create_graph=True (gradient penalty): worked through autograd of the loop before the custom
+    # Function, which must keep supporting it with the same second-order gradients.
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, key_bias=True, mask_padding=True).double()
+    _randomise(m)
+    params = list(m.parameters())
+    x = torch.randn(2, 8, 4, 5, dtype=torch.float64, requires_grad=True)
+
+    def penalty_grads(f):
+        (gx,) = torch.autograd.grad(f(x).square().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), [x, *params])
+
+    for a, b in zip(penalty_grads(m), penalty_grads(m.forward_reference)):
+        assert (a - b).abs().max().item() < 1e-9 * max(1.0, b.abs().max().item())
+
+
 def test_partial_state_dict_keeps_the_merge():
     # load_state_dict(strict=False) of a few keys into a merged module must not flip its flag
     # (deform.weight still holds the merged kernel)

@@ -258,7 +258,8 @@ class SlideAttention(SpatialAttention):
             w3 = b2 = None
         kb = self.key_bias.to(dt) if self.key_bias is not None else None
         valid = padding_mask(h, w, ks, device=q.device).view(kk, h, w) if self.mask_padding else None
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_, v))
+        # any differentiable input counts: a frozen qkv still trains the shifts and the key bias
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k_, v, w3, b2, kb))
         if w3 is None and not grad and not _is_exporting():
             # pure shifts: slices of the unpadded maps, restricted to where the neighbour exists
             o = _attend_shifts_inplace(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), ks, kb, valid)
@@ -509,15 +510,34 @@ class _SlideAttend(torch.autograd.Function):
         attn = torch.empty(q.shape[0], q.shape[1], ks * ks, q.shape[3], q.shape[4], dtype=q.dtype, device=q.device)
         out = _attend_inplace(q, k, v, ks, w3, b2, kb, valid, attn_out=attn)
         ctx.save_for_backward(q, k, v, w3, b2, kb, attn)
-        ctx.ks = ks
+        ctx.ks, ctx.valid = ks, valid
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gout):
         q, k, v, w3, b2, kb, attn = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward: gradient penalties, meta-learning): differentiate
+            # the out-of-place form with autograd, so the gradients are differentiable themselves
+            return (*_attend_backward_differentiable(gout, q, k, v, w3, b2, kb, ctx.valid, ctx.ks,
+                                                     ctx.needs_input_grad), None, None)
         grads = _attend_backward(gout.contiguous(), q, k, v, w3, b2, kb, attn, ctx.ks, ctx.needs_input_grad)
         return (*grads, None, None)
+
+
+def _attend_backward_differentiable(gout, q, k, v, w3, b2, kb, valid, ks, needs):
+    """The gradients of :class:`_SlideAttend` as a differentiable graph (autograd through
+    :func:`_attend_functional`); used only when the backward itself is recorded."""
+    r = ks // 2
+    inputs = (q, k, v, w3, b2, kb)
+    wanted = [i for i, t in enumerate(inputs) if needs[i] and t is not None]
+    kp, vp = F.pad(k, (r, r, r, r)), F.pad(v, (r, r, r, r))
+    out = _attend_functional(q, kp, vp, ks, w3, b2, kb, valid)
+    got = torch.autograd.grad(out, [inputs[i] for i in wanted], gout, create_graph=True, allow_unused=True)
+    grads = [None] * 6
+    for i, g in zip(wanted, got):
+        grads[i] = g
+    return tuple(grads)
 
 
 def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
