@@ -481,3 +481,23 @@ def test_weights_file_written_before_the_flag_loads_strict(tmp_path):
     assert not fresh[1].reparameterized
     with torch.no_grad():
         assert torch.equal(fresh(x), ref)
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_torch_func_per_sample_gradients(deformed):
+    # torch.func transforms (vmap(grad(...)): per-sample gradients) worked through the plain ops
+    # before the custom Function; they must still work and equal the definition's
+    from torch.func import functional_call, grad, vmap
+
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, key_bias=True).double()
+    _randomise(m)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    x = torch.randn(3, 8, 4, 5, dtype=torch.float64)
+    got = vmap(grad(lambda p, xi: functional_call(m, p, (xi[None],)).square().sum()), in_dims=(None, 0))(params, x)
+    for i in range(3):
+        ref = torch.autograd.grad(m.forward_reference(x[i:i + 1]).square().sum(), list(m.parameters()))
+        for (name, _), b in zip(m.named_parameters(), ref):
+            assert (got[name][i] - b).abs().max().item() < 1e-10 * max(1.0, b.abs().max().item())
+    with torch.no_grad():
+        y = vmap(lambda xi: m(xi[None])[0])(x)
+        assert (y - m.forward_reference(x)).abs().max().item() < 1e-10

@@ -73,6 +73,12 @@ def one_hot_shift_kernels(channels: int, kernel_size: int, dtype=None, device=No
     return eye.expand(channels, kk, kernel_size, kernel_size).reshape(channels * kk, 1, kernel_size, kernel_size)
 
 
+def _under_functorch(*tensors) -> bool:
+    """True inside torch.func transforms (grad, vmap, jacrev, ...), which neither the in-place
+    loop nor the custom Function supports: the out-of-place form runs there."""
+    return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
 def _is_exporting() -> bool:
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
@@ -260,14 +266,15 @@ class SlideAttention(SpatialAttention):
         valid = padding_mask(h, w, ks, device=q.device).view(kk, h, w) if self.mask_padding else None
         # any differentiable input counts: a frozen qkv still trains the shifts and the key bias
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k_, v, w3, b2, kb))
-        if w3 is None and not grad and not _is_exporting():
+        functional = _is_exporting() or _under_functorch(q, k_, v, w3, b2, kb)
+        if w3 is None and not grad and not functional:
             # pure shifts: slices of the unpadded maps, restricted to where the neighbour exists
             o = _attend_shifts_inplace(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), ks, kb, valid)
             return o.reshape(bsz, c, h, w)
-        if grad and not _is_exporting():
+        if grad and not functional:
             o = _SlideAttend.apply(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), w3, b2, kb, valid, ks)
             return o.reshape(bsz, c, h, w)
-        if _is_exporting():
+        if functional:
             kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
             vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
             o = _attend_functional(q5, kp, vp, ks, w3, b2, kb, valid)
