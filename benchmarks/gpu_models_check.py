@@ -28,7 +28,7 @@ def check_model(name: str, device: torch.device, size: int) -> dict:
     c, h, w = model_entry(name).default_input
     h, w = min(h, size), min(w, size)  # the model's own input, at most size x size
     x = torch.randn(2, c, h, w, device=device)
-    y = torch.tensor([1, 7], device=device)
+    y = torch.tensor([1, 7], device=device)  # classification; segmentation models get dense targets below
     amp = (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16))
     row = {"model": name, "input": [2, c, h, w]}
     # eval forwards first (a training step would move the BatchNorm running statistics)
@@ -38,6 +38,9 @@ def check_model(name: str, device: torch.device, size: int) -> dict:
         with torch.no_grad(), torch.autocast(device.type, dtype=dt or torch.float32, enabled=dt is not None):
             outs[label] = m(x).float()
     ref = outs["fp32"]
+    if ref.dim() == 4:  # segmentation: (B, classes, H', W') logits, one class index per pixel
+        y = torch.randint(0, ref.shape[1], (ref.shape[0], *ref.shape[2:]), device=device,
+                          generator=torch.Generator(device).manual_seed(0))
     for label, dt in amp:
         t0 = time.perf_counter()
         m.train()

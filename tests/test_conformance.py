@@ -260,3 +260,17 @@ def test_torchscript_trace_matches(name):
     with torch.no_grad():
         traced = torch.jit.trace(m, (x,))
         assert rel_err(traced(x), m(x)) < 1e-6
+
+
+def test_gpu_models_check_script_trains_segmentation_models(device):
+    # benchmarks/gpu_models_check.py (run by benchmarks/gpu_check.sh) gave segmentation models
+    # class-index targets of shape (B,), so every dense model failed its training step
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_models_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_models_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    row = mod.check_model("fpn_resnet_tiny", device, 32)
+    assert row["ok"], row

@@ -57,3 +57,15 @@ def test_models_reject_negative_class_counts():
         visattn.create_model("resnet_tiny", num_classes=-1)
     with pytest.raises(TypeError, match="num_classes must be an int >= 0 .* got float 3.5"):
         visattn.create_model("resnet_tiny", num_classes=3.5)
+
+
+def test_work_limit_infinite_and_nan_bounds():
+    # inf lifts a bound like None (it raised OverflowError); NaN is refused with the message
+    attn = visattn.create_attention("mhsa", 8, num_heads=2)
+    x = torch.randn(1, 8, 12, 12)
+    with visattn.work_limit(max_flops=1):
+        with visattn.work_limit(max_flops=float("inf"), max_bytes=float("inf")):
+            assert attn(x).shape == (1, 8, 12, 12)
+    with pytest.raises(ValueError, match="work_limit: max_params must be a positive number or None, got nan"):
+        with visattn.work_limit(max_params=float("nan")):
+            pass

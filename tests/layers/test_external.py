@@ -201,3 +201,21 @@ def test_tied_layer_loads_old_two_key_checkpoints_and_refuses_different_memories
     assert torch.equal(b.memory_value, sd["memory_key"]) and b.memory_value is not b.memory_key
     with pytest.raises(TypeError, match="tie_memories must be a bool, got str 'yes'"):
         ExternalAttention(8, tie_memories="yes")
+
+
+def test_tied_weights_file_from_before_the_structural_tie_loads_strict(tmp_path):
+    # A tied layer's file from before the tie was structural (save_weights stored M_k once and
+    # named M_v an alias of it): strict visattn.load_weights accepts it, as load_state_dict does.
+    import json
+
+    from safetensors.torch import save_file
+
+    from visattn.layers.external import ExternalAttention
+
+    tied = ExternalAttention(8, memory_size=16, tie_memories=True)
+    old = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in tied.state_dict().items()}, str(old),
+              metadata={"format": "pt", "visattn.aliases": json.dumps({"memory_value": "memory_key"})})
+    fresh = ExternalAttention(8, memory_size=16, tie_memories=True)
+    assert visattn.load_weights(fresh, old) == ([], [])
+    assert torch.equal(fresh.memory_key, tied.memory_key)

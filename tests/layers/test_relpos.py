@@ -332,3 +332,11 @@ def test_positional_features_reproduce_the_logits_up_to_a_per_query_constant(enc
     assert qf.shape == (2, 20, 3 if encoding == "quadratic" else 5) and kf.shape == (20, qf.shape[-1])
     diff = qf @ kf.t() - m.positional_logits(4, 5)  # (h, n, n): constant along the keys
     assert (diff - diff[..., :1]).abs().max().item() < 1e-10
+
+
+def test_folded_positions_with_attention_dropout_count_the_attention_matrix():
+    # SDPA with dropout runs its math path on the CPU (a (B, h, n, n) matrix): the folded
+    # estimate (B, h, n, D) must not be used then, or a huge map is not refused
+    m = RelativePositionAttention(16, num_heads=4, content=True, attn_drop=0.1).train()
+    assert m.peak_intermediate_bytes(8, 8, batch=3) == 3 * 4 * 64 * 64 * 4
+    assert m.eval().peak_intermediate_bytes(8, 8, batch=3) == 3 * 4 * 64 * 8 * 4

@@ -16,6 +16,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import visattn
 from visattn.layers.local import LocalAttention
@@ -413,3 +414,90 @@ def test_training_peak_memory_at_most_a_third_of_im2col():
     ours = peak_memory_bytes(lambda: slide(x).backward(g))
     theirs = peak_memory_bytes(lambda: local(x).backward(g))
     assert ours <= theirs / 3
+
+
+# -- review fixes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_frozen_projections_still_train_shifts_and_key_bias(deformed):
+    # qkv frozen and an input without a gradient: key_bias and the learned shift conv must still
+    # get their gradients (the in-place no-grad path used to run and dropped them silently).
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, key_bias=True).double().train()
+    _randomise(m)
+    m.qkv.requires_grad_(False)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    params = [p for p in m.parameters() if p.requires_grad]
+    y = m(x)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, params, g, allow_unused=True)
+    ref = torch.autograd.grad(m.forward_reference(x), params, g)
+    for a, b in zip(got, ref):
+        assert a is not None
+        assert (a - b).abs().max().item() < 1e-10 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_double_backward_matches_the_definition(deformed):
+    # create_graph=True (gradient penalty): worked through autograd of the loop before the custom
+    # Function, which must keep supporting it with the same second-order gradients.
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, key_bias=True, mask_padding=True).double()
+    _randomise(m)
+    params = list(m.parameters())
+    x = torch.randn(2, 8, 4, 5, dtype=torch.float64, requires_grad=True)
+
+    def penalty_grads(f):
+        (gx,) = torch.autograd.grad(f(x).square().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), [x, *params])
+
+    for a, b in zip(penalty_grads(m), penalty_grads(m.forward_reference)):
+        assert (a - b).abs().max().item() < 1e-9 * max(1.0, b.abs().max().item())
+
+
+def test_partial_state_dict_keeps_the_merge():
+    # load_state_dict(strict=False) of a few keys into a merged module must not flip its flag
+    # (deform.weight still holds the merged kernel)
+    m, x, ref = _merged_copy()
+    m.load_state_dict({"qkv.weight": m.qkv.weight.detach().clone()}, strict=False)
+    assert m.reparameterized and m.shift_merged.item()
+    with torch.no_grad():
+        assert torch.allclose(m(x), ref, atol=1e-5, rtol=0)
+
+
+def test_weights_file_written_before_the_flag_loads_strict(tmp_path):
+    # a safetensors file without shift_merged (older visattn) is the training form: strict
+    # load_weights accepts it, also nested in a model
+    from safetensors.torch import save_file
+
+    m = nn.Sequential(nn.Identity(), SlideAttention(8, num_heads=2, kernel_size=3)).eval()
+    _randomise(m[1])
+    x = torch.randn(1, 8, 6, 5)
+    with torch.no_grad():
+        ref = m(x)
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items() if not k.endswith("shift_merged")}, str(path))
+    fresh = nn.Sequential(nn.Identity(), SlideAttention(8, num_heads=2, kernel_size=3).reparameterize()).eval()
+    assert visattn.load_weights(fresh, path) == ([], [])
+    assert not fresh[1].reparameterized
+    with torch.no_grad():
+        assert torch.equal(fresh(x), ref)
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_torch_func_per_sample_gradients(deformed):
+    # torch.func transforms (vmap(grad(...)): per-sample gradients) worked through the plain ops
+    # before the custom Function; they must still work and equal the definition's
+    from torch.func import functional_call, grad, vmap
+
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, key_bias=True).double()
+    _randomise(m)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    x = torch.randn(3, 8, 4, 5, dtype=torch.float64)
+    got = vmap(grad(lambda p, xi: functional_call(m, p, (xi[None],)).square().sum()), in_dims=(None, 0))(params, x)
+    for i in range(3):
+        ref = torch.autograd.grad(m.forward_reference(x[i:i + 1]).square().sum(), list(m.parameters()))
+        for (name, _), b in zip(m.named_parameters(), ref):
+            assert (got[name][i] - b).abs().max().item() < 1e-10 * max(1.0, b.abs().max().item())
+    with torch.no_grad():
+        y = vmap(lambda xi: m(xi[None])[0])(x)
+        assert (y - m.forward_reference(x)).abs().max().item() < 1e-10

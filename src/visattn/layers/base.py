@@ -91,7 +91,7 @@ _UNSET = object()
 
 @contextlib.contextmanager
 def work_limit(max_bytes=_UNSET, max_flops=_UNSET, max_params=_UNSET) -> Iterator[None]:
-    """Change the work bounds inside a ``with`` block (``None`` lifts a bound).
+    """Change the work bounds inside a ``with`` block (``None`` or ``float("inf")`` lifts a bound).
 
     Example::
 
@@ -106,9 +106,9 @@ def work_limit(max_bytes=_UNSET, max_flops=_UNSET, max_params=_UNSET) -> Iterato
     for i, (name, v) in enumerate((("max_bytes", max_bytes), ("max_flops", max_flops), ("max_params", max_params))):
         if v is _UNSET:
             continue
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):  # NaN too
             raise ValueError(f"work_limit: {name} must be a positive number or None, got {v!r}")
-        cur[i] = None if v is None else int(v)
+        cur[i] = None if v is None or v == float("inf") else int(v)  # inf: no bound, like None
     token = _LIMITS.set(tuple(cur))
     try:
         yield

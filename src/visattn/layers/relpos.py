@@ -301,7 +301,8 @@ class RelativePositionAttention(SpatialAttention):
         attention matrix when one is materialised (content in training or under autograd, or
         attention dropout)."""
         n, size = height * width, max(itemsize, 4)
-        if self._folds_positions():  # fused SDPA on (B, h, n, D) queries, keys and values
+        dropout = self.training and self.attn_drop > 0  # SDPA's CPU kernels then take the math path
+        if self._folds_positions() and not dropout:  # fused SDPA on (B, h, n, D) queries, keys and values
             return batch * self.num_heads * n * self._fold_width() * size
         per_example = (self.content and (self.training or torch.is_grad_enabled())) or (
             self.training and self.attn_drop > 0)

@@ -73,6 +73,12 @@ def one_hot_shift_kernels(channels: int, kernel_size: int, dtype=None, device=No
     return eye.expand(channels, kk, kernel_size, kernel_size).reshape(channels * kk, 1, kernel_size, kernel_size)
 
 
+def _under_functorch(*tensors) -> bool:
+    """True inside torch.func transforms (grad, vmap, jacrev, ...), which neither the in-place
+    loop nor the custom Function supports: the out-of-place form runs there."""
+    return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
 def _is_exporting() -> bool:
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
@@ -187,23 +193,32 @@ class SlideAttention(SpatialAttention):
             with torch.no_grad():
                 self.shift_merged.fill_(merged)
 
+    #: State-dict keys this module loads without (visattn.load_weights does not call them missing).
+    _optional_state_keys = ("shift_merged",)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         # ``deform.weight`` means the learned kernel alone or the merged one, as ``shift_merged`` says:
         # take the incoming meaning, so a re-parameterised checkpoint loads merged into a fresh module
         # (and a training checkpoint un-merges a re-parameterised one). A state dict without the flag
         # (written before it existed) is the training form.
+        # A partial state dict (strict=False) without ``deform.weight`` leaves the weight, and so
+        # its meaning, as it is.
         key = prefix + "shift_merged"
+        merged = self.reparameterized
         if self.deform is not None:
             incoming = state_dict.get(key)
             if incoming is not None and (not isinstance(incoming, torch.Tensor) or incoming.numel() != 1):
                 error_msgs.append(f"{key}: expected a one-element bool tensor, got {incoming!r}")
                 return
-            self._set_merged(bool(incoming) if incoming is not None else False)
+            if prefix + "deform.weight" in state_dict:
+                merged = bool(incoming) if incoming is not None else False
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if self.deform is not None and key in missing_keys:
-            missing_keys.remove(key)
+        if self.deform is not None:
+            self._set_merged(merged)  # after the buffer copy, which a partial state dict may also make
+            if key in missing_keys:
+                missing_keys.remove(key)
 
     def merged_shift(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The single depthwise conv equal to both paths: (weight (d*k*k, 1, k, k), bias (d*k*k,)),
@@ -249,15 +264,17 @@ class SlideAttention(SpatialAttention):
             w3 = b2 = None
         kb = self.key_bias.to(dt) if self.key_bias is not None else None
         valid = padding_mask(h, w, ks, device=q.device).view(kk, h, w) if self.mask_padding else None
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_, v))
-        if w3 is None and not grad and not _is_exporting():
+        # any differentiable input counts: a frozen qkv still trains the shifts and the key bias
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k_, v, w3, b2, kb))
+        functional = _is_exporting() or _under_functorch(q, k_, v, w3, b2, kb)
+        if w3 is None and not grad and not functional:
             # pure shifts: slices of the unpadded maps, restricted to where the neighbour exists
             o = _attend_shifts_inplace(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), ks, kb, valid)
             return o.reshape(bsz, c, h, w)
-        if grad and not _is_exporting():
+        if grad and not functional:
             o = _SlideAttend.apply(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), w3, b2, kb, valid, ks)
             return o.reshape(bsz, c, h, w)
-        if _is_exporting():
+        if functional:
             kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
             vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
             o = _attend_functional(q5, kp, vp, ks, w3, b2, kb, valid)
@@ -500,15 +517,34 @@ class _SlideAttend(torch.autograd.Function):
         attn = torch.empty(q.shape[0], q.shape[1], ks * ks, q.shape[3], q.shape[4], dtype=q.dtype, device=q.device)
         out = _attend_inplace(q, k, v, ks, w3, b2, kb, valid, attn_out=attn)
         ctx.save_for_backward(q, k, v, w3, b2, kb, attn)
-        ctx.ks = ks
+        ctx.ks, ctx.valid = ks, valid
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gout):
         q, k, v, w3, b2, kb, attn = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward: gradient penalties, meta-learning): differentiate
+            # the out-of-place form with autograd, so the gradients are differentiable themselves
+            return (*_attend_backward_differentiable(gout, q, k, v, w3, b2, kb, ctx.valid, ctx.ks,
+                                                     ctx.needs_input_grad), None, None)
         grads = _attend_backward(gout.contiguous(), q, k, v, w3, b2, kb, attn, ctx.ks, ctx.needs_input_grad)
         return (*grads, None, None)
+
+
+def _attend_backward_differentiable(gout, q, k, v, w3, b2, kb, valid, ks, needs):
+    """The gradients of :class:`_SlideAttend` as a differentiable graph (autograd through
+    :func:`_attend_functional`); used only when the backward itself is recorded."""
+    r = ks // 2
+    inputs = (q, k, v, w3, b2, kb)
+    wanted = [i for i, t in enumerate(inputs) if needs[i] and t is not None]
+    kp, vp = F.pad(k, (r, r, r, r)), F.pad(v, (r, r, r, r))
+    out = _attend_functional(q, kp, vp, ks, w3, b2, kb, valid)
+    got = torch.autograd.grad(out, [inputs[i] for i in wanted], gout, create_graph=True, allow_unused=True)
+    grads = [None] * 6
+    for i, g in zip(wanted, got):
+        grads[i] = g
+    return tuple(grads)
 
 
 def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):

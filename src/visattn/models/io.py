@@ -134,8 +134,17 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
     for alias, src in aliases.items():
         if src in loaded:
             loaded[alias] = loaded[src]
+    # A second name of one stored tensor that the model does not have, while it has the other, is
+    # not unexpected (e.g. M_v of a tied external-attention layer written before the tie was structural).
+    for alias, src in aliases.items():
+        for extra, kept in ((alias, src), (src, alias)):
+            if extra in loaded and extra not in expected and kept in loaded and kept in expected:
+                del loaded[extra]
 
-    missing = sorted(set(expected) - set(loaded))
+    # keys a module loads without (a file written before they existed), e.g. SlideAttention's shift_merged
+    optional = {f"{name}.{k}" if name else k for name, mod in model.named_modules()
+                for k in getattr(mod, "_optional_state_keys", ())}
+    missing = sorted(set(expected) - set(loaded) - optional)
     unexpected = sorted(set(loaded) - set(expected))
     wrong = [f"{k}: file {tuple(loaded[k].shape)}, model {tuple(expected[k].shape)}"
              for k in expected if k in loaded and loaded[k].shape != expected[k].shape]
