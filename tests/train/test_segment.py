@@ -47,8 +47,12 @@ def test_confusion_matrix_and_metrics_by_hand():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="scale_range must be \\(min, max\\) with 0 < min <= max, got \\(2.0, 1.0\\)"):
+    with pytest.raises(ValueError, match="scale_range must be \\(min, max\\) with 0 < min <= max, both finite, got \\(2.0, 1.0\\)"):
         SegTrainConfig(scale_range=(2.0, 1.0)).validate()
+    for bad in ((1.0, float("inf")), (float("nan"), 1.0), (True, 2.0)):
+        # an infinite scale used to end in an OverflowError traceback inside the augmentation
+        with pytest.raises(ValueError, match="scale_range must be \\(min, max\\) with 0 < min <= max, both finite"):
+            SegTrainConfig(scale_range=bad).validate()
     with pytest.raises(ValueError, match="ignore_index must be an int >= 0, got -1"):
         SegTrainConfig(ignore_index=-1).validate()
     with pytest.raises(ValueError, match="augment must be one of"):

@@ -19,6 +19,7 @@ IoU, null for a class absent from both).
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -65,8 +66,10 @@ class SegTrainConfig(TrainConfig):
             raise ValueError(f"ignore_index must be an int >= 0, got {self.ignore_index!r}")
         if self.scale_range is not None:
             sr = tuple(self.scale_range)
-            if len(sr) != 2 or not all(isinstance(v, (int, float)) for v in sr) or not 0 < sr[0] <= sr[1]:
-                raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {self.scale_range!r}")
+            if len(sr) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                       for v in sr) or not 0 < sr[0] <= sr[1]:
+                raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, both finite, got "
+                                 f"{self.scale_range!r}")
             self.scale_range = (float(sr[0]), float(sr[1]))
 
 
