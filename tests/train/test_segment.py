@@ -182,6 +182,27 @@ def test_cli_train_task_segment(tmp_path, capsys):
     assert "has value 2, which is neither a class (0..1) nor the ignore index 255" in capsys.readouterr().err
 
 
+def test_cli_keeps_a_typed_classification_model_or_data(tmp_path, capsys):
+    # --model resnet_tiny / --data digits typed with --task segment used to be silently replaced by
+    # fpn_resnet_tiny / digitscenes (a whole run of another model); only the untyped defaults are.
+    from visattn.train.segment import seg_config_from_args
+
+    p = __import__("argparse").ArgumentParser()
+    train_cmd.add_train_arguments(p)
+    cfg = seg_config_from_args(p.parse_args(["--task", "segment"]))
+    assert (cfg.model, cfg.data) == ("fpn_resnet_tiny", "digitscenes")
+    cfg = seg_config_from_args(p.parse_args(["--task", "segment", "--model", "resnet_tiny", "--data", "digits"]))
+    assert (cfg.model, cfg.data) == ("resnet_tiny", "digits")
+    assert train_cmd.main(["--task", "segment", "--model", "resnet_tiny", "--output", str(tmp_path / "r")]) == 2
+    assert "segmentation needs a segmentation model; 'resnet_tiny' is a classify model" in capsys.readouterr().err
+    assert train_cmd.main(["--task", "segment", "--data", "digits", "--output", str(tmp_path / "r")]) == 2
+    assert "segmentation data spec must be 'digitscenes' or 'segfolder:PATH', got 'digits'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.safetensors"))
+    # the classification defaults themselves are unchanged
+    args = p.parse_args([])
+    assert (args.model, args.data) == ("resnet_tiny", "digits") and train_cmd.config_from_args(args).model == "resnet_tiny"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
