@@ -93,3 +93,16 @@ def test_predict_without_run_config(run_dir, tmp_path):
     assert torch.equal(predict_mask(net, img, info["mean"], info["std"]), ref)
     with pytest.raises(ValueError, match="3 class names for 4 classes"):
         load_segmenter(ensure_registered(), run_dir / "run", num_classes=4)
+
+
+def test_digit_scene_truth_uses_the_runs_ignore_index():
+    # A run trained with --ignore-index 254: the ground truth of digitscenes:K marks its rim with
+    # 254 (drawn white), as the run's data did; it used to carry 255 (drawn as plain image).
+    from visattn.predict import read_input_image
+
+    info = {"data": "digitscenes", "image_size": 16, "seed": 0, "ignore_index": 254}
+    _, truth, _ = read_input_image("digitscenes:1", info)
+    values = set(truth.unique().tolist())
+    assert 254 in values and 255 not in values
+    _, truth, _ = read_input_image("digitscenes:1", {"data": "digitscenes", "image_size": 16, "seed": 0})
+    assert 255 in set(truth.unique().tolist())

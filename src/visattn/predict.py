@@ -94,7 +94,9 @@ def read_input_image(spec: str, info: dict[str, Any]) -> tuple[torch.Tensor, tor
         k = int(k)
         if info.get("data") not in (None, "digitscenes"):
             raise ValueError(f"the model was trained on {info['data']!r}, not on digitscenes")
-        b = load_digit_scenes(info.get("image_size") or 64, n_test=max(500, k + 1), seed=int(info.get("seed") or 0))
+        kw = {} if info.get("ignore_index") is None else {"ignore_index": int(info["ignore_index"])}
+        b = load_digit_scenes(info.get("image_size") or 64, n_test=max(500, k + 1), seed=int(info.get("seed") or 0),
+                              **kw)
         return b.test.images[k], b.test.masks[k], f"digit scenes, test scene {k}"
     return read_image(spec), None, Path(spec).name
 
