@@ -106,3 +106,13 @@ def test_digit_scene_truth_uses_the_runs_ignore_index():
     assert 254 in values and 255 not in values
     _, truth, _ = read_input_image("digitscenes:1", {"data": "digitscenes", "image_size": 16, "seed": 0})
     assert 255 in set(truth.unique().tolist())
+
+
+def test_predict_out_must_be_png(run_dir, capsys):
+    # --out x.jpg used to get PNG bytes under a .jpg name; now a one-line error before any work
+    args = ["predict", ensure_registered(), "--weights", str(run_dir / "run"),
+            "--image", str(run_dir / "d" / "images" / "s000.png")]
+    assert main([*args, "--out", str(run_dir / "x.jpg")]) == 2
+    assert "must be a .png file" in capsys.readouterr().err and not (run_dir / "x.jpg").exists()
+    assert main([*args, "--out", str(run_dir / "x.PNG")]) == 0
+    assert (run_dir / "x.PNG").read_bytes()[:4] == b"\x89PNG"
