@@ -93,3 +93,26 @@ def test_predict_without_run_config(run_dir, tmp_path):
     assert torch.equal(predict_mask(net, img, info["mean"], info["std"]), ref)
     with pytest.raises(ValueError, match="3 class names for 4 classes"):
         load_segmenter(ensure_registered(), run_dir / "run", num_classes=4)
+
+
+def test_digit_scene_truth_uses_the_runs_ignore_index():
+    # A run trained with --ignore-index 254: the ground truth of digitscenes:K marks its rim with
+    # 254 (drawn white), as the run's data did; it used to carry 255 (drawn as plain image).
+    from visattn.predict import read_input_image
+
+    info = {"data": "digitscenes", "image_size": 16, "seed": 0, "ignore_index": 254}
+    _, truth, _ = read_input_image("digitscenes:1", info)
+    values = set(truth.unique().tolist())
+    assert 254 in values and 255 not in values
+    _, truth, _ = read_input_image("digitscenes:1", {"data": "digitscenes", "image_size": 16, "seed": 0})
+    assert 255 in set(truth.unique().tolist())
+
+
+def test_predict_out_must_be_png(run_dir, capsys):
+    # --out x.jpg used to get PNG bytes under a .jpg name; now a one-line error before any work
+    args = ["predict", ensure_registered(), "--weights", str(run_dir / "run"),
+            "--image", str(run_dir / "d" / "images" / "s000.png")]
+    assert main([*args, "--out", str(run_dir / "x.jpg")]) == 2
+    assert "must be a .png file" in capsys.readouterr().err and not (run_dir / "x.jpg").exists()
+    assert main([*args, "--out", str(run_dir / "x.PNG")]) == 0
+    assert (run_dir / "x.PNG").read_bytes()[:4] == b"\x89PNG"

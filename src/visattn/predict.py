@@ -94,7 +94,9 @@ def read_input_image(spec: str, info: dict[str, Any]) -> tuple[torch.Tensor, tor
         k = int(k)
         if info.get("data") not in (None, "digitscenes"):
             raise ValueError(f"the model was trained on {info['data']!r}, not on digitscenes")
-        b = load_digit_scenes(info.get("image_size") or 64, n_test=max(500, k + 1), seed=int(info.get("seed") or 0))
+        kw = {} if info.get("ignore_index") is None else {"ignore_index": int(info["ignore_index"])}
+        b = load_digit_scenes(info.get("image_size") or 64, n_test=max(500, k + 1), seed=int(info.get("seed") or 0),
+                              **kw)
         return b.test.images[k], b.test.masks[k], f"digit scenes, test scene {k}"
     return read_image(spec), None, Path(spec).name
 
@@ -174,15 +176,17 @@ def predict_image(model: str, weights: str | os.PathLike, image: str, out: str |
 
     Returns (path written, predicted mask (H, W), class names).
     """
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"the output {str(out)!r} must be a .png file (the figure is written as PNG)")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"folder {str(out.parent)!r} for {out.name} does not exist")
     net, info = load_segmenter(model, weights, attention=attention, attn_kwargs=attn_kwargs,
                                num_classes=num_classes)
     img, truth, name = read_input_image(image, info)
     pred = predict_mask(net, img, info["mean"], info["std"])
     fig = draw_prediction(img, pred, info["classes"], truth, title=f"{model} on {name}",
                           ignore_index=info.get("ignore_index"))
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"folder {str(out.parent)!r} for {out.name} does not exist")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, out)

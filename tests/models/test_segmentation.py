@@ -68,6 +68,17 @@ def test_every_mechanism_trains_a_step_in_the_small_model(mechanism):
     _train_step(model)
 
 
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_eanet_trains_a_step_with_every_mechanism(mechanism):
+    # Issue 13 "Done when": both segmentation models train a step with every mechanism
+    # (the Semantic FPN side: test_every_mechanism_trains_a_step_in_the_small_model).
+    model = build("eanet_r50", num_classes=4, attention=mechanism,
+                  attn_kwargs=dict(attention_info(mechanism).test_kwargs)).train()
+    swapped = [m for m in model.backbone.modules() if getattr(type(m), "registry_name", "") == mechanism]
+    assert len(swapped) == 4  # one block per stage at the test depths, dilated stages included
+    _train_step(model)
+
+
 @pytest.mark.parametrize("name", ["eanet_r50", "fpn_slide_pvt_t"])
 @pytest.mark.parametrize("mechanism", ["external", "mhsa"])
 def test_other_models_train_a_step_with_a_swapped_mechanism(name, mechanism):

@@ -47,8 +47,12 @@ def test_confusion_matrix_and_metrics_by_hand():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="scale_range must be \\(min, max\\) with 0 < min <= max, got \\(2.0, 1.0\\)"):
+    with pytest.raises(ValueError, match="scale_range must be \\(min, max\\) with 0 < min <= max, both finite, got \\(2.0, 1.0\\)"):
         SegTrainConfig(scale_range=(2.0, 1.0)).validate()
+    for bad in ((1.0, float("inf")), (float("nan"), 1.0), (True, 2.0)):
+        # an infinite scale used to end in an OverflowError traceback inside the augmentation
+        with pytest.raises(ValueError, match="scale_range must be \\(min, max\\) with 0 < min <= max, both finite"):
+            SegTrainConfig(scale_range=bad).validate()
     with pytest.raises(ValueError, match="ignore_index must be an int >= 0, got -1"):
         SegTrainConfig(ignore_index=-1).validate()
     with pytest.raises(ValueError, match="augment must be one of"):
@@ -176,6 +180,27 @@ def test_cli_train_task_segment(tmp_path, capsys):
     assert train_cmd.main(["--task", "segment", "--model", ensure_registered(), "--data", f"segfolder:{bad}",
                            "--output", str(tmp_path / "r2"), "--no-progress"]) == 2
     assert "has value 2, which is neither a class (0..1) nor the ignore index 255" in capsys.readouterr().err
+
+
+def test_cli_keeps_a_typed_classification_model_or_data(tmp_path, capsys):
+    # --model resnet_tiny / --data digits typed with --task segment used to be silently replaced by
+    # fpn_resnet_tiny / digitscenes (a whole run of another model); only the untyped defaults are.
+    from visattn.train.segment import seg_config_from_args
+
+    p = __import__("argparse").ArgumentParser()
+    train_cmd.add_train_arguments(p)
+    cfg = seg_config_from_args(p.parse_args(["--task", "segment"]))
+    assert (cfg.model, cfg.data) == ("fpn_resnet_tiny", "digitscenes")
+    cfg = seg_config_from_args(p.parse_args(["--task", "segment", "--model", "resnet_tiny", "--data", "digits"]))
+    assert (cfg.model, cfg.data) == ("resnet_tiny", "digits")
+    assert train_cmd.main(["--task", "segment", "--model", "resnet_tiny", "--output", str(tmp_path / "r")]) == 2
+    assert "segmentation needs a segmentation model; 'resnet_tiny' is a classify model" in capsys.readouterr().err
+    assert train_cmd.main(["--task", "segment", "--data", "digits", "--output", str(tmp_path / "r")]) == 2
+    assert "segmentation data spec must be 'digitscenes' or 'segfolder:PATH', got 'digits'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.safetensors"))
+    # the classification defaults themselves are unchanged
+    args = p.parse_args([])
+    assert (args.model, args.data) == ("resnet_tiny", "digits") and train_cmd.config_from_args(args).model == "resnet_tiny"
 
 
 def _free_port() -> int:

@@ -23,7 +23,7 @@ so ``attention=NAME`` swaps the mechanism of the backbone exactly as in classifi
   level's resolution (one stage without upsampling for the finest), sum, Dropout2d(0.1),
   1x1 classifier, bilinear upsampling to the input. Takes any backbone by name:
   ``create_model("semantic_fpn", backbone="slide_pvt_t", num_classes=150)``; registered
-  ``fpn_pvt_t`` (PVT paper: 17.0M parameters, 35.7% ADE20K mIoU; ours 16.97M),
+  ``fpn_pvt_t`` (PVT paper: 17.0M parameters, 35.7% ADE20K mIoU; ours 16.98M),
   ``fpn_slide_pvt_t`` (15.95M) and the small ``fpn_resnet_tiny`` for CPU runs (64 x 64 scenes).
   On a one-scale backbone (SAN, EAMLP) the last 4 blocks are all at one reduction: no upsampling
   stages.

@@ -19,6 +19,7 @@ IoU, null for a class absent from both).
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -65,8 +66,10 @@ class SegTrainConfig(TrainConfig):
             raise ValueError(f"ignore_index must be an int >= 0, got {self.ignore_index!r}")
         if self.scale_range is not None:
             sr = tuple(self.scale_range)
-            if len(sr) != 2 or not all(isinstance(v, (int, float)) for v in sr) or not 0 < sr[0] <= sr[1]:
-                raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, got {self.scale_range!r}")
+            if len(sr) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                       for v in sr) or not 0 < sr[0] <= sr[1]:
+                raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, both finite, got "
+                                 f"{self.scale_range!r}")
             self.scale_range = (float(sr[0]), float(sr[1]))
 
 
@@ -225,8 +228,18 @@ def train_segment(cfg: SegTrainConfig, data: SegDataBundle | None = None, callba
 # ---------------------------------------------------------------------------
 
 
+class _ClassifyDefault(str):
+    """A classification default of ``visattn train`` (``--model``, ``--data``) that was not given
+    on the command line: ``--task segment`` replaces it; a value the user typed is kept (and
+    refused with a clear error if it cannot segment)."""
+
+
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     """The options ``visattn train`` gains for ``--task segment``."""
+    for dest in ("model", "data"):
+        default = p.get_default(dest)
+        if isinstance(default, str) and not isinstance(default, _ClassifyDefault):
+            p.set_defaults(**{dest: _ClassifyDefault(default)})
     g = p.add_argument_group("segmentation (--task segment)")
     g.add_argument("--ignore-index", type=int, default=IGNORE_INDEX,
                    help="mask value of unlabelled pixels, left out of loss and metrics (default: %(default)s)")
@@ -237,13 +250,14 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
 def seg_config_from_args(args) -> SegTrainConfig:
     """A :class:`SegTrainConfig` from ``visattn train`` arguments. The classification defaults
     ``--model resnet_tiny`` and ``--data digits`` (which cannot segment) become
-    :data:`SEG_DEFAULT_MODEL` and ``digitscenes``."""
+    :data:`SEG_DEFAULT_MODEL` and ``digitscenes`` when they were not given; typed on the
+    command line they are kept (and refused: they cannot segment)."""
     from visattn.commands.train_cmd import config_from_args
 
     base = config_from_args(args).as_dict()
-    if base["model"] == TrainConfig.model:
+    if isinstance(args.model, _ClassifyDefault):
         base["model"] = SEG_DEFAULT_MODEL
-    if base["data"] == TrainConfig.data:
+    if isinstance(args.data, _ClassifyDefault):
         base["data"] = SEG_DEFAULT_DATA
     return SegTrainConfig(**base, ignore_index=args.ignore_index,
                           scale_range=tuple(args.scale_range) if args.scale_range else None)
