@@ -218,3 +218,34 @@ def test_bad_numeric_options_are_one_line_errors(argv, message, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.strip().endswith(f"visattn compare: error: {message}")
     assert "Traceback" not in err
+
+
+def test_a_file_on_the_runs_path_fails_first_with_one_line(tmp_path, capsys, monkeypatch):
+    import visattn.train
+
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained despite a blocked runs path"))
+    out = tmp_path / "cmp"
+    for blocker in (out / "runs", out / "runs" / "digits", out / "runs" / "digits" / "conv"):
+        if (out / "runs").is_file():
+            (out / "runs").unlink()
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_text("mine")
+        rc = main(["compare", "-m", "conv", "--tasks", "digits", "--output", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err
+        assert err.strip() == (f"visattn compare: error: {str(blocker)!r} is an existing file where compare needs a "
+                               "folder for its runs: move it away or choose another output")
+        assert blocker.read_text() == "mine" and not (out / "compare.json").exists()
+        blocker.unlink()
+
+
+def test_every_task_is_loaded_before_any_training(tmp_path, capsys, monkeypatch):
+    import visattn.train
+
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained before loading every task"))
+    # digits accepts 8x8, longrange needs >= 12: the mistake must show before the digits runs, not after them
+    rc = main(["compare", "-m", "conv", "--image-size", "8", "--output", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == ("visattn compare: error: image_size must be >= 4 * mark + 4 = 12 for marks of side 2, "
+                           "got 8")

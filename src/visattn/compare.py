@@ -266,6 +266,11 @@ def _check_output(out: Path, run_dirs: list[Path]) -> None:
     for name in ("compare.json", "compare.png"):
         if (out / name).is_dir():
             raise ValueError(f"{str(out / name)!r} is a folder; compare writes a file there: choose another output")
+    blocked = sorted({p for d in run_dirs for p in [d, *d.parents] if p != out and out in p.parents
+                      and p != d and p.exists() and not p.is_dir()})
+    if blocked:
+        raise ValueError(f"{str(blocked[0])!r} is an existing file where compare needs a folder for its runs: move "
+                         "it away or choose another output")
     foreign = []
     for d in run_dirs:
         if d.exists() and not (d.is_dir() and ((d / RUN_MARKER).is_file() or not any(d.iterdir()))):
@@ -380,10 +385,12 @@ def _compare(names: list[str], tasks: list[Task], seeds: list[int], cfg: dict, d
     data_info: dict[str, dict] = {}
     plan = [(t, s) for t in tasks for s in seeds]
     measured = cost_task(tasks).name
+    # every task's data (first seed) before any training: a bad spec or size fails now, not after the runs
+    first = {t.name: load_data(t.data, t.image_size, seed=seeds[0]) for t in tasks}
     with tqdm(total=len(plan) * len(names), desc="compare", unit="run", disable=not progress, dynamic_ncols=True,
               position=0) as bar:
         for task, seed in plan:
-            bundle = load_data(task.data, task.image_size, seed=seed)
+            bundle = first.pop(task.name) if task.name in first else load_data(task.data, task.image_size, seed=seed)
             data_info.setdefault(task.name, {"train_size": len(bundle.train), "test_size": len(bundle.test),
                                              "num_classes": bundle.num_classes, "image_size": bundle.image_size})
             for name in names:
