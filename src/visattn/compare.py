@@ -10,9 +10,11 @@ directions:
 * ``digits`` — scikit-learn's handwritten digit scans at their native 8 x 8: local shape
   matters and position helps; every mechanism's receptive field covers the image.
 * ``longrange`` — :mod:`visattn.data.longrange` at 16 x 16: are two marks, at least 8
-  columns apart, the same colour? The shallow backbone's local mixers never see both marks,
-  which caps them at 75% (provably: see that module) and in practice keeps them near
-  chance; mechanisms that mix the whole map can compare them.
+  columns apart, the same colour? The shallow backbone's 3x3 local mixers (conv, local,
+  slide) never see both marks, which caps them at 75% (provably: see that module) and in
+  practice keeps them near chance; swin's windows are bridged by the strided block's
+  average pool, so the proof does not cover it (it too stays near chance in practice);
+  mechanisms that mix the whole map can compare them.
 
 Per (task, mechanism, seed): ``top1``, test accuracy after the last epoch (BatchNorm
 statistics recomputed over a few training batches first, ``precise_bn``), the training
@@ -85,9 +87,11 @@ TASKS: dict[str, Task] = {
                       "same colour? two marks >= 8 columns apart: local mixers never see both"),
 }
 
-#: ``resnet_tiny`` cut to its first two stages (stem, a stride-1 block, a stride-2 block): the
-#: receptive field of a local mixer is 7 (conv), 9 (3x3 mechanism + average pool) or 11 (swin's
-#: 7x7 windows) pixels, narrower than the 12 columns both long-range marks span; 10k-30k parameters.
+#: ``resnet_tiny`` cut to its first two stages (stem, a stride-1 block, a stride-2 block): with a
+#: 3x3 local mixer (conv, local, slide; each followed by the strided block's 3x3 average pool) a
+#: feature sees 9 input columns, fewer than the 10 it needs to touch both long-range marks. swin's 7x7 windows
+#: tile a 16-wide map at columns 0-6, 7-13, 14-15 and that pool straddles two windows: some of its
+#: features see 15 columns. 10k-30k parameters.
 SHALLOW_TINY: dict[str, Any] = {"depths": [1, 1], "widths": [16, 32]}
 
 #: Defaults of the main job: 10 mechanisms x 2 tasks x 2 seeds in <= 8 minutes on 2 CPU cores.
