@@ -282,3 +282,26 @@ def test_local_receptive_fields_against_the_long_range_marks():
     for mech in ("conv", "local", "slide"):
         assert _widest_feature_columns(mech) == 9 < span, mech
     assert _widest_feature_columns("swin") > span
+
+
+def test_plot_shows_failed_mechanisms_inside_the_axes(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from visattn.compare import write_plot
+
+    task = Task("digits", "digits", 8, 1, 1, 0.1, "")
+    runs = [RunResult("digits", "conv", s, top1=a, train_img_s=1.0) for s, a in enumerate((0.97, 0.95))]
+    runs += [RunResult("digits", "mhsa", s, error="RuntimeError: boom") for s in range(2)]
+    rep = CompareReport(summarize(runs, {}, ["conv", "mhsa"], [task]), runs, [task], {"seeds": [0, 1]}, 1.0)
+    figs = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figs.append(self), real_savefig(self, *a, **k)))
+    write_plot(rep, tmp_path / "p.png")
+    (fig,) = figs
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    (label,) = [t for t in ax.texts if t.get_text() == "failed"]
+    box, area = label.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert area.y0 <= box.y0 and box.y1 <= area.y1, "the 'failed' label is drawn outside the visible y range"
+    lo, hi = ax.get_xlim()
+    assert lo <= -0.5 and hi >= 1.5, "the first and last mechanisms sit on the frame, half cut"

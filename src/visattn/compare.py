@@ -554,7 +554,8 @@ def write_plot(report: CompareReport, path: str | os.PathLike) -> Path:
         for i, r in enumerate(report.rows):
             s = r.tasks[task.name]
             if s.mean is None:
-                ax.annotate("failed", (i, task.chance * 100), rotation=90, ha="center", fontsize=7, color="red")
+                ax.annotate("failed", (i, 0.04), xycoords=("data", "axes fraction"), rotation=90, ha="center",
+                            va="bottom", fontsize=7, color="red")  # in view whatever the y range
                 continue
             col = colors.get(r.receptive_field, "tab:gray")
             lo, hi = 100 * (s.mean - min(s.accs)), 100 * (max(s.accs) - s.mean)
@@ -567,6 +568,7 @@ def write_plot(report: CompareReport, path: str | os.PathLike) -> Path:
         if lows:
             ax.set_ylim(max(0.0, min(lows) - 3), 101)
         ax.set_xticks(range(len(names)))
+        ax.set_xlim(-0.6, len(names) - 0.4)  # the first and last mechanisms' markers whole, not cut at the frame
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
         ax.set_title(f"{task.name} ({task.image_size}x{task.image_size}, {task.epochs} epochs)", fontsize=10)
         ax.set_ylabel("test accuracy (%)")
