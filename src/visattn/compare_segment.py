@@ -215,12 +215,10 @@ def write_seg_plot(results: list[SegCompareResult], path: str | os.PathLike, tit
 
 
 def run_from_args(args) -> int:
-    """``visattn compare --task segment``. The classification defaults of ``--model``, ``--data``,
-    ``--image-size``, ``--epochs``, ``--batch-size`` and ``--lr`` become :data:`SEG_COMPARE_DEFAULTS`'."""
-    from visattn.compare import DEFAULTS
-
-    def pick(key: str, value):
-        return SEG_COMPARE_DEFAULTS[key] if value is None or value == DEFAULTS.get(key) else value
+    """``visattn compare --task segment``. ``--model``, ``--data``, ``--image-size``, ``--epochs``,
+    ``--batch-size`` and ``--lr`` left out take :data:`SEG_COMPARE_DEFAULTS`' values."""
+    def pick(key: str, value):  # an option left out gets the segmentation default; one given is used as given
+        return SEG_COMPARE_DEFAULTS[key] if value is None else value
 
     given = [opt for opt, v in (("--tasks", args.tasks), ("--seeds", args.seeds), ("--quick", args.quick),
                                 ("--pos-embed", args.pos_embed), ("--model-kwargs", args.model_kwargs)) if v]
