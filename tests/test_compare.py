@@ -305,3 +305,23 @@ def test_plot_shows_failed_mechanisms_inside_the_axes(tmp_path, monkeypatch):
     assert area.y0 <= box.y0 and box.y1 <= area.y1, "the 'failed' label is drawn outside the visible y range"
     lo, hi = ax.get_xlim()
     assert lo <= -0.5 and hi >= 1.5, "the first and last mechanisms sit on the frame, half cut"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
+@pytest.mark.parametrize("task", ["classify", "segment"])
+@pytest.mark.parametrize("argv, message", [
+    (["--amp", "fp16"], "--amp fp16 needs CUDA (it relies on a GradScaler); on CPU use --amp bf16 or none"),
+    (["--device", "cuda"], "device 'cuda' requested but torch.cuda.is_available() is False"),
+])
+def test_device_and_amp_mistakes_fail_first_with_one_line(task, argv, message, tmp_path, capsys, monkeypatch):
+    import visattn.train
+    import visattn.train.segment
+
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained despite a bad device/amp"))
+    monkeypatch.setattr(visattn.train.segment, "train_segment", lambda *a, **k: pytest.fail("trained"))
+    out = tmp_path / "o"
+    rc = main(["compare", "--task", task, "-m", "conv", "--output", str(out), "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == f"visattn compare: error: {message}"
+    assert not out.exists()

@@ -258,6 +258,15 @@ def _resolve_tasks(tasks: Sequence[str] | None, data: str | None, image_size: in
     return out
 
 
+def _check_device_amp(device: str, amp: str) -> None:
+    """Refuse, before any output or training, a device that is not there or an ``amp`` it cannot run
+    (every run would fail the same way)."""
+    from visattn.train.distributed import _pick_device
+    from visattn.train.engine import _amp_dtype
+
+    _amp_dtype(amp, _pick_device(device, 0))
+
+
 def _run_dir(out: Path, task: str, mechanism: str, seed: int) -> Path:
     return out / "runs" / task / mechanism / f"seed{seed}"
 
@@ -353,6 +362,7 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     if threads is not None and threads < 0:
         raise ValueError(f"threads must be >= 0 (0: torch's choice), got {threads}")
     task_list = _resolve_tasks(tasks, data, image_size, epochs, quick)
+    _check_device_amp(device, amp)
     if model_kwargs is None:
         model_kwargs = dict(SHALLOW_TINY) if model == "resnet_tiny" else {}
     model_kwargs = dict(model_kwargs)

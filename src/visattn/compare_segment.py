@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import torch
 
-from visattn.compare import _check_output, _claim_run_dir, _f, _measure, _run_dir
+from visattn.compare import _check_device_amp, _check_output, _claim_run_dir, _f, _measure, _run_dir
 from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL
 
 __all__ = ["SegCompareResult", "compare_segment", "format_seg_table", "write_seg_plot", "SEG_COMPARE_DEFAULTS",
@@ -77,7 +77,7 @@ def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG
                     precise_bn: int = SEG_COMPARE_DEFAULTS["precise_bn"]) -> list[SegCompareResult]:
     """Train the segmentation ``model`` once per mechanism and measure it (see module docstring;
     arguments as :func:`visattn.compare.compare`). Writes ``compare.json``, ``compare.png`` and
-    ``runs/<mechanism>/metrics.jsonl`` into ``output`` (None: nothing written)."""
+    ``runs/segment/<mechanism>/seed<seed>/`` into ``output`` (None: nothing written)."""
     import visattn
     from visattn.train.segment import check_segmentation_model
 
@@ -92,6 +92,7 @@ def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG
         raise ValueError(f"latency_batch must be >= 1, got {latency_batch}")
     if threads is not None and threads < 0:
         raise ValueError(f"threads must be >= 0 (0: torch's choice), got {threads}")
+    _check_device_amp(device, amp)
     prev_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
