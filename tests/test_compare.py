@@ -270,8 +270,8 @@ def _widest_feature_columns(mechanism: str) -> int:
 
 def test_local_receptive_fields_against_the_long_range_marks():
     """docs/compare.md: a feature needs at least 10 columns to touch both marks; the 75% cap is proven for
-    features narrower than that. conv, local and slide: 9 columns. swin: its 7x7 windows tile the 16x16 map at 0-6, 7-13, and
-    the strided block's 3x3 average pool straddles two of them (a ReLU follows), so one feature can depend on
+    features narrower than that. conv, local and slide: 9 columns. swin: its 7x7 windows tile the 16x16 map at
+    0-6, 7-13, and the strided block's 3x3 average pool straddles two of them (a ReLU follows), so one feature can depend on
     both marks: the cap does not cover swin."""
     from visattn.data.longrange import mark_slots
 
@@ -325,3 +325,15 @@ def test_device_and_amp_mistakes_fail_first_with_one_line(task, argv, message, t
     assert rc == 2 and "Traceback" not in err
     assert err.strip() == f"visattn compare: error: {message}"
     assert not out.exists()
+
+
+def test_a_bare_string_for_names_is_a_type_error(tmp_path):
+    from visattn.compare_segment import compare_segment
+
+    with pytest.raises(TypeError, match=re.escape("mechanisms must be a list of names, got the string 'conv' "
+                                                  "(write ['conv'])")):
+        compare("conv", output=None, progress=False)
+    with pytest.raises(TypeError, match=re.escape("tasks must be a list of names, got the string 'digits'")):
+        compare(["conv"], tasks="digits", output=None, progress=False)
+    with pytest.raises(TypeError, match=re.escape("mechanisms must be a list of names, got the string 'conv'")):
+        compare_segment("conv", output=None, progress=False)

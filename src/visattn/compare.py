@@ -258,6 +258,12 @@ def _resolve_tasks(tasks: Sequence[str] | None, data: str | None, image_size: in
     return out
 
 
+def _check_names(what: str, names) -> None:
+    """A bare string where a list of names belongs would be read letter by letter: refuse it."""
+    if isinstance(names, str):
+        raise TypeError(f"{what} must be a list of names, got the string {names!r} (write [{names!r}])")
+
+
 def _check_device_amp(device: str, amp: str) -> None:
     """Refuse, before any output or training, a device that is not there or an ``amp`` it cannot run
     (every run would fail the same way)."""
@@ -346,6 +352,8 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     from visattn.registry import model_entry
 
     model_entry(model)  # unknown model: fail now, with the list of known ones
+    _check_names("mechanisms", mechanisms)
+    _check_names("tasks", tasks)
     names = list(mechanisms) if mechanisms is not None else visattn.list_attention()
     if not names:
         raise ValueError("no mechanisms to compare")

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import torch
 
-from visattn.compare import _check_device_amp, _check_output, _claim_run_dir, _f, _measure, _run_dir
+from visattn.compare import _check_device_amp, _check_names, _check_output, _claim_run_dir, _f, _measure, _run_dir
 from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL
 
 __all__ = ["SegCompareResult", "compare_segment", "format_seg_table", "write_seg_plot", "SEG_COMPARE_DEFAULTS",
@@ -82,6 +82,7 @@ def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG
     from visattn.train.segment import check_segmentation_model
 
     check_segmentation_model(model)
+    _check_names("mechanisms", mechanisms)
     names = list(mechanisms) if mechanisms is not None else visattn.list_attention()
     known = visattn.list_attention()
     unknown = [n for n in names if n not in known]

@@ -50,7 +50,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"], help="first seed (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a smoke run: fewer epochs per task, one seed")
     p.add_argument("--model", default=None,
-                   help=f"backbone (default: {DEFAULTS['model']}, first two stages; {SEG['model']} with --task segment)")
+                   help=f"backbone (default: {DEFAULTS['model']}, first two stages; {SEG['model']} with "
+                        "--task segment)")
     p.add_argument("--model-kwargs", type=_json_object('{"depths": [1, 1, 1, 1]}', nested=False), default=None,
                    metavar="JSON", help="backbone options (default for resnet_tiny: its first two stages, "
                                         "'{\"depths\": [1, 1], \"widths\": [16, 32]}'; '{}' for all four)")
