@@ -337,3 +337,27 @@ def test_a_bare_string_for_names_is_a_type_error(tmp_path):
         compare(["conv"], tasks="digits", output=None, progress=False)
     with pytest.raises(TypeError, match=re.escape("mechanisms must be a list of names, got the string 'conv'")):
         compare_segment("conv", output=None, progress=False)
+
+
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_a_second_compare_on_the_same_output_refuses_and_removes_nothing(task, tmp_path, capsys, monkeypatch):
+    import visattn.train
+    import visattn.train.segment
+    from visattn.compare import _run_dir
+    from visattn.train.checkpoint import RunLock
+
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained into a locked output"))
+    monkeypatch.setattr(visattn.train.segment, "train_segment", lambda *a, **k: pytest.fail("trained"))
+    out = tmp_path / "o"
+    # the first compare's run in progress: a marked run folder with its files
+    run = _run_dir(out, "digits" if task == "classify" else "segment", "conv", 0)
+    run.mkdir(parents=True)
+    (run / RUN_MARKER).write_text("")
+    (run / "metrics.jsonl").write_text("{}\n")
+    with RunLock(out):  # held by the first compare for its whole run
+        rc = main(["compare", "--task", task, "-m", "conv", "--output", str(out), "--no-progress"]
+                  + (["--tasks", "digits"] if task == "classify" else []))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(f"visattn compare: error: run folder {str(out)!r} is in use by another visattn process")
+    assert (run / "metrics.jsonl").read_text() == "{}\n"

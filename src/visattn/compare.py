@@ -305,6 +305,16 @@ def _check_output(out: Path, run_dirs: list[Path]) -> None:
         raise ValueError(f"cannot create the output folder {str(out)!r}: {e.strerror or e}") from e
 
 
+def _output_lock(out: Path | None):
+    """An exclusive lock on the output folder (``OUT/.lock``) for the whole comparison: a second
+    compare on the same output refuses at once instead of removing the first one's runs."""
+    import contextlib
+
+    from visattn.train.checkpoint import RunLock
+
+    return RunLock(out) if out is not None else contextlib.nullcontext()
+
+
 def _claim_run_dir(d: Path) -> None:
     """Empty a run folder compare made earlier (it holds the marker), or create it; mark it as ours."""
     if (d / RUN_MARKER).is_file():
@@ -387,7 +397,8 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _compare(names, task_list, seed_list, cfg, device, out, progress)
+        with _output_lock(out):
+            return _compare(names, task_list, seed_list, cfg, device, out, progress)
     finally:
         torch.set_num_threads(prev_threads)
 

@@ -22,7 +22,8 @@ from typing import Any, Iterable
 
 import torch
 
-from visattn.compare import _check_device_amp, _check_names, _check_output, _claim_run_dir, _f, _measure, _run_dir
+from visattn.compare import (_check_device_amp, _check_names, _check_output, _claim_run_dir, _f, _measure,
+                              _output_lock, _run_dir)
 from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL
 
 __all__ = ["SegCompareResult", "compare_segment", "format_seg_table", "write_seg_plot", "SEG_COMPARE_DEFAULTS",
@@ -94,12 +95,16 @@ def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG
     if threads is not None and threads < 0:
         raise ValueError(f"threads must be >= 0 (0: torch's choice), got {threads}")
     _check_device_amp(device, amp)
+    out = Path(output) if output is not None else None
+    if out is not None:  # before any data or training: refuse a file or run folders compare did not create
+        _check_output(out, [_run_dir(out, "segment", n, seed) for n in names])
     prev_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _compare_segment(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch,
-                                dict(attn_kwargs or {}), amp, device, output, progress, precise_bn)
+        with _output_lock(out):
+            return _compare_segment(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch,
+                                    dict(attn_kwargs or {}), amp, device, output, progress, precise_bn)
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -113,8 +118,6 @@ def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, see
     from visattn.train.segment import SegTrainConfig, train_segment
 
     out = Path(output) if output is not None else None
-    if out is not None:  # before any data or training: refuse a file or run folders compare did not create
-        _check_output(out, [_run_dir(out, "segment", n, seed) for n in names])
     bundle = load_seg_data(data, image_size, seed=seed)
     dev = _pick_device(device, 0)
     t_start = time.perf_counter()
