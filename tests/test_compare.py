@@ -361,3 +361,21 @@ def test_a_second_compare_on_the_same_output_refuses_and_removes_nothing(task, t
     assert rc == 2 and "Traceback" not in err
     assert err.startswith(f"visattn compare: error: run folder {str(out)!r} is in use by another visattn process")
     assert (run / "metrics.jsonl").read_text() == "{}\n"
+
+
+@pytest.mark.parametrize("kw", [{"pos_embed": True}, {"model_kwargs": {"depths": [1, 1], "widths": [16, 32],
+                                                                       "pos_embed": True}}])
+def test_position_column_follows_pos_embed_however_given(kw, monkeypatch):
+    import visattn.compare as c
+
+    seen = {}
+
+    def fake(names, tasks, seeds, cfg, device, out, progress):
+        seen.update(cfg)
+        runs = [RunResult(t.name, n, s, top1=0.5) for t in tasks for n in names for s in seeds]
+        return CompareReport(summarize(runs, {}, names, tasks, cfg["pos_embed"]), runs, tasks, cfg, 0.0)
+
+    monkeypatch.setattr(c, "_compare", fake)
+    rep = compare(["mhsa"], tasks=["digits"], output=None, progress=False, **kw)
+    assert seen["model_kwargs"]["pos_embed"] is True and seen["pos_embed"] is True
+    assert rep.rows[0].sees_position == "conv PE"

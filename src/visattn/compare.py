@@ -386,6 +386,7 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     model_kwargs = dict(model_kwargs)
     if pos_embed:
         model_kwargs["pos_embed"] = True
+    pos_embed = bool(model_kwargs.get("pos_embed"))  # given in model_kwargs too: the position column says so
     seed_list = [seed + i for i in range(seeds)]
     out = Path(output) if output is not None else None
     if out is not None:
