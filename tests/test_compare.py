@@ -379,3 +379,18 @@ def test_position_column_follows_pos_embed_however_given(kw, monkeypatch):
     rep = compare(["mhsa"], tasks=["digits"], output=None, progress=False, **kw)
     assert seen["model_kwargs"]["pos_embed"] is True and seen["pos_embed"] is True
     assert rep.rows[0].sees_position == "conv PE"
+
+
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_repeated_mechanisms_are_refused(task, tmp_path, capsys, monkeypatch):
+    import visattn.train
+    import visattn.train.segment
+
+    # a repeat would train twice into one run folder (the second replacing the first) and print two rows
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(visattn.train.segment, "train_segment", lambda *a, **k: pytest.fail("trained"))
+    rc = main(["compare", "--task", task, "-m", "conv", "mhsa", "conv", "--output", str(tmp_path / "o"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == "visattn compare: error: mechanisms must not repeat, got ['conv', 'mhsa', 'conv']"

@@ -371,6 +371,8 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown mechanism(s) {unknown}; expected names from {known}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"mechanisms must not repeat, got {names}")
     if seeds is None:
         seeds = 1 if quick else DEFAULTS["seeds"]
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:

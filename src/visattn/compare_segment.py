@@ -90,6 +90,8 @@ def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG
     if not names or unknown:
         raise ValueError(f"unknown mechanism(s) {unknown}; expected names from {known}" if unknown
                          else "no mechanisms to compare")
+    if len(set(names)) != len(names):
+        raise ValueError(f"mechanisms must not repeat, got {names}")
     if latency_batch < 1:
         raise ValueError(f"latency_batch must be >= 1, got {latency_batch}")
     if threads is not None and threads < 0:
