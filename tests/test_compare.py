@@ -130,6 +130,7 @@ def test_default_tasks_and_budget_settings():
     ({"data": "digits", "tasks": ["digits"], "image_size": 8, "epochs": 1},
      "give either tasks ['digits'] or a data spec 'digits', not both"),
     ({"epochs": 0}, "epochs must be an int >= 1, got 0"),
+    ({"image_size": 0}, "image_size must be an int >= 1, got 0"),  # was silently replaced by the tasks' sizes
 ])
 def test_bad_options_fail_before_training(kw, msg, tmp_path, monkeypatch):
     import visattn.train

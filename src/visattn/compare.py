@@ -249,7 +249,7 @@ def _resolve_tasks(tasks: Sequence[str] | None, data: str | None, image_size: in
     out = []
     for t in picked:
         e = epochs if epochs is not None else (t.quick_epochs if quick else t.epochs)
-        out.append(replace(t, image_size=image_size or t.image_size, epochs=e))
+        out.append(replace(t, image_size=image_size if image_size is not None else t.image_size, epochs=e))
     for t in out:
         if isinstance(t.epochs, bool) or not isinstance(t.epochs, int) or t.epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {t.epochs!r}")
