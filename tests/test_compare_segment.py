@@ -104,3 +104,10 @@ def test_classification_defaults_unchanged(monkeypatch):
     kw = e.value.args[0]
     assert (kw["model"], kw["batch_size"], kw["lr"]) == (c.DEFAULTS["model"], c.DEFAULTS["batch_size"],
                                                          c.DEFAULTS["lr"]) == ("resnet_tiny", 64, 3e-3)
+
+
+def test_empty_model_kwargs_is_refused_with_task_segment_too(capsys):
+    rc = main(["compare", "--task", "segment", "--model-kwargs", "{}", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith("visattn compare: error: --model-kwargs belong(s) to the classification comparison")

@@ -228,7 +228,8 @@ def run_from_args(args) -> int:
         return SEG_COMPARE_DEFAULTS[key] if value is None else value
 
     given = [opt for opt, v in (("--tasks", args.tasks), ("--seeds", args.seeds), ("--quick", args.quick),
-                                ("--pos-embed", args.pos_embed), ("--model-kwargs", args.model_kwargs)) if v]
+                                ("--pos-embed", args.pos_embed), ("--model-kwargs", args.model_kwargs))
+             if v is not None and v is not False]  # '{}' is given too
     if given:
         raise ValueError(f"{', '.join(given)} belong(s) to the classification comparison; --task segment trains one "
                          "seed of one segmentation model per mechanism (choose it with --model, its data with --data)")
