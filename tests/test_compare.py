@@ -130,6 +130,7 @@ def test_default_tasks_and_budget_settings():
     ({"data": "digits", "tasks": ["digits"], "image_size": 8, "epochs": 1},
      "give either tasks ['digits'] or a data spec 'digits', not both"),
     ({"epochs": 0}, "epochs must be an int >= 1, got 0"),
+    ({"image_size": 0}, "image_size must be an int >= 1, got 0"),  # was silently replaced by the tasks' sizes
 ])
 def test_bad_options_fail_before_training(kw, msg, tmp_path, monkeypatch):
     import visattn.train
@@ -218,3 +219,179 @@ def test_bad_numeric_options_are_one_line_errors(argv, message, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.strip().endswith(f"visattn compare: error: {message}")
     assert "Traceback" not in err
+
+
+def test_a_file_on_the_runs_path_fails_first_with_one_line(tmp_path, capsys, monkeypatch):
+    import visattn.train
+
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained despite a blocked runs path"))
+    out = tmp_path / "cmp"
+    for blocker in (out / "runs", out / "runs" / "digits", out / "runs" / "digits" / "conv"):
+        if (out / "runs").is_file():
+            (out / "runs").unlink()
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_text("mine")
+        rc = main(["compare", "-m", "conv", "--tasks", "digits", "--output", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err
+        assert err.strip() == (f"visattn compare: error: {str(blocker)!r} is an existing file where compare needs a "
+                               "folder for its runs: move it away or choose another output")
+        assert blocker.read_text() == "mine" and not (out / "compare.json").exists()
+        blocker.unlink()
+
+
+def test_every_task_is_loaded_before_any_training(tmp_path, capsys, monkeypatch):
+    import visattn.train
+
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained before loading every task"))
+    # digits accepts 8x8, longrange needs >= 12: the mistake must show before the digits runs, not after them
+    rc = main(["compare", "-m", "conv", "--image-size", "8", "--output", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == ("visattn compare: error: image_size must be >= 4 * mark + 4 = 12 for marks of side 2, "
+                           "got 8")
+
+
+def _widest_feature_columns(mechanism: str) -> int:
+    """How many input columns (of a 16-wide image) the most far-reaching pre-pooling feature of the
+    default shallow backbone depends on (gradient footprint, eval mode, random weights)."""
+    from visattn.compare import SHALLOW_TINY
+
+    torch.manual_seed(0)
+    model = visattn.create_model("resnet_tiny", num_classes=2, attention=mechanism, **SHALLOW_TINY).eval()
+    x = torch.randn(1, 3, 16, 16, requires_grad=True)
+    f = model.forward_features(x)
+    widest = 0
+    for j in range(f.shape[-1]):  # a column of features at a time: the union of their footprints
+        (g,) = torch.autograd.grad(f[0, :, :, j].sum(), x, retain_graph=True)
+        cols = (g.abs().sum(dim=(0, 1, 2)) > 0).nonzero().flatten()
+        widest = max(widest, int(cols.max() - cols.min()) + 1)
+    return widest
+
+
+def test_local_receptive_fields_against_the_long_range_marks():
+    """docs/compare.md: a feature needs at least 10 columns to touch both marks; the 75% cap is proven for
+    features narrower than that. conv, local and slide: 9 columns. swin: its 7x7 windows tile the 16x16 map at
+    0-6, 7-13, and the strided block's 3x3 average pool straddles two of them (a ReLU follows), so one feature can depend on
+    both marks: the cap does not cover swin."""
+    from visattn.data.longrange import mark_slots
+
+    left, right = mark_slots(16)
+    # closest marks (2 wide): a feature needs the left one's last column through the right one's first
+    span = right.start - (left.stop - 1 + 1) + 1
+    assert span == 10
+    for mech in ("conv", "local", "slide"):
+        assert _widest_feature_columns(mech) == 9 < span, mech
+    assert _widest_feature_columns("swin") > span
+
+
+def test_plot_shows_failed_mechanisms_inside_the_axes(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from visattn.compare import write_plot
+
+    task = Task("digits", "digits", 8, 1, 1, 0.1, "")
+    runs = [RunResult("digits", "conv", s, top1=a, train_img_s=1.0) for s, a in enumerate((0.97, 0.95))]
+    runs += [RunResult("digits", "mhsa", s, error="RuntimeError: boom") for s in range(2)]
+    rep = CompareReport(summarize(runs, {}, ["conv", "mhsa"], [task]), runs, [task], {"seeds": [0, 1]}, 1.0)
+    figs = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figs.append(self), real_savefig(self, *a, **k)))
+    write_plot(rep, tmp_path / "p.png")
+    (fig,) = figs
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    (label,) = [t for t in ax.texts if t.get_text() == "failed"]
+    box, area = label.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert area.y0 <= box.y0 and box.y1 <= area.y1, "the 'failed' label is drawn outside the visible y range"
+    lo, hi = ax.get_xlim()
+    assert lo <= -0.5 and hi >= 1.5, "the first and last mechanisms sit on the frame, half cut"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
+@pytest.mark.parametrize("task", ["classify", "segment"])
+@pytest.mark.parametrize("argv, message", [
+    (["--amp", "fp16"], "--amp fp16 needs CUDA (it relies on a GradScaler); on CPU use --amp bf16 or none"),
+    (["--device", "cuda"], "device 'cuda' requested but torch.cuda.is_available() is False"),
+])
+def test_device_and_amp_mistakes_fail_first_with_one_line(task, argv, message, tmp_path, capsys, monkeypatch):
+    import visattn.train
+    import visattn.train.segment
+
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained despite a bad device/amp"))
+    monkeypatch.setattr(visattn.train.segment, "train_segment", lambda *a, **k: pytest.fail("trained"))
+    out = tmp_path / "o"
+    rc = main(["compare", "--task", task, "-m", "conv", "--output", str(out), "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == f"visattn compare: error: {message}"
+    assert not out.exists()
+
+
+def test_a_bare_string_for_names_is_a_type_error(tmp_path):
+    from visattn.compare_segment import compare_segment
+
+    with pytest.raises(TypeError, match=re.escape("mechanisms must be a list of names, got the string 'conv' "
+                                                  "(write ['conv'])")):
+        compare("conv", output=None, progress=False)
+    with pytest.raises(TypeError, match=re.escape("tasks must be a list of names, got the string 'digits'")):
+        compare(["conv"], tasks="digits", output=None, progress=False)
+    with pytest.raises(TypeError, match=re.escape("mechanisms must be a list of names, got the string 'conv'")):
+        compare_segment("conv", output=None, progress=False)
+
+
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_a_second_compare_on_the_same_output_refuses_and_removes_nothing(task, tmp_path, capsys, monkeypatch):
+    import visattn.train
+    import visattn.train.segment
+    from visattn.compare import _run_dir
+    from visattn.train.checkpoint import RunLock
+
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained into a locked output"))
+    monkeypatch.setattr(visattn.train.segment, "train_segment", lambda *a, **k: pytest.fail("trained"))
+    out = tmp_path / "o"
+    # the first compare's run in progress: a marked run folder with its files
+    run = _run_dir(out, "digits" if task == "classify" else "segment", "conv", 0)
+    run.mkdir(parents=True)
+    (run / RUN_MARKER).write_text("")
+    (run / "metrics.jsonl").write_text("{}\n")
+    with RunLock(out):  # held by the first compare for its whole run
+        rc = main(["compare", "--task", task, "-m", "conv", "--output", str(out), "--no-progress"]
+                  + (["--tasks", "digits"] if task == "classify" else []))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(f"visattn compare: error: run folder {str(out)!r} is in use by another visattn process")
+    assert (run / "metrics.jsonl").read_text() == "{}\n"
+
+
+@pytest.mark.parametrize("kw", [{"pos_embed": True}, {"model_kwargs": {"depths": [1, 1], "widths": [16, 32],
+                                                                       "pos_embed": True}}])
+def test_position_column_follows_pos_embed_however_given(kw, monkeypatch):
+    import visattn.compare as c
+
+    seen = {}
+
+    def fake(names, tasks, seeds, cfg, device, out, progress):
+        seen.update(cfg)
+        runs = [RunResult(t.name, n, s, top1=0.5) for t in tasks for n in names for s in seeds]
+        return CompareReport(summarize(runs, {}, names, tasks, cfg["pos_embed"]), runs, tasks, cfg, 0.0)
+
+    monkeypatch.setattr(c, "_compare", fake)
+    rep = compare(["mhsa"], tasks=["digits"], output=None, progress=False, **kw)
+    assert seen["model_kwargs"]["pos_embed"] is True and seen["pos_embed"] is True
+    assert rep.rows[0].sees_position == "conv PE"
+
+
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_repeated_mechanisms_are_refused(task, tmp_path, capsys, monkeypatch):
+    import visattn.train
+    import visattn.train.segment
+
+    # a repeat would train twice into one run folder (the second replacing the first) and print two rows
+    monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(visattn.train.segment, "train_segment", lambda *a, **k: pytest.fail("trained"))
+    rc = main(["compare", "--task", task, "-m", "conv", "mhsa", "conv", "--output", str(tmp_path / "o"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip() == "visattn compare: error: mechanisms must not repeat, got ['conv', 'mhsa', 'conv']"

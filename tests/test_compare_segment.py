@@ -67,3 +67,47 @@ def test_classification_only_options_are_refused_with_task_segment(capsys):
     assert err.strip() == ("visattn compare: error: --seeds, --quick belong(s) to the classification comparison; "
                            "--task segment trains one seed of one segmentation model per mechanism (choose it with "
                            "--model, its data with --data)")
+
+
+class _Captured(Exception):
+    pass
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], {"model": "fpn_resnet_tiny", "batch_size": 16, "lr": 5e-3}),
+    # given options are used as given, even when they equal the classification defaults (resnet_tiny, 64, 3e-3)
+    (["--batch-size", "64", "--lr", "0.003"], {"batch_size": 64, "lr": 3e-3}),
+    (["--batch-size", "8", "--lr", "0.01"], {"batch_size": 8, "lr": 0.01}),
+])
+def test_segment_options_given_are_used_as_given(argv, expected, monkeypatch):
+    import visattn.compare_segment as cs
+
+    def fake(mechanisms, **kw):
+        raise _Captured(kw)
+
+    monkeypatch.setattr(cs, "compare_segment", fake)
+    with pytest.raises(_Captured) as e:
+        main(["compare", "--task", "segment", "--no-progress", *argv])
+    kw = e.value.args[0]
+    assert {k: kw[k] for k in expected} == expected
+
+
+def test_classification_defaults_unchanged(monkeypatch):
+    import visattn.compare as c
+
+    def fake(mechanisms, **kw):
+        raise _Captured(kw)
+
+    monkeypatch.setattr(c, "compare", fake)
+    with pytest.raises(_Captured) as e:
+        main(["compare", "--no-progress"])
+    kw = e.value.args[0]
+    assert (kw["model"], kw["batch_size"], kw["lr"]) == (c.DEFAULTS["model"], c.DEFAULTS["batch_size"],
+                                                         c.DEFAULTS["lr"]) == ("resnet_tiny", 64, 3e-3)
+
+
+def test_empty_model_kwargs_is_refused_with_task_segment_too(capsys):
+    rc = main(["compare", "--task", "segment", "--model-kwargs", "{}", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith("visattn compare: error: --model-kwargs belong(s) to the classification comparison")

@@ -10,9 +10,11 @@ directions:
 * ``digits`` — scikit-learn's handwritten digit scans at their native 8 x 8: local shape
   matters and position helps; every mechanism's receptive field covers the image.
 * ``longrange`` — :mod:`visattn.data.longrange` at 16 x 16: are two marks, at least 8
-  columns apart, the same colour? The shallow backbone's local mixers never see both marks,
-  which caps them at 75% (provably: see that module) and in practice keeps them near
-  chance; mechanisms that mix the whole map can compare them.
+  columns apart, the same colour? The shallow backbone's 3x3 local mixers (conv, local,
+  slide) never see both marks, which caps them at 75% (provably: see that module) and in
+  practice keeps them near chance; swin's windows are bridged by the strided block's
+  average pool, so the proof does not cover it (it too stays near chance in practice);
+  mechanisms that mix the whole map can compare them.
 
 Per (task, mechanism, seed): ``top1``, test accuracy after the last epoch (BatchNorm
 statistics recomputed over a few training batches first, ``precise_bn``), the training
@@ -85,9 +87,11 @@ TASKS: dict[str, Task] = {
                       "same colour? two marks >= 8 columns apart: local mixers never see both"),
 }
 
-#: ``resnet_tiny`` cut to its first two stages (stem, a stride-1 block, a stride-2 block): the
-#: receptive field of a local mixer is 7 (conv), 9 (3x3 mechanism + average pool) or 11 (swin's
-#: 7x7 windows) pixels, narrower than the 12 columns both long-range marks span; 10k-30k parameters.
+#: ``resnet_tiny`` cut to its first two stages (stem, a stride-1 block, a stride-2 block): with a
+#: 3x3 local mixer (conv, local, slide; each followed by the strided block's 3x3 average pool) a
+#: feature sees 9 input columns, fewer than the 10 it needs to touch both long-range marks. swin's 7x7 windows
+#: tile a 16-wide map at columns 0-6, 7-13, 14-15 and that pool straddles two windows: some of its
+#: features see 15 columns. 10k-30k parameters.
 SHALLOW_TINY: dict[str, Any] = {"depths": [1, 1], "widths": [16, 32]}
 
 #: Defaults of the main job: 10 mechanisms x 2 tasks x 2 seeds in <= 8 minutes on 2 CPU cores.
@@ -245,13 +249,28 @@ def _resolve_tasks(tasks: Sequence[str] | None, data: str | None, image_size: in
     out = []
     for t in picked:
         e = epochs if epochs is not None else (t.quick_epochs if quick else t.epochs)
-        out.append(replace(t, image_size=image_size or t.image_size, epochs=e))
+        out.append(replace(t, image_size=image_size if image_size is not None else t.image_size, epochs=e))
     for t in out:
         if isinstance(t.epochs, bool) or not isinstance(t.epochs, int) or t.epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {t.epochs!r}")
         if isinstance(t.image_size, bool) or not isinstance(t.image_size, int) or t.image_size < 1:
             raise ValueError(f"image_size must be an int >= 1, got {t.image_size!r}")
     return out
+
+
+def _check_names(what: str, names) -> None:
+    """A bare string where a list of names belongs would be read letter by letter: refuse it."""
+    if isinstance(names, str):
+        raise TypeError(f"{what} must be a list of names, got the string {names!r} (write [{names!r}])")
+
+
+def _check_device_amp(device: str, amp: str) -> None:
+    """Refuse, before any output or training, a device that is not there or an ``amp`` it cannot run
+    (every run would fail the same way)."""
+    from visattn.train.distributed import _pick_device
+    from visattn.train.engine import _amp_dtype
+
+    _amp_dtype(amp, _pick_device(device, 0))
 
 
 def _run_dir(out: Path, task: str, mechanism: str, seed: int) -> Path:
@@ -266,6 +285,11 @@ def _check_output(out: Path, run_dirs: list[Path]) -> None:
     for name in ("compare.json", "compare.png"):
         if (out / name).is_dir():
             raise ValueError(f"{str(out / name)!r} is a folder; compare writes a file there: choose another output")
+    blocked = sorted({p for d in run_dirs for p in [d, *d.parents] if p != out and out in p.parents
+                      and p != d and p.exists() and not p.is_dir()})
+    if blocked:
+        raise ValueError(f"{str(blocked[0])!r} is an existing file where compare needs a folder for its runs: move "
+                         "it away or choose another output")
     foreign = []
     for d in run_dirs:
         if d.exists() and not (d.is_dir() and ((d / RUN_MARKER).is_file() or not any(d.iterdir()))):
@@ -279,6 +303,16 @@ def _check_output(out: Path, run_dirs: list[Path]) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"cannot create the output folder {str(out)!r}: {e.strerror or e}") from e
+
+
+def _output_lock(out: Path | None):
+    """An exclusive lock on the output folder (``OUT/.lock``) for the whole comparison: a second
+    compare on the same output refuses at once instead of removing the first one's runs."""
+    import contextlib
+
+    from visattn.train.checkpoint import RunLock
+
+    return RunLock(out) if out is not None else contextlib.nullcontext()
 
 
 def _claim_run_dir(d: Path) -> None:
@@ -328,6 +362,8 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     from visattn.registry import model_entry
 
     model_entry(model)  # unknown model: fail now, with the list of known ones
+    _check_names("mechanisms", mechanisms)
+    _check_names("tasks", tasks)
     names = list(mechanisms) if mechanisms is not None else visattn.list_attention()
     if not names:
         raise ValueError("no mechanisms to compare")
@@ -335,6 +371,8 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown mechanism(s) {unknown}; expected names from {known}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"mechanisms must not repeat, got {names}")
     if seeds is None:
         seeds = 1 if quick else DEFAULTS["seeds"]
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -344,11 +382,13 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     if threads is not None and threads < 0:
         raise ValueError(f"threads must be >= 0 (0: torch's choice), got {threads}")
     task_list = _resolve_tasks(tasks, data, image_size, epochs, quick)
+    _check_device_amp(device, amp)
     if model_kwargs is None:
         model_kwargs = dict(SHALLOW_TINY) if model == "resnet_tiny" else {}
     model_kwargs = dict(model_kwargs)
     if pos_embed:
         model_kwargs["pos_embed"] = True
+    pos_embed = bool(model_kwargs.get("pos_embed"))  # given in model_kwargs too: the position column says so
     seed_list = [seed + i for i in range(seeds)]
     out = Path(output) if output is not None else None
     if out is not None:
@@ -360,7 +400,8 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _compare(names, task_list, seed_list, cfg, device, out, progress)
+        with _output_lock(out):
+            return _compare(names, task_list, seed_list, cfg, device, out, progress)
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -380,10 +421,12 @@ def _compare(names: list[str], tasks: list[Task], seeds: list[int], cfg: dict, d
     data_info: dict[str, dict] = {}
     plan = [(t, s) for t in tasks for s in seeds]
     measured = cost_task(tasks).name
+    # every task's data (first seed) before any training: a bad spec or size fails now, not after the runs
+    first = {t.name: load_data(t.data, t.image_size, seed=seeds[0]) for t in tasks}
     with tqdm(total=len(plan) * len(names), desc="compare", unit="run", disable=not progress, dynamic_ncols=True,
               position=0) as bar:
         for task, seed in plan:
-            bundle = load_data(task.data, task.image_size, seed=seed)
+            bundle = first.pop(task.name) if task.name in first else load_data(task.data, task.image_size, seed=seed)
             data_info.setdefault(task.name, {"train_size": len(bundle.train), "test_size": len(bundle.test),
                                              "num_classes": bundle.num_classes, "image_size": bundle.image_size})
             for name in names:
@@ -543,7 +586,8 @@ def write_plot(report: CompareReport, path: str | os.PathLike) -> Path:
         for i, r in enumerate(report.rows):
             s = r.tasks[task.name]
             if s.mean is None:
-                ax.annotate("failed", (i, task.chance * 100), rotation=90, ha="center", fontsize=7, color="red")
+                ax.annotate("failed", (i, 0.04), xycoords=("data", "axes fraction"), rotation=90, ha="center",
+                            va="bottom", fontsize=7, color="red")  # in view whatever the y range
                 continue
             col = colors.get(r.receptive_field, "tab:gray")
             lo, hi = 100 * (s.mean - min(s.accs)), 100 * (max(s.accs) - s.mean)
@@ -556,6 +600,7 @@ def write_plot(report: CompareReport, path: str | os.PathLike) -> Path:
         if lows:
             ax.set_ylim(max(0.0, min(lows) - 3), 101)
         ax.set_xticks(range(len(names)))
+        ax.set_xlim(-0.6, len(names) - 0.4)  # the first and last mechanisms' markers whole, not cut at the frame
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
         ax.set_title(f"{task.name} ({task.image_size}x{task.image_size}, {task.epochs} epochs)", fontsize=10)
         ax.set_ylabel("test accuracy (%)")

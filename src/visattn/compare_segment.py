@@ -22,7 +22,8 @@ from typing import Any, Iterable
 
 import torch
 
-from visattn.compare import _check_output, _claim_run_dir, _f, _measure, _run_dir
+from visattn.compare import (_check_device_amp, _check_names, _check_output, _claim_run_dir, _f, _measure,
+                              _output_lock, _run_dir)
 from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL
 
 __all__ = ["SegCompareResult", "compare_segment", "format_seg_table", "write_seg_plot", "SEG_COMPARE_DEFAULTS",
@@ -77,27 +78,35 @@ def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG
                     precise_bn: int = SEG_COMPARE_DEFAULTS["precise_bn"]) -> list[SegCompareResult]:
     """Train the segmentation ``model`` once per mechanism and measure it (see module docstring;
     arguments as :func:`visattn.compare.compare`). Writes ``compare.json``, ``compare.png`` and
-    ``runs/<mechanism>/metrics.jsonl`` into ``output`` (None: nothing written)."""
+    ``runs/segment/<mechanism>/seed<seed>/`` into ``output`` (None: nothing written)."""
     import visattn
     from visattn.train.segment import check_segmentation_model
 
     check_segmentation_model(model)
+    _check_names("mechanisms", mechanisms)
     names = list(mechanisms) if mechanisms is not None else visattn.list_attention()
     known = visattn.list_attention()
     unknown = [n for n in names if n not in known]
     if not names or unknown:
         raise ValueError(f"unknown mechanism(s) {unknown}; expected names from {known}" if unknown
                          else "no mechanisms to compare")
+    if len(set(names)) != len(names):
+        raise ValueError(f"mechanisms must not repeat, got {names}")
     if latency_batch < 1:
         raise ValueError(f"latency_batch must be >= 1, got {latency_batch}")
     if threads is not None and threads < 0:
         raise ValueError(f"threads must be >= 0 (0: torch's choice), got {threads}")
+    _check_device_amp(device, amp)
+    out = Path(output) if output is not None else None
+    if out is not None:  # before any data or training: refuse a file or run folders compare did not create
+        _check_output(out, [_run_dir(out, "segment", n, seed) for n in names])
     prev_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _compare_segment(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch,
-                                dict(attn_kwargs or {}), amp, device, output, progress, precise_bn)
+        with _output_lock(out):
+            return _compare_segment(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch,
+                                    dict(attn_kwargs or {}), amp, device, output, progress, precise_bn)
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -111,8 +120,6 @@ def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, see
     from visattn.train.segment import SegTrainConfig, train_segment
 
     out = Path(output) if output is not None else None
-    if out is not None:  # before any data or training: refuse a file or run folders compare did not create
-        _check_output(out, [_run_dir(out, "segment", n, seed) for n in names])
     bundle = load_seg_data(data, image_size, seed=seed)
     dev = _pick_device(device, 0)
     t_start = time.perf_counter()
@@ -215,15 +222,14 @@ def write_seg_plot(results: list[SegCompareResult], path: str | os.PathLike, tit
 
 
 def run_from_args(args) -> int:
-    """``visattn compare --task segment``. The classification defaults of ``--model``, ``--data``,
-    ``--image-size``, ``--epochs``, ``--batch-size`` and ``--lr`` become :data:`SEG_COMPARE_DEFAULTS`'."""
-    from visattn.compare import DEFAULTS
-
-    def pick(key: str, value):
-        return SEG_COMPARE_DEFAULTS[key] if value is None or value == DEFAULTS.get(key) else value
+    """``visattn compare --task segment``. ``--model``, ``--data``, ``--image-size``, ``--epochs``,
+    ``--batch-size`` and ``--lr`` left out take :data:`SEG_COMPARE_DEFAULTS`' values."""
+    def pick(key: str, value):  # an option left out gets the segmentation default; one given is used as given
+        return SEG_COMPARE_DEFAULTS[key] if value is None else value
 
     given = [opt for opt, v in (("--tasks", args.tasks), ("--seeds", args.seeds), ("--quick", args.quick),
-                                ("--pos-embed", args.pos_embed), ("--model-kwargs", args.model_kwargs)) if v]
+                                ("--pos-embed", args.pos_embed), ("--model-kwargs", args.model_kwargs))
+             if v is not None and v is not False]  # '{}' is given too
     if given:
         raise ValueError(f"{', '.join(given)} belong(s) to the classification comparison; --task segment trains one "
                          "seed of one segmentation model per mechanism (choose it with --model, its data with --data)")

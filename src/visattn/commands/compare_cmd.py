@@ -7,6 +7,7 @@ import json
 
 from visattn.commands._args import nonneg_int, positive_float, positive_int
 from visattn.compare import DEFAULTS, TASKS
+from visattn.compare_segment import SEG_COMPARE_DEFAULTS as SEG
 
 __all__ = ["add_parser", "run"]
 
@@ -48,7 +49,9 @@ def add_parser(sub) -> None:
                         "1 with --quick)")
     p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"], help="first seed (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a smoke run: fewer epochs per task, one seed")
-    p.add_argument("--model", default=DEFAULTS["model"], help="backbone (default: %(default)s, first two stages)")
+    p.add_argument("--model", default=None,
+                   help=f"backbone (default: {DEFAULTS['model']}, first two stages; {SEG['model']} with "
+                        "--task segment)")
     p.add_argument("--model-kwargs", type=_json_object('{"depths": [1, 1, 1, 1]}', nested=False), default=None,
                    metavar="JSON", help="backbone options (default for resnet_tiny: its first two stages, "
                                         "'{\"depths\": [1, 1], \"widths\": [16, 32]}'; '{}' for all four)")
@@ -60,8 +63,10 @@ def add_parser(sub) -> None:
                         "(needs --image-size and --epochs)")
     p.add_argument("--image-size", type=positive_int, default=None, help="override every task's image size")
     p.add_argument("--epochs", type=positive_int, default=None, help="override every task's epochs")
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"], help="default: %(default)s")
-    p.add_argument("--lr", type=positive_float, default=DEFAULTS["lr"], help="peak AdamW learning rate (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"default: {DEFAULTS['batch_size']} ({SEG['batch_size']} with --task segment)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help=f"peak AdamW learning rate (default: {DEFAULTS['lr']}; {SEG['lr']} with --task segment)")
     p.add_argument("--latency-batch", type=positive_int, default=DEFAULTS["latency_batch"],
                    help="images per timed inference call (default: %(default)s)")
     p.add_argument("--precise-bn", type=nonneg_int, default=DEFAULTS["precise_bn"], metavar="N",
@@ -90,9 +95,14 @@ def run(args) -> int:
         return run_from_args(args)
     from visattn.compare import compare, format_table
 
-    report = compare(args.mechanisms, tasks=args.tasks, model=args.model, model_kwargs=args.model_kwargs,
+    def given(key: str, value):
+        return DEFAULTS[key] if value is None else value
+
+    report = compare(args.mechanisms, tasks=args.tasks, model=given("model", args.model),
+                     model_kwargs=args.model_kwargs,
                      pos_embed=args.pos_embed, data=args.data, image_size=args.image_size, epochs=args.epochs,
-                     seeds=args.seeds, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                     seeds=args.seeds, seed=args.seed, batch_size=given("batch_size", args.batch_size),
+                     lr=given("lr", args.lr),
                      latency_batch=args.latency_batch, attn_kwargs=args.attn_kwargs, amp=args.amp,
                      device=args.device, output=args.output, progress=not args.no_progress, threads=args.threads,
                      precise_bn=args.precise_bn, quick=args.quick)

@@ -10,8 +10,8 @@ Serre, "Not-So-CLEVR: learning same-different relations strains feedforward neur
 networks" (Interface Focus 2018), with the two items pinned far apart.
 
 Why local mixers cannot solve it: the marks are at least ``image_size // 2`` columns apart
-(edge to edge), so in a network whose receptive field is narrower than the span of both
-marks, no feature sees both. After global average pooling and a linear classifier the
+(edge to edge), so in a network whose receptive field is narrower than that gap plus 2
+columns, no feature sees both. After global average pooling and a linear classifier the
 decision is then a threshold on a sum ``g(left mark) + h(right mark) + (terms that do not
 depend on the marks)``. Over ``K`` colours, uniform in both classes, the best rule of that
 form is right 75% of the time (order the colours and answer "same" when the right mark's
