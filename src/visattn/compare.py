@@ -558,7 +558,7 @@ def write_json(report: CompareReport, path: str | os.PathLike) -> Path:
     """``report`` with the environment, as indented JSON, written atomically."""
     from visattn.bench.report import environment
     from visattn.train.checkpoint import atomic_write_text
-    from visattn.train.engine import _strict
+    from visattn._strict_json import strict as _strict
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

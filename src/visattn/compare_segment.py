@@ -169,7 +169,7 @@ def _write_json(results: list[SegCompareResult], path: Path, config: dict[str, A
     """Rows, configuration and environment as indented strict JSON, written atomically."""
     from visattn.bench.report import environment
     from visattn.train.checkpoint import atomic_write_text
-    from visattn.train.engine import _strict
+    from visattn._strict_json import strict as _strict
 
     doc = {"environment": environment(), "config": config, "total_time_s": total_s,
            "results": [asdict(r) for r in results]}

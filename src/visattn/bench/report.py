@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from visattn._strict_json import strict as _strict
 from visattn.bench.core import BenchResult, scaling_slopes
 
 __all__ = ["format_table", "format_slopes", "write_json", "write_plot"]
@@ -70,17 +71,6 @@ def write_json(results: list[BenchResult], path, config: dict) -> Path:
     tmp.write_text(json.dumps(_strict(data), indent=2, default=str, allow_nan=False))
     os.replace(tmp, path)
     return path
-
-
-def _strict(obj):
-    """``obj`` with every non-finite float (a missing measurement or slope) as None: strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
 
 
 def write_plot(results: list[BenchResult], path) -> Path:

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from visattn._strict_json import strict as _strict
 from visattn.data import DataBundle, EpochBatches, load_data, normalize
 from visattn.data.datasets import MAX_IMAGE_SIZE
 from visattn.data.transforms import eval_indices
@@ -248,17 +249,6 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _strict(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None (so it is strict JSON, RFC 8259)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
 
 
 def _json_line(rec: dict) -> str:
