@@ -162,3 +162,16 @@ def test_bad_input_names_file_and_value(tmp_path):
         load_seg_data(f"segfolder:{tmp_path}")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_seg_data(f"segfolder:{tmp_path / 'nowhere'}")
+
+
+def test_16bit_greyscale_image_reads_by_value(tmp_path):
+    from PIL import Image
+
+    from visattn.data.segmentation import read_image
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((5, 7), 32768, dtype=np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    img = read_image(path)
+    assert img.shape == (3, 5, 7) and img.dtype == torch.uint8
+    assert torch.all(img == 128)  # 32768 / 65535 * 255 = 127.5 -> 128, not white

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from visattn.data.datasets import IMAGE_EXTENSIONS, DataBundle, stratified_split
+from visattn.data.datasets import IMAGE_EXTENSIONS, DataBundle, _to_rgb_uint8, stratified_split
 from visattn.data.transforms import EpochBatches, normalize
 
 __all__ = ["SegDataset", "SegDataBundle", "SegEpochBatches", "SegAugmentParams", "seg_augment_params",
@@ -309,9 +309,10 @@ def _open(path: Path):
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file as (3, H, W) uint8 (converted to RGB)."""
+    """An image file as (3, H, W) uint8 (converted to RGB by value, as ``folder:`` data: a 16-bit
+    greyscale PNG keeps its grey level)."""
     with _open(Path(path)) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.asarray(_to_rgb_uint8(im)).copy()).permute(2, 0, 1).contiguous()
 
 
 def read_mask(path: str | os.PathLike) -> torch.Tensor:
