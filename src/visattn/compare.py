@@ -452,9 +452,7 @@ def _compare(names: list[str], tasks: list[Task], seeds: list[int], cfg: dict, d
                         costs[(task.name, name)] = _measure(res.model, bundle.image_size, cfg["batch_size"],
                                                             cfg["latency_batch"], dev, bundle.num_classes)
                 except Exception as e:  # noqa: BLE001 - one failing mechanism must not end the run
-                    run.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-                    if os.environ.get("VISATTN_DEBUG"):
-                        traceback.print_exc()
+                    run.error = failure_text(e)
                 run.time_s = time.perf_counter() - t0
                 runs.append(run)
                 bar.update(1)
@@ -506,6 +504,14 @@ def summarize(runs: list[RunResult], costs: dict[tuple[str, str], dict[str, Any]
 # ---------------------------------------------------------------------------
 # Reporting
 # ---------------------------------------------------------------------------
+
+
+def failure_text(e: BaseException) -> str:
+    """The error column of a failed run: the exception's first line (the traceback too on stderr
+    when ``VISATTN_DEBUG`` is set)."""
+    if os.environ.get("VISATTN_DEBUG"):
+        traceback.print_exception(e)
+    return f"{type(e).__name__}: {e}".splitlines()[0][:300]
 
 
 def _f(v, fmt: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,7 +22,7 @@ from typing import Any, Iterable
 import torch
 
 from visattn.compare import (_check_device_amp, _check_names, _check_output, _claim_run_dir, _f, _measure,
-                              _output_lock, _run_dir)
+                              _output_lock, _run_dir, failure_text)
 from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL
 
 __all__ = ["SegCompareResult", "compare_segment", "format_seg_table", "write_seg_plot", "SEG_COMPARE_DEFAULTS",
@@ -147,9 +146,7 @@ def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, see
                 row.params, row.flops = m["params"], m["flops"]
                 row.latency_ms, row.peak_mib = m["latency_ms"], m["peak_mib"]
             except Exception as e:  # noqa: BLE001 - one failing mechanism must not end the run
-                row.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-                if os.environ.get("VISATTN_DEBUG"):
-                    traceback.print_exc()
+                row.error = failure_text(e)
             row.time_s = time.perf_counter() - t0
             results.append(row)
     total = time.perf_counter() - t_start
