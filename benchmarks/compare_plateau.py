@@ -37,23 +37,40 @@ def main() -> None:
         base = TASKS[task].epochs
         accs = {}
         for epochs in (base, args.factor * base):
-            rep = compare(mechs, tasks=[task], epochs=epochs, seeds=1, seed=args.seed, output=None, progress=False,
-                          threads=args.threads)
+            rep = compare(
+                mechs,
+                tasks=[task],
+                epochs=epochs,
+                seeds=1,
+                seed=args.seed,
+                output=None,
+                progress=False,
+                threads=args.threads,
+            )
             runs[f"{task}@{epochs}"] = rep.as_dict()
             for r in rep.rows:
                 accs.setdefault(r.mechanism, []).append(r.tasks[task].mean)
-            print(f"{task} {epochs} epochs: " + ", ".join(f"{m} {100 * a[-1]:.1f}" for m, a in accs.items()),
-                  flush=True)
+            print(
+                f"{task} {epochs} epochs: " + ", ".join(f"{m} {100 * a[-1]:.1f}" for m, a in accs.items()), flush=True
+            )
         for m, (a, b) in accs.items():
-            rows.append(f"| {task} | {m} | {base} | {100 * a:.1f} | {args.factor * base} | {100 * b:.1f} | "
-                        f"{100 * (b - a):+.1f} |")
+            rows.append(
+                f"| {task} | {m} | {base} | {100 * a:.1f} | {args.factor * base} | {100 * b:.1f} | "
+                f"{100 * (b - a):+.1f} |"
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "environment": environment(), "runs": runs},
-                                                   indent=2))
-    lines = [f"# compare: default epochs against {args.factor}x ({datetime.date.today()}, seed {args.seed})", "",
-             "| task | mechanism | epochs | top-1 % | epochs | top-1 % | gain |", "| --- | --- | --- | --- | --- | --- | --- |",
-             *rows, ""]
+    out.with_suffix(".json").write_text(
+        json.dumps({"args": vars(args), "environment": environment(), "runs": runs}, indent=2)
+    )
+    lines = [
+        f"# compare: default epochs against {args.factor}x ({datetime.date.today()}, seed {args.seed})",
+        "",
+        "| task | mechanism | epochs | top-1 % | epochs | top-1 % | gain |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

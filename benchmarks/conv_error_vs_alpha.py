@@ -18,11 +18,11 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
 
-import visattn  # noqa: E402
+import visattn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

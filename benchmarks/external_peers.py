@@ -55,7 +55,6 @@ sys.path.insert(0, str(ROOT / "src"))
 import visattn  # noqa: E402
 from visattn.bench.measure import peak_memory_bytes  # noqa: E402
 
-
 # ---------------------------------------------------------------------------
 # The peer, loaded from its file only.
 # ---------------------------------------------------------------------------
@@ -116,9 +115,9 @@ class PlainEfficientAttention(nn.Module):
         hk, hv = self.key_dim // self.num_heads, self.value_dim // self.num_heads
         heads = []
         for i in range(self.num_heads):
-            key = F.softmax(k[:, i * hk:(i + 1) * hk], dim=2)
-            query = F.softmax(q[:, i * hk:(i + 1) * hk], dim=1)
-            value = v[:, i * hv:(i + 1) * hv]
+            key = F.softmax(k[:, i * hk : (i + 1) * hk], dim=2)
+            query = F.softmax(q[:, i * hk : (i + 1) * hk], dim=1)
+            value = v[:, i * hv : (i + 1) * hv]
             context = key @ value.transpose(1, 2)  # (B, hk, hv)
             heads.append((context.transpose(1, 2) @ query).reshape(b, hv, h, w))
         return self.reprojection(torch.cat(heads, dim=1))
@@ -196,15 +195,19 @@ def compare(impls: dict, backward: bool, rounds: int, calls: int, baseline: str,
     per_round = {label: [] for label in impls}
     order = list(impls)
     for r in range(rounds):
-        for label in (order if r % 2 == 0 else order[::-1]):
+        for label in order if r % 2 == 0 else order[::-1]:
             module, inp = impls[label]
             per_round[label].append(statistics.median(_call(module, inp, backward) for _ in range(n_calls)))
     out = {}
     for label, meds in per_round.items():
         ratio = statistics.median(m / b for m, b in zip(meds, per_round[baseline]))
-        out[label] = {"median_ms": 1e3 * statistics.median(meds), "min_ms": 1e3 * min(meds),
-                      "calls_per_round": n_calls, "rounds_ms": [1e3 * m for m in meds],
-                      f"ratio_to_{baseline}": ratio}
+        out[label] = {
+            "median_ms": 1e3 * statistics.median(meds),
+            "min_ms": 1e3 * min(meds),
+            "calls_per_round": n_calls,
+            "rounds_ms": [1e3 * m for m in meds],
+            f"ratio_to_{baseline}": ratio,
+        }
     return out
 
 
@@ -230,10 +233,14 @@ def main(argv=None) -> int:
     p.add_argument("--efficient-heads", type=int, default=4)
     p.add_argument("--mhsa-size", type=int, default=56, help="resolution of the efficient-vs-mhsa forward")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (fixed for the run)")
-    p.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
-                   help="cpu: this thread's CPU time (time.thread_time), immune to other processes on a "
-                        "shared machine, exact with --threads 1 (CPU autograd runs on the calling thread); "
-                        "wall: time.perf_counter. auto: cpu with --threads 1, else wall")
+    p.add_argument(
+        "--clock",
+        choices=("auto", "cpu", "wall"),
+        default="auto",
+        help="cpu: this thread's CPU time (time.thread_time), immune to other processes on a "
+        "shared machine, exact with --threads 1 (CPU autograd runs on the calling thread); "
+        "wall: time.perf_counter. auto: cpu with --threads 1, else wall",
+    )
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--calls", type=int, default=3, help="minimum calls per implementation per round")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "external_peers")
@@ -255,8 +262,9 @@ def main(argv=None) -> int:
 
     Peer = load_fightingcv_external_attention()
     if Peer is None:
-        print("fightingcv-attention is not installed: pip install --no-deps fightingcv-attention==1.0.0",
-              file=sys.stderr)
+        print(
+            "fightingcv-attention is not installed: pip install --no-deps fightingcv-attention==1.0.0", file=sys.stderr
+        )
         return 2
 
     ours_ext = visattn.create_attention("external", c, memory_size=s).eval()
@@ -289,8 +297,12 @@ def main(argv=None) -> int:
             err = _agree(plain_eff(x), ours_eff(x))
             assert err < 1e-5, f"plain efficient disagrees with visattn at {hw}x{hw}: rel. err {err:.2e}"
 
-        ext = {"visattn": (ours_ext, x), "fightingcv": (peer_ext, t), "plain": (plain_ext, t),
-               "fightingcv_on_map": (peer_on_map, x)}
+        ext = {
+            "visattn": (ours_ext, x),
+            "fightingcv": (peer_ext, t),
+            "plain": (plain_ext, t),
+            "fightingcv_on_map": (peer_on_map, x),
+        }
         eff = {"visattn": (ours_eff, x), "plain": (plain_eff, x)}
         for group, impls, base in (("external", ext, "fightingcv"), ("efficient", eff, "plain")):
             for mode, bw in (("forward", False), ("forward_backward", True)):
@@ -324,8 +336,12 @@ def main(argv=None) -> int:
         "clock": clock,
         "loadavg_start": [round(v, 2) for v in load_start],
         "loadavg_end": [round(v, 2) for v in os.getloadavg()],
-        "batch": b, "channels": c, "memory_size": s, "efficient_heads": args.efficient_heads,
-        "rounds": args.rounds, "calls_per_round": args.calls,
+        "batch": b,
+        "channels": c,
+        "memory_size": s,
+        "efficient_heads": args.efficient_heads,
+        "rounds": args.rounds,
+        "calls_per_round": args.calls,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
@@ -362,8 +378,11 @@ def render_markdown(meta: dict, results: dict) -> str:
         f"torch.set_num_threads({meta['threads']})), torch {meta['torch']}, Python {meta['python']}; "
         f"load average {meta['loadavg_start'][0]} at start, {meta['loadavg_end'][0]} at end "
         f"(shared machine). Clock: "
-        + ("this thread's CPU time (`time.thread_time`), so other processes' load does not count"
-           if meta["clock"] == "cpu" else "wall time (`time.perf_counter`)")
+        + (
+            "this thread's CPU time (`time.thread_time`), so other processes' load does not count"
+            if meta["clock"] == "cpu"
+            else "wall time (`time.perf_counter`)"
+        )
         + f". Batch {meta['batch']}, C={meta['channels']}; external: single head, "
         f"S={meta['memory_size']}; efficient: {meta['efficient_heads']} heads, d_k=d_v=C, softmax "
         f"normalisation. Times are medians over {meta['rounds']} interleaved rounds (order reversed every "
@@ -375,7 +394,7 @@ def render_markdown(meta: dict, results: dict) -> str:
         "## External attention vs fightingcv-attention `ExternalAttention` (reference) and the plain equations",
         "",
         "fightingcv and plain run on their native token layout (B, N, C), prepared outside the timed region; "
-        "\"fightingcv on (B,C,H,W)\" adds the layout conversion a convolutional network needs "
+        '"fightingcv on (B,C,H,W)" adds the layout conversion a convolutional network needs '
         "(flatten/transpose in, transpose/reshape out).",
         "",
         "| size | mode | visattn ms | fightingcv ms | plain ms | fightingcv on (B,C,H,W) ms "
@@ -392,7 +411,8 @@ def render_markdown(meta: dict, results: dict) -> str:
                 f"**{r['visattn']['ratio_to_fightingcv']:.2f}** | {r['plain']['ratio_to_fightingcv']:.2f} | "
                 f"**{_paired(r, 'visattn', 'plain'):.2f}** | {_paired(r, 'visattn', 'fightingcv_on_map'):.2f} | "
                 f"{_mib(r['visattn']['peak_bytes'])} / {_mib(r['fightingcv']['peak_bytes'])} / "
-                f"{_mib(r['plain']['peak_bytes'])} |")
+                f"{_mib(r['plain']['peak_bytes'])} |"
+            )
     lines += [
         "",
         "## Efficient attention vs the plain equations (authors' per-head loop, reference)",
@@ -405,25 +425,46 @@ def render_markdown(meta: dict, results: dict) -> str:
             lines.append(
                 f"| {size} | {mode.replace('_', '+')} | {r['visattn']['median_ms']:.2f} | {r['plain']['median_ms']:.2f} | "
                 f"**{r['visattn']['ratio_to_plain']:.2f}** | {_mib(r['visattn']['peak_bytes'])} / "
-                f"{_mib(r['plain']['peak_bytes'])} |")
-    lines += ["", "## Efficient attention vs global multi-head self-attention, forward", "",
-              "| size | mhsa ms | efficient ms | plain efficient ms | mhsa / efficient | mhsa / plain efficient "
-              "| peak MiB mhsa / efficient |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                f"{_mib(r['plain']['peak_bytes'])} |"
+            )
+    lines += [
+        "",
+        "## Efficient attention vs global multi-head self-attention, forward",
+        "",
+        "| size | mhsa ms | efficient ms | plain efficient ms | mhsa / efficient | mhsa / plain efficient "
+        "| peak MiB mhsa / efficient |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for size, r in results["efficient_vs_mhsa"].items():
         lines.append(
             f"| {size} | {r['mhsa']['median_ms']:.1f} | {r['efficient']['median_ms']:.2f} | "
             f"{r['plain efficient']['median_ms']:.2f} | **{1 / r['efficient']['ratio_to_mhsa']:.1f}x** | "
             f"{1 / r['plain efficient']['ratio_to_mhsa']:.1f}x | {_mib(r['mhsa']['peak_bytes'])} / "
-            f"{_mib(r['efficient']['peak_bytes'])} |")
-    slower = [f"external {size} {mode} (vs fightingcv)" for size, row in results["external"].items()
-              for mode, r in row.items() if r["visattn"]["ratio_to_fightingcv"] > 1.0]
-    slower += [f"external {size} {mode} (vs plain equations)" for size, row in results["external"].items()
-               for mode, r in row.items() if _paired(r, "visattn", "plain") > 1.0]
-    slower += [f"efficient {size} {mode}" for size, row in results["efficient"].items()
-               for mode, r in row.items() if r["visattn"]["ratio_to_plain"] > 1.0]
-    slower += [f"efficient {size} forward (vs mhsa)" for size, r in results["efficient_vs_mhsa"].items()
-               if r["efficient"]["ratio_to_mhsa"] > 1.0]
+            f"{_mib(r['efficient']['peak_bytes'])} |"
+        )
+    slower = [
+        f"external {size} {mode} (vs fightingcv)"
+        for size, row in results["external"].items()
+        for mode, r in row.items()
+        if r["visattn"]["ratio_to_fightingcv"] > 1.0
+    ]
+    slower += [
+        f"external {size} {mode} (vs plain equations)"
+        for size, row in results["external"].items()
+        for mode, r in row.items()
+        if _paired(r, "visattn", "plain") > 1.0
+    ]
+    slower += [
+        f"efficient {size} {mode}"
+        for size, row in results["efficient"].items()
+        for mode, r in row.items()
+        if r["visattn"]["ratio_to_plain"] > 1.0
+    ]
+    slower += [
+        f"efficient {size} forward (vs mhsa)"
+        for size, r in results["efficient_vs_mhsa"].items()
+        if r["efficient"]["ratio_to_mhsa"] > 1.0
+    ]
     lines += ["", "Slower than the reference in this run: " + (", ".join(slower) if slower else "nowhere") + ".", ""]
     return "\n".join(lines)
 

@@ -39,8 +39,13 @@ def check_model(name: str, device: torch.device, size: int) -> dict:
             outs[label] = m(x).float()
     ref = outs["fp32"]
     if ref.dim() == 4:  # segmentation: (B, classes, H', W') logits, one class index per pixel
-        y = torch.randint(0, ref.shape[1], (ref.shape[0], *ref.shape[2:]), device=device,
-                          generator=torch.Generator(device).manual_seed(0))
+        y = torch.randint(
+            0,
+            ref.shape[1],
+            (ref.shape[0], *ref.shape[2:]),
+            device=device,
+            generator=torch.Generator(device).manual_seed(0),
+        )
     for label, dt in amp:
         t0 = time.perf_counter()
         m.train()
@@ -53,11 +58,20 @@ def check_model(name: str, device: torch.device, size: int) -> dict:
         grads_ok = all(torch.isfinite(p.grad).all().item() for p in m.parameters() if p.grad is not None)
         ref_ok = bool(torch.isfinite(ref).all().item())
         err = ((outs[label] - ref).norm() / ref.norm().clamp_min(1e-12)).item() if ref_ok else float("nan")
-        r = {"loss": loss.item(), "loss_finite": bool(torch.isfinite(loss).item()), "grads_finite": grads_ok,
-             "eval_finite": bool(torch.isfinite(outs[label]).all().item()), "eval_rel_err_vs_fp32": err,
-             "seconds": round(time.perf_counter() - t0, 3)}
-        r["ok"] = (r["loss_finite"] and (grads_ok or label == "fp16") and r["eval_finite"]
-                   and (not ref_ok or err < (1e-5 if dt is None else 0.1)))
+        r = {
+            "loss": loss.item(),
+            "loss_finite": bool(torch.isfinite(loss).item()),
+            "grads_finite": grads_ok,
+            "eval_finite": bool(torch.isfinite(outs[label]).all().item()),
+            "eval_rel_err_vs_fp32": err,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        r["ok"] = (
+            r["loss_finite"]
+            and (grads_ok or label == "fp16")
+            and r["eval_finite"]
+            and (not ref_ok or err < (1e-5 if dt is None else 0.1))
+        )
         row[label] = r
     row["ok"] = all(row[k]["ok"] for k, _ in amp)
     return row
@@ -74,7 +88,7 @@ def main(argv=None) -> int:
     for name in visattn.list_models():
         try:
             row = check_model(name, device, args.size)
-        except Exception as e:  # noqa: BLE001 - record every failure, keep checking the others
+        except Exception as e:
             row = {"model": name, "ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         rows.append(row)
         print(f"{name:24s} {'ok' if row['ok'] else 'FAIL'} {row.get('error', '')}", flush=True)

@@ -36,13 +36,13 @@ def make_impls(c: int, r: int) -> tuple[dict, dict]:
         from lambda_networks import LambdaLayer as LucidLambda
 
         impls["lambda-networks"] = LucidLambda(c, dim_k=16, r=r, heads=4, dim_u=1)
-    except Exception as e:  # noqa: BLE001 - report any import failure
+    except Exception as e:
         skipped["lambda-networks"] = f"{type(e).__name__}: {e}"
     try:
         from timm.layers import LambdaLayer as TimmLambda
 
         impls["timm"] = TimmLambda(c, dim_out=c, num_heads=4, dim_head=16, r=r, qk_ratio=1.0)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         skipped["timm"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
     for m in impls.values():
         m.train()
@@ -70,8 +70,9 @@ def run(args) -> dict:
                 times = {k: [] for k in impls}
                 t_start = time.perf_counter()
                 rounds = 0
-                while rounds < args.min_rounds or (time.perf_counter() - t_start < args.min_time
-                                                   and rounds < args.max_rounds):
+                while rounds < args.min_rounds or (
+                    time.perf_counter() - t_start < args.min_time and rounds < args.max_rounds
+                ):
                     for name, m in impls.items():
                         t0 = time.perf_counter()
                         step(m, x)
@@ -84,20 +85,34 @@ def run(args) -> dict:
                 med = {k: statistics.median(v) for k, v in times.items()}
                 peers = [k for k in impls if k != "visattn"]
                 best = min(peers, key=lambda k: med[k]) if peers else None
-                row = {"C": c, "r": r, "size": s, "batch": args.batch, "rounds": rounds,
-                       "median_ms": {k: 1e3 * v for k, v in med.items()},
-                       "peak_mb": {k: v / 2**20 for k, v in mem.items()}}
+                row = {
+                    "C": c,
+                    "r": r,
+                    "size": s,
+                    "batch": args.batch,
+                    "rounds": rounds,
+                    "median_ms": {k: 1e3 * v for k, v in med.items()},
+                    "peak_mb": {k: v / 2**20 for k, v in mem.items()},
+                }
                 if best:
                     row["fastest_peer"] = best
                     row["time_ratio"] = med["visattn"] / med[best]
                     row["mem_ratio"] = mem["visattn"] / max(mem[k] for k in peers if k == best)
                 rows.append(row)
-                print(f"C={c:3d} r={r:2d} S={s:3d}  " + "  ".join(
-                    f"{k}: {1e3 * med[k]:8.1f} ms {mem[k] / 2**20:7.1f} MB" for k in impls)
+                print(
+                    f"C={c:3d} r={r:2d} S={s:3d}  "
+                    + "  ".join(f"{k}: {1e3 * med[k]:8.1f} ms {mem[k] / 2**20:7.1f} MB" for k in impls)
                     + (f"  ratio t={row['time_ratio']:.2f} mem={row['mem_ratio']:.2f}" if best else ""),
-                    flush=True)
-    return {"rows": rows, "skipped": skipped_all, "torch": torch.__version__, "threads": args.threads,
-            "machine": platform.processor() or platform.machine(), "python": platform.python_version()}
+                    flush=True,
+                )
+    return {
+        "rows": rows,
+        "skipped": skipped_all,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
 
 
 def to_markdown(res: dict) -> str:
@@ -118,13 +133,16 @@ def to_markdown(res: dict) -> str:
         lines.append(
             f"| {row['C']} | {row['r']} | {row['size']} | {med['visattn']:.1f} | {med.get(peer, float('nan')):.1f} | "
             f"{row.get('time_ratio', float('nan')):.2f} | {mem['visattn']:.1f} | {mem.get(peer, float('nan')):.1f} | "
-            f"{row.get('mem_ratio', float('nan')):.2f} |")
+            f"{row.get('mem_ratio', float('nan')):.2f} |"
+        )
     if res["skipped"]:
         lines += ["", "Not measured:", ""]
         lines += [f"* {k}: {v}" for k, v in res["skipped"].items()]
         if "timm" in res["skipped"]:
-            lines.append("  (timm imports torchvision, whose wheels here need torch 2.14.1; installing it would "
-                         "replace the project's torch 2.13.0, so timm's LambdaLayer is not measured.)")
+            lines.append(
+                "  (timm imports torchvision, whose wheels here need torch 2.14.1; installing it would "
+                "replace the project's torch 2.13.0, so timm's LambdaLayer is not measured.)"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -29,8 +29,13 @@ def embedding_memory(sizes, k=16, u=1) -> list[dict]:
     rows = []
     for s in sizes:
         n = s * s
-        rows.append({"size": s, "table_mib": (2 * s - 1) ** 2 * k * u * 4 / 2**20,
-                     "materialised_E_mib": n * n * k * u * 4 / 2**20})
+        rows.append(
+            {
+                "size": s,
+                "table_mib": (2 * s - 1) ** 2 * k * u * 4 / 2**20,
+                "materialised_E_mib": n * n * k * u * 4 / 2**20,
+            }
+        )
     return rows
 
 
@@ -47,22 +52,40 @@ def main() -> None:
             torch.manual_seed(0)
             r = bench_case(label, mech, kw, dim=64, batch=4, resolution=s, min_time=0.5).as_dict()
             rows.append(r)
-            print(f"S={s:3d} {label:14s} fwd+bwd {r['fwdbwd_ms']:9.1f} ms  train peak {r['mem_train_mib']:8.1f} MiB "
-                  f"fwd {r['fwd_ms']:8.1f} ms {r['mem_fwd_mib']:8.1f} MiB {r.get('error') or ''}", flush=True)
+            print(
+                f"S={s:3d} {label:14s} fwd+bwd {r['fwdbwd_ms']:9.1f} ms  train peak {r['mem_train_mib']:8.1f} MiB "
+                f"fwd {r['fwd_ms']:8.1f} ms {r['mem_fwd_mib']:8.1f} MiB {r.get('error') or ''}",
+                flush=True,
+            )
     emb = embedding_memory(args.sizes)
     if args.out:
         with open(args.out + ".json", "w") as f:
-            json.dump({"rows": rows, "embedding_memory": emb, "threads": args.threads, "torch": torch.__version__},
-                      f, indent=1)
-        lines = ["# Lambda layer vs global self-attention (CPU, C=64, batch 4)", "",
-                 f"torch {torch.__version__}, {args.threads} thread(s); median forward+backward time and peak of the "
-                 "cumulative allocation curve (training step), forward-only in eval mode.", "",
-                 "| size | case | fwd+bwd ms | train peak MiB | fwd ms | fwd peak MiB |", "| --- | --- | --- | --- | --- | --- |"]
+            json.dump(
+                {"rows": rows, "embedding_memory": emb, "threads": args.threads, "torch": torch.__version__},
+                f,
+                indent=1,
+            )
+        lines = [
+            "# Lambda layer vs global self-attention (CPU, C=64, batch 4)",
+            "",
+            f"torch {torch.__version__}, {args.threads} thread(s); median forward+backward time and peak of the "
+            "cumulative allocation curve (training step), forward-only in eval mode.",
+            "",
+            "| size | case | fwd+bwd ms | train peak MiB | fwd ms | fwd peak MiB |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for r in rows:
-            lines.append(f"| {r['resolution']} | {r['label']} | {r['fwdbwd_ms']:.1f} | {r['mem_train_mib']:.1f} | "
-                         f"{r['fwd_ms']:.1f} | {r['mem_fwd_mib']:.1f} |")
-        lines += ["", "Global-form position embeddings (k=16, u=1, float32):", "",
-                  "| size S | visattn table (2S-1)^2 k u | materialised E: n^2 k u |", "| --- | --- | --- |"]
+            lines.append(
+                f"| {r['resolution']} | {r['label']} | {r['fwdbwd_ms']:.1f} | {r['mem_train_mib']:.1f} | "
+                f"{r['fwd_ms']:.1f} | {r['mem_fwd_mib']:.1f} |"
+            )
+        lines += [
+            "",
+            "Global-form position embeddings (k=16, u=1, float32):",
+            "",
+            "| size S | visattn table (2S-1)^2 k u | materialised E: n^2 k u |",
+            "| --- | --- | --- |",
+        ]
         for e in emb:
             lines.append(f"| {e['size']} | {e['table_mib']:.3f} MiB | {e['materialised_E_mib']:.1f} MiB |")
         with open(args.out + ".md", "w") as f:

@@ -85,7 +85,10 @@ def measure_pair(ours: str, ref: str, ref_is_timm: bool, *, batch: int, size: in
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
-    models = {"ours": build_ours(ours).to(device), "ref": (build_timm(ref) if ref_is_timm else build_ours(ref)).to(device)}
+    models = {
+        "ours": build_ours(ours).to(device),
+        "ref": (build_timm(ref) if ref_is_timm else build_ours(ref)).to(device),
+    }
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3) for k, m in models.items()}
     # inference copies of the same weights, eval mode, slide re-parameterised
     infer = {k: copy.deepcopy(m).eval() for k, m in models.items()}
@@ -130,21 +133,31 @@ def measure_pair(ours: str, ref: str, ref_is_timm: bool, *, batch: int, size: in
 
 
 def to_markdown(rows, config) -> str:
-    lines = [f"# Models: train step and inference ({config['threads']} thread(s), {config['device']}, "
-             f"{config['size']}x{config['size']}, batch {config['batch']}, {config['rounds']} alternating rounds, "
-             f"torch {config['torch']}{', timm ' + config['timm'] if config['timm'] else ''})", "",
-             "| ours | reference | train ms (ours / ref) | train ratio | inference ms (ours / ref) | inference ratio "
-             "| params M (ours / ref) | target |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Models: train step and inference ({config['threads']} thread(s), {config['device']}, "
+        f"{config['size']}x{config['size']}, batch {config['batch']}, {config['rounds']} alternating rounds, "
+        f"torch {config['torch']}{', timm ' + config['timm'] if config['timm'] else ''})",
+        "",
+        "| ours | reference | train ms (ours / ref) | train ratio | inference ms (ours / ref) | inference ratio "
+        "| params M (ours / ref) | target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         target = ""
         if "train_target" in r:
-            target = (f"train <= {r['train_target']}: {'met' if r['train_met'] else 'not met'}; "
-                      f"inference <= 1.0: {'met' if r['infer_met'] else 'not met'}")
-        lines.append(f"| {r['ours']} | {r['reference']} | {r['train_ms_ours']:.0f} / {r['train_ms_ref']:.0f} | "
-                     f"{r['train_ratio']:.2f} | {r['infer_ms_ours']:.0f} / {r['infer_ms_ref']:.0f} | "
-                     f"{r['infer_ratio']:.2f} | {r['params_m_ours']:.1f} / {r['params_m_ref']:.1f} | {target} |")
-    lines += ["", "Slide models are re-parameterised for inference; train = cross-entropy forward + backward + SGD step."]
+            target = (
+                f"train <= {r['train_target']}: {'met' if r['train_met'] else 'not met'}; "
+                f"inference <= 1.0: {'met' if r['infer_met'] else 'not met'}"
+            )
+        lines.append(
+            f"| {r['ours']} | {r['reference']} | {r['train_ms_ours']:.0f} / {r['train_ms_ref']:.0f} | "
+            f"{r['train_ratio']:.2f} | {r['infer_ms_ours']:.0f} / {r['infer_ms_ref']:.0f} | "
+            f"{r['infer_ratio']:.2f} | {r['params_m_ours']:.1f} / {r['params_m_ref']:.1f} | {target} |"
+        )
+    lines += [
+        "",
+        "Slide models are re-parameterised for inference; train = cross-entropy forward + backward + SGD step.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -167,7 +180,7 @@ def main(argv=None) -> int:
             import timm
 
             timm_version = timm.__version__
-        except Exception as e:  # noqa: BLE001 - torchvision / timm missing or broken: report and go on
+        except Exception as e:
             print(f"timm does not import ({type(e).__name__}: {e}); running our own pairs only")
     pairs = [(a, b, False) for a, b in OWN_PAIRS] + ([(a, b, True) for a, b in TIMM_PAIRS] if timm_version else [])
     if args.only:
@@ -176,11 +189,21 @@ def main(argv=None) -> int:
     for ours, ref, is_timm in pairs:
         r = measure_pair(ours, ref, is_timm, batch=args.batch, size=args.size, rounds=args.rounds, device=args.device)
         rows.append(r)
-        print(f"{ours:22s} vs {r['reference']:34s} train {r['train_ratio']:.2f}  inference {r['infer_ratio']:.2f}",
-              flush=True)
-    config = {"threads": args.threads, "rounds": args.rounds, "batch": args.batch, "size": args.size,
-              "device": args.device, "torch": torch.__version__, "timm": timm_version,
-              "python": platform.python_version(), "cpu_count": os.cpu_count()}
+        print(
+            f"{ours:22s} vs {r['reference']:34s} train {r['train_ratio']:.2f}  inference {r['infer_ratio']:.2f}",
+            flush=True,
+        )
+    config = {
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "batch": args.batch,
+        "size": args.size,
+        "device": args.device,
+        "torch": torch.__version__,
+        "timm": timm_version,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "models_vs_timm" + (f"_{args.tag}" if args.tag else "")

@@ -32,23 +32,41 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/scaling")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    results = run_bench(args.mechanisms, resolutions=args.resolutions, dim=args.dim, batch=args.batch,
-                        min_time=args.min_time, progress=lambda label, s: print(f"  {label} {s}x{s}", flush=True))
+    results = run_bench(
+        args.mechanisms,
+        resolutions=args.resolutions,
+        dim=args.dim,
+        batch=args.batch,
+        min_time=args.min_time,
+        progress=lambda label, s: print(f"  {label} {s}x{s}", flush=True),
+    )
     out = Path(args.out)
     write_json(results, out.with_suffix(".json"), vars(args))
     write_plot(results, out.with_suffix(".png"))
-    lines = [f"# Scaling with resolution ({datetime.date.today()})", "",
-             f"Command: `python benchmarks/scaling.py --mechanisms {' '.join(args.mechanisms)} --resolutions "
-             f"{' '.join(map(str, args.resolutions))} --threads {args.threads}`", "",
-             f"C={args.dim}, batch {args.batch}, float32, {args.threads} CPU thread(s). Environment: {environment()}.",
-             "Times are medians; the machine is shared, so read ratios taken in this one run, not absolute times.",
-             "", format_table(results), "", "Log-log slope against n (1 = linear, 2 = quadratic):", "",
-             format_slopes(results), ""]
+    lines = [
+        f"# Scaling with resolution ({datetime.date.today()})",
+        "",
+        f"Command: `python benchmarks/scaling.py --mechanisms {' '.join(args.mechanisms)} --resolutions "
+        f"{' '.join(map(str, args.resolutions))} --threads {args.threads}`",
+        "",
+        f"C={args.dim}, batch {args.batch}, float32, {args.threads} CPU thread(s). Environment: {environment()}.",
+        "Times are medians; the machine is shared, so read ratios taken in this one run, not absolute times.",
+        "",
+        format_table(results),
+        "",
+        "Log-log slope against n (1 = linear, 2 = quadratic):",
+        "",
+        format_slopes(results),
+        "",
+    ]
     ref = {r.resolution: r for r in results if r.label == "mhsa" and not r.error}
     if ref:
-        lines += ["Forward time of mhsa divided by each mechanism's (higher = faster than mhsa):", "",
-                  "| case | " + " | ".join(f"{s}x{s}" for s in args.resolutions) + " |",
-                  "|---|" + "---|" * len(args.resolutions)]
+        lines += [
+            "Forward time of mhsa divided by each mechanism's (higher = faster than mhsa):",
+            "",
+            "| case | " + " | ".join(f"{s}x{s}" for s in args.resolutions) + " |",
+            "|---|" + "---|" * len(args.resolutions),
+        ]
         for label in dict.fromkeys(r.label for r in results):
             row = []
             for s in args.resolutions:

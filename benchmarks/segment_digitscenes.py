@@ -41,32 +41,54 @@ def main() -> None:
     out = Path(args.output)
     if out.exists():
         shutil.rmtree(out)
-    cfg = SegTrainConfig(model="fpn_resnet_tiny", data="digitscenes", image_size=32, epochs=args.epochs, batch_size=16,
-                         lr=5e-3, label_smoothing=0.0, output=str(out), progress=False)
+    cfg = SegTrainConfig(
+        model="fpn_resnet_tiny",
+        data="digitscenes",
+        image_size=32,
+        epochs=args.epochs,
+        batch_size=16,
+        lr=5e-3,
+        label_smoothing=0.0,
+        output=str(out),
+        progress=False,
+    )
     t0 = time.perf_counter()
     res = train_segment(cfg)
     wall = time.perf_counter() - t0
     final = res.final
-    fig_path, _, _ = predict_image("fpn_resnet_tiny", out, f"digitscenes:{args.scene}",
-                                   ROOT / "docs" / "img" / "segment_predict.png")
+    fig_path, _, _ = predict_image(
+        "fpn_resnet_tiny", out, f"digitscenes:{args.scene}", ROOT / "docs" / "img" / "segment_predict.png"
+    )
 
-    command = ("OMP_NUM_THREADS=1 visattn train --task segment --model fpn_resnet_tiny --data digitscenes "
-               f"--image-size 32 --epochs {args.epochs} --batch-size 16 --lr 5e-3 --label-smoothing 0 "
-               f"--output {args.output}")
-    doc = {"command": command, "config": cfg.as_dict(), "threads": torch.get_num_threads(), "wall_time_s": wall,
-           "train_time_s": sum(h["train_time_s"] for h in res.history), "final": final, "history": res.history,
-           "params": sum(p.numel() for p in res.model.parameters()), "environment": environment()}
+    command = (
+        "OMP_NUM_THREADS=1 visattn train --task segment --model fpn_resnet_tiny --data digitscenes "
+        f"--image-size 32 --epochs {args.epochs} --batch-size 16 --lr 5e-3 --label-smoothing 0 "
+        f"--output {args.output}"
+    )
+    doc = {
+        "command": command,
+        "config": cfg.as_dict(),
+        "threads": torch.get_num_threads(),
+        "wall_time_s": wall,
+        "train_time_s": sum(h["train_time_s"] for h in res.history),
+        "final": final,
+        "history": res.history,
+        "params": sum(p.numel() for p in res.model.parameters()),
+        "environment": environment(),
+    }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "segment_digitscenes.json").write_text(json.dumps(doc, indent=2))
     iou = "\n".join(f"| {k} | {'-' if v is None else f'{100 * v:.1f}'} |" for k, v in final["test_iou"].items())
-    md = (f"# fpn_resnet_tiny on digit scenes (32 x 32, {args.epochs} epochs, 1 thread)\n\n"
-          f"`{command}`\n\n"
-          f"test mIoU **{100 * final['test_miou']:.2f}%**, pixel accuracy {100 * final['test_pixel_acc']:.2f}%; "
-          f"{doc['params'] / 1e3:.1f}k parameters; wall time {wall:.0f} s (data, training and evaluation; "
-          f"training alone {doc['train_time_s']:.0f} s).\n\n"
-          "mIoU per epoch: " + ", ".join(f"{100 * h['test_miou']:.1f}" for h in res.history) + "\n\n"
-          "| class | IoU % |\n| --- | --- |\n" + iou + "\n")
+    md = (
+        f"# fpn_resnet_tiny on digit scenes (32 x 32, {args.epochs} epochs, 1 thread)\n\n"
+        f"`{command}`\n\n"
+        f"test mIoU **{100 * final['test_miou']:.2f}%**, pixel accuracy {100 * final['test_pixel_acc']:.2f}%; "
+        f"{doc['params'] / 1e3:.1f}k parameters; wall time {wall:.0f} s (data, training and evaluation; "
+        f"training alone {doc['train_time_s']:.0f} s).\n\n"
+        "mIoU per epoch: " + ", ".join(f"{100 * h['test_miou']:.1f}" for h in res.history) + "\n\n"
+        "| class | IoU % |\n| --- | --- |\n" + iou + "\n"
+    )
     (results / "segment_digitscenes.md").write_text(md)
     print(md)
     print(f"figure: {fig_path}")

@@ -36,8 +36,11 @@ def make_case(mechanism: str | None):
         model = visattn.create_model("resnet_tiny", num_classes=10).train()
         x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
     else:
-        kw = {} if mechanism is None else {"attention": mechanism,
-                                           "attn_kwargs": dict(attention_info(mechanism).bench_kwargs)}
+        kw = (
+            {}
+            if mechanism is None
+            else {"attention": mechanism, "attn_kwargs": dict(attention_info(mechanism).bench_kwargs)}
+        )
         model = visattn.create_model("fpn_resnet_tiny", num_classes=CLASSES, **kw).train()
         x, y = torch.randn(BATCH, 3, SIDE, SIDE), torch.randint(0, CLASSES, (BATCH, SIDE, SIDE))
         y[:, :4] = 255
@@ -70,14 +73,25 @@ def main(argv=None) -> int:
         for lab, step in cases.items():
             times[lab].append(step())
     rows = [{"case": lab, "median_s": statistics.median(ts), "min_s": min(ts)} for lab, ts in times.items()]
-    meta = {"batch": BATCH, "side": SIDE, "threads": args.threads, "rounds": args.rounds,
-            "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
+    meta = {
+        "batch": BATCH,
+        "side": SIDE,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w", encoding="utf-8") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    lines = [f"# fpn_resnet_tiny training step, batch {BATCH}, {SIDE} x {SIDE}, {args.threads} thread(s)", "",
-             "`classify` is a resnet_tiny classification step at batch 8, 32 x 32, for scale.", "",
-             "| case | median step (s) | fastest step (s) |", "| --- | --- | --- |"]
+    lines = [
+        f"# fpn_resnet_tiny training step, batch {BATCH}, {SIDE} x {SIDE}, {args.threads} thread(s)",
+        "",
+        "`classify` is a resnet_tiny classification step at batch 8, 32 x 32, for scale.",
+        "",
+        "| case | median step (s) | fastest step (s) |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {r['case']} | {r['median_s']:.3f} | {r['min_s']:.3f} |" for r in rows]
     with open(args.out + ".md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -63,8 +63,9 @@ def slide_core(q, k, v, ks):
     """Slide's in-place shift loop (pure shifts, no key bias) on the same q, k, v."""
     b, c, h, w = q.shape
     d = c // HEADS
-    return _attend_inplace(q.view(b, HEADS, d, h, w), k.view(b, HEADS, d, h, w), v.view(b, HEADS, d, h, w), ks,
-                           None, None, None, None)
+    return _attend_inplace(
+        q.view(b, HEADS, d, h, w), k.view(b, HEADS, d, h, w), v.view(b, HEADS, d, h, w), ks, None, None, None, None
+    )
 
 
 def natten_module(ks):
@@ -80,7 +81,8 @@ def natten_module(ks):
     except Exception as e:  # ImportError or a binary mismatch
         return None, f"not importable here ({type(e).__name__}: {str(e)[:120]})"
     return (lambda x: m(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)), (
-        f"natten {natten.__version__} (libnatten: {natten.HAS_LIBNATTEN}; CPU path = uncompiled FlexAttention)")
+        f"natten {natten.__version__} (libnatten: {natten.HAS_LIBNATTEN}; CPU path = uncompiled FlexAttention)"
+    )
 
 
 def best_of_rounds(fns: dict, rounds: int, calls: int) -> dict:
@@ -103,8 +105,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--sides", type=int, nargs="+", default=[28, 56, 112])
-    ap.add_argument("--natten-max-side", type=int, default=56,
-                    help="NATTEN's CPU path is dense FlexAttention math: O(n^2) memory, so only small maps")
+    ap.add_argument(
+        "--natten-max-side",
+        type=int,
+        default=56,
+        help="NATTEN's CPU path is dense FlexAttention math: O(n^2) memory, so only small maps",
+    )
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "slide_vs_im2col"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -145,45 +151,66 @@ def main():
     for side in args.sides:
         t3, t7 = get(side, "im2col k3 (local)", "fwd_ms"), get(side, "im2col k7 (local)", "fwd_ms")
         m3, m7 = get(side, "im2col k3 (local)", "peak_mib"), get(side, "im2col k7 (local)", "peak_mib")
-        ratios.append({
-            "side": side,
-            "reparam_k3_time": get(side, "slide k3 deformed, re-parameterised", "fwd_ms") / t3,
-            "training_form_k3_time": get(side, "slide k3 deformed (training form)", "fwd_ms") / t3,
-            "authors_form_k3_time": get(side, "slide k3, authors' form (grouped conv keys)", "fwd_ms") / t3,
-            "shift_k3_time": get(side, "slide k3 shifts only", "fwd_ms") / t3,
-            "shift_k7_time": get(side, "slide k7 shifts only", "fwd_ms") / t7,
-            "shift_k3_mem": get(side, "slide k3 shifts only", "peak_mib") / m3,
-            "shift_k7_mem": get(side, "slide k7 shifts only", "peak_mib") / m7,
-            "shift_k7_vs_mhsa_time": get(side, "slide k7 shifts only", "fwd_ms") / get(side, "mhsa (global)", "fwd_ms"),
-            "deformed_k7_time": get(side, "slide k7 deformed, re-parameterised", "fwd_ms") / t7,
-            "core_shift_k3_time": get(side, "core slide shifts k3", "fwd_ms") / get(side, "core im2col k3", "fwd_ms"),
-            "core_shift_k7_time": get(side, "core slide shifts k7", "fwd_ms") / get(side, "core im2col k7", "fwd_ms"),
-        })
-    env = {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
-           "processor": platform.processor() or platform.platform(), "cpus": os.cpu_count(),
-           "load_avg_at_end": os.getloadavg(), "dim": DIM, "heads": HEADS, "batch": BATCH,
-           "rounds": args.rounds, "calls": args.calls, "natten": natten_note}
+        ratios.append(
+            {
+                "side": side,
+                "reparam_k3_time": get(side, "slide k3 deformed, re-parameterised", "fwd_ms") / t3,
+                "training_form_k3_time": get(side, "slide k3 deformed (training form)", "fwd_ms") / t3,
+                "authors_form_k3_time": get(side, "slide k3, authors' form (grouped conv keys)", "fwd_ms") / t3,
+                "shift_k3_time": get(side, "slide k3 shifts only", "fwd_ms") / t3,
+                "shift_k7_time": get(side, "slide k7 shifts only", "fwd_ms") / t7,
+                "shift_k3_mem": get(side, "slide k3 shifts only", "peak_mib") / m3,
+                "shift_k7_mem": get(side, "slide k7 shifts only", "peak_mib") / m7,
+                "shift_k7_vs_mhsa_time": get(side, "slide k7 shifts only", "fwd_ms")
+                / get(side, "mhsa (global)", "fwd_ms"),
+                "deformed_k7_time": get(side, "slide k7 deformed, re-parameterised", "fwd_ms") / t7,
+                "core_shift_k3_time": get(side, "core slide shifts k3", "fwd_ms")
+                / get(side, "core im2col k3", "fwd_ms"),
+                "core_shift_k7_time": get(side, "core slide shifts k7", "fwd_ms")
+                / get(side, "core im2col k7", "fwd_ms"),
+            }
+        )
+    env = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_avg_at_end": os.getloadavg(),
+        "dim": DIM,
+        "heads": HEADS,
+        "batch": BATCH,
+        "rounds": args.rounds,
+        "calls": args.calls,
+        "natten": natten_note,
+    }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump({"env": env, "rows": rows, "ratios": ratios}, f, indent=1)
     with open(args.out + ".md", "w") as f:
-        f.write(f"# Slide attention vs im2col ({DIM} channels, {HEADS} heads, batch {BATCH}, float32, "
-                f"{args.threads} thread(s), forward, no_grad)\n\n")
-        f.write(f"torch {torch.__version__}; {os.cpu_count()} CPUs shared with other jobs "
-                f"(load average at the end {env['load_avg_at_end'][0]:.1f}); fastest call over {args.rounds} "
-                f"interleaved rounds of {args.calls} calls. NATTEN: {natten_note}.\n\n")
+        f.write(
+            f"# Slide attention vs im2col ({DIM} channels, {HEADS} heads, batch {BATCH}, float32, "
+            f"{args.threads} thread(s), forward, no_grad)\n\n"
+        )
+        f.write(
+            f"torch {torch.__version__}; {os.cpu_count()} CPUs shared with other jobs "
+            f"(load average at the end {env['load_avg_at_end'][0]:.1f}); fastest call over {args.rounds} "
+            f"interleaved rounds of {args.calls} calls. NATTEN: {natten_note}.\n\n"
+        )
         f.write("## Ratios (ours / reference; < 1 is better)\n\n")
-        cols = [("reparam_k3_time", "k3 re-param / im2col (time, target <= 0.5)"),
-                ("training_form_k3_time", "k3 deformed training form / im2col"),
-                ("authors_form_k3_time", "k3 authors' grouped-conv form / im2col"),
-                ("shift_k3_time", "k3 shifts / im2col (time, target <= 0.2)"),
-                ("shift_k7_time", "k7 shifts / im2col (time, target <= 0.2)"),
-                ("shift_k3_mem", "k3 shifts / im2col (peak mem, target <= 0.33)"),
-                ("shift_k7_mem", "k7 shifts / im2col (peak mem, target <= 0.33)"),
-                ("shift_k7_vs_mhsa_time", "k7 shifts / mhsa (time, target < 1 at >= 56)"),
-                ("deformed_k7_time", "k7 deformed re-param / im2col k7"),
-                ("core_shift_k3_time", "core only: shifts / im2col, k3"),
-                ("core_shift_k7_time", "core only: shifts / im2col, k7")]
+        cols = [
+            ("reparam_k3_time", "k3 re-param / im2col (time, target <= 0.5)"),
+            ("training_form_k3_time", "k3 deformed training form / im2col"),
+            ("authors_form_k3_time", "k3 authors' grouped-conv form / im2col"),
+            ("shift_k3_time", "k3 shifts / im2col (time, target <= 0.2)"),
+            ("shift_k7_time", "k7 shifts / im2col (time, target <= 0.2)"),
+            ("shift_k3_mem", "k3 shifts / im2col (peak mem, target <= 0.33)"),
+            ("shift_k7_mem", "k7 shifts / im2col (peak mem, target <= 0.33)"),
+            ("shift_k7_vs_mhsa_time", "k7 shifts / mhsa (time, target < 1 at >= 56)"),
+            ("deformed_k7_time", "k7 deformed re-param / im2col k7"),
+            ("core_shift_k3_time", "core only: shifts / im2col, k3"),
+            ("core_shift_k7_time", "core only: shifts / im2col, k7"),
+        ]
         f.write("| ratio | " + " | ".join(f"{r['side']}x{r['side']}" for r in ratios) + " |\n")
         f.write("|---|" + "---|" * len(ratios) + "\n")
         for key, title in cols:

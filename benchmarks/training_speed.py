@@ -39,20 +39,32 @@ DIM, BATCH = 64, 4
 
 #: group -> (sides, reference case, [(label, mechanism, kwargs)], targets)
 GROUPS = {
-    "slide": ((28, 56, 112), "local k3 (im2col)", [
-        ("local k3 (im2col)", "local", {"num_heads": 4, "kernel_size": 3}),
-        ("slide k3 deformed", "slide", {"num_heads": 4, "kernel_size": 3}),
-        ("slide k3 shifts", "slide", {"num_heads": 4, "kernel_size": 3, "deformed": False}),
-    ]),
-    "relpos": ((28, 56), "mhsa", [
-        ("mhsa", "mhsa", {"num_heads": 4}),
-        ("relpos content quadratic", "relpos", {"num_heads": 4, "encoding": "quadratic", "content": True}),
-        ("relpos content gaussian", "relpos", {"num_heads": 4, "encoding": "gaussian", "content": True}),
-    ]),
-    "lambda": ((8, 16, 28), "conv 3x3", [
-        ("conv 3x3", "conv", {}),
-        ("lambda r7", "lambda", {"num_heads": 4, "key_dim": 16, "local_scope": 7}),
-    ]),
+    "slide": (
+        (28, 56, 112),
+        "local k3 (im2col)",
+        [
+            ("local k3 (im2col)", "local", {"num_heads": 4, "kernel_size": 3}),
+            ("slide k3 deformed", "slide", {"num_heads": 4, "kernel_size": 3}),
+            ("slide k3 shifts", "slide", {"num_heads": 4, "kernel_size": 3, "deformed": False}),
+        ],
+    ),
+    "relpos": (
+        (28, 56),
+        "mhsa",
+        [
+            ("mhsa", "mhsa", {"num_heads": 4}),
+            ("relpos content quadratic", "relpos", {"num_heads": 4, "encoding": "quadratic", "content": True}),
+            ("relpos content gaussian", "relpos", {"num_heads": 4, "encoding": "gaussian", "content": True}),
+        ],
+    ),
+    "lambda": (
+        (8, 16, 28),
+        "conv 3x3",
+        [
+            ("conv 3x3", "conv", {}),
+            ("lambda r7", "lambda", {"num_heads": 4, "key_dim": 16, "local_scope": 7}),
+        ],
+    ),
 }
 SMALL_SIDES = {"slide": (12,), "relpos": (12,), "lambda": (8,)}
 
@@ -92,7 +104,7 @@ def run_group(name: str, sides, rounds: int, device: str) -> list[dict]:
         x = torch.randn(BATCH, DIM, side, side, device=device)
         g = torch.randn(BATCH, DIM, side, side, device=device)
         built = {label: _case(mech, kw, device) for label, mech, kw in cases}
-        for label, (m, opt) in built.items():  # warm-up
+        for m, opt in built.values():  # warm-up
             _fwd(m, x, device)
             _train(m, opt, x, g, device)
         times = {label: {"fwd": [], "train": []} for label in built}
@@ -101,23 +113,33 @@ def run_group(name: str, sides, rounds: int, device: str) -> list[dict]:
                 times[label]["fwd"].append(_timed(lambda: _fwd(m, x, device)))
                 times[label]["train"].append(_timed(lambda: _train(m, opt, x, g, device)))
         ref = times[ref_label]
-        for label, (m, opt) in built.items():
+        for label, (m, _opt) in built.items():
             t = times[label]
             m.train()
             mem = peak_memory_bytes(lambda: m(x).backward(g), device)
             ref_m = built[ref_label][0].train()
             ref_mem = peak_memory_bytes(lambda: ref_m(x).backward(g), device)
-            rows.append({
-                "group": name, "side": side, "case": label, "reference": ref_label,
-                "fwd_ms": 1e3 * statistics.median(t["fwd"]), "train_ms": 1e3 * statistics.median(t["train"]),
-                "train_vs_ref": statistics.median(a / b for a, b in zip(t["train"], ref["train"])),
-                "fwd_vs_ref": statistics.median(a / b for a, b in zip(t["fwd"], ref["fwd"])),
-                "train_vs_own_fwd": statistics.median(a / b for a, b in zip(t["train"], t["fwd"])),
-                "train_mem_mib": mem / 2**20, "mem_vs_ref": mem / max(ref_mem, 1),
-            })
-            print(f"{name:6s} {side:4d} {label:28s} fwd {rows[-1]['fwd_ms']:8.1f} ms  train "
-                  f"{rows[-1]['train_ms']:8.1f} ms  train/ref {rows[-1]['train_vs_ref']:.2f}  "
-                  f"train/fwd {rows[-1]['train_vs_own_fwd']:.2f}  mem/ref {rows[-1]['mem_vs_ref']:.2f}", flush=True)
+            rows.append(
+                {
+                    "group": name,
+                    "side": side,
+                    "case": label,
+                    "reference": ref_label,
+                    "fwd_ms": 1e3 * statistics.median(t["fwd"]),
+                    "train_ms": 1e3 * statistics.median(t["train"]),
+                    "train_vs_ref": statistics.median(a / b for a, b in zip(t["train"], ref["train"])),
+                    "fwd_vs_ref": statistics.median(a / b for a, b in zip(t["fwd"], ref["fwd"])),
+                    "train_vs_own_fwd": statistics.median(a / b for a, b in zip(t["train"], t["fwd"])),
+                    "train_mem_mib": mem / 2**20,
+                    "mem_vs_ref": mem / max(ref_mem, 1),
+                }
+            )
+            print(
+                f"{name:6s} {side:4d} {label:28s} fwd {rows[-1]['fwd_ms']:8.1f} ms  train "
+                f"{rows[-1]['train_ms']:8.1f} ms  train/ref {rows[-1]['train_vs_ref']:.2f}  "
+                f"train/fwd {rows[-1]['train_vs_own_fwd']:.2f}  mem/ref {rows[-1]['mem_vs_ref']:.2f}",
+                flush=True,
+            )
     return rows
 
 
@@ -142,17 +164,29 @@ def targets(rows: list[dict]) -> list[dict]:
 
 
 def to_markdown(rows, met, config) -> str:
-    lines = [f"# Training speed ({config['threads']} thread(s), {config['device']}, C={DIM}, batch {BATCH}, "
-             f"{config['rounds']} alternating rounds, medians of per-round ratios)", "",
-             "| group | side | case | fwd ms | train ms | train / ref | fwd / ref | train / own fwd | train MiB | mem / ref |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Training speed ({config['threads']} thread(s), {config['device']}, C={DIM}, batch {BATCH}, "
+        f"{config['rounds']} alternating rounds, medians of per-round ratios)",
+        "",
+        "| group | side | case | fwd ms | train ms | train / ref | fwd / ref | train / own fwd | train MiB | mem / ref |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['group']} | {r['side']} | {r['case']} | {r['fwd_ms']:.1f} | {r['train_ms']:.1f} | "
-                     f"{r['train_vs_ref']:.2f} | {r['fwd_vs_ref']:.2f} | {r['train_vs_own_fwd']:.2f} | "
-                     f"{r['train_mem_mib']:.1f} | {r['mem_vs_ref']:.2f} |")
-    lines += ["", "ref = the group's first case (local k3 / mhsa / conv 3x3); train = forward + backward + SGD step.", "",
-              "| target | measured | bound | met |", "|---|---|---|---|"]
-    lines += [f"| {t['target']} | {t['measured']:.2f} | {t['bound']:.2f} | {'yes' if t['met'] else 'no'} |" for t in met]
+        lines.append(
+            f"| {r['group']} | {r['side']} | {r['case']} | {r['fwd_ms']:.1f} | {r['train_ms']:.1f} | "
+            f"{r['train_vs_ref']:.2f} | {r['fwd_vs_ref']:.2f} | {r['train_vs_own_fwd']:.2f} | "
+            f"{r['train_mem_mib']:.1f} | {r['mem_vs_ref']:.2f} |"
+        )
+    lines += [
+        "",
+        "ref = the group's first case (local k3 / mhsa / conv 3x3); train = forward + backward + SGD step.",
+        "",
+        "| target | measured | bound | met |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t['target']} | {t['measured']:.2f} | {t['bound']:.2f} | {'yes' if t['met'] else 'no'} |" for t in met
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -162,8 +196,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", nargs="+", choices=sorted(GROUPS), default=sorted(GROUPS))
-    p.add_argument("--sides-scale", choices=("full", "small"), default="full",
-                   help="'small': one tiny side per group, to check the script quickly")
+    p.add_argument(
+        "--sides-scale",
+        choices=("full", "small"),
+        default="full",
+        help="'small': one tiny side per group, to check the script quickly",
+    )
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
@@ -173,9 +211,18 @@ def main(argv=None) -> int:
         sides = GROUPS[name][0] if args.sides_scale == "full" else SMALL_SIDES[name]
         rows += run_group(name, sides, args.rounds, args.device)
     met = targets(rows)
-    config = {"threads": args.threads, "rounds": args.rounds, "device": args.device, "dim": DIM, "batch": BATCH,
-              "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-              "cpu_count": os.cpu_count(), "sides": args.sides_scale}
+    config = {
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "device": args.device,
+        "dim": DIM,
+        "batch": BATCH,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "sides": args.sides_scale,
+    }
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "training_speed" + (f"_{args.tag}" if args.tag else "")

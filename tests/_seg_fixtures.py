@@ -33,8 +33,17 @@ def save_mask(mask: np.ndarray, path: Path, palette: bool) -> None:
     im.save(path)
 
 
-def write_pairs(img_dir: Path, mask_dir: Path, n: int, *, seed: int = 0, size=(16, 20), palette: bool = False,
-                ext: str = ".png", first: int = 0) -> list[np.ndarray]:
+def write_pairs(
+    img_dir: Path,
+    mask_dir: Path,
+    n: int,
+    *,
+    seed: int = 0,
+    size=(16, 20),
+    palette: bool = False,
+    ext: str = ".png",
+    first: int = 0,
+) -> list[np.ndarray]:
     from PIL import Image
 
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +69,7 @@ def make_voc_folder(root: Path, n_train: int = 6, n_val: int = 3, size=(16, 20))
     plus a JPEG without a segmentation mask that no list names (as in real VOC)."""
     from PIL import Image
 
-    write_pairs(root / "JPEGImages", root / "SegmentationClass", n_train + n_val, size=size, palette=True,
-                ext=".jpg")
+    write_pairs(root / "JPEGImages", root / "SegmentationClass", n_train + n_val, size=size, palette=True, ext=".jpg")
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "JPEGImages" / "detection_only.jpg")
     sets = root / "ImageSets" / "Segmentation"
     sets.mkdir(parents=True)

@@ -54,7 +54,9 @@ def make_color_folder(root, per_class: int = 16, size: int = 8) -> str:
 
 def ensure_registered() -> str:
     if NAME not in _MODELS:
+
         @register_model(NAME, family="test", default_input=(3, 8, 8), test_input=(3, 8, 8))
         def _build(num_classes=10, attention=None, attn_kwargs=None, **kw):
             return TinyNet(num_classes, attention, attn_kwargs, **kw)
+
     return NAME

@@ -40,7 +40,9 @@ def unregister() -> None:
 
 def ensure_registered() -> str:
     if NAME not in _MODELS:
+
         @register_model(NAME, family="test", task="segment", default_input=(3, 16, 16), test_input=(3, 16, 16))
         def _build(num_classes=11, attention=None, attn_kwargs=None, **kw):
             return TinySegNet(num_classes, attention, attn_kwargs, **kw)
+
     return NAME

@@ -1,17 +1,17 @@
 """Subprocess entry for the kill/resume and torchrun tests (not collected by pytest).
 
-    python tests/_train_worker.py cli BLOCK_STEP MARKER -- <visattn train options>
-        runs `visattn train` (argument parsing included) with the test model registered;
-        after the checkpoint of optimizer step BLOCK_STEP it writes MARKER and sleeps,
-        so the test can SIGKILL it at a known point (BLOCK_STEP 0: never block).
-    python -m torch.distributed.run ... tests/_train_worker.py ddp OUT PER_RANK_BATCH
-        one step of DDP training on a fixed 32-image digits subset; rank 0 saves the
-        gradients after backward to OUT/grads.safetensors (the final weights land in
-        OUT/model.safetensors).
-    python -m torch.distributed.run ... tests/_train_worker.py freeze OUT TIMEOUT_S
-        2-process training in which rank 1 stops answering after optimizer step 2; the
-        other rank must give up after TIMEOUT_S seconds (--dist-timeout) with a one-line
-        error naming rank 1 (printed by the CLI's error handler) and exit code 1.
+python tests/_train_worker.py cli BLOCK_STEP MARKER -- <visattn train options>
+    runs `visattn train` (argument parsing included) with the test model registered;
+    after the checkpoint of optimizer step BLOCK_STEP it writes MARKER and sleeps,
+    so the test can SIGKILL it at a known point (BLOCK_STEP 0: never block).
+python -m torch.distributed.run ... tests/_train_worker.py ddp OUT PER_RANK_BATCH
+    one step of DDP training on a fixed 32-image digits subset; rank 0 saves the
+    gradients after backward to OUT/grads.safetensors (the final weights land in
+    OUT/model.safetensors).
+python -m torch.distributed.run ... tests/_train_worker.py freeze OUT TIMEOUT_S
+    2-process training in which rank 1 stops answering after optimizer step 2; the
+    other rank must give up after TIMEOUT_S seconds (--dist-timeout) with a one-line
+    error naming rank 1 (printed by the CLI's error handler) and exit code 1.
 """
 
 import os
@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _tiny_model import ensure_registered  # noqa: E402
+from _tiny_model import ensure_registered
 
 
 class BlockAfterCheckpoint:
@@ -42,8 +42,7 @@ class SaveGrads:
         if trainer.step == 0 and trainer.dist.rank == 0:
             from safetensors.torch import save_file
 
-            save_file({n: p.grad.detach().clone().contiguous() for n, p in trainer.model.named_parameters()},
-                      self.path)
+            save_file({n: p.grad.detach().clone().contiguous() for n, p in trainer.model.named_parameters()}, self.path)
 
 
 class FreezeAfterStep:
@@ -83,8 +82,19 @@ def main() -> int:
         from visattn.train import TrainConfig, train
 
         out, batch = sys.argv[2], int(sys.argv[3])
-        cfg = TrainConfig(model=name, epochs=1, batch_size=batch, warmup_steps=0, output=out, progress=False,
-                          verbose=False, plot=False, device="cpu", deterministic=True, seed=3)
+        cfg = TrainConfig(
+            model=name,
+            epochs=1,
+            batch_size=batch,
+            warmup_steps=0,
+            output=out,
+            progress=False,
+            verbose=False,
+            plot=False,
+            device="cpu",
+            deterministic=True,
+            seed=3,
+        )
         train(cfg, data=tiny_digits(), callbacks=[SaveGrads(os.path.join(out, "grads.safetensors"))])
         return 0
     if mode == "freeze":
@@ -92,8 +102,19 @@ def main() -> int:
         from visattn.train import TrainConfig, train
 
         out, timeout = sys.argv[2], float(sys.argv[3])
-        cfg = TrainConfig(model=name, epochs=1, batch_size=4, warmup_steps=0, output=out, progress=False,
-                          verbose=False, plot=False, device="cpu", seed=3, dist_timeout=timeout)
+        cfg = TrainConfig(
+            model=name,
+            epochs=1,
+            batch_size=4,
+            warmup_steps=0,
+            output=out,
+            progress=False,
+            verbose=False,
+            plot=False,
+            device="cpu",
+            seed=3,
+            dist_timeout=timeout,
+        )
         rc = run_command("train", lambda _: train(cfg, data=tiny_digits(), callbacks=[FreezeAfterStep(2, 1)]), None)
         sys.stderr.flush()
         os._exit(rc)  # do not wait for the frozen peer in process-group teardown

@@ -7,8 +7,12 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_addoption(parser):
-    parser.addoption("--device", action="store", default="cpu",
-                     help="device for the device-aware tests (the conformance suite): cpu (default), cuda, cuda:1, ...")
+    parser.addoption(
+        "--device",
+        action="store",
+        default="cpu",
+        help="device for the device-aware tests (the conformance suite): cpu (default), cuda, cuda:1, ...",
+    )
 
 
 def pytest_configure(config):
@@ -16,7 +20,7 @@ def pytest_configure(config):
     try:
         torch.device(name)
     except RuntimeError as e:
-        raise pytest.UsageError(f"--device: expected a torch device such as cpu or cuda, got {name!r} ({e})")
+        raise pytest.UsageError(f"--device: expected a torch device such as cpu or cuda, got {name!r} ({e})") from None
 
 
 @pytest.fixture(scope="session")

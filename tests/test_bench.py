@@ -29,8 +29,21 @@ def test_scaling_slopes_of_known_power_laws():
     rs = []
     for s in (8, 16, 32):
         n = s * s
-        rs.append(BenchResult("q", "mhsa", {}, s, n, 8, 1, fwd_ms=1e-3 * n**2, fwdbwd_ms=2e-3 * n**2,
-                              mem_fwd_mib=0.5 * n, mem_train_mib=n))
+        rs.append(
+            BenchResult(
+                "q",
+                "mhsa",
+                {},
+                s,
+                n,
+                8,
+                1,
+                fwd_ms=1e-3 * n**2,
+                fwdbwd_ms=2e-3 * n**2,
+                mem_fwd_mib=0.5 * n,
+                mem_train_mib=n,
+            )
+        )
     slopes = scaling_slopes(rs)["q"]
     assert slopes["fwd_ms"] == pytest.approx(2.0, abs=1e-9)
     assert slopes["fwdbwd_ms"] == pytest.approx(2.0, abs=1e-9)
@@ -48,8 +61,9 @@ def test_bench_case_fields_and_flops():
 
 
 def test_local_flops_add_the_elementwise_part():
-    (r,) = bench_mechanism("local", {"num_heads": 2, "kernel_size": 3}, resolutions=[5], dim=8, batch=1,
-                           min_time=0.0, backward=False)
+    (r,) = bench_mechanism(
+        "local", {"num_heads": 2, "kernel_size": 3}, resolutions=[5], dim=8, batch=1, min_time=0.0, backward=False
+    )
     assert r.flops_match
     assert r.flops - r.flops_counter == 2 * 2 * 25 * 8 * 9
     assert math.isnan(r.fwdbwd_ms)
@@ -70,14 +84,36 @@ def test_bench_cases_include_variants_on_request():
 
 
 def test_bench_cli_writes_table_json_and_plot(tmp_path, capsys):
-    rc = main(["bench", "-m", "external", "efficient", "-r", "4", "6", "--dim", "8", "--batch", "1",
-               "--min-time", "0", "-o", str(tmp_path), "--no-progress"])
+    rc = main(
+        [
+            "bench",
+            "-m",
+            "external",
+            "efficient",
+            "-r",
+            "4",
+            "6",
+            "--dim",
+            "8",
+            "--batch",
+            "1",
+            "--min-time",
+            "0",
+            "-o",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "| external" in out and "| efficient" in out and "slope fwd time" in out
     data = json.loads((tmp_path / "bench.json").read_text())
     assert {(r["label"], r["resolution"]) for r in data["results"]} == {
-        ("external", 4), ("external", 6), ("efficient", 4), ("efficient", 6)}
+        ("external", 4),
+        ("external", 6),
+        ("efficient", 4),
+        ("efficient", 6),
+    }
     assert all(r["flops_match"] for r in data["results"])
     assert set(data["slopes"]) == {"external", "efficient"}
     from PIL import Image
@@ -97,8 +133,28 @@ def test_bench_cli_errors(capsys):
 
 def test_bench_json_is_strict_json_with_null_for_missing_values(tmp_path):
     # one resolution: no slope can be fitted (used to be written as a bare NaN, which is not JSON)
-    assert main(["bench", "-m", "conv", "-r", "4", "--dim", "4", "--batch", "1", "--min-time", "0", "--no-backward",
-                 "-o", str(tmp_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "-m",
+                "conv",
+                "-r",
+                "4",
+                "--dim",
+                "4",
+                "--batch",
+                "1",
+                "--min-time",
+                "0",
+                "--no-backward",
+                "-o",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
     def refuse(token):
         raise ValueError(f"not strict JSON: {token}")

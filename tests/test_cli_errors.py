@@ -31,7 +31,7 @@ def _one_error_line(err: str, command: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith(f"visattn {command}: error: ")
-    return lines[0][len(f"visattn {command}: error: "):]
+    return lines[0][len(f"visattn {command}: error: ") :]
 
 
 def _argparse_error(capsys, argv) -> str:
@@ -52,6 +52,7 @@ def test_handler_maps_user_errors_interrupts_and_keeps_tracebacks_for_bugs(capsy
     def raiser(exc):
         def f(_):
             raise exc
+
         return f
 
     assert run_command("x", raiser(ValueError("bad value")), None) == 2
@@ -69,12 +70,32 @@ def test_handler_maps_user_errors_interrupts_and_keeps_tracebacks_for_bugs(capsy
 def test_real_entry_point_prints_one_line_and_exit_2(tmp_path):
     f = tmp_path / "taken"
     f.write_text("x")
-    r = subprocess.run([sys.executable, "-m", "visattn.cli", "bench", "-m", "conv", "-r", "4", "--no-progress",
-                        "--min-time", "0", "-o", str(f)], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "visattn.cli",
+            "bench",
+            "-m",
+            "conv",
+            "-r",
+            "4",
+            "--no-progress",
+            "--min-time",
+            "0",
+            "-o",
+            str(f),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1"),
+    )
     assert r.returncode == 2
-    assert r.stderr == (f"visattn bench: error: --output must be a directory (results go to bench.json and "
-                        f"bench.png inside it), but it is a file: {str(f)!r}\n")
+    assert r.stderr == (
+        f"visattn bench: error: --output must be a directory (results go to bench.json and "
+        f"bench.png inside it), but it is a file: {str(f)!r}\n"
+    )
     assert r.stdout == "" and f.read_text() == "x"
 
 
@@ -83,12 +104,15 @@ def test_real_entry_point_prints_one_line_and_exit_2(tmp_path):
 
 def test_bench_bad_device_and_threads_fail_in_argparse(capsys):
     assert _argparse_error(capsys, ["bench", "--device", "banana"]) == (
-        "visattn bench: error: argument --device: expected a device such as 'cpu', 'cuda' or 'cuda:0', got 'banana'")
+        "visattn bench: error: argument --device: expected a device such as 'cpu', 'cuda' or 'cuda:0', got 'banana'"
+    )
     assert _argparse_error(capsys, ["bench", "--threads", "-1"]) == (
-        "visattn bench: error: argument --threads: expected an integer >= 1, got '-1'")
+        "visattn bench: error: argument --threads: expected an integer >= 1, got '-1'"
+    )
     if not __import__("torch").cuda.is_available():
         assert _argparse_error(capsys, ["bench", "--device", "cuda"]) == (
-            "visattn bench: error: argument --device: 'cuda' was given but CUDA is not available here (use 'cpu')")
+            "visattn bench: error: argument --device: 'cuda' was given but CUDA is not available here (use 'cpu')"
+        )
 
 
 def test_bench_output_is_checked_before_measuring(tmp_path, capsys, monkeypatch):
@@ -103,7 +127,8 @@ def test_bench_output_is_checked_before_measuring(tmp_path, capsys, monkeypatch)
     (tmp_path / "out" / "bench.json").mkdir(parents=True)
     assert main(["bench", "-m", "conv", "-r", "4", "--no-progress", "-o", str(tmp_path / "out")]) == 2
     assert _one_error_line(capsys.readouterr().err, "bench") == (
-        f"a directory is in the way of a result file: {str(tmp_path / 'out' / 'bench.json')!r}")
+        f"a directory is in the way of a result file: {str(tmp_path / 'out' / 'bench.json')!r}"
+    )
     assert calls == [] and taken.read_text() == "keep me"
 
 
@@ -111,8 +136,23 @@ def test_bench_output_is_checked_before_measuring(tmp_path, capsys, monkeypatch)
 
 
 def _train(data, out, *extra):
-    return ["train", "--model", ensure_registered(), "--data", data, "--image-size", "8", "--epochs", "1",
-            "--batch-size", "8", "--output", str(out), "--no-progress", *extra]
+    return [
+        "train",
+        "--model",
+        ensure_registered(),
+        "--data",
+        data,
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +165,8 @@ def test_train_output_that_is_a_file(tmp_path, data, capsys):
     f.write_text("notes")
     assert main(_train(data, f)) == 2
     assert _one_error_line(capsys.readouterr().err, "train") == (
-        f"--output must be a directory, but it is a file: {str(f)!r}")
+        f"--output must be a directory, but it is a file: {str(f)!r}"
+    )
     assert f.read_text() == "notes"
 
 
@@ -155,13 +196,15 @@ def test_train_disk_full_during_checkpoint(tmp_path, data, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(_train(data, out)) == 2
     msg = _one_error_line(capsys.readouterr().err, "train")
-    assert msg.startswith(f"cannot write checkpoint step-00000005 (No space left on device): "
-                          f"'{out / 'checkpoints' / '.step-00000005.tmp-'}")
+    assert msg.startswith(
+        f"cannot write checkpoint step-00000005 (No space left on device): "
+        f"'{out / 'checkpoints' / '.step-00000005.tmp-'}"
+    )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == []  # the half-written folder is gone
 
 
 def test_train_corrupt_jpeg_is_named(tmp_path, capsys):
-    data = make_color_folder(tmp_path / "imgs")
+    make_color_folder(tmp_path / "imgs")
     bad = tmp_path / "imgs" / "class1" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 20)
     (tmp_path / "imgs" / "class2" / "._0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")  # skipped
@@ -173,9 +216,11 @@ def test_train_corrupt_jpeg_is_named(tmp_path, capsys):
 def test_train_image_size_8192_and_negative_numbers(tmp_path, data, capsys):
     assert _argparse_error(capsys, _train(data, tmp_path / "r", "--image-size", "8192")) == (
         "visattn train: error: argument --image-size: expected an integer in 1..1024 (images are held in memory), "
-        "got '8192'")
+        "got '8192'"
+    )
     assert _argparse_error(capsys, _train(data, tmp_path / "r", "--grad-clip", "-1")) == (
-        "visattn train: error: argument --grad-clip: expected a finite number > 0, got '-1'")
+        "visattn train: error: argument --grad-clip: expected a finite number > 0, got '-1'"
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -214,7 +259,8 @@ def test_viz_out_directory_writes_viz_png_inside_and_prints_it(tmp_path, capsys)
     assert main(argv + ["--out", str(tmp_path / "plot")]) == 2
     assert _one_error_line(capsys.readouterr().err, "viz") == (
         f"--out must be a .png file or a directory, got {str(tmp_path / 'plot')!r} (for a new directory end it "
-        f"with '/': {str(tmp_path / 'plot') + '/'!r})")
+        f"with '/': {str(tmp_path / 'plot') + '/'!r})"
+    )
     assert not (tmp_path / "plot.png").exists() and not (tmp_path / "plot").exists()
 
 
@@ -230,11 +276,12 @@ def pdf_backend():
 
 
 def test_plots_do_not_switch_the_matplotlib_backend(tmp_path, pdf_backend):
+    import numpy as np
+
     from visattn.bench.core import BenchResult
     from visattn.bench.report import write_plot
     from visattn.train import plot_curves
     from visattn.viz import LayerMaps, draw_grid
-    import numpy as np
 
     hist = [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.1, "train_acc": 0.3, "test_acc": 0.2}]
     plot_curves(hist, tmp_path / "c.png")
@@ -273,7 +320,8 @@ def test_train_disk_full_on_metrics_names_the_file(tmp_path, data, capsys, monke
     monkeypatch.setattr(builtins, "open", fake_open)
     assert main(_train(data, tmp_path / "run")) == 2
     assert _one_error_line(capsys.readouterr().err, "train") == (
-        f"cannot append to the metrics file (No space left on device): {str(metrics)!r}")
+        f"cannot append to the metrics file (No space left on device): {str(metrics)!r}"
+    )
 
 
 def test_viz_and_train_leave_the_callers_rng_alone(tmp_path, data):
@@ -286,15 +334,31 @@ def test_viz_and_train_leave_the_callers_rng_alone(tmp_path, data):
     expected = torch.rand(3)
     torch.manual_seed(123)
     visualize("conv", out=str(tmp_path / "v.png"), image=None, dim=4, size=8, seed=5)
-    train(TrainConfig(model=ensure_registered(), data=data, image_size=8, epochs=1, batch_size=8, output=None,
-                      progress=False, verbose=False, device="cpu", seed=7))
+    train(
+        TrainConfig(
+            model=ensure_registered(),
+            data=data,
+            image_size=8,
+            epochs=1,
+            batch_size=8,
+            output=None,
+            progress=False,
+            verbose=False,
+            device="cpu",
+            seed=7,
+        )
+    )
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_output_into_a_closed_pipe_is_not_reported_as_an_error():
     # `visattn info resnet50 | head -0`: used to print "visattn info: error: [Errno 32] Broken pipe"
-    p = subprocess.Popen([sys.executable, "-m", "visattn.cli", "info", "resnet50"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1"))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "visattn.cli", "info", "resnet50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1"),
+    )
     p.stdout.close()  # the reader goes away before the command writes
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141

@@ -9,8 +9,18 @@ import torch
 import visattn
 from _tiny_model import ensure_registered, make_color_folder, unregister
 from visattn.cli import main
-from visattn.compare import (RUN_MARKER, TASKS, CompareReport, RunResult, Task, compare, format_table, reach,
-                             sees_position, summarize)
+from visattn.compare import (
+    RUN_MARKER,
+    TASKS,
+    CompareReport,
+    RunResult,
+    Task,
+    compare,
+    format_table,
+    reach,
+    sees_position,
+    summarize,
+)
 from visattn.flops import count_flops
 
 
@@ -22,21 +32,63 @@ def _unregister_tiny_model():
 
 def _cli(tmp_path, out, *extra):
     name = ensure_registered()
-    data = make_color_folder(tmp_path / "imgs", per_class=6) if not (tmp_path / "imgs").exists() else \
-        f"folder:{tmp_path / 'imgs'}"
-    return main(["compare", "--model", name, "--data", data, "--image-size", "8", "--epochs", "1", "--batch-size",
-                 "8", "--output", str(out), "--no-progress", "--threads", "1", *extra])
+    data = (
+        make_color_folder(tmp_path / "imgs", per_class=6)
+        if not (tmp_path / "imgs").exists()
+        else f"folder:{tmp_path / 'imgs'}"
+    )
+    return main(
+        [
+            "compare",
+            "--model",
+            name,
+            "--data",
+            data,
+            "--image-size",
+            "8",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--output",
+            str(out),
+            "--no-progress",
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def test_compare_seeds_table_json_png_and_failure_row(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = _cli(tmp_path, out, "-m", "conv", "mhsa", "external", "--seeds", "2", "--attn-kwargs",
-              '{"external": {"no_such_option": 1}}')
+    rc = _cli(
+        tmp_path,
+        out,
+        "-m",
+        "conv",
+        "mhsa",
+        "external",
+        "--seeds",
+        "2",
+        "--attn-kwargs",
+        '{"external": {"no_such_option": 1}}',
+    )
     assert rc == 0
     text = capsys.readouterr().out
     header = text.splitlines()[0]
-    for col in ("mechanism", "reach", "sees position", "folder top-1 %", "params (folder)", "MFLOPs/img",
-                "train img/s", "latency ms (batch 1)", "peak MiB", "error"):
+    for col in (
+        "mechanism",
+        "reach",
+        "sees position",
+        "folder top-1 %",
+        "params (folder)",
+        "MFLOPs/img",
+        "train img/s",
+        "latency ms (batch 1)",
+        "peak MiB",
+        "error",
+    ):
         assert f" {col} " in header, col
     assert "failed: external" in text and "no_such_option" in text
     assert "mean ± half the range over 2 seed(s)" in text
@@ -90,19 +142,34 @@ def test_spread_and_near_best_marks():
 
 
 def test_reach_and_position_columns():
-    assert [sees_position(m) for m in ("conv", "mhsa", "efficient", "sra", "external", "relpos", "swin")] == \
-        ["yes", "no", "no", "no", "no", "yes", "yes"]
+    assert [sees_position(m) for m in ("conv", "mhsa", "efficient", "sra", "external", "relpos", "swin")] == [
+        "yes",
+        "no",
+        "no",
+        "no",
+        "no",
+        "yes",
+        "yes",
+    ]
     assert sees_position("mhsa", pos_embed=True) == "conv PE" and sees_position("conv", pos_embed=True) == "yes"
-    assert [reach(m) for m in ("conv", "local", "slide", "swin", "lambda", "mhsa", "external")] == \
-        ["local", "local", "local", "local", "global", "global", "global"]
+    assert [reach(m) for m in ("conv", "local", "slide", "swin", "lambda", "mhsa", "external")] == [
+        "local",
+        "local",
+        "local",
+        "local",
+        "global",
+        "global",
+        "global",
+    ]
 
 
 def test_pos_embed_adds_one_depthwise_conv_per_mechanism_and_breaks_permutation_equivariance():
     from visattn.models.pos_embed import ConvPosEmbed
 
     plain = visattn.create_model("resnet_tiny", num_classes=2, attention="mhsa", depths=[1, 1], widths=[16, 32])
-    pe = visattn.create_model("resnet_tiny", num_classes=2, attention="mhsa", depths=[1, 1], widths=[16, 32],
-                              pos_embed=True)
+    pe = visattn.create_model(
+        "resnet_tiny", num_classes=2, attention="mhsa", depths=[1, 1], widths=[16, 32], pos_embed=True
+    )
     pes = [m for m in pe.modules() if isinstance(m, ConvPosEmbed)]
     assert len(pes) == 2
     extra = sum(p.numel() for p in pe.parameters()) - sum(p.numel() for p in plain.parameters())
@@ -123,15 +190,20 @@ def test_default_tasks_and_budget_settings():
     assert all(t.quick_epochs <= t.epochs for t in TASKS.values())
 
 
-@pytest.mark.parametrize("kw, msg", [
-    ({"seeds": 0}, "seeds must be an int >= 1, got 0"),
-    ({"tasks": ["digits", "nope"]}, "unknown task(s) ['nope']; expected names from ['digits', 'longrange']"),
-    ({"data": "digits"}, "a custom data spec ('digits') needs image_size and epochs"),
-    ({"data": "digits", "tasks": ["digits"], "image_size": 8, "epochs": 1},
-     "give either tasks ['digits'] or a data spec 'digits', not both"),
-    ({"epochs": 0}, "epochs must be an int >= 1, got 0"),
-    ({"image_size": 0}, "image_size must be an int >= 1, got 0"),  # was silently replaced by the tasks' sizes
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"seeds": 0}, "seeds must be an int >= 1, got 0"),
+        ({"tasks": ["digits", "nope"]}, "unknown task(s) ['nope']; expected names from ['digits', 'longrange']"),
+        ({"data": "digits"}, "a custom data spec ('digits') needs image_size and epochs"),
+        (
+            {"data": "digits", "tasks": ["digits"], "image_size": 8, "epochs": 1},
+            "give either tasks ['digits'] or a data spec 'digits', not both",
+        ),
+        ({"epochs": 0}, "epochs must be an int >= 1, got 0"),
+        ({"image_size": 0}, "image_size must be an int >= 1, got 0"),  # was silently replaced by the tasks' sizes
+    ],
+)
 def test_bad_options_fail_before_training(kw, msg, tmp_path, monkeypatch):
     import visattn.train
 
@@ -160,8 +232,10 @@ def test_output_that_is_a_file_fails_first_with_one_line(tmp_path, capsys, monke
     rc = main(["compare", "-m", "conv", "--output", str(f), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert err.strip() == (f"visattn compare: error: output {str(f)!r} is an existing file; expected a folder "
-                           "(it will hold compare.json, compare.png and runs/)")
+    assert err.strip() == (
+        f"visattn compare: error: output {str(f)!r} is an existing file; expected a folder "
+        "(it will hold compare.json, compare.png and runs/)"
+    )
     assert f.read_text() == "mine"
     rc = main(["compare", "-m", "conv", "--output", str(f / "sub"), "--no-progress"])
     err = capsys.readouterr().err
@@ -175,8 +249,29 @@ def test_foreign_files_in_run_folders_survive_and_own_runs_are_replaced(tmp_path
     out = tmp_path / "cmp"
     # an earlier `visattn train` run and a user's file where compare's run folder would go
     train_dir = out / "runs" / "folder" / "conv" / "seed0"
-    assert main(["train", "--model", name, "--attention", "conv", "--data", data, "--image-size", "8", "--epochs",
-                 "1", "--batch-size", "8", "--output", str(train_dir), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                name,
+                "--attention",
+                "conv",
+                "--data",
+                data,
+                "--image-size",
+                "8",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--output",
+                str(train_dir),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     user = out / "runs" / "folder" / "mhsa" / "seed0" / "notes.txt"
     user.parent.mkdir(parents=True)
     user.write_text("my notes")
@@ -188,8 +283,10 @@ def test_foreign_files_in_run_folders_survive_and_own_runs_are_replaced(tmp_path
     rc = _cli(tmp_path, out, "-m", "conv", "mhsa")
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert err.startswith(f"visattn compare: error: {str(train_dir)!r}, {str(user.parent)!r} already exist(s) and "
-                          f"compare did not create it (no {RUN_MARKER} file)")
+    assert err.startswith(
+        f"visattn compare: error: {str(train_dir)!r}, {str(user.parent)!r} already exist(s) and "
+        f"compare did not create it (no {RUN_MARKER} file)"
+    )
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing touched
     assert user.read_text() == "my notes" and (train_dir / "model.safetensors").is_file()
 
@@ -205,12 +302,15 @@ def test_foreign_files_in_run_folders_survive_and_own_runs_are_replaced(tmp_path
     assert (out2 / "runs" / "conv" / "notes.txt").read_text() == "keep"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--threads", "-1"], "argument --threads: expected an integer >= 0, got '-1'"),
-    (["--seeds", "0"], "argument --seeds: expected an integer >= 1, got '0'"),
-    (["--lr", "inf"], "argument --lr: expected a finite number, got 'inf'"),
-    (["--epochs", "2.5"], "argument --epochs: expected an integer, got '2.5'"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--threads", "-1"], "argument --threads: expected an integer >= 0, got '-1'"),
+        (["--seeds", "0"], "argument --seeds: expected an integer >= 1, got '0'"),
+        (["--lr", "inf"], "argument --lr: expected a finite number, got 'inf'"),
+        (["--epochs", "2.5"], "argument --epochs: expected an integer, got '2.5'"),
+    ],
+)
 def test_bad_numeric_options_are_one_line_errors(argv, message, capsys):
     from visattn.cli import main
 
@@ -234,8 +334,10 @@ def test_a_file_on_the_runs_path_fails_first_with_one_line(tmp_path, capsys, mon
         rc = main(["compare", "-m", "conv", "--tasks", "digits", "--output", str(out), "--no-progress"])
         err = capsys.readouterr().err
         assert rc == 2 and "Traceback" not in err
-        assert err.strip() == (f"visattn compare: error: {str(blocker)!r} is an existing file where compare needs a "
-                               "folder for its runs: move it away or choose another output")
+        assert err.strip() == (
+            f"visattn compare: error: {str(blocker)!r} is an existing file where compare needs a "
+            "folder for its runs: move it away or choose another output"
+        )
         assert blocker.read_text() == "mine" and not (out / "compare.json").exists()
         blocker.unlink()
 
@@ -248,8 +350,7 @@ def test_every_task_is_loaded_before_any_training(tmp_path, capsys, monkeypatch)
     rc = main(["compare", "-m", "conv", "--image-size", "8", "--output", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert err.strip() == ("visattn compare: error: image_size must be >= 4 * mark + 4 = 12 for marks of side 2, "
-                           "got 8")
+    assert err.strip() == ("visattn compare: error: image_size must be >= 4 * mark + 4 = 12 for marks of side 2, got 8")
 
 
 def _widest_feature_columns(mechanism: str) -> int:
@@ -310,10 +411,13 @@ def test_plot_shows_failed_mechanisms_inside_the_axes(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusals")
 @pytest.mark.parametrize("task", ["classify", "segment"])
-@pytest.mark.parametrize("argv, message", [
-    (["--amp", "fp16"], "--amp fp16 needs CUDA (it relies on a GradScaler); on CPU use --amp bf16 or none"),
-    (["--device", "cuda"], "device 'cuda' requested but torch.cuda.is_available() is False"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--amp", "fp16"], "--amp fp16 needs CUDA (it relies on a GradScaler); on CPU use --amp bf16 or none"),
+        (["--device", "cuda"], "device 'cuda' requested but torch.cuda.is_available() is False"),
+    ],
+)
 def test_device_and_amp_mistakes_fail_first_with_one_line(task, argv, message, tmp_path, capsys, monkeypatch):
     import visattn.train
     import visattn.train.segment
@@ -331,8 +435,9 @@ def test_device_and_amp_mistakes_fail_first_with_one_line(task, argv, message, t
 def test_a_bare_string_for_names_is_a_type_error(tmp_path):
     from visattn.compare_segment import compare_segment
 
-    with pytest.raises(TypeError, match=re.escape("mechanisms must be a list of names, got the string 'conv' "
-                                                  "(write ['conv'])")):
+    with pytest.raises(
+        TypeError, match=re.escape("mechanisms must be a list of names, got the string 'conv' (write ['conv'])")
+    ):
         compare("conv", output=None, progress=False)
     with pytest.raises(TypeError, match=re.escape("tasks must be a list of names, got the string 'digits'")):
         compare(["conv"], tasks="digits", output=None, progress=False)
@@ -356,16 +461,19 @@ def test_a_second_compare_on_the_same_output_refuses_and_removes_nothing(task, t
     (run / RUN_MARKER).write_text("")
     (run / "metrics.jsonl").write_text("{}\n")
     with RunLock(out):  # held by the first compare for its whole run
-        rc = main(["compare", "--task", task, "-m", "conv", "--output", str(out), "--no-progress"]
-                  + (["--tasks", "digits"] if task == "classify" else []))
+        rc = main(
+            ["compare", "--task", task, "-m", "conv", "--output", str(out), "--no-progress"]
+            + (["--tasks", "digits"] if task == "classify" else [])
+        )
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.startswith(f"visattn compare: error: run folder {str(out)!r} is in use by another visattn process")
     assert (run / "metrics.jsonl").read_text() == "{}\n"
 
 
-@pytest.mark.parametrize("kw", [{"pos_embed": True}, {"model_kwargs": {"depths": [1, 1], "widths": [16, 32],
-                                                                       "pos_embed": True}}])
+@pytest.mark.parametrize(
+    "kw", [{"pos_embed": True}, {"model_kwargs": {"depths": [1, 1], "widths": [16, 32], "pos_embed": True}}]
+)
 def test_position_column_follows_pos_embed_however_given(kw, monkeypatch):
     import visattn.compare as c
 
@@ -390,8 +498,9 @@ def test_repeated_mechanisms_are_refused(task, tmp_path, capsys, monkeypatch):
     # a repeat would train twice into one run folder (the second replacing the first) and print two rows
     monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained"))
     monkeypatch.setattr(visattn.train.segment, "train_segment", lambda *a, **k: pytest.fail("trained"))
-    rc = main(["compare", "--task", task, "-m", "conv", "mhsa", "conv", "--output", str(tmp_path / "o"),
-               "--no-progress"])
+    rc = main(
+        ["compare", "--task", task, "-m", "conv", "mhsa", "conv", "--output", str(tmp_path / "o"), "--no-progress"]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.strip() == "visattn compare: error: mechanisms must not repeat, got ['conv', 'mhsa', 'conv']"

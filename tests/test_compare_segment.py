@@ -19,9 +19,31 @@ def _unregister_tiny_model():
 def test_compare_task_segment_cli(tmp_path, capsys):
     spec = make_seg_folder(tmp_path / "d", n=20)
     out = tmp_path / "cmp"
-    rc = main(["compare", "--task", "segment", "-m", "conv", "external", "--model", ensure_registered(), "--data", spec,
-               "--image-size", "12", "--epochs", "2", "--batch-size", "8", "--lr", "0.02", "--output", str(out),
-               "--no-progress"])
+    rc = main(
+        [
+            "compare",
+            "--task",
+            "segment",
+            "-m",
+            "conv",
+            "external",
+            "--model",
+            ensure_registered(),
+            "--data",
+            spec,
+            "--image-size",
+            "12",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.02",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     header = text.splitlines()[0]
@@ -45,15 +67,32 @@ def test_compare_task_segment_cli(tmp_path, capsys):
     (mine / ".visattn-compare-run").unlink()
     (mine / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="compare did not create it"):
-        compare_segment(["conv"], model=ensure_registered(), data=spec, image_size=12, epochs=1, batch_size=8,
-                        output=out, progress=False)
+        compare_segment(
+            ["conv"],
+            model=ensure_registered(),
+            data=spec,
+            image_size=12,
+            epochs=1,
+            batch_size=8,
+            output=out,
+            progress=False,
+        )
     assert (mine / "notes.txt").read_text() == "mine"
 
 
 def test_compare_segment_failure_row_and_errors(tmp_path):
     spec = make_seg_folder(tmp_path / "d", n=12)
-    res = compare_segment(["conv"], model=ensure_registered(), data=spec, image_size=12, epochs=1, batch_size=8,
-                          attn_kwargs={"conv": {"kernel_size": -1}}, output=None, progress=False)
+    res = compare_segment(
+        ["conv"],
+        model=ensure_registered(),
+        data=spec,
+        image_size=12,
+        epochs=1,
+        batch_size=8,
+        attn_kwargs={"conv": {"kernel_size": -1}},
+        output=None,
+        progress=False,
+    )
     assert res[0].error.startswith("ValueError") and res[0].miou is None
     assert "| conv " in format_seg_table(res)
     with pytest.raises(ValueError, match="unknown mechanism\\(s\\) \\['nope'\\]"):
@@ -64,21 +103,26 @@ def test_classification_only_options_are_refused_with_task_segment(capsys):
     rc = main(["compare", "--task", "segment", "--seeds", "3", "--quick", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert err.strip() == ("visattn compare: error: --seeds, --quick belong(s) to the classification comparison; "
-                           "--task segment trains one seed of one segmentation model per mechanism (choose it with "
-                           "--model, its data with --data)")
+    assert err.strip() == (
+        "visattn compare: error: --seeds, --quick belong(s) to the classification comparison; "
+        "--task segment trains one seed of one segmentation model per mechanism (choose it with "
+        "--model, its data with --data)"
+    )
 
 
 class _Captured(Exception):
     pass
 
 
-@pytest.mark.parametrize("argv, expected", [
-    ([], {"model": "fpn_resnet_tiny", "batch_size": 16, "lr": 5e-3}),
-    # given options are used as given, even when they equal the classification defaults (resnet_tiny, 64, 3e-3)
-    (["--batch-size", "64", "--lr", "0.003"], {"batch_size": 64, "lr": 3e-3}),
-    (["--batch-size", "8", "--lr", "0.01"], {"batch_size": 8, "lr": 0.01}),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], {"model": "fpn_resnet_tiny", "batch_size": 16, "lr": 5e-3}),
+        # given options are used as given, even when they equal the classification defaults (resnet_tiny, 64, 3e-3)
+        (["--batch-size", "64", "--lr", "0.003"], {"batch_size": 64, "lr": 3e-3}),
+        (["--batch-size", "8", "--lr", "0.01"], {"batch_size": 8, "lr": 0.01}),
+    ],
+)
 def test_segment_options_given_are_used_as_given(argv, expected, monkeypatch):
     import visattn.compare_segment as cs
 
@@ -102,8 +146,11 @@ def test_classification_defaults_unchanged(monkeypatch):
     with pytest.raises(_Captured) as e:
         main(["compare", "--no-progress"])
     kw = e.value.args[0]
-    assert (kw["model"], kw["batch_size"], kw["lr"]) == (c.DEFAULTS["model"], c.DEFAULTS["batch_size"],
-                                                         c.DEFAULTS["lr"]) == ("resnet_tiny", 64, 3e-3)
+    assert (
+        (kw["model"], kw["batch_size"], kw["lr"])
+        == (c.DEFAULTS["model"], c.DEFAULTS["batch_size"], c.DEFAULTS["lr"])
+        == ("resnet_tiny", 64, 3e-3)
+    )
 
 
 def test_empty_model_kwargs_is_refused_with_task_segment_too(capsys):

@@ -185,7 +185,9 @@ def test_flop_counter_matches_formula(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input_errors(name):
     m = make(name)
-    with pytest.raises(ValueError, match=r"expects a 4-D feature map .*got a 3-D tensor of shape \(2, 20, 8\).*TokenAdapter"):
+    with pytest.raises(
+        ValueError, match=r"expects a 4-D feature map .*got a 3-D tensor of shape \(2, 20, 8\).*TokenAdapter"
+    ):
         m(torch.randn(2, 20, DIM))
     with pytest.raises(ValueError, match=r"got a 5-D tensor"):
         m(torch.randn(1, DIM, 2, 2, 2))

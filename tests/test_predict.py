@@ -23,8 +23,17 @@ def _unregister_tiny_model():
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pred")
     data = load_seg_data(make_seg_folder(root / "d", n=30), image_size=12)
-    cfg = SegTrainConfig(model=ensure_registered(), epochs=6, batch_size=8, lr=0.02, output=str(root / "run"),
-                         progress=False, verbose=False, image_size=12, seed=1)
+    cfg = SegTrainConfig(
+        model=ensure_registered(),
+        epochs=6,
+        batch_size=8,
+        lr=0.02,
+        output=str(root / "run"),
+        progress=False,
+        verbose=False,
+        image_size=12,
+        seed=1,
+    )
     train_segment(cfg, data=data)
     return root
 
@@ -35,8 +44,18 @@ def test_predict_cli_draws_the_mask(run_dir, capsys):
     img[6:, 10:] = COLOURS[2]
     Image.fromarray(img).save(run_dir / "probe.png")
     out = run_dir / "pred.png"
-    rc = main(["predict", ensure_registered(), "--weights", str(run_dir / "run"), "--image", str(run_dir / "probe.png"),
-               "--out", str(out)])
+    rc = main(
+        [
+            "predict",
+            ensure_registered(),
+            "--weights",
+            str(run_dir / "run"),
+            "--image",
+            str(run_dir / "probe.png"),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert Image.open(out).format == "PNG"
     net, info = load_segmenter(ensure_registered(), run_dir / "run" / "model.safetensors")
@@ -110,8 +129,14 @@ def test_digit_scene_truth_uses_the_runs_ignore_index():
 
 def test_predict_out_must_be_png(run_dir, capsys):
     # --out x.jpg used to get PNG bytes under a .jpg name; now a one-line error before any work
-    args = ["predict", ensure_registered(), "--weights", str(run_dir / "run"),
-            "--image", str(run_dir / "d" / "images" / "s000.png")]
+    args = [
+        "predict",
+        ensure_registered(),
+        "--weights",
+        str(run_dir / "run"),
+        "--image",
+        str(run_dir / "d" / "images" / "s000.png"),
+    ]
     assert main([*args, "--out", str(run_dir / "x.jpg")]) == 2
     assert "must be a .png file" in capsys.readouterr().err and not (run_dir / "x.jpg").exists()
     assert main([*args, "--out", str(run_dir / "x.PNG")]) == 0

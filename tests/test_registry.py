@@ -32,8 +32,9 @@ def test_unknown_kwarg_is_a_type_error():
 
 def test_duplicate_registration_rejected():
     with pytest.raises(ValueError, match="'mhsa' is already registered"):
-        visattn.register_attention("mhsa", title="x", paper="x", cost="linear", receptive_field="global",
-                                   positional="none")(type("X", (), {}))
+        visattn.register_attention(
+            "mhsa", title="x", paper="x", cost="linear", receptive_field="global", positional="none"
+        )(type("X", (), {}))
 
 
 def test_cli_list_and_info(capsys):

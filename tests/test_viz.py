@@ -67,9 +67,23 @@ def test_cli_with_local_image_weights_and_swapped_mechanism(tmp_path):
     torch.manual_seed(1)
     model = visattn.create_model("san_learned", num_classes=10, attention="external")
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
-    args = parse(["viz", "san_learned", "--image", str(tmp_path / "in.jpg"), "--query", "10", "50",
-                  "--weights", str(tmp_path / "w.safetensors"), "--attention", "external",
-                  "--out", str(tmp_path / "ext.png")])
+    args = parse(
+        [
+            "viz",
+            "san_learned",
+            "--image",
+            str(tmp_path / "in.jpg"),
+            "--query",
+            "10",
+            "50",
+            "--weights",
+            str(tmp_path / "w.safetensors"),
+            "--attention",
+            "external",
+            "--out",
+            str(tmp_path / "ext.png"),
+        ]
+    )
     assert args.func(args) == 0
     check_png(tmp_path / "ext.png", rows=6, cols=2)  # gradient receptive field: one panel per layer
 
@@ -94,7 +108,10 @@ def test_errors(tmp_path):
     from safetensors.torch import save_file
 
     save_file(visattn.create_model("san_quadratic", num_classes=100).state_dict(), str(tmp_path / "w.safetensors"))
-    with pytest.raises(ValueError, match=r"shape mismatch for 2 tensor\(s\).*head.weight: file \(100, \d+\), model \(10, \d+\).*check --num-classes"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatch for 2 tensor\(s\).*head.weight: file \(100, \d+\), model \(10, \d+\).*check --num-classes",
+    ):
         visualize("san_quadratic", out=str(tmp_path / "a.png"), weights=str(tmp_path / "w.safetensors"))
     args = parse(["viz", "relpos", "--attn-kwargs", "[1]"])
     with pytest.raises(ValueError, match=r"--attn-kwargs must be a JSON object"):

@@ -18,8 +18,12 @@ def test_quadratic_mechanisms_refuse_a_1024_map_before_computing(name, kwargs):
     x = torch.zeros(1, 32, 1, 1).expand(1, 32, 1024, 1024)
     flops = attn.analytic_flops(1024, 1024, 1)
     assert flops > DEFAULT_MAX_FLOPS
-    with pytest.raises(ValueError, match=r"a \(1, 32, 1024, 1024\) input needs an estimated " + re.escape(f"{flops:.3g}")
-                                         + r" FLOPs on the CPU, above the bound of 2e\+13.*visattn.work_limit"):
+    with pytest.raises(
+        ValueError,
+        match=r"a \(1, 32, 1024, 1024\) input needs an estimated "
+        + re.escape(f"{flops:.3g}")
+        + r" FLOPs on the CPU, above the bound of 2e\+13.*visattn.work_limit",
+    ):
         attn(x)
 
 
@@ -38,8 +42,11 @@ def test_work_limit_lifts_and_restores_the_bound():
 
 
 def test_check_work_messages_and_bad_bounds():
-    with pytest.raises(ValueError, match=r"owner: a thing needs an estimated 2.0 GiB for one intermediate, "
-                                         r"above the bound of 1.0 GiB"):
+    with pytest.raises(
+        ValueError,
+        match=r"owner: a thing needs an estimated 2.0 GiB for one intermediate, "
+        r"above the bound of 1.0 GiB",
+    ):
         with visattn.work_limit(max_bytes=2**30):
             check_work("owner", "a thing", nbytes=2 * 2**30)
     with pytest.raises(ValueError, match=r"owner: k=99 builds 3.84e\+08 parameters, above the bound of 1e\+08"):
@@ -52,8 +59,11 @@ def test_check_work_messages_and_bad_bounds():
 
 
 def test_models_reject_negative_class_counts():
-    with pytest.raises(ValueError, match=r"num_classes must be >= 0 \(0: a feature extractor with no classifier\) "
-                                         r"or None \(the model's own default\), got -1"):
+    with pytest.raises(
+        ValueError,
+        match=r"num_classes must be >= 0 \(0: a feature extractor with no classifier\) "
+        r"or None \(the model's own default\), got -1",
+    ):
         visattn.create_model("resnet_tiny", num_classes=-1)
     with pytest.raises(TypeError, match="num_classes must be an int >= 0 .* got float 3.5"):
         visattn.create_model("resnet_tiny", num_classes=3.5)

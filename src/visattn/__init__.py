@@ -12,8 +12,15 @@ from visattn.layers import SpatialAttention, TokenAdapter
 from visattn.layers.base import work_limit
 from visattn.layers.relpos import attention_from_conv
 from visattn.models.io import load_weights, save_weights
-from visattn.registry import (attention_info, create_attention, create_model, list_attention,
-                              list_models, register_attention, register_model)
+from visattn.registry import (
+    attention_info,
+    create_attention,
+    create_model,
+    list_attention,
+    list_models,
+    register_attention,
+    register_model,
+)
 
 __version__ = "0.1.0"
 

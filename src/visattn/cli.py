@@ -17,7 +17,8 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from visattn.errors import VisattnError
 

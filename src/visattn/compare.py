@@ -45,15 +45,33 @@ import os
 import shutil
 import time
 import traceback
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["Task", "TASKS", "SHALLOW_TINY", "DEFAULTS", "RUN_MARKER", "RunResult", "TaskStats", "MechanismRow",
-           "CompareReport", "compare", "summarize", "format_table", "write_json", "write_plot", "sees_position",
-           "reach", "REACH_OVERRIDES", "cost_task"]
+__all__ = [
+    "Task",
+    "TASKS",
+    "SHALLOW_TINY",
+    "DEFAULTS",
+    "RUN_MARKER",
+    "RunResult",
+    "TaskStats",
+    "MechanismRow",
+    "CompareReport",
+    "compare",
+    "summarize",
+    "format_table",
+    "write_json",
+    "write_plot",
+    "sees_position",
+    "reach",
+    "REACH_OVERRIDES",
+    "cost_task",
+]
 
 
 @dataclass(frozen=True)
@@ -81,10 +99,24 @@ class Task:
 
 #: The built-in tasks (epochs from the plateau check recorded in docs/compare.md).
 TASKS: dict[str, Task] = {
-    "digits": Task("digits", "digits", 8, 8, 2, 0.1,
-                   "handwritten digit scans at 8x8: local shape, every mixer sees the whole image"),
-    "longrange": Task("longrange", "longrange", 16, 2, 1, 0.5,
-                      "same colour? two marks >= 8 columns apart: local mixers never see both"),
+    "digits": Task(
+        "digits",
+        "digits",
+        8,
+        8,
+        2,
+        0.1,
+        "handwritten digit scans at 8x8: local shape, every mixer sees the whole image",
+    ),
+    "longrange": Task(
+        "longrange",
+        "longrange",
+        16,
+        2,
+        1,
+        0.5,
+        "same colour? two marks >= 8 columns apart: local mixers never see both",
+    ),
 }
 
 #: ``resnet_tiny`` cut to its first two stages (stem, a stride-1 block, a stride-2 block): with a
@@ -168,9 +200,13 @@ class CompareReport:
     total_time_s: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "total_time_s": self.total_time_s,
-                "tasks": [asdict(t) for t in self.tasks], "rows": [asdict(r) for r in self.rows],
-                "runs": [asdict(r) for r in self.runs]}
+        return {
+            "config": self.config,
+            "total_time_s": self.total_time_s,
+            "tasks": [asdict(t) for t in self.tasks],
+            "rows": [asdict(r) for r in self.rows],
+            "runs": [asdict(r) for r in self.runs],
+        }
 
 
 #: Where a mechanism's reach differs from the registry's ``receptive_field`` (which describes
@@ -179,14 +215,14 @@ REACH_OVERRIDES: dict[str, str] = {"lambda": "global"}
 
 
 def reach(mechanism: str) -> str:
-    """"local" or "global": whether one layer of the mechanism mixes the whole map."""
+    """ "local" or "global": whether one layer of the mechanism mixes the whole map."""
     from visattn.registry import attention_info
 
     return REACH_OVERRIDES.get(mechanism, attention_info(mechanism).receptive_field)
 
 
 def sees_position(mechanism: str, pos_embed: bool = False) -> str:
-    """"yes", "no" or "conv PE" (position from :class:`~visattn.models.pos_embed.ConvPosEmbed`),
+    """ "yes", "no" or "conv PE" (position from :class:`~visattn.models.pos_embed.ConvPosEmbed`),
     from the registry's ``positional`` description of the mechanism."""
     from visattn.registry import attention_info
 
@@ -201,8 +237,15 @@ def sees_position(mechanism: str, pos_embed: bool = False) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _measure(model: torch.nn.Module, image_size: int, batch_size: int, latency_batch: int, device,
-             num_classes: int, dense: bool = False) -> dict[str, Any]:
+def _measure(
+    model: torch.nn.Module,
+    image_size: int,
+    batch_size: int,
+    latency_batch: int,
+    device,
+    num_classes: int,
+    dense: bool = False,
+) -> dict[str, Any]:
     """Parameters, FLOPs of one image, eval latency at ``latency_batch`` and the peak memory of one
     training step at ``batch_size``; ``dense``: per-pixel targets (segmentation) instead of one per image."""
     from visattn.bench.measure import median_time, peak_memory_bytes
@@ -213,12 +256,12 @@ def _measure(model: torch.nn.Module, image_size: int, batch_size: int, latency_b
     with torch.no_grad():
         out["flops"] = count_flops(model, torch.randn(1, 3, image_size, image_size, device=device))
         xb = torch.randn(latency_batch, 3, image_size, image_size, device=device)
-        out["latency_ms"] = 1e3 * median_time(lambda: model(xb), device, warmup=2, min_repeats=5, max_repeats=30,
-                                              min_time=0.2)
+        out["latency_ms"] = 1e3 * median_time(
+            lambda: model(xb), device, warmup=2, min_repeats=5, max_repeats=30, min_time=0.2
+        )
     model.train()
     xt = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    yt = torch.randint(0, num_classes, (batch_size, image_size, image_size) if dense else (batch_size,),
-                       device=device)
+    yt = torch.randint(0, num_classes, (batch_size, image_size, image_size) if dense else (batch_size,), device=device)
 
     def step():
         loss = torch.nn.functional.cross_entropy(model(xt), yt)
@@ -230,8 +273,9 @@ def _measure(model: torch.nn.Module, image_size: int, batch_size: int, latency_b
     return out
 
 
-def _resolve_tasks(tasks: Sequence[str] | None, data: str | None, image_size: int | None, epochs: int | None,
-                   quick: bool) -> list[Task]:
+def _resolve_tasks(
+    tasks: Sequence[str] | None, data: str | None, image_size: int | None, epochs: int | None, quick: bool
+) -> list[Task]:
     if data is not None:
         if tasks is not None:
             raise ValueError(f"give either tasks {list(tasks)} or a data spec {data!r}, not both")
@@ -280,25 +324,38 @@ def _run_dir(out: Path, task: str, mechanism: str, seed: int) -> Path:
 def _check_output(out: Path, run_dirs: list[Path]) -> None:
     """Refuse, before any training, an output that is a file or run folders compare did not create."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output {str(out)!r} is an existing file; expected a folder (it will hold compare.json, "
-                         "compare.png and runs/)")
+        raise ValueError(
+            f"output {str(out)!r} is an existing file; expected a folder (it will hold compare.json, "
+            "compare.png and runs/)"
+        )
     for name in ("compare.json", "compare.png"):
         if (out / name).is_dir():
             raise ValueError(f"{str(out / name)!r} is a folder; compare writes a file there: choose another output")
-    blocked = sorted({p for d in run_dirs for p in [d, *d.parents] if p != out and out in p.parents
-                      and p != d and p.exists() and not p.is_dir()})
+    blocked = sorted(
+        {
+            p
+            for d in run_dirs
+            for p in [d, *d.parents]
+            if p != out and out in p.parents and p != d and p.exists() and not p.is_dir()
+        }
+    )
     if blocked:
-        raise ValueError(f"{str(blocked[0])!r} is an existing file where compare needs a folder for its runs: move "
-                         "it away or choose another output")
+        raise ValueError(
+            f"{str(blocked[0])!r} is an existing file where compare needs a folder for its runs: move "
+            "it away or choose another output"
+        )
     foreign = []
     for d in run_dirs:
         if d.exists() and not (d.is_dir() and ((d / RUN_MARKER).is_file() or not any(d.iterdir()))):
             foreign.append(d)
     if foreign:
-        shown = ", ".join(repr(str(d)) for d in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
-                                                                  else "")
-        raise ValueError(f"{shown} already exist(s) and compare did not create it (no {RUN_MARKER} file); compare "
-                         "removes only its own runs: move it away or choose another output")
+        shown = ", ".join(repr(str(d)) for d in foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise ValueError(
+            f"{shown} already exist(s) and compare did not create it (no {RUN_MARKER} file); compare "
+            "removes only its own runs: move it away or choose another output"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -323,15 +380,30 @@ def _claim_run_dir(d: Path) -> None:
     (d / RUN_MARKER).write_text("written by visattn compare; compare may delete this folder when it runs again\n")
 
 
-def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | None = None,
-            model: str = DEFAULTS["model"], model_kwargs: dict | None = None, pos_embed: bool = False,
-            data: str | None = None, image_size: int | None = None, epochs: int | None = None,
-            seeds: int | None = None, seed: int = DEFAULTS["seed"], batch_size: int = DEFAULTS["batch_size"],
-            lr: float = DEFAULTS["lr"], latency_batch: int = DEFAULTS["latency_batch"],
-            attn_kwargs: dict[str, dict] | None = None, amp: str = "none", device: str = "auto",
-            output: str | os.PathLike | None = "compare-out", progress: bool = True,
-            threads: int | None = DEFAULTS["threads"], precise_bn: int = DEFAULTS["precise_bn"],
-            quick: bool = False) -> CompareReport:
+def compare(
+    mechanisms: Iterable[str] | None = None,
+    *,
+    tasks: Sequence[str] | None = None,
+    model: str = DEFAULTS["model"],
+    model_kwargs: dict | None = None,
+    pos_embed: bool = False,
+    data: str | None = None,
+    image_size: int | None = None,
+    epochs: int | None = None,
+    seeds: int | None = None,
+    seed: int = DEFAULTS["seed"],
+    batch_size: int = DEFAULTS["batch_size"],
+    lr: float = DEFAULTS["lr"],
+    latency_batch: int = DEFAULTS["latency_batch"],
+    attn_kwargs: dict[str, dict] | None = None,
+    amp: str = "none",
+    device: str = "auto",
+    output: str | os.PathLike | None = "compare-out",
+    progress: bool = True,
+    threads: int | None = DEFAULTS["threads"],
+    precise_bn: int = DEFAULTS["precise_bn"],
+    quick: bool = False,
+) -> CompareReport:
     """Train ``model`` per mechanism, task and seed, and measure it (see module docstring).
 
     Args:
@@ -393,9 +465,19 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
     out = Path(output) if output is not None else None
     if out is not None:
         _check_output(out, [_run_dir(out, t.name, n, s) for t in task_list for n in names for s in seed_list])
-    cfg = {"model": model, "model_kwargs": model_kwargs, "pos_embed": pos_embed, "seeds": seed_list,
-           "batch_size": batch_size, "lr": lr, "latency_batch": latency_batch, "precise_bn": precise_bn,
-           "attn_kwargs": dict(attn_kwargs or {}), "amp": amp, "quick": quick}
+    cfg = {
+        "model": model,
+        "model_kwargs": model_kwargs,
+        "pos_embed": pos_embed,
+        "seeds": seed_list,
+        "batch_size": batch_size,
+        "lr": lr,
+        "latency_batch": latency_batch,
+        "precise_bn": precise_bn,
+        "attn_kwargs": dict(attn_kwargs or {}),
+        "amp": amp,
+        "quick": quick,
+    }
     prev_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -406,8 +488,9 @@ def compare(mechanisms: Iterable[str] | None = None, *, tasks: Sequence[str] | N
         torch.set_num_threads(prev_threads)
 
 
-def _compare(names: list[str], tasks: list[Task], seeds: list[int], cfg: dict, device: str, out: Path | None,
-             progress: bool) -> CompareReport:
+def _compare(
+    names: list[str], tasks: list[Task], seeds: list[int], cfg: dict, device: str, out: Path | None, progress: bool
+) -> CompareReport:
     from tqdm.auto import tqdm
 
     from visattn.data import load_data
@@ -423,12 +506,20 @@ def _compare(names: list[str], tasks: list[Task], seeds: list[int], cfg: dict, d
     measured = cost_task(tasks).name
     # every task's data (first seed) before any training: a bad spec or size fails now, not after the runs
     first = {t.name: load_data(t.data, t.image_size, seed=seeds[0]) for t in tasks}
-    with tqdm(total=len(plan) * len(names), desc="compare", unit="run", disable=not progress, dynamic_ncols=True,
-              position=0) as bar:
+    with tqdm(
+        total=len(plan) * len(names), desc="compare", unit="run", disable=not progress, dynamic_ncols=True, position=0
+    ) as bar:
         for task, seed in plan:
             bundle = first.pop(task.name) if task.name in first else load_data(task.data, task.image_size, seed=seed)
-            data_info.setdefault(task.name, {"train_size": len(bundle.train), "test_size": len(bundle.test),
-                                             "num_classes": bundle.num_classes, "image_size": bundle.image_size})
+            data_info.setdefault(
+                task.name,
+                {
+                    "train_size": len(bundle.train),
+                    "test_size": len(bundle.test),
+                    "num_classes": bundle.num_classes,
+                    "image_size": bundle.image_size,
+                },
+            )
             for name in names:
                 bar.set_postfix_str(f"{task.name} · {name} · seed {seed}")
                 t0 = time.perf_counter()
@@ -437,28 +528,49 @@ def _compare(names: list[str], tasks: list[Task], seeds: list[int], cfg: dict, d
                     folder = _run_dir(out, task.name, name, seed) if out is not None else None
                     if folder is not None:
                         _claim_run_dir(folder)
-                    tc = TrainConfig(model=cfg["model"], attention=name, attn_kwargs=cfg["attn_kwargs"].get(name),
-                                     model_kwargs=cfg["model_kwargs"] or None, data=task.data,
-                                     image_size=bundle.image_size, epochs=task.epochs, batch_size=cfg["batch_size"],
-                                     lr=cfg["lr"], seed=seed, amp=cfg["amp"], device=device, progress=progress,
-                                     verbose=False, plot=False, precise_bn=cfg["precise_bn"],
-                                     output=str(folder) if folder is not None else None, checkpoints=False)
+                    tc = TrainConfig(
+                        model=cfg["model"],
+                        attention=name,
+                        attn_kwargs=cfg["attn_kwargs"].get(name),
+                        model_kwargs=cfg["model_kwargs"] or None,
+                        data=task.data,
+                        image_size=bundle.image_size,
+                        epochs=task.epochs,
+                        batch_size=cfg["batch_size"],
+                        lr=cfg["lr"],
+                        seed=seed,
+                        amp=cfg["amp"],
+                        device=device,
+                        progress=progress,
+                        verbose=False,
+                        plot=False,
+                        precise_bn=cfg["precise_bn"],
+                        output=str(folder) if folder is not None else None,
+                        checkpoints=False,
+                    )
                     res = train(tc, data=bundle, bar_position=1)
                     run.history = res.history
                     run.top1 = res.final.get("test_acc")
                     run.train_img_s = res.history[-1]["images_per_s"] if res.history else None
                     if task.name == measured and (task.name, name) not in costs:
                         bar.set_postfix_str(f"{task.name} · {name} · measuring")
-                        costs[(task.name, name)] = _measure(res.model, bundle.image_size, cfg["batch_size"],
-                                                            cfg["latency_batch"], dev, bundle.num_classes)
-                except Exception as e:  # noqa: BLE001 - one failing mechanism must not end the run
+                        costs[(task.name, name)] = _measure(
+                            res.model,
+                            bundle.image_size,
+                            cfg["batch_size"],
+                            cfg["latency_batch"],
+                            dev,
+                            bundle.num_classes,
+                        )
+                except Exception as e:
                     run.error = failure_text(e)
                 run.time_s = time.perf_counter() - t0
                 runs.append(run)
                 bar.update(1)
     total = time.perf_counter() - t_start
-    config = dict(cfg, tasks=[asdict(t) for t in tasks], data=data_info, device=str(dev),
-                  threads=torch.get_num_threads())
+    config = dict(
+        cfg, tasks=[asdict(t) for t in tasks], data=data_info, device=str(dev), threads=torch.get_num_threads()
+    )
     report = CompareReport(summarize(runs, costs, names, tasks, cfg["pos_embed"]), runs, tasks, config, total)
     if out is not None:
         write_json(report, out / "compare.json")
@@ -466,8 +578,13 @@ def _compare(names: list[str], tasks: list[Task], seeds: list[int], cfg: dict, d
     return report
 
 
-def summarize(runs: list[RunResult], costs: dict[tuple[str, str], dict[str, Any]], names: list[str],
-              tasks: list[Task], pos_embed: bool = False) -> list[MechanismRow]:
+def summarize(
+    runs: list[RunResult],
+    costs: dict[tuple[str, str], dict[str, Any]],
+    names: list[str],
+    tasks: list[Task],
+    pos_embed: bool = False,
+) -> list[MechanismRow]:
     """Rows per mechanism: accuracy mean ± half-range over seeds per task, costs, near-best flags."""
     rows = []
     for name in names:
@@ -540,31 +657,50 @@ def format_table(report: CompareReport) -> str:
     lb = report.config.get("latency_batch", 1)
     headers = ["mechanism", "reach", "sees position"]
     headers += [f"{t.name} top-1 %" for t in report.tasks]
-    headers += [f"params ({ct.name})", "MFLOPs/img", "train img/s", f"latency ms (batch {lb})", "peak MiB",
-                "time s", "error"]
+    headers += [
+        f"params ({ct.name})",
+        "MFLOPs/img",
+        "train img/s",
+        f"latency ms (batch {lb})",
+        "peak MiB",
+        "time s",
+        "error",
+    ]
     rows = []
     for r in report.rows:
         c = r.tasks[ct.name]
         errors = "; ".join(f"{t}: {s.error}" for t, s in r.tasks.items() if s.error)
-        rows.append([r.mechanism, r.receptive_field, r.sees_position] + [_acc_cell(r.tasks[t.name]) for t in report.tasks]
-                    + [_f(None if c.params is None else c.params / 1e3, "{:.1f}k"),
-                       _f(None if c.flops is None else c.flops / 1e6, "{:.2f}"), _f(c.train_img_s, "{:.0f}"),
-                       _f(c.latency_ms, "{:.2f}"), _f(c.peak_mib, "{:.1f}"), f"{r.time_s:.0f}", errors])
+        rows.append(
+            [r.mechanism, r.receptive_field, r.sees_position]
+            + [_acc_cell(r.tasks[t.name]) for t in report.tasks]
+            + [
+                _f(None if c.params is None else c.params / 1e3, "{:.1f}k"),
+                _f(None if c.flops is None else c.flops / 1e6, "{:.2f}"),
+                _f(c.train_img_s, "{:.0f}"),
+                _f(c.latency_ms, "{:.2f}"),
+                _f(c.peak_mib, "{:.1f}"),
+                f"{r.time_s:.0f}",
+                errors,
+            ]
+        )
     table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
     n = len(report.config.get("seeds", [])) or 1
     sizes = ", ".join(f"{t.name} {t.image_size}x{t.image_size} {t.epochs} epochs" for t in report.tasks)
-    notes = [f"top-1: test accuracy, mean ± half the range over {n} seed(s); * = the best on that task, or its "
-             "interval overlaps the best one's (this run does not tell them apart)." if n > 1 else
-             "top-1: test accuracy of one seed (no spread: run --seeds 2 or more); * = the best on that task.",
-             f"Costs (params to peak MiB) on {ct.name} at {ct.image_size}x{ct.image_size}; {sizes}."]
+    notes = [
+        f"top-1: test accuracy, mean ± half the range over {n} seed(s); * = the best on that task, or its "
+        "interval overlaps the best one's (this run does not tell them apart)."
+        if n > 1
+        else "top-1: test accuracy of one seed (no spread: run --seeds 2 or more); * = the best on that task.",
+        f"Costs (params to peak MiB) on {ct.name} at {ct.image_size}x{ct.image_size}; {sizes}.",
+    ]
     return table + "\n\n" + "\n".join(notes)
 
 
 def write_json(report: CompareReport, path: str | os.PathLike) -> Path:
     """``report`` with the environment, as indented JSON, written atomically."""
+    from visattn._strict_json import strict as _strict
     from visattn.bench.report import environment
     from visattn.train.checkpoint import atomic_write_text
-    from visattn._strict_json import strict as _strict
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -592,13 +728,29 @@ def write_plot(report: CompareReport, path: str | os.PathLike) -> Path:
         for i, r in enumerate(report.rows):
             s = r.tasks[task.name]
             if s.mean is None:
-                ax.annotate("failed", (i, 0.04), xycoords=("data", "axes fraction"), rotation=90, ha="center",
-                            va="bottom", fontsize=7, color="red")  # in view whatever the y range
+                ax.annotate(
+                    "failed",
+                    (i, 0.04),
+                    xycoords=("data", "axes fraction"),
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="red",
+                )  # in view whatever the y range
                 continue
             col = colors.get(r.receptive_field, "tab:gray")
             lo, hi = 100 * (s.mean - min(s.accs)), 100 * (max(s.accs) - s.mean)
-            ax.errorbar([i], [100 * s.mean], yerr=[[lo], [hi]], fmt="o", color=col, capsize=4, ms=6,
-                        mfc="white" if r.sees_position == "no" else col)
+            ax.errorbar(
+                [i],
+                [100 * s.mean],
+                yerr=[[lo], [hi]],
+                fmt="o",
+                color=col,
+                capsize=4,
+                ms=6,
+                mfc="white" if r.sees_position == "no" else col,
+            )
             ax.scatter([i] * len(s.accs), [100 * a for a in s.accs], s=9, color=col, alpha=0.6, zorder=3)
         if task.chance:
             ax.axhline(100 * task.chance, ls="--", color="gray", lw=1)  # out of view when every run is far above

@@ -15,18 +15,34 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
-from visattn.compare import (_check_device_amp, _check_names, _check_output, _claim_run_dir, _f, _measure,
-                              _output_lock, _run_dir, failure_text)
+from visattn.compare import (
+    _check_device_amp,
+    _check_names,
+    _check_output,
+    _claim_run_dir,
+    _f,
+    _measure,
+    _output_lock,
+    _run_dir,
+    failure_text,
+)
 from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL
 
-__all__ = ["SegCompareResult", "compare_segment", "format_seg_table", "write_seg_plot", "SEG_COMPARE_DEFAULTS",
-           "run_from_args"]
+__all__ = [
+    "SegCompareResult",
+    "compare_segment",
+    "format_seg_table",
+    "write_seg_plot",
+    "SEG_COMPARE_DEFAULTS",
+    "run_from_args",
+]
 
 #: Defaults sized so every mechanism trains on digit scenes on 2 CPU cores in a few minutes in all.
 SEG_COMPARE_DEFAULTS: dict[str, Any] = {
@@ -43,8 +59,18 @@ SEG_COMPARE_DEFAULTS: dict[str, Any] = {
 }
 
 
-HEADERS = ["mechanism", "mIoU %", "pixel acc %", "params", "MFLOPs/img", "train img/s", "latency ms", "peak MiB",
-           "time s", "error"]
+HEADERS = [
+    "mechanism",
+    "mIoU %",
+    "pixel acc %",
+    "params",
+    "MFLOPs/img",
+    "train img/s",
+    "latency ms",
+    "peak MiB",
+    "time s",
+    "error",
+]
 
 
 @dataclass
@@ -65,16 +91,25 @@ class SegCompareResult:
     error: str = ""
 
 
-def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG_COMPARE_DEFAULTS["model"],
-                    data: str = SEG_COMPARE_DEFAULTS["data"],
-                    image_size: int | None = SEG_COMPARE_DEFAULTS["image_size"],
-                    epochs: int = SEG_COMPARE_DEFAULTS["epochs"], batch_size: int = SEG_COMPARE_DEFAULTS["batch_size"],
-                    lr: float = SEG_COMPARE_DEFAULTS["lr"], seed: int = SEG_COMPARE_DEFAULTS["seed"],
-                    latency_batch: int = SEG_COMPARE_DEFAULTS["latency_batch"],
-                    attn_kwargs: dict[str, dict] | None = None, amp: str = "none", device: str = "auto",
-                    output: str | os.PathLike | None = "compare-out", progress: bool = True,
-                    threads: int | None = SEG_COMPARE_DEFAULTS["threads"],
-                    precise_bn: int = SEG_COMPARE_DEFAULTS["precise_bn"]) -> list[SegCompareResult]:
+def compare_segment(
+    mechanisms: Iterable[str] | None = None,
+    *,
+    model: str = SEG_COMPARE_DEFAULTS["model"],
+    data: str = SEG_COMPARE_DEFAULTS["data"],
+    image_size: int | None = SEG_COMPARE_DEFAULTS["image_size"],
+    epochs: int = SEG_COMPARE_DEFAULTS["epochs"],
+    batch_size: int = SEG_COMPARE_DEFAULTS["batch_size"],
+    lr: float = SEG_COMPARE_DEFAULTS["lr"],
+    seed: int = SEG_COMPARE_DEFAULTS["seed"],
+    latency_batch: int = SEG_COMPARE_DEFAULTS["latency_batch"],
+    attn_kwargs: dict[str, dict] | None = None,
+    amp: str = "none",
+    device: str = "auto",
+    output: str | os.PathLike | None = "compare-out",
+    progress: bool = True,
+    threads: int | None = SEG_COMPARE_DEFAULTS["threads"],
+    precise_bn: int = SEG_COMPARE_DEFAULTS["precise_bn"],
+) -> list[SegCompareResult]:
     """Train the segmentation ``model`` once per mechanism and measure it (see module docstring;
     arguments as :func:`visattn.compare.compare`). Writes ``compare.json``, ``compare.png`` and
     ``runs/segment/<mechanism>/seed<seed>/`` into ``output`` (None: nothing written)."""
@@ -87,8 +122,9 @@ def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG
     known = visattn.list_attention()
     unknown = [n for n in names if n not in known]
     if not names or unknown:
-        raise ValueError(f"unknown mechanism(s) {unknown}; expected names from {known}" if unknown
-                         else "no mechanisms to compare")
+        raise ValueError(
+            f"unknown mechanism(s) {unknown}; expected names from {known}" if unknown else "no mechanisms to compare"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"mechanisms must not repeat, got {names}")
     if latency_batch < 1:
@@ -104,14 +140,44 @@ def compare_segment(mechanisms: Iterable[str] | None = None, *, model: str = SEG
         torch.set_num_threads(threads)
     try:
         with _output_lock(out):
-            return _compare_segment(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch,
-                                    dict(attn_kwargs or {}), amp, device, output, progress, precise_bn)
+            return _compare_segment(
+                names,
+                model,
+                data,
+                image_size,
+                epochs,
+                batch_size,
+                lr,
+                seed,
+                latency_batch,
+                dict(attn_kwargs or {}),
+                amp,
+                device,
+                output,
+                progress,
+                precise_bn,
+            )
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, seed, latency_batch, attn_kwargs, amp,
-                     device, output, progress, precise_bn) -> list[SegCompareResult]:
+def _compare_segment(
+    names,
+    model,
+    data,
+    image_size,
+    epochs,
+    batch_size,
+    lr,
+    seed,
+    latency_batch,
+    attn_kwargs,
+    amp,
+    device,
+    output,
+    progress,
+    precise_bn,
+) -> list[SegCompareResult]:
     from tqdm.auto import tqdm
 
     from visattn.data.segmentation import load_seg_data
@@ -129,11 +195,25 @@ def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, see
             t0 = time.perf_counter()
             row = SegCompareResult(name)
             try:
-                cfg = SegTrainConfig(model=model, attention=name, attn_kwargs=attn_kwargs.get(name), data=data,
-                                     image_size=bundle.image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                                     seed=seed, amp=amp, device=device, progress=progress, verbose=False, plot=False,
-                                     precise_bn=precise_bn, checkpoints=False,
-                                     output=str(_run_dir(out, "segment", name, seed)) if out is not None else None)
+                cfg = SegTrainConfig(
+                    model=model,
+                    attention=name,
+                    attn_kwargs=attn_kwargs.get(name),
+                    data=data,
+                    image_size=bundle.image_size,
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    lr=lr,
+                    seed=seed,
+                    amp=amp,
+                    device=device,
+                    progress=progress,
+                    verbose=False,
+                    plot=False,
+                    precise_bn=precise_bn,
+                    checkpoints=False,
+                    output=str(_run_dir(out, "segment", name, seed)) if out is not None else None,
+                )
                 if out is not None:
                     _claim_run_dir(_run_dir(out, "segment", name, seed))
                 res = train_segment(cfg, data=bundle, bar_position=1)
@@ -141,35 +221,59 @@ def _compare_segment(names, model, data, image_size, epochs, batch_size, lr, see
                 row.miou, row.pixel_acc = res.final.get("test_miou"), res.final.get("test_pixel_acc")
                 row.train_img_s = res.history[-1]["images_per_s"] if res.history else None
                 bar.set_postfix_str(f"{name}: measuring")
-                m = _measure(res.model, bundle.image_size, batch_size, latency_batch, dev, bundle.num_classes,
-                             dense=True)
+                m = _measure(
+                    res.model, bundle.image_size, batch_size, latency_batch, dev, bundle.num_classes, dense=True
+                )
                 row.params, row.flops = m["params"], m["flops"]
                 row.latency_ms, row.peak_mib = m["latency_ms"], m["peak_mib"]
-            except Exception as e:  # noqa: BLE001 - one failing mechanism must not end the run
+            except Exception as e:
                 row.error = failure_text(e)
             row.time_s = time.perf_counter() - t0
             results.append(row)
     total = time.perf_counter() - t_start
     if out is not None:
-        config = {"task": "segment", "model": model, "data": data, "image_size": bundle.image_size, "epochs": epochs,
-                  "batch_size": batch_size, "lr": lr, "seed": seed, "latency_batch": latency_batch,
-                  "precise_bn": precise_bn, "attn_kwargs": attn_kwargs, "amp": amp, "device": str(dev),
-                  "threads": torch.get_num_threads(), "train_size": len(bundle.train), "test_size": len(bundle.test),
-                  "num_classes": bundle.num_classes, "ignore_index": bundle.ignore_index}
+        config = {
+            "task": "segment",
+            "model": model,
+            "data": data,
+            "image_size": bundle.image_size,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "latency_batch": latency_batch,
+            "precise_bn": precise_bn,
+            "attn_kwargs": attn_kwargs,
+            "amp": amp,
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+            "train_size": len(bundle.train),
+            "test_size": len(bundle.test),
+            "num_classes": bundle.num_classes,
+            "ignore_index": bundle.ignore_index,
+        }
         _write_json(results, out / "compare.json", config, total)
-        write_seg_plot(results, out / "compare.png",
-                       f"{model} on {data} ({bundle.image_size}x{bundle.image_size}, {epochs} epochs)", latency_batch)
+        write_seg_plot(
+            results,
+            out / "compare.png",
+            f"{model} on {data} ({bundle.image_size}x{bundle.image_size}, {epochs} epochs)",
+            latency_batch,
+        )
     return results
 
 
 def _write_json(results: list[SegCompareResult], path: Path, config: dict[str, Any], total_s: float) -> Path:
     """Rows, configuration and environment as indented strict JSON, written atomically."""
+    from visattn._strict_json import strict as _strict
     from visattn.bench.report import environment
     from visattn.train.checkpoint import atomic_write_text
-    from visattn._strict_json import strict as _strict
 
-    doc = {"environment": environment(), "config": config, "total_time_s": total_s,
-           "results": [asdict(r) for r in results]}
+    doc = {
+        "environment": environment(),
+        "config": config,
+        "total_time_s": total_s,
+        "results": [asdict(r) for r in results],
+    }
     atomic_write_text(path, json.dumps(_strict(doc), indent=2, allow_nan=False))
     return path
 
@@ -179,19 +283,29 @@ def format_seg_table(results: list[SegCompareResult], latency_batch: int = 1) ->
     mIoU and pixel accuracy in place of top-1."""
     from tabulate import tabulate
 
-    rows = [[r.mechanism, _f(None if r.miou is None else 100 * r.miou, "{:.1f}"),
-             _f(None if r.pixel_acc is None else 100 * r.pixel_acc, "{:.1f}"),
-             _f(None if r.params is None else r.params / 1e3, "{:.1f}k"),
-             _f(None if r.flops is None else r.flops / 1e6, "{:.1f}"), _f(r.train_img_s, "{:.0f}"),
-             _f(r.latency_ms, "{:.2f}"), _f(r.peak_mib, "{:.1f}"), f"{r.time_s:.1f}", r.error]
-            for r in results]
+    rows = [
+        [
+            r.mechanism,
+            _f(None if r.miou is None else 100 * r.miou, "{:.1f}"),
+            _f(None if r.pixel_acc is None else 100 * r.pixel_acc, "{:.1f}"),
+            _f(None if r.params is None else r.params / 1e3, "{:.1f}k"),
+            _f(None if r.flops is None else r.flops / 1e6, "{:.1f}"),
+            _f(r.train_img_s, "{:.0f}"),
+            _f(r.latency_ms, "{:.2f}"),
+            _f(r.peak_mib, "{:.1f}"),
+            f"{r.time_s:.1f}",
+            r.error,
+        ]
+        for r in results
+    ]
     headers = list(HEADERS)
     headers[6] = f"latency ms (batch {latency_batch})"
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def write_seg_plot(results: list[SegCompareResult], path: str | os.PathLike, title: str = "",
-                   latency_batch: int = 1) -> Path:
+def write_seg_plot(
+    results: list[SegCompareResult], path: str | os.PathLike, title: str = "", latency_batch: int = 1
+) -> Path:
     """mIoU against inference latency, one labelled point per mechanism that trained
     (a :class:`matplotlib.figure.Figure`: no pyplot, no global state)."""
     from matplotlib.figure import Figure
@@ -221,26 +335,50 @@ def write_seg_plot(results: list[SegCompareResult], path: str | os.PathLike, tit
 def run_from_args(args) -> int:
     """``visattn compare --task segment``. ``--model``, ``--data``, ``--image-size``, ``--epochs``,
     ``--batch-size`` and ``--lr`` left out take :data:`SEG_COMPARE_DEFAULTS`' values."""
+
     def pick(key: str, value):  # an option left out gets the segmentation default; one given is used as given
         return SEG_COMPARE_DEFAULTS[key] if value is None else value
 
-    given = [opt for opt, v in (("--tasks", args.tasks), ("--seeds", args.seeds), ("--quick", args.quick),
-                                ("--pos-embed", args.pos_embed), ("--model-kwargs", args.model_kwargs))
-             if v is not None and v is not False]  # '{}' is given too
+    given = [
+        opt
+        for opt, v in (
+            ("--tasks", args.tasks),
+            ("--seeds", args.seeds),
+            ("--quick", args.quick),
+            ("--pos-embed", args.pos_embed),
+            ("--model-kwargs", args.model_kwargs),
+        )
+        if v is not None and v is not False
+    ]  # '{}' is given too
     if given:
-        raise ValueError(f"{', '.join(given)} belong(s) to the classification comparison; --task segment trains one "
-                         "seed of one segmentation model per mechanism (choose it with --model, its data with --data)")
+        raise ValueError(
+            f"{', '.join(given)} belong(s) to the classification comparison; --task segment trains one "
+            "seed of one segmentation model per mechanism (choose it with --model, its data with --data)"
+        )
 
-    results = compare_segment(args.mechanisms, model=pick("model", args.model), data=pick("data", args.data),
-                              image_size=pick("image_size", args.image_size), epochs=pick("epochs", args.epochs),
-                              batch_size=pick("batch_size", args.batch_size), lr=pick("lr", args.lr), seed=args.seed,
-                              latency_batch=args.latency_batch, attn_kwargs=args.attn_kwargs, amp=args.amp,
-                              device=args.device, output=args.output, progress=not args.no_progress,
-                              threads=args.threads, precise_bn=args.precise_bn)
+    results = compare_segment(
+        args.mechanisms,
+        model=pick("model", args.model),
+        data=pick("data", args.data),
+        image_size=pick("image_size", args.image_size),
+        epochs=pick("epochs", args.epochs),
+        batch_size=pick("batch_size", args.batch_size),
+        lr=pick("lr", args.lr),
+        seed=args.seed,
+        latency_batch=args.latency_batch,
+        attn_kwargs=args.attn_kwargs,
+        amp=args.amp,
+        device=args.device,
+        output=args.output,
+        progress=not args.no_progress,
+        threads=args.threads,
+        precise_bn=args.precise_bn,
+    )
     print(format_seg_table(results, args.latency_batch))
     total = sum(r.time_s for r in results)
-    print(f"\n{len(results)} mechanisms in {total:.0f} s; wrote {args.output}/compare.json and "
-          f"{args.output}/compare.png")
+    print(
+        f"\n{len(results)} mechanisms in {total:.0f} s; wrote {args.output}/compare.json and {args.output}/compare.png"
+    )
     failed = [r.mechanism for r in results if r.error]
     if failed:
         print(f"failed: {', '.join(failed)} (see the error column)")

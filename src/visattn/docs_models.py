@@ -22,8 +22,18 @@ from visattn.registry import list_models, model_entry
 
 __all__ = ["model_rows", "render", "main", "HEADER"]
 
-HEADER = ["model", "family", "input", "classes", "mechanism per stage", "params (M)", "published params (M)",
-          "MACs (G)", "published MACs (G)", "published top-1 / mIoU (%)"]
+HEADER = [
+    "model",
+    "family",
+    "input",
+    "classes",
+    "mechanism per stage",
+    "params (M)",
+    "published params (M)",
+    "MACs (G)",
+    "published MACs (G)",
+    "published top-1 / mIoU (%)",
+]
 
 _INTRO = """# Models
 
@@ -75,10 +85,20 @@ def model_rows(flops: bool = True) -> list[list[str]]:
             top1 += f" (at {int(e.published['top1_input'])} px)"
         if "miou" in e.published:
             top1 = f"{e.published['miou']:.1f} mIoU"
-        rows.append([f"`{name}`", e.family, "x".join(map(str, e.default_input[1:])),
-                     str(model.num_classes), _layout(model),
-                     _num(params), _num(e.published.get("params_m"), 1), macs,
-                     _num(e.published.get("macs_g"), 1), top1])
+        rows.append(
+            [
+                f"`{name}`",
+                e.family,
+                "x".join(map(str, e.default_input[1:])),
+                str(model.num_classes),
+                _layout(model),
+                _num(params),
+                _num(e.published.get("params_m"), 1),
+                macs,
+                _num(e.published.get("macs_g"), 1),
+                top1,
+            ]
+        )
     return rows
 
 

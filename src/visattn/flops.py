@@ -30,8 +30,7 @@ def _register_cpu_sdpa() -> None:
     if bwd is not None and bwd.default not in _fc.flop_registry:
 
         @_fc.register_flop_formula(bwd)
-        def _cpu_sdpa_bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
-                          **kwargs) -> int:
+        def _cpu_sdpa_bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
             return _fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,9 +37,15 @@ def _run_info(weights: Path) -> dict[str, Any] | None:
     return info
 
 
-def load_segmenter(model: str, weights: str | os.PathLike, *, attention: str | None = None,
-                   attn_kwargs: dict | None = None, num_classes: int | None = None,
-                   classes: Sequence[str] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_segmenter(
+    model: str,
+    weights: str | os.PathLike,
+    *,
+    attention: str | None = None,
+    attn_kwargs: dict | None = None,
+    num_classes: int | None = None,
+    classes: Sequence[str] | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A segmentation model in eval mode with ``weights`` loaded, and what is known about it.
 
     Returns ``(model, info)`` with ``info`` keys ``classes``, ``mean``, ``std``, ``image_size``,
@@ -50,23 +57,31 @@ def load_segmenter(model: str, weights: str | os.PathLike, *, attention: str | N
 
     wpath = Path(weights)
     if not wpath.exists():
-        raise FileNotFoundError(f"weights {str(wpath)!r} do not exist (expected a model.safetensors file or the "
-                                "run folder of `visattn train --task segment`)")
+        raise FileNotFoundError(
+            f"weights {str(wpath)!r} do not exist (expected a model.safetensors file or the "
+            "run folder of `visattn train --task segment`)"
+        )
     run = _run_info(wpath)
     model_kwargs: dict = {}
     info: dict[str, Any] = {"mean": (0.5,) * 3, "std": (0.5,) * 3, "image_size": None, "data": None, "seed": 0}
     if run is not None:
         cfg = run["config"]
         if cfg.get("model") != model:
-            raise ValueError(f"the weights were trained as model {cfg.get('model')!r} (see their config.json), "
-                             f"not {model!r}")
+            raise ValueError(
+                f"the weights were trained as model {cfg.get('model')!r} (see their config.json), not {model!r}"
+            )
         attention = attention if attention is not None else cfg.get("attention")
         attn_kwargs = attn_kwargs if attn_kwargs is not None else cfg.get("attn_kwargs")
         model_kwargs = dict(cfg.get("model_kwargs") or {})
         classes = classes if classes is not None else run.get("classes")
-        info.update(mean=tuple(run.get("mean", info["mean"])), std=tuple(run.get("std", info["std"])),
-                    image_size=run.get("image_size"), data=cfg.get("data"), seed=cfg.get("seed", 0),
-                    ignore_index=cfg.get("ignore_index"))
+        info.update(
+            mean=tuple(run.get("mean", info["mean"])),
+            std=tuple(run.get("std", info["std"])),
+            image_size=run.get("image_size"),
+            data=cfg.get("data"),
+            seed=cfg.get("seed", 0),
+            ignore_index=cfg.get("ignore_index"),
+        )
     if classes is None and num_classes is None:
         raise ValueError(f"no config.json beside {str(wpath)!r}: pass the number of classes (--num-classes)")
     if num_classes is None:
@@ -95,8 +110,9 @@ def read_input_image(spec: str, info: dict[str, Any]) -> tuple[torch.Tensor, tor
         if info.get("data") not in (None, "digitscenes"):
             raise ValueError(f"the model was trained on {info['data']!r}, not on digitscenes")
         kw = {} if info.get("ignore_index") is None else {"ignore_index": int(info["ignore_index"])}
-        b = load_digit_scenes(info.get("image_size") or 64, n_test=max(500, k + 1), seed=int(info.get("seed") or 0),
-                              **kw)
+        b = load_digit_scenes(
+            info.get("image_size") or 64, n_test=max(500, k + 1), seed=int(info.get("seed") or 0), **kw
+        )
         return b.test.images[k], b.test.masks[k], f"digit scenes, test scene {k}"
     return read_image(spec), None, Path(spec).name
 
@@ -112,8 +128,10 @@ def predict_mask(model: torch.nn.Module, image: torch.Tensor, mean, std) -> torc
     dev = next(model.parameters()).device
     logits = model(normalize(x[None], mean, std).to(dev))
     if logits.dim() != 4 or logits.shape[-2:] != image.shape[-2:]:
-        raise ValueError(f"a segmentation model returns logits (1, K, {image.shape[1]}, {image.shape[2]}); this one "
-                         f"returned {tuple(logits.shape)} (is it a classifier?)")
+        raise ValueError(
+            f"a segmentation model returns logits (1, K, {image.shape[1]}, {image.shape[2]}); this one "
+            f"returned {tuple(logits.shape)} (is it a classifier?)"
+        )
     return logits.argmax(1)[0].cpu()
 
 
@@ -124,8 +142,15 @@ def _colours(n: int) -> np.ndarray:
     return np.array([cmap(i % cmap.N)[:3] for i in range(n)])
 
 
-def draw_prediction(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[str], truth: torch.Tensor | None = None,
-                    title: str = "", alpha: float = 0.55, ignore_index: int | None = None):
+def draw_prediction(
+    image: torch.Tensor,
+    pred: torch.Tensor,
+    classes: Sequence[str],
+    truth: torch.Tensor | None = None,
+    title: str = "",
+    alpha: float = 0.55,
+    ignore_index: int | None = None,
+):
     """A Figure: the image, the ground truth (if given) and the prediction over the image.
 
     Masks are blended over the image with ``alpha``; a class named "background" is left
@@ -150,8 +175,11 @@ def draw_prediction(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[s
                 out[m == c] = 1.0
         return out
 
-    panels = [("image", img)] + ([("ground truth", blend(truth))] if truth is not None else []) + [
-        ("prediction", blend(pred))]
+    panels = (
+        [("image", img)]
+        + ([("ground truth", blend(truth))] if truth is not None else [])
+        + [("prediction", blend(pred))]
+    )
     fig = Figure(figsize=(3.2 * len(panels) + 1.6, 3.6))
     axes = fig.subplots(1, len(panels))
     for ax, (name, arr) in zip(np.atleast_1d(axes), panels):
@@ -159,8 +187,11 @@ def draw_prediction(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[s
         ax.set_title(name, fontsize=10)
         ax.axis("off")
     present = sorted(set(pred.unique().tolist()) | (set(truth.unique().tolist()) if truth is not None else set()))
-    handles = [Patch(color=colours[c], label=classes[c]) for c in present
-               if 0 <= c < len(classes) and classes[c] != "background"]
+    handles = [
+        Patch(color=colours[c], label=classes[c])
+        for c in present
+        if 0 <= c < len(classes) and classes[c] != "background"
+    ]
     if handles:
         fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     if title:
@@ -169,9 +200,16 @@ def draw_prediction(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[s
     return fig
 
 
-def predict_image(model: str, weights: str | os.PathLike, image: str, out: str | os.PathLike, *,
-                  attention: str | None = None, attn_kwargs: dict | None = None,
-                  num_classes: int | None = None) -> tuple[Path, torch.Tensor, list[str]]:
+def predict_image(
+    model: str,
+    weights: str | os.PathLike,
+    image: str,
+    out: str | os.PathLike,
+    *,
+    attention: str | None = None,
+    attn_kwargs: dict | None = None,
+    num_classes: int | None = None,
+) -> tuple[Path, torch.Tensor, list[str]]:
     """Predict the mask of ``image`` (a file or ``digitscenes:K``) and write the figure to ``out`` (PNG).
 
     Returns (path written, predicted mask (H, W), class names).
@@ -181,12 +219,12 @@ def predict_image(model: str, weights: str | os.PathLike, image: str, out: str |
         raise ValueError(f"the output {str(out)!r} must be a .png file (the figure is written as PNG)")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"folder {str(out.parent)!r} for {out.name} does not exist")
-    net, info = load_segmenter(model, weights, attention=attention, attn_kwargs=attn_kwargs,
-                               num_classes=num_classes)
+    net, info = load_segmenter(model, weights, attention=attention, attn_kwargs=attn_kwargs, num_classes=num_classes)
     img, truth, name = read_input_image(image, info)
     pred = predict_mask(net, img, info["mean"], info["std"])
-    fig = draw_prediction(img, pred, info["classes"], truth, title=f"{model} on {name}",
-                          ignore_index=info.get("ignore_index"))
+    fig = draw_prediction(
+        img, pred, info["classes"], truth, title=f"{model} on {name}", ignore_index=info.get("ignore_index")
+    )
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, out)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -255,11 +256,15 @@ def create_model(
         raise TypeError(f"attn_kwargs must be a dict, got {type(attn_kwargs).__name__}")
     if num_classes is not None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise TypeError(f"num_classes must be an int >= 0 (0: no classifier) or None, "
-                            f"got {type(num_classes).__name__} {num_classes!r}")
+            raise TypeError(
+                f"num_classes must be an int >= 0 (0: no classifier) or None, "
+                f"got {type(num_classes).__name__} {num_classes!r}"
+            )
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0 (0: a feature extractor with no classifier) or None "
-                             f"(the model's own default), got {num_classes}")
+            raise ValueError(
+                f"num_classes must be >= 0 (0: a feature extractor with no classifier) or None "
+                f"(the model's own default), got {num_classes}"
+            )
         kwargs["num_classes"] = num_classes
     model = entry.builder(attention=attention, attn_kwargs=attn_kwargs, **kwargs)
     if features_only:

@@ -54,8 +54,9 @@ def load_image(path: str | None = None) -> np.ndarray:
         try:
             from skimage import data
         except ImportError as e:  # pragma: no cover - optional dependency
-            raise ImportError("the default image comes from scikit-image: pip install 'visattn[data]' "
-                              "or pass --image PATH") from e
+            raise ImportError(
+                "the default image comes from scikit-image: pip install 'visattn[data]' or pass --image PATH"
+            ) from e
         return np.asarray(data.astronaut(), dtype=np.uint8)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path!r}")
@@ -118,8 +119,10 @@ def layer_maps(model: nn.Module, x: torch.Tensor, query: tuple[float, float], se
     """
     mixers = collect_mixers(model)
     captured: dict[int, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: captured.__setitem__(i, args[0].detach()))
-             for i, (_, m) in enumerate(mixers)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, i=i: captured.__setitem__(i, args[0].detach()))
+        for i, (_, m) in enumerate(mixers)
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -147,8 +150,15 @@ def layer_maps(model: nn.Module, x: torch.Tensor, query: tuple[float, float], se
     return out
 
 
-def draw_grid(img: np.ndarray, layers: list[LayerMaps], query_px: tuple[int, int], out: str,
-              title: str = "", cell: float = 1.6, dpi: int = 100) -> str:
+def draw_grid(
+    img: np.ndarray,
+    layers: list[LayerMaps],
+    query_px: tuple[int, int],
+    out: str,
+    title: str = "",
+    cell: float = 1.6,
+    dpi: int = 100,
+) -> str:
     """Draw one row per layer (image with the query, then one panel per head) to PNG ``out``.
 
     The figure is (1 + max heads) x len(layers) cells of ``cell`` inches at ``dpi``.
@@ -168,8 +178,7 @@ def draw_grid(img: np.ndarray, layers: list[LayerMaps], query_px: tuple[int, int
         from PIL import Image
 
         s = side / max(h0, w0)
-        img = np.asarray(Image.fromarray(img).resize((max(1, round(w0 * s)), max(1, round(h0 * s))),
-                                                     Image.LANCZOS))
+        img = np.asarray(Image.fromarray(img).resize((max(1, round(w0 * s)), max(1, round(h0 * s))), Image.LANCZOS))
     grey = img.astype(np.float32).mean(2) / 255.0
     for r, lm in enumerate(layers):
         ax = axes[r, 0]
@@ -210,14 +219,26 @@ def png_path(out: str | os.PathLike) -> str:
     if os.path.isdir(text) or text.endswith(("/", os.sep)):
         return os.path.join(text, "viz.png")
     if os.path.splitext(text)[1].lower() != ".png":
-        raise ValueError(f"--out must be a .png file or a directory, got {text!r} "
-                         f"(for a new directory end it with '/': {text.rstrip('/') + '/'!r})")
+        raise ValueError(
+            f"--out must be a .png file or a directory, got {text!r} "
+            f"(for a new directory end it with '/': {text.rstrip('/') + '/'!r})"
+        )
     return text
 
 
-def visualize(target: str, out: str = "viz.png", image: str | None = None, query: tuple[int, int] | None = None,
-              weights: str | None = None, attention: str | None = None, attn_kwargs: dict | None = None,
-              num_classes: int = 10, dim: int = 64, size: int = 32, seed: int = 0) -> str:
+def visualize(
+    target: str,
+    out: str = "viz.png",
+    image: str | None = None,
+    query: tuple[int, int] | None = None,
+    weights: str | None = None,
+    attention: str | None = None,
+    attn_kwargs: dict | None = None,
+    num_classes: int = 10,
+    dim: int = 64,
+    size: int = 32,
+    seed: int = 0,
+) -> str:
     """Draw what every layer of model (or mechanism) ``target`` looks at for one query pixel.
 
     Args:
@@ -243,8 +264,9 @@ def visualize(target: str, out: str = "viz.png", image: str | None = None, query
         query = (h0 // 2, w0 // 2)
     qy, qx = (int(v) for v in query)
     if not (0 <= qy < h0 and 0 <= qx < w0):
-        raise ValueError(f"query pixel (y={qy}, x={qx}) is outside the {h0} x {w0} image "
-                         f"(expected 0 <= y < {h0}, 0 <= x < {w0})")
+        raise ValueError(
+            f"query pixel (y={qy}, x={qx}) is outside the {h0} x {w0} image (expected 0 <= y < {h0}, 0 <= x < {w0})"
+        )
     with torch.random.fork_rng(devices=[]):  # fresh weights from `seed`; the caller's RNG is left as it was
         torch.manual_seed(seed)
         if target in list_models():
@@ -259,12 +281,14 @@ def visualize(target: str, out: str = "viz.png", image: str | None = None, query
             if weights is not None:
                 raise ValueError("--weights applies to models; a bare mechanism is drawn with fresh weights")
             mech = create_attention(target, dim, **(attn_kwargs or {}))
-            lift = torch.randn(dim, 3, 1, 1, generator=torch.Generator().manual_seed(seed)) / 3 ** 0.5
+            lift = torch.randn(dim, 3, 1, 1, generator=torch.Generator().manual_seed(seed)) / 3**0.5
             model = nn.Sequential(_Lift(lift), mech)
             x = _to_input(img, (size, size))
         else:
-            raise ValueError(f"unknown model or mechanism {target!r}; expected one of the models {list_models()} "
-                             f"or mechanisms {list_attention()}")
+            raise ValueError(
+                f"unknown model or mechanism {target!r}; expected one of the models {list_models()} "
+                f"or mechanisms {list_attention()}"
+            )
         layers = layer_maps(model, x, ((qy + 0.5) / h0, (qx + 0.5) / w0), seed=seed)
     src = "weights " + os.path.basename(weights) if weights else "fresh weights"
     title = f"{target} ({src}), query pixel (y={qy}, x={qx}) of a {h0}x{w0} image, input {tuple(x.shape[2:])}"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from visattn.data import load_data
 from visattn.data import datasets as ds
+from visattn.data import load_data
 from visattn.data.datasets import CIFAR10_FILES
 
 
@@ -83,8 +83,9 @@ def test_cifar_label_that_is_not_an_int_is_refused(tmp_path, bad):
     _write_cifar(tmp_path, labels=[1, 2, bad, 4])
     with pytest.raises(ValueError) as e:
         load_data(f"cifar10:{tmp_path}")
-    assert str(e.value) == (f"{tmp_path / 'data_batch_2'}: labels must be integers 0..9, got {bad!r} "
-                            f"({type(bad).__name__}) at index 2")
+    assert str(e.value) == (
+        f"{tmp_path / 'data_batch_2'}: labels must be integers 0..9, got {bad!r} ({type(bad).__name__}) at index 2"
+    )
 
 
 def test_truncated_cifar_batch_names_the_file(tmp_path):
@@ -100,8 +101,11 @@ def test_image_size_is_bounded_and_memory_is_checked(monkeypatch):
         load_data("digits", image_size=8192)
     # 1,797 float32 images of 3 x 1024 x 1024 need 21.1 GiB: refused on a machine with 16 GiB
     monkeypatch.setattr(ds, "_physical_memory", lambda: 16 * 2**30)
-    with pytest.raises(ValueError, match=r"^digits: holding 1797 images of 3x1024x1024 \(4 byte\(s\) per value\) "
-                                         r"in memory needs 21\.1 GiB, over half of this machine's 16\.0 GiB"):
+    with pytest.raises(
+        ValueError,
+        match=r"^digits: holding 1797 images of 3x1024x1024 \(4 byte\(s\) per value\) "
+        r"in memory needs 21\.1 GiB, over half of this machine's 16\.0 GiB",
+    ):
         load_data("digits", image_size=1024)
 
 

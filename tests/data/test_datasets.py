@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from visattn.data import (EpochBatches, load_cifar10, load_data, load_image_folder, normalize, random_crop_flip,
-                          stratified_split)
+from visattn.data import (
+    EpochBatches,
+    load_cifar10,
+    load_data,
+    load_image_folder,
+    normalize,
+    random_crop_flip,
+    stratified_split,
+)
 from visattn.data.datasets import CIFAR10_FILES
-
 
 # ---------------------------------------------------------------------------
 # Digits
@@ -44,8 +50,11 @@ def test_digits_at_native_size_are_the_scans():
 def test_bad_spec_errors():
     with pytest.raises(ValueError, match="'digits', 'cifar10:PATH' or 'folder:PATH', got 'mnist'"):
         load_data("mnist")
-    with pytest.raises(ValueError, match=r"image_size must be an int in 1\.\.1024 \(images are held in memory\) or "
-                                         "None, got 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"image_size must be an int in 1\.\.1024 \(images are held in memory\) or "
+        "None, got 0",
+    ):
         load_data("digits", image_size=0)
 
 
@@ -61,8 +70,11 @@ def _write_cifar(root, n=4, seed=0):
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, size=n)]
         with open(root / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * n}, f, protocol=2)
+            pickle.dump(
+                {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": [b"x.png"] * n},
+                f,
+                protocol=2,
+            )
         batches[name] = (data, labels)
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     with open(root / "batches.meta", "wb") as f:
@@ -107,8 +119,11 @@ def test_cifar10_batch_with_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     with open(tmp_path / "test_batch", "wb") as f:
         pickle.dump({b"data": _Evil(str(marker)), b"labels": [0]}, f, protocol=2)
-    with pytest.raises(ValueError, match=r"test_batch: not a readable CIFAR batch file: refusing to load global "
-                                         r"\w+\.open from a CIFAR batch"):
+    with pytest.raises(
+        ValueError,
+        match=r"test_batch: not a readable CIFAR batch file: refusing to load global "
+        r"\w+\.open from a CIFAR batch",
+    ):
         load_data(f"cifar10:{tmp_path}")
     assert not marker.exists()
 
@@ -170,7 +185,7 @@ def test_crop_flip_equals_slicing_the_padded_image():
     out = random_crop_flip(x, offsets, flips, pad=2)
     xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for b in range(3):
-        ref = xp[b, :, offsets[b, 0]:offsets[b, 0] + 5, offsets[b, 1]:offsets[b, 1] + 4]
+        ref = xp[b, :, offsets[b, 0] : offsets[b, 0] + 5, offsets[b, 1] : offsets[b, 1] + 4]
         torch.testing.assert_close(out[b], ref.flip(-1) if flips[b] else ref, rtol=0, atol=0)
     torch.testing.assert_close(random_crop_flip(x, torch.full((3, 2), 2), torch.zeros(3, dtype=torch.bool), 2), x)
 

@@ -12,7 +12,7 @@ from visattn.data.longrange import PALETTE, make_same_different, mark_slots, ren
 
 def _mark_color(img: np.ndarray, row: int, col: int, mark: int) -> np.ndarray:
     """Mean RGB (0..1) over a mark's pixels; img (3, S, S) uint8."""
-    return img[:, row:row + mark, col:col + mark].reshape(3, -1).mean(1) / 255.0
+    return img[:, row : row + mark, col : col + mark].reshape(3, -1).mean(1) / 255.0
 
 
 def test_same_seed_same_images_other_seed_other_images():
@@ -64,8 +64,10 @@ def test_marks_drawn_where_and_as_recorded_and_far_apart():
             np.testing.assert_allclose(_mark_color(imgs[i], r, c, mark), PALETTE[t["colors"][i, side]], atol=0.5 / 255)
         gap = t["cols"][i, 1] - (t["cols"][i, 0] + mark)  # columns strictly between the marks
         assert gap >= s // 2
-        same = np.allclose(_mark_color(imgs[i], t["rows"][i, 0], t["cols"][i, 0], mark),
-                           _mark_color(imgs[i], t["rows"][i, 1], t["cols"][i, 1], mark))
+        same = np.allclose(
+            _mark_color(imgs[i], t["rows"][i, 0], t["cols"][i, 0], mark),
+            _mark_color(imgs[i], t["rows"][i, 1], t["cols"][i, 1], mark),
+        )
         assert same == bool(y[i])
 
 
@@ -80,13 +82,16 @@ def test_render_pair_known_instances():
     assert float(diff[:, 5:10].sum()) == 0.0
 
 
-@pytest.mark.parametrize("kw, msg", [
-    ({"num_colors": 1}, "num_colors must be in 2..6, got 1"),
-    ({"image_size": 10}, "image_size must be >= 4 * mark + 4 = 12 for marks of side 2, got 10"),
-    ({"mark": 0}, "mark must be >= 1"),
-    ({"n": 0}, "n must be an int >= 1, got 0"),
-    ({"clutter": -1}, "clutter must be >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"num_colors": 1}, "num_colors must be in 2..6, got 1"),
+        ({"image_size": 10}, "image_size must be >= 4 * mark + 4 = 12 for marks of side 2, got 10"),
+        ({"mark": 0}, "mark must be >= 1"),
+        ({"n": 0}, "n must be an int >= 1, got 0"),
+        ({"clutter": -1}, "clutter must be >= 0, got -1"),
+    ],
+)
 def test_bad_arguments_are_refused(kw, msg):
     args = {"n": 4, "image_size": 16, "seed": 0, **kw}
     n, size, seed = args.pop("n"), args.pop("image_size"), args.pop("seed")

@@ -6,8 +6,16 @@ import torch
 from PIL import Image
 
 from _seg_fixtures import make_seg_folder, make_voc_folder, save_mask, write_pairs
-from visattn.data.segmentation import (IGNORE_INDEX, SegDataset, SegEpochBatches, augment_pair, load_digit_scenes,
-                                       load_seg_data, read_mask, seg_augment_params)
+from visattn.data.segmentation import (
+    IGNORE_INDEX,
+    SegDataset,
+    SegEpochBatches,
+    augment_pair,
+    load_digit_scenes,
+    load_seg_data,
+    read_mask,
+    seg_augment_params,
+)
 
 
 def test_digit_scenes_deterministic_held_out_and_labelled():
@@ -124,8 +132,11 @@ def test_bad_input_names_file_and_value(tmp_path):
     root = tmp_path / "bad"
     write_pairs(root / "images", root / "masks", 4)
     (root / "classes.txt").write_text("a\nb\n")  # masks hold class 2
-    with pytest.raises(ValueError, match=r"mask '.*masks/s00\d\.png' has value 2, which is neither a class "
-                                         r"\(0\.\.1\) nor the ignore index 255"):
+    with pytest.raises(
+        ValueError,
+        match=r"mask '.*masks/s00\d\.png' has value 2, which is neither a class "
+        r"\(0\.\.1\) nor the ignore index 255",
+    ):
         load_seg_data(f"segfolder:{root}")
     (root / "classes.txt").unlink()
 

@@ -37,7 +37,7 @@ def reference_dot_product_scaling(m, x):
     dk, dv = m.key_dim // nh, m.value_dim // nh
     heads = []
     for i in range(nh):
-        qi, ki, vi = q[..., i * dk:(i + 1) * dk], k[..., i * dk:(i + 1) * dk], v[..., i * dv:(i + 1) * dv]
+        qi, ki, vi = q[..., i * dk : (i + 1) * dk], k[..., i * dk : (i + 1) * dk], v[..., i * dv : (i + 1) * dv]
         heads.append((qi @ ki.transpose(1, 2) / n) @ vi)  # (B, n, d_v/h)
     o = torch.cat(heads, -1).transpose(1, 2).reshape(b, m.value_dim, h, w)
     return _conv1x1(m.reprojection, o)
@@ -53,9 +53,9 @@ def reference_authors_loop(m, x):
     hk, hv = m.key_dim // nh, m.value_dim // nh
     attended = []
     for i in range(nh):
-        key = torch.softmax(keys[:, i * hk:(i + 1) * hk, :], dim=2)  # over positions
-        query = torch.softmax(queries[:, i * hk:(i + 1) * hk, :], dim=1)  # over channels
-        value = values[:, i * hv:(i + 1) * hv, :]
+        key = torch.softmax(keys[:, i * hk : (i + 1) * hk, :], dim=2)  # over positions
+        query = torch.softmax(queries[:, i * hk : (i + 1) * hk, :], dim=1)  # over channels
+        value = values[:, i * hv : (i + 1) * hv, :]
         context = key @ value.transpose(1, 2)  # (B, hk, hv)
         attended.append((context.transpose(1, 2) @ query).reshape(b, hv, h, w))
     return _conv1x1(m.reprojection, torch.cat(attended, 1)) + x
@@ -64,8 +64,9 @@ def reference_authors_loop(m, x):
 @pytest.mark.parametrize("hw", [(1, 1), (3, 5), (7, 4)])
 @pytest.mark.parametrize("num_heads,key_dim,value_dim", [(1, 8, 8), (2, 4, 12), (4, 16, 8)])
 def test_scaling_equals_dot_product_attention(hw, num_heads, key_dim, value_dim):
-    m = visattn.create_attention("efficient", 8, 6, num_heads=num_heads, key_dim=key_dim,
-                                 value_dim=value_dim, normalization="scaling").double()
+    m = visattn.create_attention(
+        "efficient", 8, 6, num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, normalization="scaling"
+    ).double()
     x = torch.randn(2, 8, *hw, dtype=torch.float64)
     torch.testing.assert_close(m(x), reference_dot_product_scaling(m, x), atol=TOL64, rtol=0)
 
@@ -99,8 +100,9 @@ def test_permutation_equivariance_over_positions(normalization):
 
 @pytest.mark.parametrize("num_heads,key_dim,value_dim", [(1, 8, 8), (2, 8, 4), (4, 12, 16)])
 def test_per_head_loop_equals_batched_contraction(num_heads, key_dim, value_dim):
-    m = visattn.create_attention("efficient", 8, num_heads=num_heads, key_dim=key_dim, value_dim=value_dim,
-                                 residual=True).double()
+    m = visattn.create_attention(
+        "efficient", 8, num_heads=num_heads, key_dim=key_dim, value_dim=value_dim, residual=True
+    ).double()
     x = torch.randn(3, 8, 5, 6, dtype=torch.float64)
     torch.testing.assert_close(m(x), reference_authors_loop(m, x), atol=TOL64, rtol=0)
 
@@ -117,8 +119,9 @@ def test_residual_adds_the_input():
 
 # float16 only with softmax: the scaling form's true output grows like |x|^3 (~1e8 here),
 # beyond float16's range whatever the implementation does.
-@pytest.mark.parametrize("dtype,normalization", [(torch.bfloat16, "softmax"), (torch.bfloat16, "scaling"),
-                                                 (torch.float16, "softmax")])
+@pytest.mark.parametrize(
+    "dtype,normalization", [(torch.bfloat16, "softmax"), (torch.bfloat16, "scaling"), (torch.float16, "softmax")]
+)
 def test_half_autocast_large_inputs_stay_finite(dtype, normalization):
     # n = 1024 positions of magnitude ~1e3 plus one at ~1e4; float32 reference.
     m = visattn.create_attention("efficient", 16, num_heads=2, normalization=normalization).eval()

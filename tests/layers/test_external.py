@@ -40,8 +40,10 @@ def reference_multi_head(m, x: torch.Tensor) -> torch.Tensor:
     f = torch.einsum("oc,bchw->bohw", m.in_proj.weight[:, :, 0, 0], x) + m.in_proj.bias[:, None, None]
     f = f.flatten(2).transpose(1, 2)  # (B, n, C * expansion)
     d = m.head_dim
-    heads = [reference_paper_tokens(m.memory_key, m.memory_value, f[..., i * d:(i + 1) * d], m.eps)
-             for i in range(m.num_heads)]
+    heads = [
+        reference_paper_tokens(m.memory_key, m.memory_value, f[..., i * d : (i + 1) * d], m.eps)
+        for i in range(m.num_heads)
+    ]
     o = torch.cat(heads, -1).transpose(1, 2).reshape(b, -1, h, w)
     return torch.einsum("oc,bchw->bohw", m.out_proj.weight[:, :, 0, 0], o) + m.out_proj.bias[:, None, None]
 
@@ -74,8 +76,7 @@ def test_key_bias_cancels_under_double_normalization():
 
 def test_key_bias_does_not_cancel_in_softmax_over_units():
     # The cancellation above is a property of the softmax over positions, not of the test.
-    m = visattn.create_attention("external", 8, memory_size=16, key_bias=True,
-                                 normalization="softmax").double()
+    m = visattn.create_attention("external", 8, memory_size=16, key_bias=True, normalization="softmax").double()
     x = torch.randn(2, 8, 4, 5, dtype=torch.float64)
     with torch.no_grad():
         m.key_bias.normal_(0, 3)
@@ -103,7 +104,7 @@ def test_batch_examples_independent_in_eval(kw):
     x = torch.randn(4, 8, 3, 6, dtype=torch.float64)
     y = m(x)
     for i in range(4):
-        torch.testing.assert_close(m(x[i:i + 1]), y[i:i + 1], atol=TOL64, rtol=0)
+        torch.testing.assert_close(m(x[i : i + 1]), y[i : i + 1], atol=TOL64, rtol=0)
     # Changing one example leaves the others untouched.
     x2 = x.clone()
     x2[0] = torch.randn(8, 3, 6, dtype=torch.float64)
@@ -122,8 +123,7 @@ def test_single_head_equals_paper_equations(hw):
 
 @pytest.mark.parametrize("num_heads,expansion", [(2, 1), (4, 2), (16, 4)])
 def test_multi_head_shares_memories(num_heads, expansion):
-    m = visattn.create_attention("external", 8, 6, memory_size=16, num_heads=num_heads,
-                                 expansion=expansion).double()
+    m = visattn.create_attention("external", 8, 6, memory_size=16, num_heads=num_heads, expansion=expansion).double()
     assert m.memory_key.shape == (16, 8 * expansion // num_heads)
     x = torch.randn(2, 8, 3, 4, dtype=torch.float64)
     torch.testing.assert_close(m(x), reference_multi_head(m, x), atol=TOL64, rtol=0)
@@ -156,6 +156,7 @@ def test_attention_map_validates_its_input():
 
 
 # --- tie_memories: one registered parameter, so the tie survives every move -------------------
+
 
 def _tied_count(m):
     return len(list(m.parameters())), m.memory_value is m.memory_key
@@ -214,8 +215,11 @@ def test_tied_weights_file_from_before_the_structural_tie_loads_strict(tmp_path)
 
     tied = ExternalAttention(8, memory_size=16, tie_memories=True)
     old = tmp_path / "old.safetensors"
-    save_file({k: v.contiguous() for k, v in tied.state_dict().items()}, str(old),
-              metadata={"format": "pt", "visattn.aliases": json.dumps({"memory_value": "memory_key"})})
+    save_file(
+        {k: v.contiguous() for k, v in tied.state_dict().items()},
+        str(old),
+        metadata={"format": "pt", "visattn.aliases": json.dumps({"memory_value": "memory_key"})},
+    )
     fresh = ExternalAttention(8, memory_size=16, tie_memories=True)
     assert visattn.load_weights(fresh, old) == ([], [])
     assert torch.equal(fresh.memory_key, tied.memory_key)

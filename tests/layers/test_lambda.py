@@ -58,8 +58,9 @@ def reference(m: LambdaLayer, x: torch.Tensor) -> torch.Tensor:
     t = x.flatten(2)  # (B, C, n)
 
     def bn(z, norm):
-        return (z - norm.running_mean[:, None]) / (norm.running_var[:, None] + norm.eps).sqrt() \
-            * norm.weight[:, None] + norm.bias[:, None]
+        return (z - norm.running_mean[:, None]) / (norm.running_var[:, None] + norm.eps).sqrt() * norm.weight[
+            :, None
+        ] + norm.bias[:, None]
 
     q = bn(torch.einsum("oc,bcn->bon", wq, t), m.norm_q).reshape(b, h, k, n)  # channel (h, k)
     keys = torch.einsum("oc,bcn->bon", wk, t).reshape(b, u, k, n)  # channel (u, k)
@@ -172,8 +173,11 @@ def test_identity4_intra_depth_is_a_sum_of_u1_lambdas(local_scope, train):
     total = 0
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
     for j in range(u):
-        one = LambdaLayer(6, 8, num_heads=h, key_dim=k, intra_depth=1, local_scope=local_scope,
-                          max_size=7).double().train(train)
+        one = (
+            LambdaLayer(6, 8, num_heads=h, key_dim=k, intra_depth=1, local_scope=local_scope, max_size=7)
+            .double()
+            .train(train)
+        )
         with torch.no_grad():
             wk = w[h * k + j * k : h * k + (j + 1) * k]
             wv = w[h * k + k * u + j * vd : h * k + k * u + (j + 1) * vd]
@@ -231,7 +235,10 @@ def test_flop_formula_on_the_fft_path():
     assert count_flops(m, x) == m.flop_breakdown(24, 20, 2)["counted"]
     direct = LambdaLayer(16, num_heads=4, key_dim=8, local_scope=23, conv_impl="direct").eval()
     # conv MACs on the direct path: k * v * u * r^2 per position
-    assert direct.flop_breakdown(24, 20, 2)["counted"] - m.flop_breakdown(24, 20, 2)["counted"] == 2 * 2 * 8 * 4 * 480 * 23 * 23
+    assert (
+        direct.flop_breakdown(24, 20, 2)["counted"] - m.flop_breakdown(24, 20, 2)["counted"]
+        == 2 * 2 * 8 * 4 * 480 * 23 * 23
+    )
 
 
 def test_gradients_match_reference_float64():

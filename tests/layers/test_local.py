@@ -31,7 +31,7 @@ def reference_local(m, x: torch.Tensor, mask_padding: bool) -> torch.Tensor:
     qkv = torch.einsum("oc,bchw->bohw", m.qkv.weight, x)
     if m.qkv.bias is not None:
         qkv = qkv + m.qkv.bias[:, None, None]
-    q, key, val = qkv[:, :c], qkv[:, c:2 * c], qkv[:, 2 * c:]  # (B, C, H, W)
+    q, key, val = qkv[:, :c], qkv[:, c : 2 * c], qkv[:, 2 * c :]  # (B, C, H, W)
     out = torch.zeros(b, c, h, w, dtype=x.dtype)
     for i in range(h):
         for j in range(w):
@@ -62,8 +62,9 @@ CASES = [(1, (3, 4)), (3, (1, 1)), (3, (2, 3)), (3, (4, 5)), (5, (1, 2)), (5, (3
 @pytest.mark.parametrize("kernel_size,hw", CASES)
 @pytest.mark.parametrize("mask_padding", [False, True])
 def test_equals_per_pixel_reference(kernel_size, hw, mask_padding):
-    m = visattn.create_attention("local", 8, 12, num_heads=2, kernel_size=kernel_size,
-                                 mask_padding=mask_padding).double()
+    m = visattn.create_attention(
+        "local", 8, 12, num_heads=2, kernel_size=kernel_size, mask_padding=mask_padding
+    ).double()
     x = torch.randn(2, 8, *hw, dtype=torch.float64)
     torch.testing.assert_close(m(x), reference_local(m, x, mask_padding), atol=TOL64, rtol=0)
 

@@ -27,7 +27,7 @@ def reference_mhsa(m, x: torch.Tensor) -> torch.Tensor:
     qkv = t @ m.qkv.weight.T
     if m.qkv.bias is not None:
         qkv = qkv + m.qkv.bias
-    q, k, v = qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:]  # (B, n, C) each
+    q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]  # (B, n, C) each
     heads = []
     for i in range(nh):
         sl = slice(i * d, (i + 1) * d)

@@ -69,8 +69,9 @@ def reference_positional_logits(m: RelativePositionAttention, h, w):
         else:
             mo = m.max_offset
             dy, dx = d[..., 0].long() + mo, d[..., 1].long() + mo
-            out.append(m.row_embed.double()[dy] @ m.row_keys[i].double()
-                       + m.col_embed.double()[dx] @ m.col_keys[i].double())
+            out.append(
+                m.row_embed.double()[dy] @ m.row_keys[i].double() + m.col_embed.double()[dx] @ m.col_keys[i].double()
+            )
     return torch.stack(out)
 
 
@@ -83,11 +84,11 @@ def reference_forward(m: RelativePositionAttention, x):
     for i in range(m.num_heads):
         logits = p[i].expand(b, -1, -1)
         if m.content:
-            wq = m.qk.weight.double()[i * m.head_dim:(i + 1) * m.head_dim]
-            bq = m.qk.bias.double()[i * m.head_dim:(i + 1) * m.head_dim]
+            wq = m.qk.weight.double()[i * m.head_dim : (i + 1) * m.head_dim]
+            bq = m.qk.bias.double()[i * m.head_dim : (i + 1) * m.head_dim]
             off = m.num_heads * m.head_dim
-            wk = m.qk.weight.double()[off + i * m.head_dim:off + (i + 1) * m.head_dim]
-            bk = m.qk.bias.double()[off + i * m.head_dim:off + (i + 1) * m.head_dim]
+            wk = m.qk.weight.double()[off + i * m.head_dim : off + (i + 1) * m.head_dim]
+            bk = m.qk.bias.double()[off + i * m.head_dim : off + (i + 1) * m.head_dim]
             q, k = t @ wq.T + bq, t @ wk.T + bk
             logits = logits + q @ k.transpose(1, 2) / math.sqrt(m.head_dim)
         if m.value_proj:
@@ -152,7 +153,7 @@ def test_isotropic_gaussian_with_spread_s_equals_quadratic_with_alpha_s2_over_2(
     with torch.no_grad():
         g.log_diag.copy_(spreads.log()[:, None].expand(3, 2))
         g.off_diag.zero_()
-        q.alpha.copy_(spreads ** 2 / 2)
+        q.alpha.copy_(spreads**2 / 2)
         g.centres.normal_(0, 2)
         q.centres.copy_(g.centres)
         for name in ("qk", "v", "proj"):
@@ -179,8 +180,11 @@ def test_learned_max_offset_error_and_limit():
     m = make("learned", max_offset=4)
     m(torch.randn(1, 6, 5, 5, dtype=torch.float64))  # offsets up to 4: fine
     m(torch.randn(1, 6, 1, 5, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"max_offset=4 \(inputs up to 5 x 5\), got an input of 6 x 3 "
-                                         r"needing offsets up to 5"):
+    with pytest.raises(
+        ValueError,
+        match=r"max_offset=4 \(inputs up to 5 x 5\), got an input of 6 x 3 "
+        r"needing offsets up to 5",
+    ):
         m(torch.randn(1, 6, 6, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"max_offset=4"):
         m.attention_maps(torch.randn(1, 6, 2, 7, dtype=torch.float64))
@@ -206,7 +210,9 @@ def test_any_size_gradients_flops_and_bf16(enc, content):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match=r"encoding must be one of \('quadratic', 'learned', 'gaussian'\), got 'sinusoid'"):
+    with pytest.raises(
+        ValueError, match=r"encoding must be one of \('quadratic', 'learned', 'gaussian'\), got 'sinusoid'"
+    ):
         RelativePositionAttention(8, encoding="sinusoid")
     with pytest.raises(ValueError, match=r"value_dim is only used with value_proj=True"):
         RelativePositionAttention(8, value_proj=False, value_dim=4)
@@ -226,8 +232,9 @@ def conv_error(conv, x, alpha):
     return rel_err(visattn.attention_from_conv(conv, alpha)(x), conv(x))
 
 
-@pytest.mark.parametrize("k, c_in, c_out, hw", [(1, 3, 5, (4, 7)), (3, 4, 4, (7, 5)), (3, 1, 2, (2, 9)),
-                                                (5, 2, 3, (6, 8))])
+@pytest.mark.parametrize(
+    "k, c_in, c_out, hw", [(1, 3, 5, (4, 7)), (3, 4, 4, (7, 5)), (3, 1, 2, (2, 9)), (5, 2, 3, (6, 8))]
+)
 def test_conv_reproduction_error_falls_like_exp_minus_alpha(k, c_in, c_out, hw):
     conv = nn.Conv2d(c_in, c_out, k, padding=k // 2).double()
     x = torch.randn(2, c_in, *hw, dtype=torch.float64)
@@ -261,14 +268,17 @@ def test_conv_reproduction_float32_and_gradients_flow():
     assert m.attention.alpha.grad is not None and m.attention.proj.weight.grad is not None
 
 
-@pytest.mark.parametrize("conv, msg", [
-    (nn.Conv2d(2, 2, 3, stride=2, padding=1), r"supports stride 1, got stride=\(2, 2\)"),
-    (nn.Conv2d(2, 2, 3, dilation=2, padding=2), r"supports dilation 1, got dilation=\(2, 2\)"),
-    (nn.Conv2d(2, 2, 3, groups=2, padding=1), r"supports groups=1, got groups=2"),
-    (nn.Conv2d(2, 2, 4, padding=2), r"odd kernel sizes .*got kernel_size=\(4, 4\)"),
-    (nn.Conv2d(2, 2, 3, padding=0), r"zero 'same' padding \(K//2\) = \(1, 1\) .*got padding=\(0, 0\)"),
-    (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), r"padding_mode='zeros', got 'reflect'"),
-])
+@pytest.mark.parametrize(
+    "conv, msg",
+    [
+        (nn.Conv2d(2, 2, 3, stride=2, padding=1), r"supports stride 1, got stride=\(2, 2\)"),
+        (nn.Conv2d(2, 2, 3, dilation=2, padding=2), r"supports dilation 1, got dilation=\(2, 2\)"),
+        (nn.Conv2d(2, 2, 3, groups=2, padding=1), r"supports groups=1, got groups=2"),
+        (nn.Conv2d(2, 2, 4, padding=2), r"odd kernel sizes .*got kernel_size=\(4, 4\)"),
+        (nn.Conv2d(2, 2, 3, padding=0), r"zero 'same' padding \(K//2\) = \(1, 1\) .*got padding=\(0, 0\)"),
+        (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), r"padding_mode='zeros', got 'reflect'"),
+    ],
+)
 def test_conv_unsupported_errors(conv, msg):
     with pytest.raises(ValueError, match=msg):
         visattn.attention_from_conv(conv, 10.0)
@@ -285,8 +295,11 @@ def test_quadratic_table_refused_before_allocation():
     # issue 10: a 1024 x 1024 map asked the allocator for terabytes. On a device without a FLOP
     # bound (meta here) the byte estimate alone must refuse it before anything is allocated.
     m = visattn.create_attention("relpos", 16, num_heads=4).to("meta")
-    with pytest.raises(ValueError, match=r"RelativePositionAttention: a \(1, 16, 1024, 1024\) input needs an "
-                                         r"estimated 16.0 TiB for one intermediate, above the bound of 16.0 GiB"):
+    with pytest.raises(
+        ValueError,
+        match=r"RelativePositionAttention: a \(1, 16, 1024, 1024\) input needs an "
+        r"estimated 16.0 TiB for one intermediate, above the bound of 16.0 GiB",
+    ):
         m(torch.empty(1, 16, 1024, 1024, device="meta"))
     c = visattn.create_attention("relpos", 16, num_heads=4, content=True, encoding="learned")
     assert c.peak_intermediate_bytes(8, 8, batch=3) == 3 * 4 * 64 * 64 * 4  # (B, h, n, n) under autograd

@@ -150,8 +150,9 @@ def test_reparameterize_is_a_single_conv():
     # The merged conv alone produces the keys of both paths.
     m = SlideAttention(8, num_heads=2, kernel_size=3).double()
     t = torch.randn(3, 4, 6, 5, dtype=torch.float64)  # (B*h, d, H, W)
-    two = (F.conv2d(t, m.shift_weight, padding=1, groups=4)
-           + F.conv2d(t, m.deform.weight, m.deform.bias, padding=1, groups=4))
+    two = F.conv2d(t, m.shift_weight, padding=1, groups=4) + F.conv2d(
+        t, m.deform.weight, m.deform.bias, padding=1, groups=4
+    )
     m.reparameterize()
     one = F.conv2d(t, m.deform.weight, m.deform.bias, padding=1, groups=4)
     assert (one - two).abs().max().item() < 1e-13
@@ -179,7 +180,7 @@ def test_receptive_field_is_exactly_the_window(deformed, k):
         m(x)[0, :, y, xx].sum().backward()
         support = x.grad[0].abs().sum(0) != 0  # (H, W)
         expect = torch.zeros(h, w, dtype=torch.bool)
-        expect[max(0, y - r):y + r + 1, max(0, xx - r):xx + r + 1] = True
+        expect[max(0, y - r) : y + r + 1, max(0, xx - r) : xx + r + 1] = True
         assert torch.equal(support, expect)
 
 
@@ -254,8 +255,11 @@ def _randomise(m: SlideAttention) -> None:
 def test_training_path_and_gradients_equal_definition_float64(deformed, mask, key_bias, k):
     # Output and every gradient (input and all parameters) of the custom Function equal autograd
     # through the literal definition, at any H, W (1x1, smaller than the kernel, non-square).
-    m = SlideAttention(8, 6, num_heads=2, kernel_size=k, deformed=deformed, mask_padding=mask,
-                       key_bias=key_bias).double().train()
+    m = (
+        SlideAttention(8, 6, num_heads=2, kernel_size=k, deformed=deformed, mask_padding=mask, key_bias=key_bias)
+        .double()
+        .train()
+    )
     _randomise(m)
     params = list(m.parameters())
     for hw in [(1, 1), (2, 3), (5, 4), (9, 7)]:
@@ -299,8 +303,9 @@ def test_attention_function_gradcheck(deformed):
         w3, b2 = torch.randn(d, 9, 9, **t), torch.randn(d, 9, **t)
         assert torch.autograd.gradcheck(lambda *a: _SlideAttend.apply(*a, valid, ks), (q, k, v, w3, b2, kb))
     else:
-        assert torch.autograd.gradcheck(lambda q, k, v, kb: _SlideAttend.apply(q, k, v, None, None, kb, valid, ks),
-                                        (q, k, v, kb))
+        assert torch.autograd.gradcheck(
+            lambda q, k, v, kb: _SlideAttend.apply(q, k, v, None, None, kb, valid, ks), (q, k, v, kb)
+        )
 
 
 def _saved_bytes(module, x):
@@ -386,8 +391,11 @@ def test_training_state_dict_unmerges_and_old_state_dicts_load():
 
 
 def test_huge_kernel_refused_at_construction():
-    with pytest.raises(ValueError, match=r"SlideAttention: kernel_size=99 with head width 2 \(dim=8, num_heads=4\) "
-                                         r"builds 3.84e\+08 parameters, above the bound of 1e\+08"):
+    with pytest.raises(
+        ValueError,
+        match=r"SlideAttention: kernel_size=99 with head width 2 \(dim=8, num_heads=4\) "
+        r"builds 3.84e\+08 parameters, above the bound of 1e\+08",
+    ):
         SlideAttention(8, kernel_size=99)
     with visattn.work_limit(max_params=500):
         with pytest.raises(ValueError, match=r"builds 580 parameters, above the bound of 500"):
@@ -495,7 +503,7 @@ def test_torch_func_per_sample_gradients(deformed):
     x = torch.randn(3, 8, 4, 5, dtype=torch.float64)
     got = vmap(grad(lambda p, xi: functional_call(m, p, (xi[None],)).square().sum()), in_dims=(None, 0))(params, x)
     for i in range(3):
-        ref = torch.autograd.grad(m.forward_reference(x[i:i + 1]).square().sum(), list(m.parameters()))
+        ref = torch.autograd.grad(m.forward_reference(x[i : i + 1]).square().sum(), list(m.parameters()))
         for (name, _), b in zip(m.named_parameters(), ref):
             assert (got[name][i] - b).abs().max().item() < 1e-10 * max(1.0, b.abs().max().item())
     with torch.no_grad():

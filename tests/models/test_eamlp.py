@@ -24,20 +24,45 @@ def authors_param_count(dim, depth, heads, mlp_ratio, img=224, num_classes=1000,
     Counts what ``sum(p.numel() for p in model.parameters())`` gives for their model, which
     includes the fixed position table (a Parameter with requires_grad=False) and the class token.
     """
+
     def linear(i, o, bias=True):
         return i * o + (o if bias else 0)
 
     def t2t_block(din, d):  # Token_performer with the EA attention
-        return (2 * din + linear(din, d) + linear(d, s_t2t, bias=False) + linear(s_t2t, d) + linear(d, d)
-                + 2 * d + linear(d, d) + linear(d, d))
+        return (
+            2 * din
+            + linear(din, d)
+            + linear(d, s_t2t, bias=False)
+            + linear(s_t2t, d)
+            + linear(d, d)
+            + 2 * d
+            + linear(d, d)
+            + linear(d, d)
+        )
 
     inner, head_dim = 4 * dim, dim // heads
     hidden = int(dim * mlp_ratio)
-    block = (2 * dim + linear(dim, inner) + linear(head_dim, s) + linear(s, head_dim) + linear(inner, dim)
-             + 2 * dim + linear(dim, hidden) + linear(hidden, dim))
+    block = (
+        2 * dim
+        + linear(dim, inner)
+        + linear(head_dim, s)
+        + linear(s, head_dim)
+        + linear(inner, dim)
+        + 2 * dim
+        + linear(dim, hidden)
+        + linear(hidden, dim)
+    )
     n = (img // 16) ** 2
-    return (t2t_block(3 * 49, token_dim) + t2t_block(token_dim * 9, token_dim) + linear(token_dim * 9, dim)
-            + dim + (n + 1) * dim + depth * block + 2 * dim + linear(dim, num_classes))
+    return (
+        t2t_block(3 * 49, token_dim)
+        + t2t_block(token_dim * 9, token_dim)
+        + linear(token_dim * 9, dim)
+        + dim
+        + (n + 1) * dim
+        + depth * block
+        + 2 * dim
+        + linear(dim, num_classes)
+    )
 
 
 CONFIGS = {"eamlp_7": (256, 7, 4, 2.0), "eamlp_14": (384, 14, 6, 3.0), "eamlp_19": (448, 19, 7, 3.0)}
@@ -133,8 +158,10 @@ def test_forward_is_stem_positions_blocks_norm():
     assert rel_err(model(img), feats) < 1e-6
 
 
-@pytest.mark.parametrize("hw,grid", [((224, 224), (14, 14)), ((384, 384), (24, 24)), ((3, 3), (1, 1)),
-                                      ((37, 70), (3, 5)), ((33, 17), (2, 1))])
+@pytest.mark.parametrize(
+    "hw,grid",
+    [((224, 224), (14, 14)), ((384, 384), (24, 24)), ((3, 3), (1, 1)), ((37, 70), (3, 5)), ((33, 17), (2, 1))],
+)
 def test_grid_size(hw, grid):
     assert T2TStem.grid_size(*hw) == grid
     model = EAMLP(3, **SMALL).eval()
@@ -147,7 +174,9 @@ def test_sinusoid_matches_the_formula():
     t = sinusoid_positions(5, 6, offset=1, dtype=torch.float64)
     p, i = 3, 4  # row for position 4 (offset 1), channel 4 = sin(p / 10000^(4/6))
     assert t[p, i].item() == pytest.approx(torch.sin(torch.tensor(4.0, dtype=torch.float64) / 10000 ** (4 / 6)).item())
-    assert t[p, i + 1].item() == pytest.approx(torch.cos(torch.tensor(4.0, dtype=torch.float64) / 10000 ** (4 / 6)).item())
+    assert t[p, i + 1].item() == pytest.approx(
+        torch.cos(torch.tensor(4.0, dtype=torch.float64) / 10000 ** (4 / 6)).item()
+    )
 
 
 def test_tied_t2t_memories_are_one_parameter():

@@ -55,8 +55,12 @@ def test_stage_layouts():
     assert [st.blocks[0].attn.window_size for st in m.stages[2:]] == [14, 7]
     assert all(b.attn.kernel_size == 3 and b.attn.deformed for st in m.stages[:2] for b in st.blocks)
     p = visattn.create_model("slide_pvt_t")
-    assert [type(st.blocks[0].attn) for st in p.stages] == [SlideAttention, SlideAttention,
-                                                            SpatialReductionAttention, SpatialReductionAttention]
+    assert [type(st.blocks[0].attn) for st in p.stages] == [
+        SlideAttention,
+        SlideAttention,
+        SpatialReductionAttention,
+        SpatialReductionAttention,
+    ]
     assert [st.blocks[0].attn.sr_ratio for st in p.stages[2:]] == [2, 1]
     s = visattn.create_model("swin_t")
     assert [b.attn.shift_size for b in s.stages[0].blocks] == [0, 3]
@@ -73,8 +77,9 @@ def test_other_input_sizes(name):
 
 
 def test_swapping_the_mechanism_of_every_stage():
-    m = visattn.create_model("slide_swin_t", attention="local", attn_kwargs={"num_heads": 2},
-                             **model_entry("slide_swin_t").test_kwargs)
+    m = visattn.create_model(
+        "slide_swin_t", attention="local", attn_kwargs={"num_heads": 2}, **model_entry("slide_swin_t").test_kwargs
+    )
     assert all(type(b.attn).registry_name == "local" and b.attn.num_heads == 2 for st in m.stages for b in st.blocks)
     # the model's own mechanism keeps its per-stage arguments, attn_kwargs override
     m = visattn.create_model("slide_swin_t", attention="slide", attn_kwargs={"kernel_size": 5})
@@ -105,9 +110,17 @@ def test_reparameterize_model_exact():
 
 
 def test_custom_config_any_mechanisms():
-    cfg = HierarchicalConfig(embed_dims=(8, 16, 24), depths=(1, 1, 1), num_heads=(2, 2, 2),
-                             mixers=("conv", "slide", "mhsa"), mixer_kwargs=({}, {"deformed": False}, {}),
-                             mlp_ratios=(2, 2, 2), stem="pvt", pos_embed=(False, False, True), pos_embed_size=32)
+    cfg = HierarchicalConfig(
+        embed_dims=(8, 16, 24),
+        depths=(1, 1, 1),
+        num_heads=(2, 2, 2),
+        mixers=("conv", "slide", "mhsa"),
+        mixer_kwargs=({}, {"deformed": False}, {}),
+        mlp_ratios=(2, 2, 2),
+        stem="pvt",
+        pos_embed=(False, False, True),
+        pos_embed_size=32,
+    )
     # "conv" takes no num_heads: mixer_kwargs per stage must fit the mechanism
     with pytest.raises(TypeError):
         HierarchicalTransformer(cfg, num_classes=3)

@@ -85,8 +85,11 @@ def test_overlapping_views_are_saved_as_copies(tmp_path):
 def test_missing_unexpected_and_shape_errors(tmp_path):
     path = tmp_path / "w.safetensors"
     visattn.save_weights(nn.Linear(4, 3), path)
-    with pytest.raises(ValueError, match=r"shape mismatch for 1 tensor\(s\) of Linear: weight: file \(3, 4\), "
-                                         r"model \(3, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatch for 1 tensor\(s\) of Linear: weight: file \(3, 4\), "
+        r"model \(3, 5\)",
+    ):
         visattn.load_weights(nn.Linear(5, 3, bias=False), path)
     with pytest.raises(ValueError, match=r"unexpected in the file \(1\): bias"):
         visattn.load_weights(nn.Linear(4, 3, bias=False), path)

@@ -172,8 +172,9 @@ def test_compile_equals_eager(family):
 def test_every_mechanism_drops_in_and_trains_a_step(family, mechanism):
     name = FAMILIES[family]
     torch.manual_seed(0)
-    model = build(name, num_classes=3, attention=mechanism,
-                  attn_kwargs=dict(attention_info(mechanism).test_kwargs)).train()
+    model = build(
+        name, num_classes=3, attention=mechanism, attn_kwargs=dict(attention_info(mechanism).test_kwargs)
+    ).train()
     swapped = [m for _, m in mixers(model) if type(m).registry_name == mechanism]
     assert swapped, f"{name} with attention={mechanism!r} contains no {mechanism} module"
     before = [p.detach().clone() for m in swapped for p in m.parameters()]
@@ -192,6 +193,7 @@ def test_every_mechanism_drops_in_and_trains_a_step(family, mechanism):
 # ---------------------------------------------------------------------------
 # Feature API (timm convention)
 # ---------------------------------------------------------------------------
+
 
 def odd_size(name):
     """A non-square size, not divisible by the total stride, no larger than the test size

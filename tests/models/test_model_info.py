@@ -10,13 +10,16 @@ import pytest
 from visattn.commands import model_info, registry_cmds
 
 
-@pytest.mark.parametrize("name,stage", [
-    ("stages.2.blocks.1.attn", "stages.2"),
-    ("blocks.3.mixer", "blocks"),
-    ("layer1.0.conv2", "layer1"),
-    ("stem.block1.ea", "stem"),
-    ("0.attn", "0"),
-])
+@pytest.mark.parametrize(
+    "name,stage",
+    [
+        ("stages.2.blocks.1.attn", "stages.2"),
+        ("blocks.3.mixer", "blocks"),
+        ("layer1.0.conv2", "layer1"),
+        ("stem.block1.ea", "stem"),
+        ("0.attn", "0"),
+    ],
+)
 def test_stage_of(name, stage):
     assert model_info.stage_of(name) == stage
 
@@ -42,5 +45,7 @@ def test_info_json_through_the_command(capsys):
     s = json.loads(capsys.readouterr().out)
     assert s["params"] == 6_094_926 and s["macs"] == s["flops"] // 2
     assert [(st, g[0]["mechanism"], g[0]["count"]) for st, g in s["stages"].items()] == [
-        ("stem", "external", 2), ("blocks", "external", 7)]
+        ("stem", "external", 2),
+        ("blocks", "external", 7),
+    ]
     assert s["published"] == {"top1": 71.7, "top1_input": 384}

@@ -51,8 +51,14 @@ def test_lambda_resnet50_u4_r7_has_16_0m_parameters():
 # SPEC.md 1 ablation rows (k, h, u) -> published M params (paper appendix D.1, ResNet-50, r=23).
 # Reproduced within 1%: the u=1 rows below at r=23; the u>1 rows at r=7, the scope the paper
 # pairs with u=4 for its 16.0M model (at r=23 they have 16.53M, +3.3%).
-ABLATION = [((16, 4, 1, 23), 15.0), ((32, 4, 1, 23), 15.4), ((16, 8, 1, 23), 15.1), ((2, 4, 1, 23), 14.7),
-            ((8, 8, 8, 7), 16.0), ((16, 4, 4, 7), 16.0)]
+ABLATION = [
+    ((16, 4, 1, 23), 15.0),
+    ((32, 4, 1, 23), 15.4),
+    ((16, 8, 1, 23), 15.1),
+    ((2, 4, 1, 23), 14.7),
+    ((8, 8, 8, 7), 16.0),
+    ((16, 4, 4, 7), 16.0),
+]
 
 
 @pytest.mark.parametrize("cfg,published", ABLATION)
@@ -102,8 +108,15 @@ def test_strided_block_runs_the_mechanism_then_avg_pool():
 
 
 def test_small_stem_and_feature_shapes():
-    m = visattn.create_model("lambda_resnet26", num_classes=10, small_stem=True, img_size=32,
-                             widths=(8, 16, 16, 16), stem_width=8, attn_kwargs={"local_scope": 7}).train()
+    m = visattn.create_model(
+        "lambda_resnet26",
+        num_classes=10,
+        small_stem=True,
+        img_size=32,
+        widths=(8, 16, 16, 16),
+        stem_width=8,
+        attn_kwargs={"local_scope": 7},
+    ).train()
     x = torch.randn(2, 3, 32, 32)
     f = m.forward_features(x)
     assert f.shape == (2, 64, 4, 4)
@@ -116,8 +129,14 @@ def test_small_stem_and_feature_shapes():
 
 
 def test_global_lambda_gets_each_stage_size_as_max_size():
-    m = visattn.create_model("lambda_resnet26", num_classes=5, attn_kwargs={"local_scope": None}, img_size=64,
-                             widths=(8, 16, 16, 16), stem_width=8)
+    m = visattn.create_model(
+        "lambda_resnet26",
+        num_classes=5,
+        attn_kwargs={"local_scope": None},
+        img_size=64,
+        widths=(8, 16, 16, 16),
+        stem_width=8,
+    )
     sizes = [mod.max_size for mod in m.modules() if isinstance(mod, LambdaLayer)]
     assert sizes == [(16, 16), (16, 16), (16, 16), (8, 8), (8, 8), (4, 4), (4, 4), (2, 2)]
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 5)
@@ -173,8 +192,15 @@ def test_output_stride_dilates_the_last_stages():
     assert model.feature_info.reduction() == [2, 4, 8, 16, 16]
     x = torch.randn(1, 3, 45, 38)
     assert [tuple(f.shape[-2:]) for f in model.forward_intermediates(x, intermediates_only=True)] == [
-        (23, 19), (12, 10), (6, 5), (3, 3), (3, 3)]
-    with pytest.raises(ValueError, match=r"output_stride must be one of \[8, 16, 32\] for this stem and 4 stages, got 4"):
+        (23, 19),
+        (12, 10),
+        (6, 5),
+        (3, 3),
+        (3, 3),
+    ]
+    with pytest.raises(
+        ValueError, match=r"output_stride must be one of \[8, 16, 32\] for this stem and 4 stages, got 4"
+    ):
         ResNetConfig(output_stride=4)
     with pytest.raises(ValueError, match=r"output_stride must be one of \[2, 4, 8\]"):
         ResNetConfig(small_stem=True, output_stride=16)

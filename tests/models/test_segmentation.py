@@ -61,8 +61,9 @@ def _train_step(model, size=(32, 24), num_classes=4):
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_every_mechanism_trains_a_step_in_the_small_model(mechanism):
-    model = build("fpn_resnet_tiny", num_classes=4, attention=mechanism,
-                  attn_kwargs=dict(attention_info(mechanism).test_kwargs)).train()
+    model = build(
+        "fpn_resnet_tiny", num_classes=4, attention=mechanism, attn_kwargs=dict(attention_info(mechanism).test_kwargs)
+    ).train()
     swapped = [m for m in model.backbone.modules() if getattr(type(m), "registry_name", "") == mechanism]
     assert len(swapped) == 4  # one per resnet_tiny stage
     _train_step(model)
@@ -72,8 +73,9 @@ def test_every_mechanism_trains_a_step_in_the_small_model(mechanism):
 def test_eanet_trains_a_step_with_every_mechanism(mechanism):
     # Issue 13 "Done when": both segmentation models train a step with every mechanism
     # (the Semantic FPN side: test_every_mechanism_trains_a_step_in_the_small_model).
-    model = build("eanet_r50", num_classes=4, attention=mechanism,
-                  attn_kwargs=dict(attention_info(mechanism).test_kwargs)).train()
+    model = build(
+        "eanet_r50", num_classes=4, attention=mechanism, attn_kwargs=dict(attention_info(mechanism).test_kwargs)
+    ).train()
     swapped = [m for m in model.backbone.modules() if getattr(type(m), "registry_name", "") == mechanism]
     assert len(swapped) == 4  # one block per stage at the test depths, dilated stages included
     _train_step(model)
@@ -100,6 +102,7 @@ def test_fpn_resnet_tiny_levels():
 # ---------------------------------------------------------------------------
 # EANet
 # ---------------------------------------------------------------------------
+
 
 def test_eanet_output_stride_8_dilations_and_composition():
     torch.manual_seed(0)
@@ -139,8 +142,9 @@ def _eanet_params(depths, classes):
     return stem + body + fc0 + ea + fc1 + 256 * classes + classes
 
 
-@pytest.mark.parametrize("name,depths,millions", [("eanet_r50", (3, 4, 6, 3), 34.85),
-                                                  ("eanet_r101", (3, 4, 23, 3), 53.84)])
+@pytest.mark.parametrize(
+    "name,depths,millions", [("eanet_r50", (3, 4, 6, 3), 34.85), ("eanet_r101", (3, 4, 23, 3), 53.84)]
+)
 def test_eanet_parameter_count(name, depths, millions):
     # The paper publishes none: the count is our arithmetic (21 classes, PASCAL VOC).
     model = build_default(name, meta=True)
@@ -162,6 +166,7 @@ def test_fpn_pvt_t_published_parameter_count():
 # ---------------------------------------------------------------------------
 # Semantic FPN
 # ---------------------------------------------------------------------------
+
 
 def _gn_relu(seq, x):
     conv, gn, _ = seq
@@ -200,9 +205,16 @@ def test_semantic_fpn_equals_reference():
 @pytest.mark.parametrize("backbone", ["slide_pvt_t", "swin_t", "resnet26", "san_quadratic", "eamlp_7"])
 def test_semantic_fpn_takes_any_backbone_by_name(backbone):
     kw = dict(model_entry(backbone).test_kwargs)
-    model = visattn.create_model("semantic_fpn", backbone=backbone, num_classes=3, backbone_kwargs=kw,
-                                 fpn_channels=16, channels=8, attention="external",
-                                 attn_kwargs=dict(attention_info("external").test_kwargs)).eval()
+    model = visattn.create_model(
+        "semantic_fpn",
+        backbone=backbone,
+        num_classes=3,
+        backbone_kwargs=kw,
+        fpn_channels=16,
+        channels=8,
+        attention="external",
+        attn_kwargs=dict(attention_info("external").test_kwargs),
+    ).eval()
     assert isinstance(model, SemanticFPN)
     assert any(getattr(type(m), "registry_name", "") == "external" for m in model.backbone.modules())
     levels = model.backbone.feature_info
@@ -224,6 +236,7 @@ def test_reset_classifier():
 # Errors
 # ---------------------------------------------------------------------------
 
+
 def test_errors():
     with pytest.raises(ValueError, match="unknown model 'pvt_x'"):
         visattn.create_model("semantic_fpn", backbone="pvt_x")
@@ -239,9 +252,12 @@ def test_errors():
         visattn.create_model("fpn_resnet_tiny", num_classes=0)
     with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 0"):
         build("eanet_r50", num_classes=0)
-    with pytest.raises(ValueError, match=r"resnet_tiny out_indices: feature level indices \(9,\) out of range: the model has 5 levels"):
+    with pytest.raises(
+        ValueError, match=r"resnet_tiny out_indices: feature level indices \(9,\) out of range: the model has 5 levels"
+    ):
         visattn.create_model("fpn_resnet_tiny", backbone_indices=(9,))
     from visattn.models.segmentation import SemanticFPNHead
+
     assert len(SemanticFPNHead([4, 4, 4], [2, 2, 8], 3).scale_heads[2].convs) == 2  # 2 = log2(8 / 2)
     with pytest.raises(ValueError, match=r"reductions are the finest one times powers of 2, got \[4, 12\]"):
         SemanticFPNHead([4, 4], [4, 12], 3)

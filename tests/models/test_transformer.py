@@ -32,7 +32,9 @@ def test_parameter_count_breakdown_is_the_authors_layout():
         m = visattn.create_model("san_quadratic", num_classes=10)
     blk = m.blocks[0]
     assert n_params(blk.mixer) == 9 * 2 + 9 + 3600 * 400 + 400
-    assert n_params(blk) == 800 + (9 * 3 + 3600 * 400 + 400) + 400 * 400 + 400 + 800 + (400 * 512 + 512) + (512 * 400 + 400)
+    assert n_params(blk) == 800 + (9 * 3 + 3600 * 400 + 400) + 400 * 400 + 400 + 800 + (400 * 512 + 512) + (
+        512 * 400 + 400
+    )
     assert n_params(m) == 12 * 400 + 400 + 6 * n_params(blk) + 800 + 400 * 10 + 10
     with torch.device("meta"):
         lc = visattn.create_model("san_learned_content", num_classes=10)
@@ -55,8 +57,15 @@ def test_san_forward_backward_small(name):
 
 @pytest.mark.parametrize("mixer", ["mhsa", "external", "local", "conv", "relpos"])
 def test_backbone_takes_any_mechanism(mixer):
-    m = visattn.create_model("san_quadratic", num_classes=5, attention=mixer, embed_dim=16, depth=2,
-                             mlp_dim=32, attn_kwargs={"num_heads": 2} if mixer in ("mhsa", "local", "relpos") else None)
+    m = visattn.create_model(
+        "san_quadratic",
+        num_classes=5,
+        attention=mixer,
+        embed_dim=16,
+        depth=2,
+        mlp_dim=32,
+        attn_kwargs={"num_heads": 2} if mixer in ("mhsa", "local", "relpos") else None,
+    )
     assert all(type(b.mixer).registry_name == mixer for b in m.blocks)
     m.eval()
     x = torch.randn(3, 3, 12, 20)  # non-square, 6 x 10 tokens
@@ -68,15 +77,23 @@ def test_backbone_takes_any_mechanism(mixer):
 
 def test_pre_and_post_norm_blocks_against_explicit_formula():
     torch.manual_seed(0)
-    cfg = TransformerConfig(patch_size=2, embed_dim=8, depth=1, mlp_dim=16, mixer="mhsa",
-                            mixer_kwargs={"num_heads": 2}, mixer_proj=True, drop_rate=0.0)
+    cfg = TransformerConfig(
+        patch_size=2,
+        embed_dim=8,
+        depth=1,
+        mlp_dim=16,
+        mixer="mhsa",
+        mixer_kwargs={"num_heads": 2},
+        mixer_proj=True,
+        drop_rate=0.0,
+    )
     for norm_first in (True, False):
         m = TokenTransformer(TransformerConfig(**{**cfg.as_dict(), "norm_first": norm_first}), 3).eval().double()
         x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
         blk = m.blocks[0]
         t = m.patch_embed(x).flatten(2).transpose(1, 2)
 
-        def mix(u):
+        def mix(u, blk=blk):
             g = u.transpose(1, 2).reshape(2, 8, 2, 3)
             return blk.mixer_proj(blk.mixer(g).flatten(2).transpose(1, 2))
 
@@ -106,8 +123,13 @@ def test_resolution_other_than_32_and_errors():
 
 
 def test_build_transformer_swaps_kwargs_like_resolve_mixer():
-    cfg = TransformerConfig(embed_dim=8, depth=1, mlp_dim=8, mixer="relpos",
-                            mixer_kwargs={"num_heads": 2, "encoding": "learned", "max_offset": 3})
+    cfg = TransformerConfig(
+        embed_dim=8,
+        depth=1,
+        mlp_dim=8,
+        mixer="relpos",
+        mixer_kwargs={"num_heads": 2, "encoding": "learned", "max_offset": 3},
+    )
     m = build_transformer(cfg, 4, attn_kwargs={"content": True})
     assert m.blocks[0].mixer.encoding == "learned" and m.blocks[0].mixer.content
     m = build_transformer(cfg, 4, attention="external", attn_kwargs={"memory_size": 4})

@@ -60,8 +60,10 @@ def test_layout_pointer_and_keep(tmp_path):
         save_checkpoint(tmp_path, m, opt, sched, state={"step": step}, keep=2)
     root = tmp_path / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step-00000004", "step-00000006"]
-    assert sorted(p.name for p in (root / "step-00000006").iterdir()) == ["model.safetensors",
-                                                                           "train_state.safetensors"]
+    assert sorted(p.name for p in (root / "step-00000006").iterdir()) == [
+        "model.safetensors",
+        "train_state.safetensors",
+    ]
     # a temporary folder left by a kill during a write is ignored
     (root / ".step-00000008.tmp-999").mkdir()
     assert latest_checkpoint(tmp_path) == root / "step-00000006"
@@ -94,8 +96,20 @@ def test_pickle_in_checkpoint_is_refused_not_run(tmp_path, capsys):
     assert not marker.exists()
     # the same through `visattn train --resume`
     run = tmp_path / "run"
-    args = ["--model", ensure_registered(), "--data", "digits", "--image-size", "8", "--epochs", "1",
-            "--output", str(run), "--no-progress", "--resume"]
+    args = [
+        "--model",
+        ensure_registered(),
+        "--data",
+        "digits",
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--output",
+        str(run),
+        "--no-progress",
+        "--resume",
+    ]
     folder = save_checkpoint(run, m, state={"step": 1})
     _poison(folder, marker)
     assert train_cmd.main(args) == 2

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _train_worker import SaveGrads, tiny_digits
 from _tiny_model import ensure_registered, unregister
+from _train_worker import SaveGrads, tiny_digits
 from visattn.train import TrainConfig, train
 
 
@@ -23,6 +23,7 @@ from visattn.train import TrainConfig, train
 def _unregister_tiny_model():
     yield
     unregister()
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,15 +37,35 @@ def _free_port() -> int:
 def test_two_gloo_processes_equal_one_process_step(tmp_path):
     ddp_out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(ROOT / "tests" / "_train_worker.py"), "ddp", str(ddp_out), "16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        str(ROOT / "tests" / "_train_worker.py"),
+        "ddp",
+        str(ddp_out),
+        "16",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
 
     # One process, global batch 2 x 16 = the 32 images: one optimizer step, as in the DDP run.
     single_out = tmp_path / "single"
-    cfg = TrainConfig(model=ensure_registered(), epochs=1, batch_size=32, warmup_steps=0, output=str(single_out),
-                      progress=False, verbose=False, plot=False, device="cpu", deterministic=True, seed=3)
+    cfg = TrainConfig(
+        model=ensure_registered(),
+        epochs=1,
+        batch_size=32,
+        warmup_steps=0,
+        output=str(single_out),
+        progress=False,
+        verbose=False,
+        plot=False,
+        device="cpu",
+        deterministic=True,
+        seed=3,
+    )
     res = train(cfg, data=tiny_digits(), callbacks=[SaveGrads(str(single_out / "grads.safetensors"))])
     assert res.final["step"] == 1
 

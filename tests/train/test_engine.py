@@ -22,6 +22,7 @@ def _unregister_tiny_model():
     yield
     unregister()
 
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "_train_worker.py"
 
@@ -46,9 +47,29 @@ def test_config_errors():
 def test_cli_train_writes_metrics_weights_plot_and_learns(tmp_path, capsys):
     data = make_color_folder(tmp_path / "imgs")
     out = tmp_path / "run"
-    rc = train_cmd.main(["--model", ensure_registered(), "--data", data, "--image-size", "8", "--epochs", "3",
-                         "--batch-size", "8", "--lr", "0.01", "--output", str(out), "--no-progress",
-                         "--amp", "bf16", "--attn-kwargs", '{"kernel_size": 1}'])
+    rc = train_cmd.main(
+        [
+            "--model",
+            ensure_registered(),
+            "--data",
+            data,
+            "--image-size",
+            "8",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.01",
+            "--output",
+            str(out),
+            "--no-progress",
+            "--amp",
+            "bf16",
+            "--attn-kwargs",
+            '{"kernel_size": 1}',
+        ]
+    )
     assert rc == 0
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3] and [r["step"] for r in lines] == [5, 10, 15]  # 39 train / 8
@@ -61,20 +82,60 @@ def test_cli_train_writes_metrics_weights_plot_and_learns(tmp_path, capsys):
     assert w["mixer.conv.weight"].shape == (8, 8, 1, 1)
     assert "test accuracy" in capsys.readouterr().out
     # a second run into the same folder must not silently overwrite it
-    assert train_cmd.main(["--model", ensure_registered(), "--data", data, "--output", str(out),
-                           "--no-progress"]) == 2
+    assert train_cmd.main(["--model", ensure_registered(), "--data", data, "--output", str(out), "--no-progress"]) == 2
     assert "pass --resume" in capsys.readouterr().err
     # resuming with other options is refused, naming them
-    assert train_cmd.main(["--model", ensure_registered(), "--data", data, "--image-size", "8", "--epochs", "3",
-                           "--batch-size", "8", "--lr", "0.5", "--output", str(out), "--no-progress",
-                           "--attn-kwargs", '{"kernel_size": 1}', "--resume"]) == 2
+    assert (
+        train_cmd.main(
+            [
+                "--model",
+                ensure_registered(),
+                "--data",
+                data,
+                "--image-size",
+                "8",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "8",
+                "--lr",
+                "0.5",
+                "--output",
+                str(out),
+                "--no-progress",
+                "--attn-kwargs",
+                '{"kernel_size": 1}',
+                "--resume",
+            ]
+        )
+        == 2
+    )
     assert "cannot resume: the checkpoint was made with other options lr=0.01 (now 0.5)" in capsys.readouterr().err
 
 
 def _args(data: str, out: Path) -> list[str]:
-    return ["--model", ensure_registered(), "--data", data, "--image-size", "8", "--epochs", "2",
-            "--batch-size", "8", "--lr", "0.01", "--save-every", "3", "--deterministic", "--seed", "1",
-            "--output", str(out), "--no-progress"]
+    return [
+        "--model",
+        ensure_registered(),
+        "--data",
+        data,
+        "--image-size",
+        "8",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--save-every",
+        "3",
+        "--deterministic",
+        "--seed",
+        "1",
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
@@ -84,8 +145,12 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     marker = tmp_path / "ckpt-written"
     # bit-exact needs the same thread count in both processes (conftest sets this one's)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.Popen([sys.executable, str(WORKER), "cli", "9", str(marker), "--"] + _args(data, killed),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), "cli", "9", str(marker), "--"] + _args(data, killed),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 120
         while not marker.exists():
@@ -122,8 +187,18 @@ def test_precise_bn_recomputes_exact_statistics_without_changing_training(tmp_pa
     from visattn.data import load_data, normalize
 
     data = make_color_folder(tmp_path / "imgs")
-    kw = dict(model=ensure_registered(), model_kwargs={"bn": True}, data=data, image_size=8, epochs=1, batch_size=8,
-              output=None, progress=False, verbose=False, device="cpu")
+    kw = dict(
+        model=ensure_registered(),
+        model_kwargs={"bn": True},
+        data=data,
+        image_size=8,
+        epochs=1,
+        batch_size=8,
+        output=None,
+        progress=False,
+        verbose=False,
+        device="cpu",
+    )
     plain = train(TrainConfig(**kw))
     precise = train(TrainConfig(precise_bn=2, **kw))
     for (k, a), b in zip(plain.model.state_dict().items(), precise.model.state_dict().values()):
@@ -133,8 +208,9 @@ def test_precise_bn_recomputes_exact_statistics_without_changing_training(tmp_pa
     bundle = load_data(data, image_size=8)
     m = precise.model
     with torch.no_grad():
-        feats = [m.stem(normalize(bundle.train.batch(torch.arange(i, i + 8))[0], bundle.mean, bundle.std))
-                 for i in (0, 8)]
+        feats = [
+            m.stem(normalize(bundle.train.batch(torch.arange(i, i + 8))[0], bundle.mean, bundle.std)) for i in (0, 8)
+        ]
     mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
     var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(0)
     torch.testing.assert_close(m.bn.running_mean, mean, rtol=1e-5, atol=1e-6)

@@ -47,7 +47,9 @@ def test_confusion_matrix_and_metrics_by_hand():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="scale_range must be \\(min, max\\) with 0 < min <= max, both finite, got \\(2.0, 1.0\\)"):
+    with pytest.raises(
+        ValueError, match="scale_range must be \\(min, max\\) with 0 < min <= max, both finite, got \\(2.0, 1.0\\)"
+    ):
         SegTrainConfig(scale_range=(2.0, 1.0)).validate()
     for bad in ((1.0, float("inf")), (float("nan"), 1.0), (True, 2.0)):
         # an infinite scale used to end in an OverflowError traceback inside the augmentation
@@ -57,8 +59,11 @@ def test_config_errors():
         SegTrainConfig(ignore_index=-1).validate()
     with pytest.raises(ValueError, match="augment must be one of"):
         SegTrainConfig(augment="rotate").validate()
-    with pytest.raises(ValueError, match=r"segmentation needs a segmentation model; 'resnet_tiny' is a classify model "
-                                         r"\(segmentation models: .*fpn_resnet_tiny"):
+    with pytest.raises(
+        ValueError,
+        match=r"segmentation needs a segmentation model; 'resnet_tiny' is a classify model "
+        r"\(segmentation models: .*fpn_resnet_tiny",
+    ):
         train_segment(SegTrainConfig(model="resnet_tiny", output=None))
 
 
@@ -67,8 +72,9 @@ def test_default_model_on_digit_scenes(tmp_path):
     from visattn.data.segmentation import load_digit_scenes
 
     data = load_digit_scenes(32, n_train=32, n_test=8)
-    res = train_segment(SegTrainConfig(epochs=1, batch_size=16, output=None, progress=False, verbose=False,
-                                       image_size=32), data=data)
+    res = train_segment(
+        SegTrainConfig(epochs=1, batch_size=16, output=None, progress=False, verbose=False, image_size=32), data=data
+    )
     assert res.model(torch.zeros(1, 3, 23, 37)).shape == (1, 11, 23, 37)
     rec = res.final
     assert rec["step"] == 2 and set(rec["test_iou"]) == set(data.classes)
@@ -77,8 +83,17 @@ def test_default_model_on_digit_scenes(tmp_path):
 
 
 def _cfg(out, **kw):
-    base = dict(model=ensure_registered(), epochs=3, batch_size=8, lr=0.02, output=str(out) if out else None,
-                progress=False, verbose=False, image_size=12, seed=1)
+    base = dict(
+        model=ensure_registered(),
+        epochs=3,
+        batch_size=8,
+        lr=0.02,
+        output=str(out) if out else None,
+        progress=False,
+        verbose=False,
+        image_size=12,
+        seed=1,
+    )
     base.update(kw)
     return SegTrainConfig(**base)
 
@@ -118,10 +133,8 @@ def test_ignored_pixels_take_no_part(tmp_path):
     ref = torch.nn.functional.cross_entropy(logits, y[y != 2])
     torch.testing.assert_close(loss, ref, rtol=0, atol=1e-6)
     # and the trainer counts only labelled pixels in train_acc
-    from visattn.train.segment import SegTrainer
-
     from visattn.train.distributed import DistContext
-    from visattn.train.segment import GlobalPixelCrossEntropy
+    from visattn.train.segment import GlobalPixelCrossEntropy, SegTrainer
 
     crit = GlobalPixelCrossEntropy(255, 0.0, DistContext())
     torch.testing.assert_close(crit(net(x), y_ign), ref, rtol=0, atol=1e-6)
@@ -156,16 +169,43 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert resumed.final["test_miou"] == full.final["test_miou"]
     # resuming with another ignore index is refused, naming it
     with pytest.raises(ValueError, match="cannot resume: .*ignore_index=255 \\(now 254\\)"):
-        train_segment(_cfg(tmp_path / "cut", deterministic=True, save_every=2, resume=True, ignore_index=254),
-                      data=load_seg_data(f"segfolder:{tmp_path / 'd'}", image_size=12, ignore_index=254))
+        train_segment(
+            _cfg(tmp_path / "cut", deterministic=True, save_every=2, resume=True, ignore_index=254),
+            data=load_seg_data(f"segfolder:{tmp_path / 'd'}", image_size=12, ignore_index=254),
+        )
 
 
 def test_cli_train_task_segment(tmp_path, capsys):
     spec = make_seg_folder(tmp_path / "d", n=20)
     out = tmp_path / "run"
-    rc = train_cmd.main(["--task", "segment", "--model", ensure_registered(), "--data", spec, "--image-size", "12",
-                         "--epochs", "2", "--batch-size", "8", "--lr", "0.02", "--output", str(out), "--no-progress",
-                         "--scale-range", "0.8", "1.25", "--label-smoothing", "0", "--amp", "bf16"])
+    rc = train_cmd.main(
+        [
+            "--task",
+            "segment",
+            "--model",
+            ensure_registered(),
+            "--data",
+            spec,
+            "--image-size",
+            "12",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.02",
+            "--output",
+            str(out),
+            "--no-progress",
+            "--scale-range",
+            "0.8",
+            "1.25",
+            "--label-smoothing",
+            "0",
+            "--amp",
+            "bf16",
+        ]
+    )
     assert rc == 0
     assert "test mIoU" in capsys.readouterr().out
     lines = [_strict(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
@@ -177,8 +217,22 @@ def test_cli_train_task_segment(tmp_path, capsys):
     bad = tmp_path / "bad"
     make_seg_folder(bad, n=4)
     (bad / "classes.txt").write_text("a\nb\n")
-    assert train_cmd.main(["--task", "segment", "--model", ensure_registered(), "--data", f"segfolder:{bad}",
-                           "--output", str(tmp_path / "r2"), "--no-progress"]) == 2
+    assert (
+        train_cmd.main(
+            [
+                "--task",
+                "segment",
+                "--model",
+                ensure_registered(),
+                "--data",
+                f"segfolder:{bad}",
+                "--output",
+                str(tmp_path / "r2"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "has value 2, which is neither a class (0..1) nor the ignore index 255" in capsys.readouterr().err
 
 
@@ -200,7 +254,9 @@ def test_cli_keeps_a_typed_classification_model_or_data(tmp_path, capsys):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.safetensors"))
     # the classification defaults themselves are unchanged
     args = p.parse_args([])
-    assert (args.model, args.data) == ("resnet_tiny", "digits") and train_cmd.config_from_args(args).model == "resnet_tiny"
+    assert (args.model, args.data) == ("resnet_tiny", "digits") and train_cmd.config_from_args(
+        args
+    ).model == "resnet_tiny"
 
 
 def _free_port() -> int:
@@ -212,12 +268,45 @@ def _free_port() -> int:
 def test_torchrun_two_processes_equal_one(tmp_path):
     spec = make_seg_folder(tmp_path / "d", n=20)  # 16 train: one step of global batch 16
     # each process holds a different number of labelled pixels; the loss is the global batch mean
-    args = ["--task", "segment", "--model", ensure_registered(), "--data", spec, "--image-size", "12",
-            "--epochs", "1", "--lr", "0.02", "--warmup-steps", "0", "--deterministic", "--no-progress",
-            "--device", "cpu", "--seed", "2", "--scale-range", "0.5", "0.7"]  # padded crops: ignored pixels
+    args = [
+        "--task",
+        "segment",
+        "--model",
+        ensure_registered(),
+        "--data",
+        spec,
+        "--image-size",
+        "12",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.02",
+        "--warmup-steps",
+        "0",
+        "--deterministic",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--seed",
+        "2",
+        "--scale-range",
+        "0.5",
+        "0.7",
+    ]  # padded crops: ignored pixels
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(ROOT / "tests" / "_seg_worker.py"), *args, "--batch-size", "8", "--output", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        str(ROOT / "tests" / "_seg_worker.py"),
+        *args,
+        "--batch-size",
+        "8",
+        "--output",
+        str(tmp_path / "ddp"),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert train_cmd.main([*args, "--batch-size", "16", "--output", str(tmp_path / "one")]) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,13 +16,19 @@ def add_parser(sub) -> None:
         "bench",
         help="latency, memory, FLOPs and scaling of mechanisms across resolutions",
         description="Benchmark registered mechanisms: median forward and forward+backward latency, peak memory, "
-                    "parameters, FLOPs (torch.utils.flop_counter checked against each mechanism's formula) and "
-                    "the log-log slope of time and memory against n = H*W.",
+        "parameters, FLOPs (torch.utils.flop_counter checked against each mechanism's formula) and "
+        "the log-log slope of time and memory against n = H*W.",
     )
     p.add_argument("--mechanisms", "-m", nargs="+", default=None, help="mechanism names (default: all registered)")
     p.add_argument("--variants", action="store_true", help="also run each mechanism's extra benchmark variants")
-    p.add_argument("--resolutions", "-r", nargs="+", type=positive_int, default=list(DEFAULT_RESOLUTIONS),
-                   help="square feature-map sides (default: %(default)s)")
+    p.add_argument(
+        "--resolutions",
+        "-r",
+        nargs="+",
+        type=positive_int,
+        default=list(DEFAULT_RESOLUTIONS),
+        help="square feature-map sides (default: %(default)s)",
+    )
     p.add_argument("--dim", type=positive_int, default=64, help="channels C (default: %(default)s)")
     p.add_argument("--batch", type=positive_int, default=4, help="batch size (default: %(default)s)")
     p.add_argument("--device", default="cpu", type=device_name, help="cpu or cuda[:i] (default: %(default)s)")
@@ -44,8 +49,11 @@ def check_output_dir(path: str | Path, files: tuple[str, ...]) -> Path:
 
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "--output must be a directory (results go to "
-                                 f"{' and '.join(files)} inside it), but it is a file", str(out))
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"--output must be a directory (results go to {' and '.join(files)} inside it), but it is a file",
+            str(out),
+        )
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
         if (out / f).is_dir():
@@ -72,9 +80,20 @@ def run(args) -> int:
         for label, mech, kw in cases:
             for s in args.resolutions:
                 bar.set_postfix_str(f"{label} {s}x{s}")
-                results.append(bench_case(label, mech, kw, dim=args.dim, batch=args.batch, resolution=s,
-                                          device=device, dtype=dtype, backward=not args.no_backward,
-                                          min_time=args.min_time))
+                results.append(
+                    bench_case(
+                        label,
+                        mech,
+                        kw,
+                        dim=args.dim,
+                        batch=args.batch,
+                        resolution=s,
+                        device=device,
+                        dtype=dtype,
+                        backward=not args.no_backward,
+                        min_time=args.min_time,
+                    )
+                )
                 bar.update(1)
 
     print(format_table(results))

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,12 +80,24 @@ def _build(mechanism: str, dim: int, kwargs: dict, device, dtype) -> torch.nn.Mo
     return m
 
 
-def bench_case(label: str, mechanism: str, kwargs: dict, *, dim: int = 64, batch: int = 4, resolution: int = 28,
-               device="cpu", dtype=torch.float32, backward: bool = True, min_time: float = 0.2) -> BenchResult:
+def bench_case(
+    label: str,
+    mechanism: str,
+    kwargs: dict,
+    *,
+    dim: int = 64,
+    batch: int = 4,
+    resolution: int = 28,
+    device="cpu",
+    dtype=torch.float32,
+    backward: bool = True,
+    min_time: float = 0.2,
+) -> BenchResult:
     """Measure one case at one resolution. Errors are recorded in ``result.error``, not raised."""
     n = resolution * resolution
-    r = BenchResult(label=label, mechanism=mechanism, kwargs=dict(kwargs), resolution=resolution, n=n, dim=dim,
-                    batch=batch)
+    r = BenchResult(
+        label=label, mechanism=mechanism, kwargs=dict(kwargs), resolution=resolution, n=n, dim=dim, batch=batch
+    )
     try:
         m = _build(mechanism, dim, kwargs, device, dtype)
         reparam = bool(kwargs.get("_reparameterize", False))
@@ -120,8 +133,14 @@ def bench_case(label: str, mechanism: str, kwargs: dict, *, dim: int = 64, batch
     return r
 
 
-def bench_mechanism(mechanism: str, kwargs: dict | None = None, label: str | None = None, *,
-                    resolutions: Iterable[int] = DEFAULT_RESOLUTIONS, **kw) -> list[BenchResult]:
+def bench_mechanism(
+    mechanism: str,
+    kwargs: dict | None = None,
+    label: str | None = None,
+    *,
+    resolutions: Iterable[int] = DEFAULT_RESOLUTIONS,
+    **kw,
+) -> list[BenchResult]:
     """Measure one mechanism at each resolution."""
     if kwargs is None:
         kwargs = dict(visattn.attention_info(mechanism).bench_kwargs)
@@ -146,9 +165,19 @@ def scaling_slopes(results: list[BenchResult]) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_bench(mechanisms: Iterable[str] | None = None, *, variants: bool = False,
-              resolutions: Iterable[int] = DEFAULT_RESOLUTIONS, dim: int = 64, batch: int = 4, device="cpu",
-              dtype=torch.float32, backward: bool = True, min_time: float = 0.2, progress=None) -> list[BenchResult]:
+def run_bench(
+    mechanisms: Iterable[str] | None = None,
+    *,
+    variants: bool = False,
+    resolutions: Iterable[int] = DEFAULT_RESOLUTIONS,
+    dim: int = 64,
+    batch: int = 4,
+    device="cpu",
+    dtype=torch.float32,
+    backward: bool = True,
+    min_time: float = 0.2,
+    progress=None,
+) -> list[BenchResult]:
     """Measure every case at every resolution. ``progress`` is called with (label, resolution) before each."""
     resolutions = list(resolutions)
     for s in resolutions:
@@ -159,6 +188,18 @@ def run_bench(mechanisms: Iterable[str] | None = None, *, variants: bool = False
         for s in resolutions:
             if progress is not None:
                 progress(label, s)
-            results.append(bench_case(label, mech, kw, dim=dim, batch=batch, resolution=s, device=device,
-                                      dtype=dtype, backward=backward, min_time=min_time))
+            results.append(
+                bench_case(
+                    label,
+                    mech,
+                    kw,
+                    dim=dim,
+                    batch=batch,
+                    resolution=s,
+                    device=device,
+                    dtype=dtype,
+                    backward=backward,
+                    min_time=min_time,
+                )
+            )
     return results

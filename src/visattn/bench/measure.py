@@ -7,7 +7,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -19,8 +19,15 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn: Callable[[], object], device="cpu", *, warmup: int = 2, min_repeats: int = 5,
-                max_repeats: int = 50, min_time: float = 0.25) -> float:
+def median_time(
+    fn: Callable[[], object],
+    device="cpu",
+    *,
+    warmup: int = 2,
+    min_repeats: int = 5,
+    max_repeats: int = 50,
+    min_time: float = 0.25,
+) -> float:
     """Median seconds per call of ``fn``: ``warmup`` calls, then at least ``min_repeats`` timed
     calls and more until ``min_time`` seconds have passed (at most ``max_repeats``)."""
     for _ in range(warmup):

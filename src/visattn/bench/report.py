@@ -28,11 +28,19 @@ def format_table(results: list[BenchResult]) -> str:
         if r.error:
             rows.append([r.label, f"{r.resolution}x{r.resolution}", "error: " + r.error] + [""] * 7)
             continue
-        rows.append([
-            r.label, f"{r.resolution}x{r.resolution}", _f(r.fwd_ms), _f(r.fwdbwd_ms), _f(r.mem_fwd_mib, "{:.1f}"),
-            _f(r.mem_train_mib, "{:.1f}"), _f(r.flops / 1e9, "{:.3f}"), "yes" if r.flops_match else "NO",
-            f"{r.params / 1e3:.1f}k",
-        ])
+        rows.append(
+            [
+                r.label,
+                f"{r.resolution}x{r.resolution}",
+                _f(r.fwd_ms),
+                _f(r.fwdbwd_ms),
+                _f(r.mem_fwd_mib, "{:.1f}"),
+                _f(r.mem_train_mib, "{:.1f}"),
+                _f(r.flops / 1e9, "{:.3f}"),
+                "yes" if r.flops_match else "NO",
+                f"{r.params / 1e3:.1f}k",
+            ]
+        )
     headers = ["case", "HxW", "fwd ms", "fwd+bwd ms", "fwd MiB", "train MiB", "GFLOPs", "counter=formula", "params"]
     return tabulate(rows, headers=headers, tablefmt="github")
 
@@ -40,10 +48,15 @@ def format_table(results: list[BenchResult]) -> str:
 def format_slopes(results: list[BenchResult]) -> str:
     from tabulate import tabulate
 
-    rows = [[label, _f(s["fwd_ms"]), _f(s["fwdbwd_ms"]), _f(s["mem_fwd_mib"]), _f(s["mem_train_mib"])]
-            for label, s in scaling_slopes(results).items()]
-    return tabulate(rows, headers=["case", "slope fwd time", "slope fwd+bwd time", "slope fwd mem", "slope train mem"],
-                    tablefmt="github")
+    rows = [
+        [label, _f(s["fwd_ms"]), _f(s["fwdbwd_ms"]), _f(s["mem_fwd_mib"]), _f(s["mem_train_mib"])]
+        for label, s in scaling_slopes(results).items()
+    ]
+    return tabulate(
+        rows,
+        headers=["case", "slope fwd time", "slope fwd+bwd time", "slope fwd mem", "slope train mem"],
+        tablefmt="github",
+    )
 
 
 def environment() -> dict:
@@ -81,12 +94,18 @@ def write_plot(results: list[BenchResult], path) -> Path:
     fig = Figure(figsize=(16, 5))
     axes = fig.subplots(1, 3)
     labels = list(dict.fromkeys(r.label for r in results))
-    panels = [("fwd_ms", "forward latency (ms)"), ("fwdbwd_ms", "forward+backward latency (ms)"),
-              ("mem_train_mib", "peak memory, forward+backward (MiB)")]
+    panels = [
+        ("fwd_ms", "forward latency (ms)"),
+        ("fwdbwd_ms", "forward+backward latency (ms)"),
+        ("mem_train_mib", "peak memory, forward+backward (MiB)"),
+    ]
     for ax, (key, title) in zip(axes, panels):
         for label in labels:
-            pts = [(r.n, getattr(r, key)) for r in results
-                   if r.label == label and not r.error and math.isfinite(getattr(r, key))]
+            pts = [
+                (r.n, getattr(r, key))
+                for r in results
+                if r.label == label and not r.error and math.isfinite(getattr(r, key))
+            ]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.set_xscale("log")

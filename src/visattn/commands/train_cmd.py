@@ -20,7 +20,9 @@ def _json_dict(text: str) -> dict:
     try:
         v = json.loads(text)
     except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"heads\": 4}}', got {text!r} ({e})")
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"heads\": 4}}', got {text!r} ({e})"
+        ) from None
     if not isinstance(v, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(v).__name__} {text!r}")
     return v
@@ -29,61 +31,129 @@ def _json_dict(text: str) -> dict:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``visattn train`` (shared with tests and the torchrun entry)."""
     p.add_argument("--model", default="resnet_tiny", help="registered model (see `visattn list`)")
-    p.add_argument("--attention", default=None, metavar="MECH",
-                   help="mechanism that replaces the model's spatial mixer (default: the model's own)")
-    p.add_argument("--attn-kwargs", type=_json_dict, default=None, metavar="JSON",
-                   help="constructor arguments of the mechanism, a JSON object")
-    p.add_argument("--model-kwargs", type=_json_dict, default=None, metavar="JSON",
-                   help="extra model constructor arguments, a JSON object")
-    p.add_argument("--data", default="digits", metavar="SPEC",
-                   help="digits (built in, no download) | cifar10:PATH (python batches) | "
-                        "folder:PATH (PATH/class_name/*.png|jpg)")
-    p.add_argument("--image-size", type=int_range(1, MAX_IMAGE_SIZE, " (images are held in memory)"), default=None,
-                   help="resize images to this side (default: digits 32, cifar10 32, folder 64)")
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="MECH",
+        help="mechanism that replaces the model's spatial mixer (default: the model's own)",
+    )
+    p.add_argument(
+        "--attn-kwargs",
+        type=_json_dict,
+        default=None,
+        metavar="JSON",
+        help="constructor arguments of the mechanism, a JSON object",
+    )
+    p.add_argument(
+        "--model-kwargs",
+        type=_json_dict,
+        default=None,
+        metavar="JSON",
+        help="extra model constructor arguments, a JSON object",
+    )
+    p.add_argument(
+        "--data",
+        default="digits",
+        metavar="SPEC",
+        help="digits (built in, no download) | cifar10:PATH (python batches) | folder:PATH (PATH/class_name/*.png|jpg)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int_range(1, MAX_IMAGE_SIZE, " (images are held in memory)"),
+        default=None,
+        help="resize images to this side (default: digits 32, cifar10 32, folder 64)",
+    )
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=64, help="per process (global = this x processes)")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.05)
-    p.add_argument("--warmup-steps", type=nonneg_int, default=None,
-                   help="linear warm-up steps before the cosine decay (default: 5%% of all steps, <= 1 epoch)")
+    p.add_argument(
+        "--warmup-steps",
+        type=nonneg_int,
+        default=None,
+        help="linear warm-up steps before the cosine decay (default: 5%% of all steps, <= 1 epoch)",
+    )
     p.add_argument("--label-smoothing", type=fraction, default=0.1)
-    p.add_argument("--augment", default="auto", choices=("auto", "none", "crop", "crop+flip"),
-                   help="auto: crop for digits, crop+flip otherwise")
-    p.add_argument("--precise-bn", type=nonneg_int, default=0, metavar="N",
-                   help="before each evaluation, recompute BatchNorm statistics over N training batches "
-                        "(fixes eval-mode BN after short training; default: off)")
+    p.add_argument(
+        "--augment",
+        default="auto",
+        choices=("auto", "none", "crop", "crop+flip"),
+        help="auto: crop for digits, crop+flip otherwise",
+    )
+    p.add_argument(
+        "--precise-bn",
+        type=nonneg_int,
+        default=0,
+        metavar="N",
+        help="before each evaluation, recompute BatchNorm statistics over N training batches "
+        "(fixes eval-mode BN after short training; default: off)",
+    )
     p.add_argument("--grad-clip", type=positive_float, default=None, help="clip the gradient norm to this value (> 0)")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
-                   help="mixed precision; auto: bf16 (or fp16) on CUDA, none on CPU; fp16 needs CUDA")
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "none"),
+        help="mixed precision; auto: bf16 (or fp16) on CUDA, none on CPU; fp16 needs CUDA",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic kernels (torch.use_deterministic_algorithms): bit-exact resume")
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic kernels (torch.use_deterministic_algorithms): bit-exact resume",
+    )
     p.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
-    p.add_argument("--output", default="runs/train", metavar="DIR",
-                   help="checkpoints, metrics.jsonl, curves.png, model.safetensors, config.json")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its latest checkpoint (starts fresh if none)")
-    p.add_argument("--save-every", type=nonneg_int, default=0, metavar="N",
-                   help="also checkpoint every N optimizer steps (default: once per epoch)")
+    p.add_argument(
+        "--output",
+        default="runs/train",
+        metavar="DIR",
+        help="checkpoints, metrics.jsonl, curves.png, model.safetensors, config.json",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from its latest checkpoint (starts fresh if none)",
+    )
+    p.add_argument(
+        "--save-every",
+        type=nonneg_int,
+        default=0,
+        metavar="N",
+        help="also checkpoint every N optimizer steps (default: once per epoch)",
+    )
     p.add_argument("--keep", type=positive_int, default=2, help="checkpoints kept on disk")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--dist-timeout", type=positive_float, default=600.0, metavar="SECONDS",
-                   help="under torchrun: give up (and name the silent rank where possible) when a peer process "
-                        "does not answer a collective within this time (default: %(default)s)")
-    p.add_argument("--task", default="classify", choices=("classify", "segment"),
-                   help="segment: semantic segmentation (data digitscenes | segfolder:PATH; docs/segmentation.md)")
+    p.add_argument(
+        "--dist-timeout",
+        type=positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="under torchrun: give up (and name the silent rank where possible) when a peer process "
+        "does not answer a collective within this time (default: %(default)s)",
+    )
+    p.add_argument(
+        "--task",
+        default="classify",
+        choices=("classify", "segment"),
+        help="segment: semantic segmentation (data digitscenes | segfolder:PATH; docs/segmentation.md)",
+    )
     from visattn.train.segment import add_segment_arguments
 
     add_segment_arguments(p)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model on digits, CIFAR-10 or an image folder",
-                       description="Train a model (optionally with another attention mechanism) on local data. "
-                                   "Works under torchrun for several processes or GPUs.")
+    p = sub.add_parser(
+        "train",
+        help="train a model on digits, CIFAR-10 or an image folder",
+        description="Train a model (optionally with another attention mechanism) on local data. "
+        "Works under torchrun for several processes or GPUs.",
+    )
     add_train_arguments(p)
     p.set_defaults(func=run)
 
@@ -92,12 +162,32 @@ def config_from_args(args):
     from visattn.train import TrainConfig
 
     return TrainConfig(
-        model=args.model, attention=args.attention, attn_kwargs=args.attn_kwargs, model_kwargs=args.model_kwargs,
-        data=args.data, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, label_smoothing=args.label_smoothing,
-        augment=args.augment, precise_bn=args.precise_bn, grad_clip=args.grad_clip, amp=args.amp, compile=args.compile,
-        sync_bn=args.sync_bn, deterministic=args.deterministic, seed=args.seed, output=args.output, resume=args.resume,
-        save_every=args.save_every, keep=args.keep, device=args.device, progress=not args.no_progress,
+        model=args.model,
+        attention=args.attention,
+        attn_kwargs=args.attn_kwargs,
+        model_kwargs=args.model_kwargs,
+        data=args.data,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        label_smoothing=args.label_smoothing,
+        augment=args.augment,
+        precise_bn=args.precise_bn,
+        grad_clip=args.grad_clip,
+        amp=args.amp,
+        compile=args.compile,
+        sync_bn=args.sync_bn,
+        deterministic=args.deterministic,
+        seed=args.seed,
+        output=args.output,
+        resume=args.resume,
+        save_every=args.save_every,
+        keep=args.keep,
+        device=args.device,
+        progress=not args.no_progress,
         dist_timeout=args.dist_timeout,
     )
 
@@ -111,8 +201,10 @@ def run(args) -> int:
 
     res = train(config_from_args(args))
     if res.final and res.output is not None and os.environ.get("RANK", "0") == "0":
-        print(f"test accuracy {100 * res.final['test_acc']:.2f}% after {res.final['epoch']} epochs; "
-              f"weights, metrics and curves in {res.output}")
+        print(
+            f"test accuracy {100 * res.final['test_acc']:.2f}% after {res.final['epoch']} epochs; "
+            f"weights, metrics and curves in {res.output}"
+        )
     return 0
 
 

@@ -12,17 +12,31 @@ def add_parser(sub) -> None:
         "viz",
         help="draw per-layer, per-head attention for a query pixel as a PNG grid",
         description="For a registered model (fresh, or loaded from --weights) or a bare mechanism, draw every "
-                    "head's attention probabilities for one query pixel, one row per layer; mechanisms without "
-                    "an attention map get their gradient receptive field |d out[query] / d in|.",
+        "head's attention probabilities for one query pixel, one row per layer; mechanisms without "
+        "an attention map get their gradient receptive field |d out[query] / d in|.",
     )
     p.add_argument("target", help="model or mechanism name (see `visattn list`)")
-    p.add_argument("--image", default=None, metavar="PATH",
-                   help="image file read with Pillow (default: scikit-image's astronaut photograph)")
-    p.add_argument("--query", type=int, nargs=2, default=None, metavar=("Y", "X"),
-                   help="query pixel in the image (default: the centre)")
+    p.add_argument(
+        "--image",
+        default=None,
+        metavar="PATH",
+        help="image file read with Pillow (default: scikit-image's astronaut photograph)",
+    )
+    p.add_argument(
+        "--query",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("Y", "X"),
+        help="query pixel in the image (default: the centre)",
+    )
     p.add_argument("--weights", default=None, metavar="PATH", help="safetensors state dict of the model")
-    p.add_argument("--out", default="viz.png", metavar="PNG|DIR",
-                   help="output .png file, or a directory to write viz.png into (default: viz.png)")
+    p.add_argument(
+        "--out",
+        default="viz.png",
+        metavar="PNG|DIR",
+        help="output .png file, or a directory to write viz.png into (default: viz.png)",
+    )
     p.add_argument("--attention", default=None, help="swap the model's mixer for this mechanism")
     p.add_argument("--attn-kwargs", default=None, metavar="JSON", help="mixer arguments as JSON")
     p.add_argument("--num-classes", type=positive_int, default=10, help="classifier size (must match --weights)")
@@ -43,8 +57,18 @@ def run(args) -> int:
             raise ValueError(f"--attn-kwargs must be a JSON object, got {args.attn_kwargs!r}: {e}") from e
         if not isinstance(kw, dict):
             raise ValueError(f"--attn-kwargs must be a JSON object, got {args.attn_kwargs!r}")
-    path = visualize(args.target, out=args.out, image=args.image, query=args.query, weights=args.weights,
-                     attention=args.attention, attn_kwargs=kw, num_classes=args.num_classes, dim=args.dim,
-                     size=args.size, seed=args.seed)
+    path = visualize(
+        args.target,
+        out=args.out,
+        image=args.image,
+        query=args.query,
+        weights=args.weights,
+        attention=args.attention,
+        attn_kwargs=kw,
+        num_classes=args.num_classes,
+        dim=args.dim,
+        size=args.size,
+        seed=args.seed,
+    )
     print(path)
     return 0

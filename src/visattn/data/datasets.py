@@ -151,8 +151,10 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 def _resize_uint8(images: torch.Tensor, size: int | None, chunk: int = 4096) -> torch.Tensor:
     if size is None or images.shape[-2:] == (size, size):
         return images
-    out = [_resize(images[i:i + chunk].float(), size).round_().clamp_(0, 255).to(torch.uint8)
-           for i in range(0, images.shape[0], chunk)]
+    out = [
+        _resize(images[i : i + chunk].float(), size).round_().clamp_(0, 255).to(torch.uint8)
+        for i in range(0, images.shape[0], chunk)
+    ]
     return torch.cat(out)
 
 
@@ -166,10 +168,12 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 
 def _check_size(image_size) -> None:
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or not 1 <= image_size <= MAX_IMAGE_SIZE):
-        raise ValueError(f"image_size must be an int in 1..{MAX_IMAGE_SIZE} (images are held in memory) "
-                         f"or None, got {image_size!r}")
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE
+    ):
+        raise ValueError(
+            f"image_size must be an int in 1..{MAX_IMAGE_SIZE} (images are held in memory) or None, got {image_size!r}"
+        )
 
 
 def _physical_memory() -> int | None:
@@ -183,9 +187,11 @@ def _check_memory(n: int, size: int, itemsize: int, what: str) -> None:
     """Refuse to hold ``n`` images of 3 x size x size in memory when that needs over half the RAM."""
     need, ram = n * 3 * size * size * itemsize, _physical_memory()
     if ram is not None and need > ram // 2:
-        raise ValueError(f"{what}: holding {n} images of 3x{size}x{size} ({itemsize} byte(s) per value) in memory "
-                         f"needs {need / 2**30:.1f} GiB, over half of this machine's {ram / 2**30:.1f} GiB; "
-                         "choose a smaller --image-size")
+        raise ValueError(
+            f"{what}: holding {n} images of 3x{size}x{size} ({itemsize} byte(s) per value) in memory "
+            f"needs {need / 2**30:.1f} GiB, over half of this machine's {ram / 2**30:.1f} GiB; "
+            "choose a smaller --image-size"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -274,8 +280,9 @@ def _read_cifar_pickle(path: Path) -> dict:
         obj = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except (EOFError, pickle.UnpicklingError) as e:
         if isinstance(e, EOFError) or "truncated" in str(e):
-            raise ValueError(f"{path}: the CIFAR batch file is truncated ({len(raw)} bytes); "
-                             "extract cifar-10-python.tar.gz again") from None
+            raise ValueError(
+                f"{path}: the CIFAR batch file is truncated ({len(raw)} bytes); extract cifar-10-python.tar.gz again"
+            ) from None
         raise ValueError(f"{path}: not a readable CIFAR batch file: {e}") from None
     except (ValueError, TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a readable CIFAR batch file ({type(e).__name__}: {e})") from None
@@ -311,11 +318,18 @@ def _cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{path}: 'data' must be a uint8 array (N, 3072), got {got}")
     if not isinstance(labels, list) or len(labels) != data.shape[0]:
         raise ValueError(f"{path}: 'labels' must be a list of {data.shape[0]} ints")
-    bad = next(((i, v) for i, v in enumerate(labels)
-                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))), None)
+    bad = next(
+        (
+            (i, v)
+            for i, v in enumerate(labels)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
+        ),
+        None,
+    )
     if bad is not None:
-        raise ValueError(f"{path}: labels must be integers 0..9, got {bad[1]!r} ({type(bad[1]).__name__}) "
-                         f"at index {bad[0]}")
+        raise ValueError(
+            f"{path}: labels must be integers 0..9, got {bad[1]!r} ({type(bad[1]).__name__}) at index {bad[0]}"
+        )
     labels_t = torch.tensor([int(v) for v in labels], dtype=torch.int64)
     if labels_t.numel() and (labels_t.min() < 0 or labels_t.max() > 9):
         raise ValueError(f"{path}: labels must be in 0..9")
@@ -405,8 +419,9 @@ def _read_images(items: list[tuple[Path, int]], size: int) -> ImageDataset:
     return ImageDataset(images, labels)
 
 
-def load_image_folder(path: str | os.PathLike, image_size: int | None = None, test_fraction: float = 0.2,
-                      seed: int = 0) -> DataBundle:
+def load_image_folder(
+    path: str | os.PathLike, image_size: int | None = None, test_fraction: float = 0.2, seed: int = 0
+) -> DataBundle:
     """Images in ``path/<class>/*.png|jpg...`` (or ``path/train/<class>`` + ``path/test/<class>``).
 
     Images are converted to RGB and resized to ``image_size`` x ``image_size`` (default 64)
@@ -414,8 +429,10 @@ def load_image_folder(path: str | os.PathLike, image_size: int | None = None, te
     """
     _check_size(image_size)
     root = Path(path).expanduser()
-    layout = (f"expected {str(root)!r}/<class_name>/*{{{','.join(IMAGE_EXTENSIONS)}}} "
-              f"or {str(root)!r}/train/<class_name>/... with {str(root)!r}/test/<class_name>/...")
+    layout = (
+        f"expected {str(root)!r}/<class_name>/*{{{','.join(IMAGE_EXTENSIONS)}}} "
+        f"or {str(root)!r}/train/<class_name>/... with {str(root)!r}/test/<class_name>/..."
+    )
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist; {layout}")
     size = image_size or 64
@@ -439,8 +456,10 @@ def load_image_folder(path: str | os.PathLike, image_size: int | None = None, te
         raise ValueError(f"image folder {str(root)!r} has no images in its train or test split; {layout}")
     empty = sorted(set(classes) - {classes[c] for _, c in tr_items})
     if empty:  # a class the model could never learn (and, with one other class, a trivial task)
-        raise ValueError(f"image folder {str(root)!r}: class folder(s) {empty} hold no training images "
-                         f"(hidden files are skipped); remove them or add images; {layout}")
+        raise ValueError(
+            f"image folder {str(root)!r}: class folder(s) {empty} hold no training images "
+            f"(hidden files are skipped); remove them or add images; {layout}"
+        )
     _check_memory(len(tr_items) + len(te_items), size, 1, f"image folder {str(root)!r}")
     both = _read_images(tr_items + te_items, size)  # one pass: an error names every unreadable file
     n = len(tr_items)

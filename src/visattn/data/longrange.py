@@ -32,12 +32,20 @@ import torch
 
 from visattn.data.datasets import DataBundle, ImageDataset, _channel_stats
 
-__all__ = ["PALETTE", "make_same_different", "render_pair", "load_longrange_dataset", "mark_slots",
-           "best_additive_accuracy"]
+__all__ = [
+    "PALETTE",
+    "make_same_different",
+    "render_pair",
+    "load_longrange_dataset",
+    "mark_slots",
+    "best_additive_accuracy",
+]
 
 #: Mark colours (RGB, 0..1): red, green, blue, yellow, magenta, cyan.
-PALETTE = np.array([(1.0, 0.1, 0.1), (0.1, 1.0, 0.1), (0.2, 0.3, 1.0), (1.0, 1.0, 0.1), (1.0, 0.1, 1.0),
-                    (0.1, 1.0, 1.0)], dtype=np.float32)
+PALETTE = np.array(
+    [(1.0, 0.1, 0.1), (0.1, 1.0, 0.1), (0.2, 0.3, 1.0), (1.0, 1.0, 0.1), (1.0, 0.1, 1.0), (0.1, 1.0, 1.0)],
+    dtype=np.float32,
+)
 
 _CLUTTER = 0.5  # grey level of the clutter dots
 _NOISE = 0.08  # amplitude of the uniform background noise
@@ -52,8 +60,9 @@ def _check(image_size: int, mark: int, num_colors: int) -> None:
     if mark < 1:
         raise ValueError(f"mark must be >= 1 (side of a mark in pixels), got {mark}")
     if image_size < 4 * mark + 4:
-        raise ValueError(f"image_size must be >= 4 * mark + 4 = {4 * mark + 4} for marks of side {mark}, "
-                         f"got {image_size}")
+        raise ValueError(
+            f"image_size must be >= 4 * mark + 4 = {4 * mark + 4} for marks of side {mark}, got {image_size}"
+        )
 
 
 def mark_slots(image_size: int, mark: int = 2) -> tuple[range, range]:
@@ -67,18 +76,20 @@ def mark_slots(image_size: int, mark: int = 2) -> tuple[range, range]:
     return range(1, q - mark + 1), range(image_size - q, image_size - mark)
 
 
-def render_pair(image_size: int, color_a: int, color_b: int, pos_a: tuple[int, int], pos_b: tuple[int, int],
-                mark: int = 2) -> np.ndarray:
+def render_pair(
+    image_size: int, color_a: int, color_b: int, pos_a: tuple[int, int], pos_b: tuple[int, int], mark: int = 2
+) -> np.ndarray:
     """One clean image (3, S, S) float32: marks of palette colours ``color_a`` at ``pos_a = (row, col)``
     (top-left corner) and ``color_b`` at ``pos_b`` on a black canvas, no noise or clutter."""
     img = np.zeros((3, image_size, image_size), dtype=np.float32)
     for c, (r, x) in ((color_a, pos_a), (color_b, pos_b)):
-        img[:, r:r + mark, x:x + mark] = PALETTE[c][:, None, None]
+        img[:, r : r + mark, x : x + mark] = PALETTE[c][:, None, None]
     return img
 
 
-def make_same_different(n: int, image_size: int = 16, seed: int = 0, *, num_colors: int = 4, mark: int = 2,
-                        clutter: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]:
+def make_same_different(
+    n: int, image_size: int = 16, seed: int = 0, *, num_colors: int = 4, mark: int = 2, clutter: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]:
     """``n`` images of the same-different task (module docstring), half of them "same".
 
     Args:
@@ -136,8 +147,15 @@ def make_same_different(n: int, image_size: int = 16, seed: int = 0, *, num_colo
     return images_u8, torch.from_numpy(labels), truth
 
 
-def load_longrange_dataset(image_size: int = 16, seed: int = 0, *, train_size: int = 2000, test_size: int = 1000,
-                           num_colors: int = 4, mark: int = 2) -> DataBundle:
+def load_longrange_dataset(
+    image_size: int = 16,
+    seed: int = 0,
+    *,
+    train_size: int = 2000,
+    test_size: int = 1000,
+    num_colors: int = 4,
+    mark: int = 2,
+) -> DataBundle:
     """The same-different task as a :class:`DataBundle` (``load_data("longrange")``).
 
     Train and test images come from independent streams of ``seed`` (test from
@@ -145,12 +163,20 @@ def load_longrange_dataset(image_size: int = 16, seed: int = 0, *, train_size: i
     closer to the other one's side, and a flip only swaps the two marks.
     """
     tr_x, tr_y, tr_t = make_same_different(train_size, image_size, seed, num_colors=num_colors, mark=mark)
-    te_x, te_y, te_t = make_same_different(test_size, image_size, seed + 1_000_003, num_colors=num_colors,
-                                           mark=mark)
+    te_x, te_y, te_t = make_same_different(test_size, image_size, seed + 1_000_003, num_colors=num_colors, mark=mark)
     train, test = ImageDataset(tr_x, tr_y), ImageDataset(te_x, te_y)
     mean, std = _channel_stats(train.images)
-    return DataBundle("longrange", train, test, ["different", "same"], image_size, mean, std, augment="none",
-                      extra={"train_truth": tr_t, "test_truth": te_t, "num_colors": num_colors, "mark": mark})
+    return DataBundle(
+        "longrange",
+        train,
+        test,
+        ["different", "same"],
+        image_size,
+        mean,
+        std,
+        augment="none",
+        extra={"train_truth": tr_t, "test_truth": te_t, "num_colors": num_colors, "mark": mark},
+    )
 
 
 def best_additive_accuracy(num_colors: int = 4) -> float:

@@ -39,6 +39,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -46,14 +47,45 @@ import torch.nn.functional as F
 from visattn.data.datasets import IMAGE_EXTENSIONS, DataBundle, _to_rgb_uint8, stratified_split
 from visattn.data.transforms import EpochBatches, normalize
 
-__all__ = ["SegDataset", "SegDataBundle", "SegEpochBatches", "SegAugmentParams", "seg_augment_params",
-           "augment_pair", "load_seg_data", "load_digit_scenes", "load_seg_folder", "read_mask",
-           "VOC_CLASSES", "IGNORE_INDEX"]
+__all__ = [
+    "SegDataset",
+    "SegDataBundle",
+    "SegEpochBatches",
+    "SegAugmentParams",
+    "seg_augment_params",
+    "augment_pair",
+    "load_seg_data",
+    "load_digit_scenes",
+    "load_seg_folder",
+    "read_mask",
+    "VOC_CLASSES",
+    "IGNORE_INDEX",
+]
 
 IGNORE_INDEX = 255
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 @dataclass
@@ -104,8 +136,8 @@ def _stack_padded(pairs, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]
     xs = torch.zeros(len(pairs), 3, h, w)
     ys = torch.full((len(pairs), h, w), ignore_index, dtype=torch.int64)
     for k, (x, m) in enumerate(pairs):
-        xs[k, :, :x.shape[1], :x.shape[2]] = x
-        ys[k, :m.shape[0], :m.shape[1]] = m
+        xs[k, :, : x.shape[1], : x.shape[2]] = x
+        ys[k, : m.shape[0], : m.shape[1]] = m
     return xs, ys
 
 
@@ -136,22 +168,33 @@ class SegAugmentParams:
     flips: torch.Tensor
 
 
-def seg_augment_params(n: int, epoch: int, seed: int, scale_range: tuple[float, float], flip: bool,
-                       random_crop: bool = True) -> SegAugmentParams:
+def seg_augment_params(
+    n: int, epoch: int, seed: int, scale_range: tuple[float, float], flip: bool, random_crop: bool = True
+) -> SegAugmentParams:
     """Draw scales (log-uniform in ``scale_range``), crop positions and flips for ``n`` examples
     from a generator seeded by (seed, epoch); ``random_crop=False`` centres every crop."""
     lo, hi = scale_range
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch) * 7919 + 29)
     u = torch.rand(n, generator=g, dtype=torch.float64)
     scales = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-    pos = torch.rand(n, 2, generator=g, dtype=torch.float64) if random_crop else torch.full((n, 2), 0.5,
-                                                                                           dtype=torch.float64)
+    pos = (
+        torch.rand(n, 2, generator=g, dtype=torch.float64)
+        if random_crop
+        else torch.full((n, 2), 0.5, dtype=torch.float64)
+    )
     flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
     return SegAugmentParams(scales, pos, flips)
 
 
-def augment_pair(x: torch.Tensor, m: torch.Tensor, scale: float, crop_pos: tuple[float, float], flip: bool,
-                 crop_size: int, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_pair(
+    x: torch.Tensor,
+    m: torch.Tensor,
+    scale: float,
+    crop_pos: tuple[float, float],
+    flip: bool,
+    crop_size: int,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale, pad, crop and flip one image/mask pair the same way.
 
     x: (3, H, W) float; m: (H, W) int64 -> (3, S, S), (S, S) with S = ``crop_size``. The image
@@ -162,8 +205,7 @@ def augment_pair(x: torch.Tensor, m: torch.Tensor, scale: float, crop_pos: tuple
     h, w = x.shape[1:]
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if (nh, nw) != (h, w):
-        x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False,
-                          antialias=nh < h or nw < w)[0]
+        x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h or nw < w)[0]
         m = F.interpolate(m[None, None].float(), size=(nh, nw), mode="nearest-exact")[0, 0].long()
     ph, pw = max(0, crop_size - nh), max(0, crop_size - nw)
     if ph or pw:
@@ -172,8 +214,8 @@ def augment_pair(x: torch.Tensor, m: torch.Tensor, scale: float, crop_pos: tuple
     hh, ww = x.shape[1:]
     oy = min(hh - crop_size, int(crop_pos[0] * (hh - crop_size + 1)))
     ox = min(ww - crop_size, int(crop_pos[1] * (ww - crop_size + 1)))
-    x = x[:, oy:oy + crop_size, ox:ox + crop_size]
-    m = m[oy:oy + crop_size, ox:ox + crop_size]
+    x = x[:, oy : oy + crop_size, ox : ox + crop_size]
+    m = m[oy : oy + crop_size, ox : ox + crop_size]
     if flip:
         x, m = x.flip(-1), m.flip(-1)
     return x, m
@@ -188,25 +230,46 @@ class SegEpochBatches(EpochBatches):
     scale and centres the crop (images larger than ``crop_size`` are cut, smaller ones padded).
     """
 
-    def __init__(self, data: SegDataset, batch_size: int, epoch: int, seed: int, *, rank: int = 0,
-                 world_size: int = 1, augment: str = "crop", crop_size: int = 64,
-                 scale_range: tuple[float, float] = (0.5, 2.0), mean=(0.0,) * 3, std=(1.0,) * 3):
-        super().__init__(data, batch_size, epoch, seed, rank=rank, world_size=world_size, augment="none",
-                         mean=mean, std=std)
+    def __init__(
+        self,
+        data: SegDataset,
+        batch_size: int,
+        epoch: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        augment: str = "crop",
+        crop_size: int = 64,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        mean=(0.0,) * 3,
+        std=(1.0,) * 3,
+    ):
+        super().__init__(
+            data, batch_size, epoch, seed, rank=rank, world_size=world_size, augment="none", mean=mean, std=std
+        )
         self.crop_size = crop_size
         on = augment != "none"
-        self.seg_aug = seg_augment_params(len(data), epoch, seed, scale_range if on else (1.0, 1.0),
-                                          flip="flip" in augment, random_crop=on)
+        self.seg_aug = seg_augment_params(
+            len(data), epoch, seed, scale_range if on else (1.0, 1.0), flip="flip" in augment, random_crop=on
+        )
 
     def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``i``: normalised images (B, 3, S, S) float32 and masks (B, S, S) int64."""
-        idx = self.indices[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = self.indices[i * self.batch_size : (i + 1) * self.batch_size]
         a, d = self.seg_aug, self.data
         xs, ms = [], []
         for j in idx.tolist():
             x, m = d.pair(j)
-            x, m = augment_pair(x, m, float(a.scales[j]), tuple(a.crop_pos[j].tolist()), bool(a.flips[j]),
-                                self.crop_size, d.ignore_index)
+            x, m = augment_pair(
+                x,
+                m,
+                float(a.scales[j]),
+                tuple(a.crop_pos[j].tolist()),
+                bool(a.flips[j]),
+                self.crop_size,
+                d.ignore_index,
+            )
             xs.append(x)
             ms.append(m)
         return normalize(torch.stack(xs), self.mean, self.std), torch.stack(ms)
@@ -231,8 +294,9 @@ def _seg_stats(images: list[torch.Tensor]) -> tuple[tuple[float, ...], tuple[flo
 # ---------------------------------------------------------------------------
 
 
-def _compose_scenes(scans: np.ndarray, labels: np.ndarray, n: int, size: int, rng: np.random.Generator,
-                    ignore_index: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _compose_scenes(
+    scans: np.ndarray, labels: np.ndarray, n: int, size: int, rng: np.random.Generator, ignore_index: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     images, masks = [], []
     lo, hi = max(4, round(size * 12 / 64)), max(5, round(size * 26 / 64))
     for _ in range(n):
@@ -250,8 +314,8 @@ def _compose_scenes(scans: np.ndarray, labels: np.ndarray, n: int, size: int, rn
             k = int(rng.integers(len(scans)))
             digit = torch.from_numpy(scans[k])[None, None]  # (1, 1, 8, 8) in 0..1
             digit = F.interpolate(digit, size=(s, s), mode="bilinear", align_corners=False)[0, 0].clamp_(0, 1)
-            canvas[y:y + s, x:x + s] = digit
-            sub = mask[y:y + s, x:x + s]
+            canvas[y : y + s, x : x + s] = digit
+            sub = mask[y : y + s, x : x + s]
             sub[digit >= 0.5] = int(labels[k]) + 1
             sub[(digit >= 0.3) & (digit < 0.5)] = ignore_index
             boxes.append((y, x, s))
@@ -260,8 +324,9 @@ def _compose_scenes(scans: np.ndarray, labels: np.ndarray, n: int, size: int, rn
     return images, masks
 
 
-def load_digit_scenes(image_size: int = 64, n_train: int = 2000, n_test: int = 500, seed: int = 0,
-                      ignore_index: int = IGNORE_INDEX) -> SegDataBundle:
+def load_digit_scenes(
+    image_size: int = 64, n_train: int = 2000, n_test: int = 500, seed: int = 0, ignore_index: int = IGNORE_INDEX
+) -> SegDataBundle:
     """Digit scenes (see module docstring): 11 classes (background, digits 0-9), deterministic by ``seed``.
 
     Train scenes are composed from the train scans of :func:`stratified_split` (20% of each
@@ -286,10 +351,19 @@ def load_digit_scenes(image_size: int = 64, n_train: int = 2000, n_test: int = 5
     train = SegDataset(tr_x, tr_m, ignore_index, [f"train scene {i}" for i in range(n_train)])
     test = SegDataset(te_x, te_m, ignore_index, [f"test scene {i}" for i in range(n_test)])
     mean, std = _seg_stats(train.images)
-    return SegDataBundle("digitscenes", train, test, ["background"] + [f"digit {i}" for i in range(10)],
-                         image_size, mean, std, augment="crop",
-                         extra={"train_scans": tr.tolist(), "test_scans": te.tolist()},
-                         ignore_index=ignore_index, scale_range=(0.75, 1.33))
+    return SegDataBundle(
+        "digitscenes",
+        train,
+        test,
+        ["background"] + [f"digit {i}" for i in range(10)],
+        image_size,
+        mean,
+        std,
+        augment="crop",
+        extra={"train_scans": tr.tolist(), "test_scans": te.tolist()},
+        ignore_index=ignore_index,
+        scale_range=(0.75, 1.33),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -321,11 +395,15 @@ def read_mask(path: str | os.PathLike) -> torch.Tensor:
     path = Path(path)
     with _open(path) as im:
         if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"):
-            raise ValueError(f"mask {str(path)!r} is a {im.mode} image; expected a single-channel index PNG "
-                             "('L', 'I', 'I;16') or a palette PNG ('P') whose indices are the classes")
+            raise ValueError(
+                f"mask {str(path)!r} is a {im.mode} image; expected a single-channel index PNG "
+                "('L', 'I', 'I;16') or a palette PNG ('P') whose indices are the classes"
+            )
         if im.mode in ("1", "F"):
-            raise ValueError(f"mask {str(path)!r} has mode {im.mode!r}; expected integer class indices "
-                             "('L', 'I', 'I;16' or palette 'P')")
+            raise ValueError(
+                f"mask {str(path)!r} has mode {im.mode!r}; expected integer class indices "
+                "('L', 'I', 'I;16' or palette 'P')"
+            )
         arr = np.asarray(im)  # "P": the palette indices, not the colours
     return torch.from_numpy(arr.astype(np.int64))
 
@@ -347,12 +425,16 @@ def _pairs_from_dirs(img_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
     masks = _by_stem(mask_dir, (".png",))
     no_mask = sorted(set(images) - set(masks))
     if no_mask:
-        raise ValueError(f"image {str(images[no_mask[0]])!r} has no mask {str(mask_dir / (no_mask[0] + '.png'))!r}"
-                         + (f" ({len(no_mask)} images without masks)" if len(no_mask) > 1 else ""))
+        raise ValueError(
+            f"image {str(images[no_mask[0]])!r} has no mask {str(mask_dir / (no_mask[0] + '.png'))!r}"
+            + (f" ({len(no_mask)} images without masks)" if len(no_mask) > 1 else "")
+        )
     no_image = sorted(set(masks) - set(images))
     if no_image:
-        raise ValueError(f"mask {str(masks[no_image[0]])!r} has no image {no_image[0]}.* in {str(img_dir)!r}"
-                         + (f" ({len(no_image)} masks without images)" if len(no_image) > 1 else ""))
+        raise ValueError(
+            f"mask {str(masks[no_image[0]])!r} has no image {no_image[0]}.* in {str(img_dir)!r}"
+            + (f" ({len(no_image)} masks without images)" if len(no_image) > 1 else "")
+        )
     return [(images[s], masks[s]) for s in sorted(images)]
 
 
@@ -379,8 +461,10 @@ def _read_pairs(pairs: list[tuple[Path, Path]], ignore_index: int) -> SegDataset
     for img_path, mask_path in pairs:
         x, m = read_image(img_path), read_mask(mask_path)
         if x.shape[1:] != m.shape:
-            raise ValueError(f"image {str(img_path)!r} is {x.shape[2]}x{x.shape[1]} (WxH) but its mask "
-                             f"{str(mask_path)!r} is {m.shape[1]}x{m.shape[0]}")
+            raise ValueError(
+                f"image {str(img_path)!r} is {x.shape[2]}x{x.shape[1]} (WxH) but its mask "
+                f"{str(mask_path)!r} is {m.shape[1]}x{m.shape[0]}"
+            )
         images.append(x)
         masks.append(m)
     return SegDataset(images, masks, ignore_index, [str(m) for _, m in pairs])
@@ -391,17 +475,26 @@ def _check_values(ds: SegDataset, num_classes: int, ignore_index: int) -> None:
         bad = (m >= num_classes) & (m != ignore_index) | (m < 0)
         if bad.any():
             v = int(m[bad][0])
-            raise ValueError(f"mask {name!r} has value {v}, which is neither a class (0..{num_classes - 1}) "
-                             f"nor the ignore index {ignore_index}")
+            raise ValueError(
+                f"mask {name!r} has value {v}, which is neither a class (0..{num_classes - 1}) "
+                f"nor the ignore index {ignore_index}"
+            )
 
 
-def load_seg_folder(path: str | os.PathLike, image_size: int | None = None, seed: int = 0,
-                    ignore_index: int = IGNORE_INDEX, test_fraction: float = 0.2) -> SegDataBundle:
+def load_seg_folder(
+    path: str | os.PathLike,
+    image_size: int | None = None,
+    seed: int = 0,
+    ignore_index: int = IGNORE_INDEX,
+    test_fraction: float = 0.2,
+) -> SegDataBundle:
     """Image/mask pairs in one of the layouts of the module docstring; ``image_size`` is the
     side of the training crops (default 128); evaluation runs on whole images."""
     root = Path(path).expanduser()
-    layouts = (f"expected {str(root)!r} to hold JPEGImages/ + SegmentationClass/ + ImageSets/Segmentation/"
-               "{train,val}.txt (VOC), train/{images,masks}/ + val/{images,masks}/, or images/ + masks/")
+    layouts = (
+        f"expected {str(root)!r} to hold JPEGImages/ + SegmentationClass/ + ImageSets/Segmentation/"
+        "{train,val}.txt (VOC), train/{images,masks}/ + val/{images,masks}/, or images/ + masks/"
+    )
     if not root.is_dir():
         raise FileNotFoundError(f"segmentation folder {str(root)!r} does not exist; {layouts}")
     classes: list[str] | None = None
@@ -411,8 +504,7 @@ def load_seg_folder(path: str | os.PathLike, image_size: int | None = None, seed
     elif (root / "train" / "images").is_dir():
         test_dir = next((root / n for n in ("val", "test") if (root / n / "images").is_dir()), None)
         if test_dir is None:
-            raise FileNotFoundError(f"{str(root / 'train')!r} exists but neither val/images nor test/images; "
-                                    f"{layouts}")
+            raise FileNotFoundError(f"{str(root / 'train')!r} exists but neither val/images nor test/images; {layouts}")
         tr_pairs = _pairs_from_dirs(root / "train" / "images", root / "train" / "masks")
         te_pairs = _pairs_from_dirs(test_dir / "images", test_dir / "masks")
     elif (root / "images").is_dir() and (root / "masks").is_dir():
@@ -431,23 +523,34 @@ def load_seg_folder(path: str | os.PathLike, image_size: int | None = None, seed
         classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
     train, test = _read_pairs(tr_pairs, ignore_index), _read_pairs(te_pairs, ignore_index)
     if classes is None:
-        top = max(int(m[m != ignore_index].max()) if (m != ignore_index).any() else 0
-                  for m in train.masks + test.masks)
+        top = max(int(m[m != ignore_index].max()) if (m != ignore_index).any() else 0 for m in train.masks + test.masks)
         classes = [str(i) for i in range(top + 1)]
     if len(classes) < 2:
         raise ValueError(f"{str(root)!r}: need >= 2 classes, got {classes}")
     for ds in (train, test):
         _check_values(ds, len(classes), ignore_index)
     order = sorted(range(len(test)), key=lambda i: test.sizes()[i])  # similar sizes share eval batches
-    test = SegDataset([test.images[i] for i in order], [test.masks[i] for i in order], ignore_index,
-                      [test.names[i] for i in order])
+    test = SegDataset(
+        [test.images[i] for i in order], [test.masks[i] for i in order], ignore_index, [test.names[i] for i in order]
+    )
     mean, std = _seg_stats(train.images)
-    return SegDataBundle(f"segfolder:{path}", train, test, classes, image_size or 128, mean, std,
-                         augment="crop+flip", ignore_index=ignore_index, scale_range=(0.5, 2.0))
+    return SegDataBundle(
+        f"segfolder:{path}",
+        train,
+        test,
+        classes,
+        image_size or 128,
+        mean,
+        std,
+        augment="crop+flip",
+        ignore_index=ignore_index,
+        scale_range=(0.5, 2.0),
+    )
 
 
-def load_seg_data(spec: str, image_size: int | None = None, seed: int = 0,
-                  ignore_index: int = IGNORE_INDEX) -> SegDataBundle:
+def load_seg_data(
+    spec: str, image_size: int | None = None, seed: int = 0, ignore_index: int = IGNORE_INDEX
+) -> SegDataBundle:
     """Load ``digitscenes`` | ``segfolder:PATH`` (see module docstring).
 
     ``image_size``: digit scenes: the canvas side (default 64); folders: the training crop
@@ -455,8 +558,7 @@ def load_seg_data(spec: str, image_size: int | None = None, seed: int = 0,
     """
     if not isinstance(spec, str):
         raise TypeError(f"data spec must be a str, got {type(spec).__name__}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size must be an int >= 1 or None, got {image_size!r}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or ignore_index < 0:
         raise ValueError(f"ignore_index must be an int >= 0, got {ignore_index!r}")
@@ -468,6 +570,8 @@ def load_seg_data(spec: str, image_size: int | None = None, seed: int = 0,
     else:
         raise ValueError(f"segmentation data spec must be 'digitscenes' or 'segfolder:PATH', got {spec!r}")
     if ignore_index < bundle.num_classes:
-        raise ValueError(f"ignore_index {ignore_index} is a class of {spec!r} (classes 0..{bundle.num_classes - 1}); "
-                         "choose a value >= the number of classes")
+        raise ValueError(
+            f"ignore_index {ignore_index} is a class of {spec!r} (classes 0..{bundle.num_classes - 1}); "
+            "choose a value >= the number of classes"
+        )
     return bundle

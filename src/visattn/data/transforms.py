@@ -9,16 +9,15 @@ or splitting a global batch across processes, gives exactly the same images.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from visattn.data.datasets import ImageDataset
 
-__all__ = ["AugmentParams", "epoch_augment_params", "random_crop_flip", "normalize", "EpochBatches",
-           "eval_indices"]
+__all__ = ["AugmentParams", "epoch_augment_params", "random_crop_flip", "normalize", "EpochBatches", "eval_indices"]
 
 
 @dataclass
@@ -78,12 +77,25 @@ class EpochBatches:
     ``B`` see, step by step. ``start`` skips batches already consumed (resume).
     """
 
-    def __init__(self, data: ImageDataset, batch_size: int, epoch: int, seed: int, *, rank: int = 0,
-                 world_size: int = 1, augment: str = "none", pad: int = 0, mean=(0.0,) * 3, std=(1.0,) * 3,
-                 drop_last: bool = False):
+    def __init__(
+        self,
+        data: ImageDataset,
+        batch_size: int,
+        epoch: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        augment: str = "none",
+        pad: int = 0,
+        mean=(0.0,) * 3,
+        std=(1.0,) * 3,
+        drop_last: bool = False,
+    ):
         self.data, self.batch_size = data, batch_size
-        sampler = DistributedSampler(range(len(data)), num_replicas=world_size, rank=rank, shuffle=True,
-                                     seed=seed, drop_last=False)
+        sampler = DistributedSampler(
+            range(len(data)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
         sampler.set_epoch(epoch)
         self.indices = torch.tensor(list(iter(sampler)), dtype=torch.int64)
         n = len(self.indices)
@@ -98,7 +110,7 @@ class EpochBatches:
 
     def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``i``: normalised images (B, 3, H, W) float32 and labels (B,)."""
-        idx = self.indices[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = self.indices[i * self.batch_size : (i + 1) * self.batch_size]
         x, y = self.data.batch(idx)
         if self.aug is not None:
             x = random_crop_flip(x, self.aug.offsets[idx], self.aug.flips[idx], self.aug.pad)

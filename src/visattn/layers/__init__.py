@@ -10,10 +10,10 @@ from visattn.layers.external import ExternalAttention
 from visattn.layers.lambda_layer import LambdaLayer
 from visattn.layers.local import LocalAttention
 from visattn.layers.mhsa import MultiHeadSelfAttention
-from visattn.layers.relpos import RelativePositionAttention  # noqa: F401
+from visattn.layers.relpos import RelativePositionAttention
 from visattn.layers.slide import SlideAttention
-from visattn.layers.sra import SpatialReductionAttention  # noqa: F401
-from visattn.layers.swin import WindowAttention  # noqa: F401
+from visattn.layers.sra import SpatialReductionAttention
+from visattn.layers.swin import WindowAttention
 
 __all__ = [
     "SpatialAttention",
@@ -24,4 +24,8 @@ __all__ = [
     "LambdaLayer",
     "LocalAttention",
     "MultiHeadSelfAttention",
+    "RelativePositionAttention",
+    "SlideAttention",
+    "SpatialReductionAttention",
+    "WindowAttention",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -124,8 +124,15 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-def check_work(owner: str, what: str, *, nbytes: float = 0, flops: float = 0, params: float = 0,
-               device: torch.device | str | None = None) -> None:
+def check_work(
+    owner: str,
+    what: str,
+    *,
+    nbytes: float = 0,
+    flops: float = 0,
+    params: float = 0,
+    device: torch.device | str | None = None,
+) -> None:
     """Raise ``ValueError`` when an estimated cost exceeds the current :func:`work_limit`.
 
     ``owner`` names the module, ``what`` the work ("a 1024x1024 input", ...). ``flops`` is
@@ -134,15 +141,18 @@ def check_work(owner: str, what: str, *, nbytes: float = 0, flops: float = 0, pa
     max_bytes, max_flops, max_params = _LIMITS.get()
     lift = "run it inside `with visattn.work_limit(...)` with a larger bound or None to proceed"
     if max_params is not None and params > max_params:
-        raise ValueError(f"{owner}: {what} builds {params:.3g} parameters, above the bound of "
-                         f"{max_params:.3g}; {lift}")
+        raise ValueError(f"{owner}: {what} builds {params:.3g} parameters, above the bound of {max_params:.3g}; {lift}")
     if max_bytes is not None and nbytes > max_bytes:
-        raise ValueError(f"{owner}: {what} needs an estimated {_fmt_bytes(nbytes)} for one intermediate, above "
-                         f"the bound of {_fmt_bytes(max_bytes)}; {lift}")
+        raise ValueError(
+            f"{owner}: {what} needs an estimated {_fmt_bytes(nbytes)} for one intermediate, above "
+            f"the bound of {_fmt_bytes(max_bytes)}; {lift}"
+        )
     dev_type = torch.device(device).type if device is not None else "cpu"
     if max_flops is not None and dev_type == "cpu" and flops > max_flops:
-        raise ValueError(f"{owner}: {what} needs an estimated {flops:.3g} FLOPs on the CPU, above the bound "
-                         f"of {max_flops:.3g} (hours of work); {lift}")
+        raise ValueError(
+            f"{owner}: {what} needs an estimated {flops:.3g} FLOPs on the CPU, above the bound "
+            f"of {max_flops:.3g} (hours of work); {lift}"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -221,9 +231,13 @@ class SpatialAttention(nn.Module):
     def _check_cost(self, x: torch.Tensor) -> None:
         """Refuse an input whose estimated cost is beyond :func:`work_limit` (see ``check_work``)."""
         b, _, h, w = x.shape
-        check_work(type(self).__name__, f"a ({b}, {self.dim}, {h}, {w}) input",
-                   flops=self.analytic_flops(h, w, b), nbytes=self.peak_intermediate_bytes(h, w, b, x.element_size()),
-                   device=x.device)
+        check_work(
+            type(self).__name__,
+            f"a ({b}, {self.dim}, {h}, {w}) input",
+            flops=self.analytic_flops(h, w, b),
+            nbytes=self.peak_intermediate_bytes(h, w, b, x.element_size()),
+            device=x.device,
+        )
 
     def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
         """Estimated bytes of the largest intermediate one forward call allocates (0: nothing beyond O(n C)).
@@ -280,8 +294,6 @@ class TokenAdapter(nn.Module):
             raise ValueError(f"TokenAdapter expects hw=(H, W) with positive ints, got {hw!r}")
         h, w = hw
         if tokens.shape[1] != h * w:
-            raise ValueError(
-                f"TokenAdapter got N={tokens.shape[1]} tokens but hw=({h}, {w}) needs N=H*W={h * w}"
-            )
+            raise ValueError(f"TokenAdapter got N={tokens.shape[1]} tokens but hw=({h}, {w}) needs N=H*W={h * w}")
         y = self.module(from_tokens(tokens, (h, w)))
         return to_tokens(y)

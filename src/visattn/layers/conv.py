@@ -40,8 +40,9 @@ class ConvMixer(SpatialAttention):
     Shapes: (B, C, H, W) -> (B, C_out, H, W).
     """
 
-    def __init__(self, dim: int, dim_out: int | None = None, *, kernel_size: int = 3, groups: int = 1,
-                 bias: bool = True):
+    def __init__(
+        self, dim: int, dim_out: int | None = None, *, kernel_size: int = 3, groups: int = 1, bias: bool = True
+    ):
         super().__init__(dim, dim_out)
         check_odd("kernel_size", kernel_size)
         if dim % groups or self.dim_out % groups:

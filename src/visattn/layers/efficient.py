@@ -15,12 +15,10 @@ Under half-precision autocast the normalisers and the context sums run in float3
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers._ops import upcast
-from visattn.layers.base import (SpatialAttention, check_choice, check_divisible,
-                                 check_positive_int)
+from visattn.layers.base import SpatialAttention, check_choice, check_divisible, check_positive_int
 from visattn.registry import register_attention
 
 __all__ = ["EfficientAttention"]
@@ -52,9 +50,17 @@ class EfficientAttention(SpatialAttention):
     Shapes: (B, C, H, W) -> (B, C_out, H, W); per head the context is (d_k/h, d_v/h).
     """
 
-    def __init__(self, dim: int, dim_out: int | None = None, *, key_dim: int | None = None,
-                 value_dim: int | None = None, num_heads: int = 4, normalization: str = "softmax",
-                 residual: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        key_dim: int | None = None,
+        value_dim: int | None = None,
+        num_heads: int = 4,
+        normalization: str = "softmax",
+        residual: bool = False,
+    ):
         super().__init__(dim, dim_out)
         key_dim = dim if key_dim is None else key_dim
         value_dim = dim if value_dim is None else value_dim
@@ -88,7 +94,7 @@ class EfficientAttention(SpatialAttention):
                 q = q.softmax(dim=2)  # over each query's d_k channels
                 k = k.softmax(dim=3)  # over the n positions
             else:
-                s = n ** -0.5
+                s = n**-0.5
                 q, k = q * s, k * s
             context = k @ v.transpose(2, 3)  # (B, h, d_k, d_v): rho_k(K)^T V
             o = context.transpose(2, 3) @ q  # (B, h, d_v, n)
@@ -103,5 +109,7 @@ class EfficientAttention(SpatialAttention):
         return {"counted": batch * (proj + core), "uncounted": 0}
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, key_dim={self.key_dim}, value_dim={self.value_dim}, "
-                f"num_heads={self.num_heads}, normalization={self.normalization!r}, residual={self.residual}")
+        return (
+            f"{super().extra_repr()}, key_dim={self.key_dim}, value_dim={self.value_dim}, "
+            f"num_heads={self.num_heads}, normalization={self.normalization!r}, residual={self.residual}"
+        )

@@ -17,16 +17,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers._ops import _HALF
-from visattn.layers.base import (SpatialAttention, check_choice, check_divisible,
-                                 check_positive_int)
+from visattn.layers.base import SpatialAttention, check_choice, check_divisible, check_positive_int
 from visattn.registry import register_attention
 
 __all__ = ["ExternalAttention"]
-
 
 
 @register_attention(
@@ -65,9 +62,19 @@ class ExternalAttention(SpatialAttention):
     Shapes: (B, C, H, W) -> (B, C_out, H, W); attention map (B, heads, S, n).
     """
 
-    def __init__(self, dim: int, dim_out: int | None = None, *, memory_size: int = 64, num_heads: int = 1,
-                 expansion: int = 1, normalization: str = "double", key_bias: bool = False,
-                 tie_memories: bool = False, eps: float = 1e-9):
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        memory_size: int = 64,
+        num_heads: int = 1,
+        expansion: int = 1,
+        normalization: str = "double",
+        key_bias: bool = False,
+        tie_memories: bool = False,
+        eps: float = 1e-9,
+    ):
         super().__init__(dim, dim_out)
         check_positive_int("memory_size", memory_size)
         check_positive_int("num_heads", num_heads)
@@ -109,8 +116,9 @@ class ExternalAttention(SpatialAttention):
         if not self.tie_memories:
             nn.init.uniform_(self.memory_value, -1 / math.sqrt(self.memory_size), 1 / math.sqrt(self.memory_size))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # A checkpoint of a tied layer written before the tie was structural carries M_v as a
         # second key: accept it when it equals M_k, refuse a different one. An untied layer
         # loading a tied checkpoint (M_k only) starts with M_v = M_k, as the authors' code does.
@@ -121,10 +129,13 @@ class ExternalAttention(SpatialAttention):
             mv = state_dict.pop(mv_key)
             mk = state_dict.get(mk_key)
             if mk is not None and (mk.shape != mv.shape or not torch.equal(mk, mv)):
-                error_msgs.append(f"{mv_key}: this layer ties M_v to M_k (tie_memories=True) but the checkpoint "
-                                  f"holds a different {mv_key}; build the layer with tie_memories=False to load it")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+                error_msgs.append(
+                    f"{mv_key}: this layer ties M_v to M_k (tie_memories=True) but the checkpoint "
+                    f"holds a different {mv_key}; build the layer with tie_memories=False to load it"
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised attention A: (B, heads, S, n), in float32 for half input.
@@ -184,6 +195,8 @@ class ExternalAttention(SpatialAttention):
         return {"counted": batch * (core + proj), "uncounted": 0}
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, memory_size={self.memory_size}, num_heads={self.num_heads}, "
-                f"expansion={self.expansion}, normalization={self.normalization!r}"
-                + (", tie_memories=True" if self.tie_memories else ""))
+        return (
+            f"{super().extra_repr()}, memory_size={self.memory_size}, num_heads={self.num_heads}, "
+            f"expansion={self.expansion}, normalization={self.normalization!r}"
+            + (", tie_memories=True" if self.tie_memories else "")
+        )

@@ -49,7 +49,6 @@ from visattn.registry import register_attention
 __all__ = ["LambdaLayer", "lambda_conv", "query_contract"]
 
 
-
 # ---------------------------------------------------------------------------
 # y[b, h, v, n] = sum_k q[b, h, k, n] lam[b, k, v, n]  (per-position product with the queries)
 # ---------------------------------------------------------------------------
@@ -232,17 +231,24 @@ def _bn(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     the running ones are left as they were, and a warning says so."""
     if norm.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
         return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
-    if (norm.training and norm.track_running_stats and not _is_tracing()
-            and not bool(torch.isfinite(x.detach()).all())):
-        warnings.warn("LambdaLayer: a training batch has non-finite (NaN/inf) queries or values; the "
-                      "BatchNorm running statistics were not updated with it", RuntimeWarning, stacklevel=3)
+    if norm.training and norm.track_running_stats and not _is_tracing() and not bool(torch.isfinite(x.detach()).all()):
+        warnings.warn(
+            "LambdaLayer: a training batch has non-finite (NaN/inf) queries or values; the "
+            "BatchNorm running statistics were not updated with it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return F.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
     return norm(x)
 
 
 def _is_tracing() -> bool:
-    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-                or torch.onnx.is_in_onnx_export())
+    return bool(
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 @register_attention(
@@ -284,9 +290,20 @@ class LambdaLayer(SpatialAttention):
     ``q``: (B, h, k, n); ``k``: (B, u, k, n); ``v``: (B, u, v, H, W); lambdas (B, k, v, n).
     """
 
-    def __init__(self, dim: int, dim_out: int | None = None, *, num_heads: int = 4, key_dim: int = 16,
-                 intra_depth: int = 1, local_scope: int | None = 23, max_size=None, stride: int = 1,
-                 lambda_conv_bias: bool = False, conv_impl: str = "auto"):
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        num_heads: int = 4,
+        key_dim: int = 16,
+        intra_depth: int = 1,
+        local_scope: int | None = 23,
+        max_size=None,
+        stride: int = 1,
+        lambda_conv_bias: bool = False,
+        conv_impl: str = "auto",
+    ):
         super().__init__(dim, dim_out)
         check_positive_int("num_heads", num_heads)
         check_divisible("dim_out", self.dim_out, "num_heads", num_heads)
@@ -304,8 +321,10 @@ class LambdaLayer(SpatialAttention):
             self.pos_kernel = nn.Parameter(torch.empty(k, u, local_scope, local_scope))  # R over r x r offsets
         else:
             if max_size is None:
-                raise ValueError("the global form (local_scope=None) needs max_size=S or (H, W), the largest "
-                                 "input it will see; got max_size=None")
+                raise ValueError(
+                    "the global form (local_scope=None) needs max_size=S or (H, W), the largest "
+                    "input it will see; got max_size=None"
+                )
             self.max_size = _as_pair("max_size", max_size)
             mh, mw = self.max_size
             self.pos_kernel = nn.Parameter(torch.empty(k, u, 2 * mh - 1, 2 * mw - 1))  # R over every offset
@@ -320,7 +339,7 @@ class LambdaLayer(SpatialAttention):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.qkv.weight, std=self.dim ** -0.5)
+        nn.init.normal_(self.qkv.weight, std=self.dim**-0.5)
         nn.init.trunc_normal_(self.pos_kernel, std=0.02)
         if self.pos_bias is not None:
             nn.init.zeros_(self.pos_bias)
@@ -370,8 +389,9 @@ class LambdaLayer(SpatialAttention):
             kk = torch.softmax(kk.to(cdtype).reshape(b, u, k, n), dim=-1)  # softmax over the m positions
             v = v.to(cdtype).reshape(b, u, vd, height, width)
             # content lambda (B, k, v): sum_u softmax(K_u)^T V_u
-            lam_c = torch.bmm(kk.transpose(1, 2).reshape(b, k, u * n),
-                              v.reshape(b, u, vd, n).transpose(2, 3).reshape(b, u * n, vd))
+            lam_c = torch.bmm(
+                kk.transpose(1, 2).reshape(b, k, u * n), v.reshape(b, u, vd, n).transpose(2, 3).reshape(b, u * n, vd)
+            )
             if self.pos_bias is not None:
                 lam_c = lam_c + self.pos_bias.to(cdtype)[:, None]
             lam = lambda_conv(v, kernel.to(cdtype), self.conv_impl)  # (B, k, v, H, W) position lambdas
@@ -403,5 +423,7 @@ class LambdaLayer(SpatialAttention):
 
     def extra_repr(self) -> str:
         scope = f"local_scope={self.local_scope}" if self.local_scope is not None else f"max_size={self.max_size}"
-        return (f"{super().extra_repr()}, num_heads={self.num_heads}, key_dim={self.key_dim}, "
-                f"intra_depth={self.intra_depth}, {scope}, stride={self.stride}")
+        return (
+            f"{super().extra_repr()}, num_heads={self.num_heads}, key_dim={self.key_dim}, "
+            f"intra_depth={self.intra_depth}, {scope}, stride={self.stride}"
+        )

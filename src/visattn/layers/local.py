@@ -53,8 +53,16 @@ class LocalAttention(SpatialAttention):
     Shapes: (B, C, H, W) -> (B, C_out, H, W). Logits (B, h, k*k, n).
     """
 
-    def __init__(self, dim: int, dim_out: int | None = None, *, num_heads: int = 4, kernel_size: int = 3,
-                 qkv_bias: bool = True, mask_padding: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        num_heads: int = 4,
+        kernel_size: int = 3,
+        qkv_bias: bool = True,
+        mask_padding: bool = False,
+    ):
         super().__init__(dim, dim_out)
         check_positive_int("num_heads", num_heads)
         check_divisible("dim", dim, "num_heads", num_heads)
@@ -64,7 +72,7 @@ class LocalAttention(SpatialAttention):
         self.kernel_size = kernel_size
         self.receptive_field = kernel_size
         self.mask_padding = mask_padding
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, self.dim_out)
 
@@ -85,11 +93,13 @@ class LocalAttention(SpatialAttention):
         return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
 
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
-        n, c, kk = height * width, self.dim, self.kernel_size ** 2
+        n, c, kk = height * width, self.dim, self.kernel_size**2
         counted = 2 * n * c * 3 * c + 2 * n * c * self.dim_out
         uncounted = 2 * 2 * n * c * kk  # q.k over k*k neighbours, A.v
         return {"counted": batch * counted, "uncounted": batch * uncounted}
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
-                f"mask_padding={self.mask_padding}")
+        return (
+            f"{super().extra_repr()}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
+            f"mask_padding={self.mask_padding}"
+        )

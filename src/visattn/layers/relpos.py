@@ -51,8 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers._ops import upcast
-from visattn.layers.base import (SpatialAttention, check_choice, check_divisible,
-                                 check_positive_int)
+from visattn.layers.base import SpatialAttention, check_choice, check_divisible, check_positive_int
 from visattn.registry import register_attention
 
 __all__ = ["RelativePositionAttention", "ConvAsAttention", "attention_from_conv", "relative_offsets"]
@@ -107,11 +106,24 @@ class RelativePositionAttention(SpatialAttention):
     Shapes: (B, C, H, W) -> (B, C_out, H, W); n = H*W; attention maps (B, h, n, n).
     """
 
-    def __init__(self, dim: int, dim_out: int | None = None, *, num_heads: int = 4, encoding: str = "quadratic",
-                 content: bool = False, head_dim: int | None = None, value_proj: bool = True,
-                 value_dim: int | None = None, max_offset: int = 15, pos_dim: int | None = None,
-                 qkv_bias: bool = True, attn_drop: float = 0.0, init_centre_std: float = 1.0,
-                 init_alpha: float = 0.5):
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        num_heads: int = 4,
+        encoding: str = "quadratic",
+        content: bool = False,
+        head_dim: int | None = None,
+        value_proj: bool = True,
+        value_dim: int | None = None,
+        max_offset: int = 15,
+        pos_dim: int | None = None,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        init_centre_std: float = 1.0,
+        init_alpha: float = 0.5,
+    ):
         super().__init__(dim, dim_out)
         check_positive_int("num_heads", num_heads)
         check_choice("encoding", encoding, ENCODINGS)
@@ -123,8 +135,10 @@ class RelativePositionAttention(SpatialAttention):
         check_positive_int("head_dim", head_dim)
         check_positive_int("value_dim", value_dim, allow_none=True)
         if not value_proj and value_dim is not None:
-            raise ValueError(f"value_dim is only used with value_proj=True (values are the input, width {dim}); "
-                             f"got value_dim={value_dim} with value_proj=False")
+            raise ValueError(
+                f"value_dim is only used with value_proj=True (values are the input, width {dim}); "
+                f"got value_dim={value_dim} with value_proj=False"
+            )
         if not 0.0 <= attn_drop < 1.0:
             raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop}")
         self.num_heads, self.encoding, self.content = num_heads, encoding, content
@@ -181,7 +195,7 @@ class RelativePositionAttention(SpatialAttention):
         d = log_diag.exp()
         a = d[:, 0] ** 2
         b = d[:, 0] * off
-        c = off ** 2 + d[:, 1] ** 2
+        c = off**2 + d[:, 1] ** 2
         return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2)
 
     def _check_size(self, height: int, width: int) -> None:
@@ -222,8 +236,11 @@ class RelativePositionAttention(SpatialAttention):
             prec = self.precision()
             a, b, c = prec[:, 0, 0, None, None], prec[:, 0, 1, None, None], prec[:, 1, 1, None, None]
             # -1/2 [a ey^2 + 2 b ey ex + c ex^2]
-            p = ((-0.5 * a * ey * ey)[:, :, None, :, None] + (-0.5 * c * ex * ex)[:, None, :, None, :]
-                 - (b * ey)[:, :, None, :, None] * ex[:, None, :, None, :])
+            p = (
+                (-0.5 * a * ey * ey)[:, :, None, :, None]
+                + (-0.5 * c * ex * ex)[:, None, :, None, :]
+                - (b * ey)[:, :, None, :, None] * ex[:, None, :, None, :]
+            )
         return p.reshape(nh, n, n)
 
     # -- attention -----------------------------------------------------------
@@ -305,7 +322,8 @@ class RelativePositionAttention(SpatialAttention):
         if self._folds_positions() and not dropout:  # fused SDPA on (B, h, n, D) queries, keys and values
             return batch * self.num_heads * n * self._fold_width() * size
         per_example = (self.content and (self.training or torch.is_grad_enabled())) or (
-            self.training and self.attn_drop > 0)
+            self.training and self.attn_drop > 0
+        )
         return (batch if per_example else 1) * self.num_heads * n * n * size
 
     # -- positions folded into queries and keys (content, quadratic / gaussian) ----------
@@ -314,8 +332,12 @@ class RelativePositionAttention(SpatialAttention):
         content layers with a quadratic or gaussian encoding); exports keep the additive mask."""
         if self.encoding == "learned" or not self.content:
             return False
-        exporting = (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-                     or torch.onnx.is_in_onnx_export())
+        exporting = (
+            torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+            or torch.compiler.is_compiling()
+            or torch.onnx.is_in_onnx_export()
+        )
         return not exporting
 
     def _fold_width(self) -> int:
@@ -351,8 +373,16 @@ class RelativePositionAttention(SpatialAttention):
             prec = self.precision()
             a, b, c = prec[:, 0, 0, None], prec[:, 0, 1, None], prec[:, 1, 1, None]
             kf = torch.stack([py * py, py * px, px * px, py, px], -1)
-            qf = torch.stack([(-0.5 * a).expand_as(qy), (-b).expand_as(qy), (-0.5 * c).expand_as(qy),
-                              a * qy + b * qx, b * qy + c * qx], -1)
+            qf = torch.stack(
+                [
+                    (-0.5 * a).expand_as(qy),
+                    (-b).expand_as(qy),
+                    (-0.5 * c).expand_as(qy),
+                    a * qy + b * qx,
+                    b * qy + c * qx,
+                ],
+                -1,
+            )
         return qf, kf
 
     def _attend_folded(self, q, k, v, height, width, drop):
@@ -364,7 +394,7 @@ class RelativePositionAttention(SpatialAttention):
         qf, kf = self.positional_features(height, width)
         qf, kf = qf.to(q.dtype), kf.to(q.dtype)
         e = qf.shape[-1]
-        parts_q = [q * self.head_dim ** -0.5, qf[None].expand(b, nh, n, e)]
+        parts_q = [q * self.head_dim**-0.5, qf[None].expand(b, nh, n, e)]
         parts_k = [k, kf[None, None].expand(b, nh, n, e)]
         pad = width_d - d - e
         if pad:
@@ -397,8 +427,10 @@ class RelativePositionAttention(SpatialAttention):
         return {"counted": batch * (proj + attn) + tables, "uncounted": pos}
 
     def extra_repr(self) -> str:
-        s = (f"{super().extra_repr()}, num_heads={self.num_heads}, encoding={self.encoding!r}, "
-             f"content={self.content}, head_dim={self.head_dim}, value_proj={self.value_proj}")
+        s = (
+            f"{super().extra_repr()}, num_heads={self.num_heads}, encoding={self.encoding!r}, "
+            f"content={self.content}, head_dim={self.head_dim}, value_proj={self.value_proj}"
+        )
         if self.encoding == "learned":
             s += f", max_offset={self.max_offset}, pos_dim={self.pos_dim}"
         return s
@@ -424,7 +456,7 @@ class ConvAsAttention(SpatialAttention):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         ph, pw = self.kernel_size[0] // 2, self.kernel_size[1] // 2
         y = self.attention(F.pad(x, (pw, pw, ph, ph)))  # zeros: the conv's padding, as real keys
-        return y[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+        return y[:, :, ph : ph + x.shape[2], pw : pw + x.shape[3]]
 
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
         ph, pw = self.kernel_size[0] // 2, self.kernel_size[1] // 2
@@ -457,7 +489,9 @@ def attention_from_conv(conv: nn.Conv2d, alpha: float) -> ConvAsAttention:
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     kh, kw = _pair(conv.kernel_size)
     if kh % 2 == 0 or kw % 2 == 0:
-        raise ValueError(f"attention_from_conv supports odd kernel sizes (a centred kernel), got kernel_size={(kh, kw)}")
+        raise ValueError(
+            f"attention_from_conv supports odd kernel sizes (a centred kernel), got kernel_size={(kh, kw)}"
+        )
     if _pair(conv.stride) != (1, 1):
         raise ValueError(f"attention_from_conv supports stride 1, got stride={conv.stride}")
     if _pair(conv.dilation) != (1, 1):
@@ -467,12 +501,15 @@ def attention_from_conv(conv: nn.Conv2d, alpha: float) -> ConvAsAttention:
     if conv.padding_mode != "zeros":
         raise ValueError(f"attention_from_conv supports padding_mode='zeros', got {conv.padding_mode!r}")
     if conv.padding != "same" and _pair(conv.padding) != (kh // 2, kw // 2):
-        raise ValueError(f"attention_from_conv supports zero 'same' padding (K//2) = {(kh // 2, kw // 2)} for "
-                         f"kernel_size={(kh, kw)}, got padding={conv.padding}")
+        raise ValueError(
+            f"attention_from_conv supports zero 'same' padding (K//2) = {(kh // 2, kw // 2)} for "
+            f"kernel_size={(kh, kw)}, got padding={conv.padding}"
+        )
     c_in, c_out = conv.in_channels, conv.out_channels
     w = conv.weight.detach()
-    attn = RelativePositionAttention(c_in, c_out, num_heads=kh * kw, encoding="quadratic", content=False,
-                                     head_dim=1, value_proj=False).to(device=w.device, dtype=w.dtype)
+    attn = RelativePositionAttention(
+        c_in, c_out, num_heads=kh * kw, encoding="quadratic", content=False, head_dim=1, value_proj=False
+    ).to(device=w.device, dtype=w.dtype)
     ii, jj = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing="ij")
     with torch.no_grad():
         attn.centres.copy_(torch.stack([ii.reshape(-1) - kh // 2, jj.reshape(-1) - kw // 2], -1))

@@ -91,7 +91,7 @@ def _is_exporting() -> bool:
     "slide",
     title="Slide attention",
     paper="Pan et al., Slide-Transformer: Hierarchical Vision Transformer with Local Self-Attention, "
-          "CVPR 2023 (arXiv 2304.04237)",
+    "CVPR 2023 (arXiv 2304.04237)",
     cost="local",
     receptive_field="local",
     window_arg="kernel_size",
@@ -124,15 +124,28 @@ class SlideAttention(SpatialAttention):
     Shapes: (B, C, H, W) -> (B, C_out, H, W); logits (B, h, k*k, H, W).
     """
 
-    def __init__(self, dim: int, dim_out: int | None = None, *, num_heads: int = 4, kernel_size: int = 3,
-                 deformed: bool = True, qkv_bias: bool = True, key_bias: bool = True,
-                 mask_padding: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        num_heads: int = 4,
+        kernel_size: int = 3,
+        deformed: bool = True,
+        qkv_bias: bool = True,
+        key_bias: bool = True,
+        mask_padding: bool = False,
+    ):
         super().__init__(dim, dim_out)
         check_positive_int("num_heads", num_heads)
         check_divisible("dim", dim, "num_heads", num_heads)
         check_odd("kernel_size", kernel_size)
-        for name, val in (("deformed", deformed), ("qkv_bias", qkv_bias), ("key_bias", key_bias),
-                          ("mask_padding", mask_padding)):
+        for name, val in (
+            ("deformed", deformed),
+            ("qkv_bias", qkv_bias),
+            ("key_bias", key_bias),
+            ("mask_padding", mask_padding),
+        ):
             if not isinstance(val, bool):
                 raise TypeError(f"{name} must be a bool, got {type(val).__name__} {val!r}")
         self.num_heads = num_heads
@@ -141,19 +154,23 @@ class SlideAttention(SpatialAttention):
         self.receptive_field = kernel_size
         self.deformed = deformed
         self.mask_padding = mask_padding
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         d, kk = self.head_dim, kernel_size * kernel_size
         # the one-hot buffer and the learned shift conv hold d * (k*k)^2 numbers each
         shift_numbers = d * kk * kk * (2 if deformed else 1) + 4 * dim * dim
-        check_work("SlideAttention", f"kernel_size={kernel_size} with head width {d} (dim={dim}, "
-                   f"num_heads={num_heads})", params=shift_numbers)
+        check_work(
+            "SlideAttention",
+            f"kernel_size={kernel_size} with head width {d} (dim={dim}, num_heads={num_heads})",
+            params=shift_numbers,
+        )
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, self.dim_out)
         # Fixed path: the k*k one-hot shifts of each head channel (frozen, follows .to()).
         self.register_buffer("shift_weight", one_hot_shift_kernels(d, kernel_size), persistent=False)
         # Learned path (deformed shifting): same shape, shared by K, V and all heads.
-        self.deform = (nn.Conv2d(d, d * kk, kernel_size, padding=kernel_size // 2, groups=d, bias=True)
-                       if deformed else None)
+        self.deform = (
+            nn.Conv2d(d, d * kk, kernel_size, padding=kernel_size // 2, groups=d, bias=True) if deformed else None
+        )
         self.key_bias = nn.Parameter(torch.zeros(num_heads, kk)) if key_bias else None
         #: True once :meth:`reparameterize` has folded the fixed shifts into ``deform``.
         self.reparameterized = False
@@ -175,7 +192,7 @@ class SlideAttention(SpatialAttention):
 
     # -- re-parameterisation -------------------------------------------------
     @torch.no_grad()
-    def reparameterize(self) -> "SlideAttention":
+    def reparameterize(self) -> SlideAttention:
         """Merge the fixed and the learned shift conv into ``deform`` in place (inference).
 
         W = W_fixed + W_learned, b = b_fixed + b_learned (b_fixed = 0). Idempotent; a no-op
@@ -196,8 +213,9 @@ class SlideAttention(SpatialAttention):
     #: State-dict keys this module loads without (visattn.load_weights does not call them missing).
     _optional_state_keys = ("shift_merged",)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # ``deform.weight`` means the learned kernel alone or the merged one, as ``shift_merged`` says:
         # take the incoming meaning, so a re-parameterised checkpoint loads merged into a fresh module
         # (and a training checkpoint un-merges a re-parameterised one). A state dict without the flag
@@ -213,8 +231,9 @@ class SlideAttention(SpatialAttention):
                 return
             if prefix + "deform.weight" in state_dict:
                 merged = bool(incoming) if incoming is not None else False
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         if self.deform is not None:
             self._set_merged(merged)  # after the buffer copy, which a partial state dict may also make
             if key in missing_keys:
@@ -319,12 +338,12 @@ class SlideAttention(SpatialAttention):
     def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
         """Largest of: the padded keys (B, C, H+2r, W+2r), the attention weights (B, h, k*k, H, W)
         (kept for the backward in training), both in the compute dtype (float32 for half input)."""
-        r, kk = self.kernel_size // 2, self.kernel_size ** 2
+        r, kk = self.kernel_size // 2, self.kernel_size**2
         size = max(itemsize, 4)  # half input runs the core in float32
         return batch * max(self.dim * (height + 2 * r) * (width + 2 * r), self.num_heads * kk * height * width) * size
 
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
-        n, c, kk = height * width, self.dim, self.kernel_size ** 2
+        n, c, kk = height * width, self.dim, self.kernel_size**2
         counted = 2 * n * c * 3 * c + 2 * n * c * self.dim_out  # qkv, proj (1x1 convs)
         uncounted = 2 * 2 * n * c * kk  # q * K_j and a * V_j, elementwise
         if self.deform is not None:
@@ -336,9 +355,11 @@ class SlideAttention(SpatialAttention):
         return {"counted": batch * counted, "uncounted": batch * uncounted}
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
-                f"deformed={self.deformed}, key_bias={self.key_bias is not None}, "
-                f"mask_padding={self.mask_padding}, reparameterized={self.reparameterized}")
+        return (
+            f"{super().extra_repr()}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
+            f"deformed={self.deformed}, key_bias={self.key_bias is not None}, "
+            f"mask_padding={self.mask_padding}, reparameterized={self.reparameterized}"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -354,12 +375,12 @@ def _attend_functional(q, kp, vp, ks, w3, b2, kb, valid):
     kk = ks * ks
     shifts = [(j // ks, j % ks) for j in range(kk)]
     if w3 is None:
-        logits = torch.stack([(q * kp[..., dy:dy + h, dx:dx + w]).sum(2) for dy, dx in shifts], 2)
+        logits = torch.stack([(q * kp[..., dy : dy + h, dx : dx + w]).sum(2) for dy, dx in shifts], 2)
     else:
         qm = q.reshape(bsz, nh, d, h * w)
         logits = torch.matmul(b2.t(), qm)  # (B, h, k*k, n): sum_c b[c, i] q[c]
         for j, (dy, dx) in enumerate(shifts):
-            prod = (q * kp[..., dy:dy + h, dx:dx + w]).reshape(bsz, nh, d, h * w)
+            prod = (q * kp[..., dy : dy + h, dx : dx + w]).reshape(bsz, nh, d, h * w)
             logits = logits + torch.matmul(w3[:, :, j].t(), prod)
         logits = logits.view(bsz, nh, kk, h, w)
     if kb is not None:
@@ -371,13 +392,13 @@ def _attend_functional(q, kp, vp, ks, w3, b2, kb, valid):
         out = attn[:, :, 0:1] * vp[..., 0:h, 0:w]
         for j in range(1, kk):
             dy, dx = shifts[j]
-            out = out + attn[:, :, j:j + 1] * vp[..., dy:dy + h, dx:dx + w]
+            out = out + attn[:, :, j : j + 1] * vp[..., dy : dy + h, dx : dx + w]
         return out
     am = attn.reshape(bsz, nh, kk, h * w)
     out = torch.matmul(b2, am).view(bsz, nh, d, h, w)  # sum_i b[c, i] a_i
     for j, (dy, dx) in enumerate(shifts):
         g = torch.matmul(w3[:, :, j], am).view(bsz, nh, d, h, w)  # sum_i W[c, i, j] a_i
-        out = out + g * vp[..., dy:dy + h, dx:dx + w]
+        out = out + g * vp[..., dy : dy + h, dx : dx + w]
     return out
 
 
@@ -419,13 +440,13 @@ def _attend_inplace(q, k, v, ks, w3, b2, kb, valid, attn_out=None):
         if w3 is None:
             logits = torch.empty(bsz, nh, kk, m, w, dtype=dt, device=dev)
             for j, (dy, dx) in enumerate(shifts):
-                torch.mul(qc, kp[..., dy:dy + m, dx:dx + w], out=tmp)
+                torch.mul(qc, kp[..., dy : dy + m, dx : dx + w], out=tmp)
                 torch.sum(tmp, 2, out=logits[:, :, j])
         else:
             qm = qc.reshape(bh, d, m * w)
             logits = torch.bmm(b2t, qm)  # (B*h, k*k, m*w)
             for j, (dy, dx) in enumerate(shifts):
-                torch.mul(qc, kp[..., dy:dy + m, dx:dx + w], out=tmp)
+                torch.mul(qc, kp[..., dy : dy + m, dx : dx + w], out=tmp)
                 torch.baddbmm(logits, wl[j], tmp.view(bh, d, m * w), out=logits)  # (counted, unlike baddbmm_)
             logits = logits.view(bsz, nh, kk, m, w)
         if kb is not None:
@@ -439,10 +460,10 @@ def _attend_inplace(q, k, v, ks, w3, b2, kb, valid, attn_out=None):
             attn_out[..., y0:y1, :].copy_(logits)
         if w3 is None:
             dy, dx = shifts[0]
-            torch.mul(logits[:, :, 0:1], vp[..., dy:dy + m, dx:dx + w], out=oc)
+            torch.mul(logits[:, :, 0:1], vp[..., dy : dy + m, dx : dx + w], out=oc)
             for j in range(1, kk):
                 dy, dx = shifts[j]
-                oc.addcmul_(logits[:, :, j:j + 1], vp[..., dy:dy + m, dx:dx + w])
+                oc.addcmul_(logits[:, :, j : j + 1], vp[..., dy : dy + m, dx : dx + w])
         else:
             am = logits.view(bh, kk, m * w)
             g = tmp.view(bh, d, m * w)
@@ -450,7 +471,7 @@ def _attend_inplace(q, k, v, ks, w3, b2, kb, valid, attn_out=None):
             oc.copy_(tmp)
             for j, (dy, dx) in enumerate(shifts):
                 torch.bmm(wo[j], am, out=g)
-                oc.addcmul_(tmp, vp[..., dy:dy + m, dx:dx + w])
+                oc.addcmul_(tmp, vp[..., dy : dy + m, dx : dx + w])
     return out
 
 
@@ -481,8 +502,8 @@ def _attend_shifts_inplace(q, k, v, ks, kb, valid):
             if ya >= yb or xa >= xb:
                 continue
             t = tmp[..., : yb - ya, : xb - xa]
-            torch.mul(q[..., ya:yb, xa:xb], k[..., ya + oy:yb + oy, xa + ox:xb + ox], out=t)
-            torch.sum(t, 2, out=logits[:, :, j, ya - y0:yb - y0, xa:xb])
+            torch.mul(q[..., ya:yb, xa:xb], k[..., ya + oy : yb + oy, xa + ox : xb + ox], out=t)
+            torch.sum(t, 2, out=logits[:, :, j, ya - y0 : yb - y0, xa:xb])
         if kb is not None:
             logits.addcmul_(kb.view(1, nh, kk, 1, 1), q[..., y0:y1, :].sum(2, keepdim=True))
         if valid is not None:
@@ -490,13 +511,14 @@ def _attend_shifts_inplace(q, k, v, ks, kb, valid):
         logits.sub_(logits.amax(2, keepdim=True)).exp_()
         logits.div_(logits.sum(2, keepdim=True))
         oc = out[..., y0:y1, :]
-        torch.mul(logits[:, :, centre:centre + 1], v[..., y0:y1, :], out=oc)  # the centre always exists
+        torch.mul(logits[:, :, centre : centre + 1], v[..., y0:y1, :], out=oc)  # the centre always exists
         for j, (oy, ox) in enumerate(offsets):
             ya, yb, xa, xb = rects[j]
             if j == centre or ya >= yb or xa >= xb:
                 continue
-            oc[..., ya - y0:yb - y0, xa:xb].addcmul_(logits[:, :, j:j + 1, ya - y0:yb - y0, xa:xb],
-                                                     v[..., ya + oy:yb + oy, xa + ox:xb + ox])
+            oc[..., ya - y0 : yb - y0, xa:xb].addcmul_(
+                logits[:, :, j : j + 1, ya - y0 : yb - y0, xa:xb], v[..., ya + oy : yb + oy, xa + ox : xb + ox]
+            )
     return out
 
 
@@ -526,8 +548,11 @@ class _SlideAttend(torch.autograd.Function):
         if torch.is_grad_enabled():
             # create_graph=True (double backward: gradient penalties, meta-learning): differentiate
             # the out-of-place form with autograd, so the gradients are differentiable themselves
-            return (*_attend_backward_differentiable(gout, q, k, v, w3, b2, kb, ctx.valid, ctx.ks,
-                                                     ctx.needs_input_grad), None, None)
+            return (
+                *_attend_backward_differentiable(gout, q, k, v, w3, b2, kb, ctx.valid, ctx.ks, ctx.needs_input_grad),
+                None,
+                None,
+            )
         grads = _attend_backward(gout.contiguous(), q, k, v, w3, b2, kb, attn, ctx.ks, ctx.needs_input_grad)
         return (*grads, None, None)
 
@@ -590,21 +615,21 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
         if w3 is None:
             da = torch.empty(bsz, nh, kk, m, w, dtype=dt, device=dev)
             for j, (dy, dx) in enumerate(shifts):
-                vj = vp[..., dy:dy + m, dx:dx + w]
+                vj = vp[..., dy : dy + m, dx : dx + w]
                 torch.mul(go, vj, out=tmp)
                 torch.sum(tmp, 2, out=da[:, :, j])
-                dvp[..., dy:dy + m, dx:dx + w].addcmul_(a[:, :, j:j + 1], go)
+                dvp[..., dy : dy + m, dx : dx + w].addcmul_(a[:, :, j : j + 1], go)
         else:
             da = torch.bmm(b2t, gom)  # (B*h, k*k, m*W)
             amt = am.transpose(1, 2)
             dbb.baddbmm_(gom, amt)
             for j, (dy, dx) in enumerate(shifts):
-                vj = vp[..., dy:dy + m, dx:dx + w]
+                vj = vp[..., dy : dy + m, dx : dx + w]
                 torch.mul(go, vj, out=tmp)
                 torch.baddbmm(da, wl[j], tm, out=da)
                 dwb[j].baddbmm_(tm, amt)
                 torch.bmm(wo[j], am, out=tm)  # G_j
-                dvp[..., dy:dy + m, dx:dx + w].addcmul_(tmp, go)
+                dvp[..., dy : dy + m, dx : dx + w].addcmul_(tmp, go)
             da = da.view(bsz, nh, kk, m, w)
         # softmax backward: dL = a * (dA - sum_i a_i dA_i); masked neighbours have a = 0
         dl = da.sub_((a * da).sum(2, keepdim=True)).mul_(a)  # (B, h, k*k, m, W)
@@ -613,10 +638,10 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
         if w3 is None:
             torch.mul(dl[:, :, 0:1], kp[..., 0:m, 0:w], out=dqc)
             for j, (dy, dx) in enumerate(shifts):
-                kj = kp[..., dy:dy + m, dx:dx + w]
+                kj = kp[..., dy : dy + m, dx : dx + w]
                 if j:
-                    dqc.addcmul_(dl[:, :, j:j + 1], kj)
-                dkp[..., dy:dy + m, dx:dx + w].addcmul_(dl[:, :, j:j + 1], qc)
+                    dqc.addcmul_(dl[:, :, j : j + 1], kj)
+                dkp[..., dy : dy + m, dx : dx + w].addcmul_(dl[:, :, j : j + 1], qc)
         else:
             qm = qc.reshape(bh, d, mw)
             dlt = dlm.transpose(1, 2)
@@ -624,19 +649,25 @@ def _attend_backward(gout, q, k, v, w3, b2, kb, attn, ks, needs):
             dqm = torch.bmm(b2e, dlm)  # (B*h, d, m*W)
             dqc.copy_(dqm.view(bsz, nh, d, m, w))
             for j, (dy, dx) in enumerate(shifts):
-                kj = kp[..., dy:dy + m, dx:dx + w]
+                kj = kp[..., dy : dy + m, dx : dx + w]
                 torch.mul(qc, kj, out=tmp)
                 dwb[j].baddbmm_(tm, dlt)
                 torch.bmm(wo[j], dlm, out=tm)  # H_j
                 dqc.addcmul_(tmp, kj)
-                dkp[..., dy:dy + m, dx:dx + w].addcmul_(tmp, qc)
+                dkp[..., dy : dy + m, dx : dx + w].addcmul_(tmp, qc)
         if kb is not None:
             # logit_i += kb_i * sum_c q[c]
             dqc.add_((dl * kb.view(1, nh, kk, 1, 1)).sum(2, keepdim=True))
             dkb += (dl * qc.sum(2, keepdim=True)).sum((0, 3, 4))
-        dk[..., a0:a1, :] += dkp[..., a0 - lo:a1 - lo, r:r + w]
-        dv[..., a0:a1, :] += dvp[..., a0 - lo:a1 - lo, r:r + w]
+        dk[..., a0:a1, :] += dkp[..., a0 - lo : a1 - lo, r : r + w]
+        dv[..., a0:a1, :] += dvp[..., a0 - lo : a1 - lo, r : r + w]
     dw3 = dwb.sum(1).permute(1, 2, 0) if w3 is not None else None  # (d, k*k [i], k*k [j])
     db2 = dbb.sum(0) if w3 is not None else None
-    return (dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None,
-            dw3 if needs[3] else None, db2 if needs[4] else None, dkb if needs[5] else None)
+    return (
+        dq if needs[0] else None,
+        dk if needs[1] else None,
+        dv if needs[2] else None,
+        dw3 if needs[3] else None,
+        db2 if needs[4] else None,
+        dkb if needs[5] else None,
+    )

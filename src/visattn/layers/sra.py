@@ -49,8 +49,9 @@ class SpatialReductionAttention(SpatialAttention):
     Shapes: (B, C, H, W) -> (B, C_out, H, W); keys/values (B, h, ceil(H/R)*ceil(W/R), d).
     """
 
-    def __init__(self, dim: int, dim_out: int | None = None, *, num_heads: int = 1, sr_ratio: int = 1,
-                 qkv_bias: bool = True):
+    def __init__(
+        self, dim: int, dim_out: int | None = None, *, num_heads: int = 1, sr_ratio: int = 1, qkv_bias: bool = True
+    ):
         super().__init__(dim, dim_out)
         check_positive_int("num_heads", num_heads)
         check_divisible("dim", dim, "num_heads", num_heads)

@@ -60,21 +60,30 @@ class WindowAttention(SpatialAttention):
     #: Windows tile the map (they are not centred on the query), so M may be even (Slide-Swin: 14).
     centred_window = False
 
-    def __init__(self, dim: int, dim_out: int | None = None, *, num_heads: int = 4, window_size: int = 7,
-                 shift_size: int = 0, qkv_bias: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        num_heads: int = 4,
+        window_size: int = 7,
+        shift_size: int = 0,
+        qkv_bias: bool = True,
+    ):
         super().__init__(dim, dim_out)
         check_positive_int("num_heads", num_heads)
         check_divisible("dim", dim, "num_heads", num_heads)
         check_positive_int("window_size", window_size)
         if isinstance(shift_size, bool) or not isinstance(shift_size, int) or not 0 <= shift_size < window_size:
-            raise ValueError(f"shift_size must be an int with 0 <= shift_size < window_size={window_size}, "
-                             f"got {shift_size!r}")
+            raise ValueError(
+                f"shift_size must be an int with 0 <= shift_size < window_size={window_size}, got {shift_size!r}"
+            )
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.window_size = window_size
         self.receptive_field = window_size
         self.shift_size = shift_size
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, self.dim_out)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
@@ -144,5 +153,7 @@ class WindowAttention(SpatialAttention):
         return {"counted": batch * counted, "uncounted": 0}
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, num_heads={self.num_heads}, window_size={self.window_size}, "
-                f"shift_size={self.shift_size}")
+        return (
+            f"{super().extra_repr()}, num_heads={self.num_heads}, window_size={self.window_size}, "
+            f"shift_size={self.shift_size}"
+        )

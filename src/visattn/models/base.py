@@ -28,8 +28,9 @@ def check_images(owner: str, x, channels: int) -> None:
         raise ValueError(f"{owner} expects images (B, {channels}, H, W), got {shape}")
 
 
-def resolve_mixer(default: str, default_kwargs: dict | None, attention: str | None,
-                  attn_kwargs: dict | None) -> tuple[str, dict]:
+def resolve_mixer(
+    default: str, default_kwargs: dict | None, attention: str | None, attn_kwargs: dict | None
+) -> tuple[str, dict]:
     """The mechanism name and kwargs a backbone slot uses.
 
     The model's own ``default`` mechanism keeps its ``default_kwargs``; when the user
@@ -57,8 +58,9 @@ class VisionModel(nn.Module):
     num_features: int = 0
     feature_info: FeatureInfo | None = None
 
-    def _init_head(self, num_features: int, num_classes: int, drop_rate: float = 0.0,
-                   head_norm: nn.Module | None = None) -> None:
+    def _init_head(
+        self, num_features: int, num_classes: int, drop_rate: float = 0.0, head_norm: nn.Module | None = None
+    ) -> None:
         self.num_features = num_features
         self.num_classes = num_classes
         self.head_norm = head_norm if head_norm is not None else nn.Identity()
@@ -85,8 +87,14 @@ class VisionModel(nn.Module):
     def _prune_levels(self, keep: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward_intermediates(self, x: torch.Tensor, indices=None, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False, norm: bool = False):
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices=None,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        norm: bool = False,
+    ):
         """Feature maps of the levels ``indices`` (timm semantics).
 
         Args:

@@ -44,7 +44,6 @@ Not implemented: loading the authors' checkpoints (their key names and the class
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,8 +55,9 @@ from visattn.registry import create_attention, register_model
 
 __all__ = ["EAMLP", "T2TStem", "sinusoid_positions"]
 
-_PAPER = ("Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks "
-          "(arXiv 2105.02358)")
+_PAPER = (
+    "Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks (arXiv 2105.02358)"
+)
 
 
 def sinusoid_positions(n: int, dim: int, offset: int = 1, device=None, dtype=None) -> torch.Tensor:
@@ -142,8 +142,14 @@ class T2TStem(nn.Module):
 
     SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
 
-    def __init__(self, in_chans: int = 3, embed_dim: int = 256, token_dim: int = 64,
-                 memory_size: int = 128, tie_memories: bool = False):
+    def __init__(
+        self,
+        in_chans: int = 3,
+        embed_dim: int = 256,
+        token_dim: int = 64,
+        memory_size: int = 128,
+        tie_memories: bool = False,
+    ):
         super().__init__()
         (k0, _, _), (k1, _, _), (k2, _, _) = self.SPLITS
         self.block1 = T2TBlock(in_chans * k0 * k0, token_dim, memory_size, tie_memories)
@@ -213,15 +219,34 @@ class EAMLP(TokenBlockLevels, VisionModel):
     output of block i, (B, C, h, w) with h = ceil(floor((H + 1) / 4) / 4) (nominal reduction 16).
     """
 
-    def __init__(self, num_classes: int = 1000, *, embed_dim: int = 256, depth: int = 7, num_heads: int = 4,
-                 mlp_ratio: float = 2.0, memory_size: int = 64, token_dim: int = 64,
-                 t2t_memory_size: int = 128, tie_t2t_memories: bool = False, attention: str | None = None,
-                 attn_kwargs: dict | None = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 in_chans: int = 3):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        *,
+        embed_dim: int = 256,
+        depth: int = 7,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        memory_size: int = 64,
+        token_dim: int = 64,
+        t2t_memory_size: int = 128,
+        tie_t2t_memories: bool = False,
+        attention: str | None = None,
+        attn_kwargs: dict | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        in_chans: int = 3,
+    ):
         super().__init__()
-        for name, v in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads),
-                        ("memory_size", memory_size), ("token_dim", token_dim),
-                        ("t2t_memory_size", t2t_memory_size), ("in_chans", in_chans)):
+        for name, v in (
+            ("embed_dim", embed_dim),
+            ("depth", depth),
+            ("num_heads", num_heads),
+            ("memory_size", memory_size),
+            ("token_dim", token_dim),
+            ("t2t_memory_size", t2t_memory_size),
+            ("in_chans", in_chans),
+        ):
             check_positive_int(name, v)
         if num_classes != 0:
             check_positive_int("num_classes", num_classes)
@@ -239,8 +264,9 @@ class EAMLP(TokenBlockLevels, VisionModel):
             for r in rates
         )
         self.norm = nn.LayerNorm(embed_dim)
-        self.feature_info = FeatureInfo([{"num_chs": embed_dim, "reduction": 16, "module": f"blocks.{i}"}
-                                         for i in range(depth)])
+        self.feature_info = FeatureInfo(
+            [{"num_chs": embed_dim, "reduction": 16, "module": f"blocks.{i}"} for i in range(depth)]
+        )
         self._init_head(embed_dim, num_classes, drop_rate)
         self._init_own_weights()
 
@@ -268,20 +294,27 @@ def _eamlp(name: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: flo
         family="eamlp",
         default_input=(3, 224, 224),
         test_input=(3, 32, 32),
-        test_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2, "token_dim": 8, "memory_size": 8,
-                     "t2t_memory_size": 8},
+        test_kwargs={
+            "embed_dim": 16,
+            "depth": 1,
+            "num_heads": 2,
+            "token_dim": 8,
+            "memory_size": 8,
+            "t2t_memory_size": 8,
+        },
         published=published,
         paper=_PAPER,
     )
-    def build(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None,
-              **kw) -> EAMLP:
+    def build(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **kw) -> EAMLP:
         cfg = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio}
         cfg.update(kw)
         return EAMLP(num_classes, attention=attention, attn_kwargs=attn_kwargs, **cfg)
 
     build.__name__ = name
-    build.__doc__ = (f"EAMLP ({embed_dim} wide, {depth} blocks, {num_heads} x 4 EA heads, MLP ratio {mlp_ratio:g}); "
-                     f"see :class:`EAMLP`.")
+    build.__doc__ = (
+        f"EAMLP ({embed_dim} wide, {depth} blocks, {num_heads} x 4 EA heads, MLP ratio {mlp_ratio:g}); "
+        f"see :class:`EAMLP`."
+    )
     return build
 
 

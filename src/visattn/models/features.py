@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -88,22 +88,30 @@ class FeatureInfo:
 
     def describe(self) -> str:
         """``"0: stem (32 ch, reduction 1), 1: stages.0 (...)"``: what error messages list."""
-        return ", ".join(f"{i}: {e['module']} ({e['num_chs']} ch, reduction {e['reduction']})"
-                         for i, e in enumerate(self._entries))
+        return ", ".join(
+            f"{i}: {e['module']} ({e['num_chs']} ch, reduction {e['reduction']})" for i, e in enumerate(self._entries)
+        )
 
     def resolve(self, indices, owner: str = "model") -> list[int]:
         """Level indices (sorted, unique, non-negative) selected by ``indices`` (see module docstring)."""
         n = len(self._entries)
         if indices is None:
             return list(range(n))
-        if isinstance(indices, bool) or not isinstance(indices, (numbers.Integral, Sequence)) or isinstance(indices, str):
-            raise TypeError(f"{owner}: indices must be None, an int or a sequence of ints, got "
-                            f"{type(indices).__name__}")
+        if (
+            isinstance(indices, bool)
+            or not isinstance(indices, (numbers.Integral, Sequence))
+            or isinstance(indices, str)
+        ):
+            raise TypeError(
+                f"{owner}: indices must be None, an int or a sequence of ints, got {type(indices).__name__}"
+            )
         if isinstance(indices, numbers.Integral):
             indices = int(indices)
             if not 1 <= indices <= n:
-                raise ValueError(f"{owner}: indices={indices} asks for the last {indices} feature levels, but "
-                                 f"the model has {n}: {self.describe()}")
+                raise ValueError(
+                    f"{owner}: indices={indices} asks for the last {indices} feature levels, but "
+                    f"the model has {n}: {self.describe()}"
+                )
             return list(range(n - indices, n))
         if len(indices) == 0:
             raise ValueError(f"{owner}: indices is empty; expected level indices in 0..{n - 1}: {self.describe()}")
@@ -113,8 +121,10 @@ class FeatureInfo:
         indices = [int(i) for i in indices]
         bad = [i for i in indices if not -n <= i < n]
         if bad:
-            raise ValueError(f"{owner}: feature level indices {tuple(indices)} out of range: the model has {n} "
-                             f"levels, indices 0..{n - 1} (or -{n}..-1): {self.describe()}")
+            raise ValueError(
+                f"{owner}: feature level indices {tuple(indices)} out of range: the model has {n} "
+                f"levels, indices 0..{n - 1} (or -{n}..-1): {self.describe()}"
+            )
         return sorted({i % n for i in indices})
 
 
@@ -140,8 +150,10 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         info = getattr(model, "feature_info", None)
         if not isinstance(info, FeatureInfo):
-            raise TypeError(f"{type(model).__name__} declares no feature levels (feature_info); features_only "
-                            "needs a visattn backbone")
+            raise TypeError(
+                f"{type(model).__name__} declares no feature levels (feature_info); features_only "
+                "needs a visattn backbone"
+            )
         owner = getattr(model, "name", type(model).__name__)
         take = info.resolve(out_indices, owner=f"{owner} out_indices")
         model.prune_intermediate_layers(max(take) + 1)
@@ -151,5 +163,6 @@ class FeatureExtractor(nn.Module):
         self.feature_info = FeatureInfo([info[i] for i in take])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(x, indices=self.out_indices, output_fmt=self.output_fmt,
-                                                intermediates_only=True)
+        return self.model.forward_intermediates(
+            x, indices=self.out_indices, output_fmt=self.output_fmt, intermediates_only=True
+        )

@@ -44,8 +44,9 @@ class ExternalAttentionHead(nn.Module):
         check_positive_int("memory_size", memory_size)
         self.channels, self.memory_size, self.tie_memories = channels, memory_size, tie_memories
         self.conv_in = nn.Conv2d(channels, channels, 1)
-        self.attention = create_attention("external", channels, memory_size=memory_size, eps=eps,
-                                          tie_memories=tie_memories)
+        self.attention = create_attention(
+            "external", channels, memory_size=memory_size, eps=eps, tie_memories=tie_memories
+        )
         self.conv_out = nn.Conv2d(channels, channels, 1, bias=False)
         self.norm = nn.BatchNorm2d(channels)
 

@@ -40,7 +40,7 @@ absolute position embedding option (off in Swin-T), dropout inside blocks.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -105,10 +105,11 @@ class HierarchicalConfig:
         if self.stem == "swin":
             for i in range(1, n):
                 if self.embed_dims[i] != 2 * self.embed_dims[i - 1]:
-                    raise ValueError(f"the swin stem doubles channels per stage (patch merging), got embed_dims "
-                                     f"{self.embed_dims!r}")
+                    raise ValueError(
+                        f"the swin stem doubles channels per stage (patch merging), got embed_dims {self.embed_dims!r}"
+                    )
 
-    def replace(self, **kw) -> "HierarchicalConfig":
+    def replace(self, **kw) -> HierarchicalConfig:
         return dataclasses.replace(self, **kw)
 
 
@@ -238,8 +239,13 @@ class HierarchicalTransformer(VisionModel):
     (ceil(H / r_i), ceil(W / r_i)) positions.
     """
 
-    def __init__(self, cfg: HierarchicalConfig, num_classes: int = 1000, attention: str | None = None,
-                 attn_kwargs: dict | None = None):
+    def __init__(
+        self,
+        cfg: HierarchicalConfig,
+        num_classes: int = 1000,
+        attention: str | None = None,
+        attn_kwargs: dict | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
         dims = cfg.embed_dims
@@ -261,8 +267,9 @@ class HierarchicalTransformer(VisionModel):
                 k += 1
             stages.append(Stage(embed, blocks, pos))
         self.stages = nn.ModuleList(stages)
-        self.feature_info = FeatureInfo([{"num_chs": d, "reduction": cfg.patch_size * 2 ** i, "module": f"stages.{i}"}
-                                         for i, d in enumerate(dims)])
+        self.feature_info = FeatureInfo(
+            [{"num_chs": d, "reduction": cfg.patch_size * 2**i, "module": f"stages.{i}"} for i, d in enumerate(dims)]
+        )
         self.norm = nn.LayerNorm(dims[-1])
         self._init_head(dims[-1], num_classes)
         self._init_weights()
@@ -309,25 +316,39 @@ class HierarchicalTransformer(VisionModel):
 # ---------------------------------------------------------------------------
 
 _SWIN_T = dict(embed_dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), stem="swin")
-_PVT_T = dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2), num_heads=(1, 2, 5, 8),
-              mlp_ratios=(8.0, 8.0, 4.0, 4.0), stem="pvt")
+_PVT_T = dict(
+    embed_dims=(64, 128, 320, 512),
+    depths=(2, 2, 2, 2),
+    num_heads=(1, 2, 5, 8),
+    mlp_ratios=(8.0, 8.0, 4.0, 4.0),
+    stem="pvt",
+)
 _SWIN_SHIFTED = {"window_size": 7, "per_block": [{"shift_size": 0}, {"shift_size": 3}]}
 
 CONFIGS: dict[str, HierarchicalConfig] = {
     "slide_swin_t": HierarchicalConfig(
-        **_SWIN_T, mixers=("slide", "slide", "swin", "swin"),
+        **_SWIN_T,
+        mixers=("slide", "slide", "swin", "swin"),
         mixer_kwargs=({"kernel_size": 3}, {"kernel_size": 3}, {"window_size": 14}, {"window_size": 7}),
-        drop_path_rate=0.2),
-    "swin_t": HierarchicalConfig(**_SWIN_T, mixers=("swin",) * 4, mixer_kwargs=(_SWIN_SHIFTED,) * 4,
-                                 drop_path_rate=0.2),
+        drop_path_rate=0.2,
+    ),
+    "swin_t": HierarchicalConfig(
+        **_SWIN_T, mixers=("swin",) * 4, mixer_kwargs=(_SWIN_SHIFTED,) * 4, drop_path_rate=0.2
+    ),
     "slide_pvt_t": HierarchicalConfig(
-        **_PVT_T, mixers=("slide", "slide", "sra", "sra"),
+        **_PVT_T,
+        mixers=("slide", "slide", "sra", "sra"),
         mixer_kwargs=({"kernel_size": 3}, {"kernel_size": 3}, {"sr_ratio": 2}, {"sr_ratio": 1}),
-        pos_embed=(True, True, True, True), drop_path_rate=0.1),
+        pos_embed=(True, True, True, True),
+        drop_path_rate=0.1,
+    ),
     "pvt_t": HierarchicalConfig(
-        **_PVT_T, mixers=("sra",) * 4,
+        **_PVT_T,
+        mixers=("sra",) * 4,
         mixer_kwargs=({"sr_ratio": 8}, {"sr_ratio": 4}, {"sr_ratio": 2}, {"sr_ratio": 1}),
-        pos_embed=(True, True, True, True), drop_path_rate=0.1),
+        pos_embed=(True, True, True, True),
+        drop_path_rate=0.1,
+    ),
 }
 
 # Small configs the conformance suites build (fast at 32 x 32).
@@ -338,14 +359,17 @@ _TINY = {
 
 
 def _builder(name: str):
-    def build(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None,
-              **kw) -> HierarchicalTransformer:
+    def build(
+        num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **kw
+    ) -> HierarchicalTransformer:
         cfg = CONFIGS[name]
         if kw:
             unknown = set(kw) - {f.name for f in dataclasses.fields(HierarchicalConfig)}
             if unknown:
-                raise TypeError(f"{name}: unknown option(s) {sorted(unknown)}; expected HierarchicalConfig "
-                                f"fields {[f.name for f in dataclasses.fields(HierarchicalConfig)]}")
+                raise TypeError(
+                    f"{name}: unknown option(s) {sorted(unknown)}; expected HierarchicalConfig "
+                    f"fields {[f.name for f in dataclasses.fields(HierarchicalConfig)]}"
+                )
             kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
             cfg = cfg.replace(**kw)
         return HierarchicalTransformer(cfg, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs)
@@ -355,11 +379,31 @@ def _builder(name: str):
     return build
 
 
-register_model("slide_swin_t", family="hierarchical", test_kwargs=_TINY["swin"],
-               published={"params_m": 29.0, "macs_g": 4.6, "top1": 82.3}, paper=_SLIDE)(_builder("slide_swin_t"))
-register_model("swin_t", family="hierarchical", test_kwargs=_TINY["swin"],
-               published={"params_m": 28.3, "macs_g": 4.5, "top1": 81.3}, paper=_SWIN)(_builder("swin_t"))
-register_model("slide_pvt_t", family="hierarchical", test_kwargs=_TINY["pvt"],
-               published={"params_m": 12.2, "macs_g": 2.0, "top1": 78.0}, paper=_SLIDE)(_builder("slide_pvt_t"))
-register_model("pvt_t", family="hierarchical", test_kwargs=_TINY["pvt"],
-               published={"params_m": 13.2, "macs_g": 1.9, "top1": 75.1}, paper=_PVT)(_builder("pvt_t"))
+register_model(
+    "slide_swin_t",
+    family="hierarchical",
+    test_kwargs=_TINY["swin"],
+    published={"params_m": 29.0, "macs_g": 4.6, "top1": 82.3},
+    paper=_SLIDE,
+)(_builder("slide_swin_t"))
+register_model(
+    "swin_t",
+    family="hierarchical",
+    test_kwargs=_TINY["swin"],
+    published={"params_m": 28.3, "macs_g": 4.5, "top1": 81.3},
+    paper=_SWIN,
+)(_builder("swin_t"))
+register_model(
+    "slide_pvt_t",
+    family="hierarchical",
+    test_kwargs=_TINY["pvt"],
+    published={"params_m": 12.2, "macs_g": 2.0, "top1": 78.0},
+    paper=_SLIDE,
+)(_builder("slide_pvt_t"))
+register_model(
+    "pvt_t",
+    family="hierarchical",
+    test_kwargs=_TINY["pvt"],
+    published={"params_m": 13.2, "macs_g": 1.9, "top1": 75.1},
+    paper=_PVT,
+)(_builder("pvt_t"))

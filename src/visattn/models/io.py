@@ -142,12 +142,18 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
                 del loaded[extra]
 
     # keys a module loads without (a file written before they existed), e.g. SlideAttention's shift_merged
-    optional = {f"{name}.{k}" if name else k for name, mod in model.named_modules()
-                for k in getattr(mod, "_optional_state_keys", ())}
+    optional = {
+        f"{name}.{k}" if name else k
+        for name, mod in model.named_modules()
+        for k in getattr(mod, "_optional_state_keys", ())
+    }
     missing = sorted(set(expected) - set(loaded) - optional)
     unexpected = sorted(set(loaded) - set(expected))
-    wrong = [f"{k}: file {tuple(loaded[k].shape)}, model {tuple(expected[k].shape)}"
-             for k in expected if k in loaded and loaded[k].shape != expected[k].shape]
+    wrong = [
+        f"{k}: file {tuple(loaded[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in loaded and loaded[k].shape != expected[k].shape
+    ]
     name = type(model).__name__
     if wrong:
         raise ValueError(f"{path}: shape mismatch for {len(wrong)} tensor(s) of {name}: " + "; ".join(wrong))
@@ -157,7 +163,8 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
             parts.append(f"missing from the file ({len(missing)}): {', '.join(missing)}")
         if unexpected:
             parts.append(f"unexpected in the file ({len(unexpected)}): {', '.join(unexpected)}")
-        raise ValueError(f"{path} does not match {name}: " + "; ".join(parts) + " (pass strict=False to load "
-                         "the keys that match)")
+        raise ValueError(
+            f"{path} does not match {name}: " + "; ".join(parts) + " (pass strict=False to load the keys that match)"
+        )
     model.load_state_dict({k: v for k, v in loaded.items() if k in expected}, strict=False)
     return LoadResult(missing, unexpected)

@@ -46,7 +46,9 @@ __all__ = ["ResNetConfig", "ResNet", "Bottleneck", "LAMBDA_DEFAULTS"]
 #: The paper's ImageNet lambda layer: k=16, h=4, u=1, r=23.
 LAMBDA_DEFAULTS: dict[str, Any] = {"num_heads": 4, "key_dim": 16, "intra_depth": 1, "local_scope": 23}
 
-_LAMBDA_PAPER = "Bello, LambdaNetworks: Modeling Long-Range Interactions Without Attention (ICLR 2021, arXiv 2102.08602)"
+_LAMBDA_PAPER = (
+    "Bello, LambdaNetworks: Modeling Long-Range Interactions Without Attention (ICLR 2021, arXiv 2102.08602)"
+)
 _RESNET_PAPER = "He et al., Deep Residual Learning for Image Recognition (arXiv 1512.03385)"
 
 
@@ -95,8 +97,10 @@ class ResNetConfig:
 
     def __post_init__(self):
         if len(self.depths) != len(self.widths):
-            raise ValueError(f"depths and widths need one entry per stage, got {len(self.depths)} depths "
-                             f"and {len(self.widths)} widths")
+            raise ValueError(
+                f"depths and widths need one entry per stage, got {len(self.depths)} depths "
+                f"and {len(self.widths)} widths"
+            )
         for d in self.depths:
             check_positive_int("depths[i]", d)
         for w in self.widths:
@@ -107,13 +111,16 @@ class ResNetConfig:
             natural = self.natural_stride()
             allowed = sorted({natural >> k for k in range(min(3, len(self.depths)))})
             if self.output_stride not in allowed:
-                raise ValueError(f"output_stride must be one of {allowed} for this stem and {len(self.depths)} "
-                                 f"stages, got {self.output_stride!r}")
+                raise ValueError(
+                    f"output_stride must be one of {allowed} for this stem and {len(self.depths)} "
+                    f"stages, got {self.output_stride!r}"
+                )
         if self.mixer_stages is not None:
             bad = [s for s in self.mixer_stages if not (isinstance(s, int) and 0 <= s < len(self.depths))]
             if bad:
-                raise ValueError(f"mixer_stages must hold stage indices in 0..{len(self.depths) - 1}, got "
-                                 f"{tuple(self.mixer_stages)}")
+                raise ValueError(
+                    f"mixer_stages must hold stage indices in 0..{len(self.depths) - 1}, got {tuple(self.mixer_stages)}"
+                )
 
     def natural_stride(self) -> int:
         """Total stride without dilation: stem x 2 per stage after the first."""
@@ -142,8 +149,17 @@ class Bottleneck(nn.Module):
     ``dilation`` applies to the 3x3 convolution only.
     """
 
-    def __init__(self, in_ch: int, width: int, out_ch: int, stride: int = 1, mixer: str | None = None,
-                 mixer_kwargs: dict | None = None, dilation: int = 1, pos_embed: bool = False):
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        out_ch: int,
+        stride: int = 1,
+        mixer: str | None = None,
+        mixer_kwargs: dict | None = None,
+        dilation: int = 1,
+        pos_embed: bool = False,
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -160,7 +176,9 @@ class Bottleneck(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.shortcut = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.bn1(self.conv1(x)))
@@ -194,21 +212,31 @@ class ResNet(VisionModel):
         w = cfg.stem_width
         if cfg.small_stem:
             s = cfg.small_stem_stride
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, w, 3, stride=s, padding=1, bias=False),
-                                      nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, w, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)
+            )
             reduction = s
         else:
             if cfg.deep_stem:
-                convs = [nn.Conv2d(in_chans, w // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w // 2),
-                         nn.ReLU(inplace=True), nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(w // 2), nn.ReLU(inplace=True), nn.Conv2d(w // 2, w, 3, padding=1, bias=False)]
+                convs = [
+                    nn.Conv2d(in_chans, w // 2, 3, stride=2, padding=1, bias=False),
+                    nn.BatchNorm2d(w // 2),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(w // 2),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(w // 2, w, 3, padding=1, bias=False),
+                ]
             else:
                 convs = [nn.Conv2d(in_chans, w, 7, stride=2, padding=3, bias=False)]
-            self.stem = nn.Sequential(*convs, nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                                      nn.MaxPool2d(3, stride=2, padding=1))
+            self.stem = nn.Sequential(
+                *convs, nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)
+            )
             reduction = 2
         size = math.ceil(cfg.img_size / (cfg.small_stem_stride if cfg.small_stem else 4))
-        info = [{"num_chs": w, "reduction": reduction, "module": f"stem.{len(self.stem) - (1 if cfg.small_stem else 2)}"}]
+        info = [
+            {"num_chs": w, "reduction": reduction, "module": f"stem.{len(self.stem) - (1 if cfg.small_stem else 2)}"}
+        ]
         reduction = reduction if cfg.small_stem else 2 * reduction
         stages = []
         in_ch = w
@@ -221,8 +249,18 @@ class ResNet(VisionModel):
             for j in range(depth):
                 stride = stage_stride if j == 0 else 1
                 mixer = cfg.mixer if (cfg.mixer is not None and i in mixer_stages) else None
-                blocks.append(Bottleneck(in_ch, width, out_ch, stride, mixer, self._mixer_kwargs(mixer, size),
-                                         dilation=first_dil if j == 0 else dil, pos_embed=cfg.pos_embed))
+                blocks.append(
+                    Bottleneck(
+                        in_ch,
+                        width,
+                        out_ch,
+                        stride,
+                        mixer,
+                        self._mixer_kwargs(mixer, size),
+                        dilation=first_dil if j == 0 else dil,
+                        pos_embed=cfg.pos_embed,
+                    )
+                )
                 in_ch = out_ch
                 size = math.ceil(size / stride)
             reduction *= stage_stride
@@ -280,22 +318,23 @@ class ResNet(VisionModel):
 _DEPTHS = {26: (2, 2, 2, 2), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
-def _build(cfg: ResNetConfig, num_classes: int, attention: str | None, attn_kwargs: dict | None,
-           **kw) -> ResNet:
+def _build(cfg: ResNetConfig, num_classes: int, attention: str | None, attn_kwargs: dict | None, **kw) -> ResNet:
     """Swap the mechanism (``attention``) and config fields given in ``kw``, then build."""
     model_kw = {k: kw.pop(k) for k in ("in_chans", "drop_rate") if k in kw}
     fields = {f.name for f in dataclasses.fields(ResNetConfig)}
     unknown = sorted(set(kw) - fields)
     if unknown:
-        raise TypeError(f"unknown ResNet option(s) {unknown}; expected config fields {sorted(fields)} "
-                        "or in_chans, drop_rate")
+        raise TypeError(
+            f"unknown ResNet option(s) {unknown}; expected config fields {sorted(fields)} or in_chans, drop_rate"
+        )
     for key in ("depths", "widths", "mixer_stages"):
         if kw.get(key) is not None:
             kw[key] = tuple(kw[key])
     if attention is not None or attn_kwargs:
         if cfg.mixer is None and attention is None:
-            raise ValueError("attn_kwargs were given but this model has no mechanism in its 3x3 slot; "
-                             "pass attention=NAME as well")
+            raise ValueError(
+                "attn_kwargs were given but this model has no mechanism in its 3x3 slot; pass attention=NAME as well"
+            )
         name, mkw = resolve_mixer(cfg.mixer, cfg.mixer_kwargs, attention, attn_kwargs)
         cfg = dataclasses.replace(cfg, mixer=name, mixer_kwargs=mkw)
     cfg = dataclasses.replace(cfg, **kw)
@@ -308,39 +347,58 @@ _TEST_KW = {"depths": (1, 1, 1, 1), "widths": (8, 16, 16, 16), "stem_width": 8, 
 def _register_pair(depth: int, published_conv: dict, published_lambda: dict) -> None:
     base = ResNetConfig(depths=_DEPTHS[depth])
 
-    @register_model(f"resnet{depth}", family="resnet", default_input=(3, 224, 224), test_input=(3, 32, 32),
-                    test_kwargs=_TEST_KW, published=published_conv, paper=_RESNET_PAPER)
-    def conv_builder(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None,
-                     **kw) -> ResNet:
+    @register_model(
+        f"resnet{depth}",
+        family="resnet",
+        default_input=(3, 224, 224),
+        test_input=(3, 32, 32),
+        test_kwargs=_TEST_KW,
+        published=published_conv,
+        paper=_RESNET_PAPER,
+    )
+    def conv_builder(
+        num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **kw
+    ) -> ResNet:
         return _build(base, num_classes, attention, attn_kwargs, **kw)
 
     lam = dataclasses.replace(base, mixer="lambda", mixer_kwargs=dict(LAMBDA_DEFAULTS))
 
-    @register_model(f"lambda_resnet{depth}", family="resnet", default_input=(3, 224, 224), test_input=(3, 32, 32),
-                    test_kwargs=_TEST_KW, published=published_lambda, paper=_LAMBDA_PAPER)
-    def lambda_builder(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None,
-                       **kw) -> ResNet:
+    @register_model(
+        f"lambda_resnet{depth}",
+        family="resnet",
+        default_input=(3, 224, 224),
+        test_input=(3, 32, 32),
+        test_kwargs=_TEST_KW,
+        published=published_lambda,
+        paper=_LAMBDA_PAPER,
+    )
+    def lambda_builder(
+        num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **kw
+    ) -> ResNet:
         return _build(lam, num_classes, attention, attn_kwargs, **kw)
 
     conv_builder.__name__, lambda_builder.__name__ = f"resnet{depth}", f"lambda_resnet{depth}"
-    conv_builder.__doc__ = (f"ResNet-{depth} (bottleneck, 3x3 convolutions), stage depths {_DEPTHS[depth]}. "
-                            "``attention=NAME`` puts a mechanism in every 3x3 slot (``mixer_stages`` to choose).")
-    lambda_builder.__doc__ = (f"LambdaResNet-{depth}: ResNet-{depth} with every bottleneck 3x3 convolution replaced "
-                              "by a lambda layer (k=16, h=4, u=1, r=23; ``attn_kwargs`` to change).")
+    conv_builder.__doc__ = (
+        f"ResNet-{depth} (bottleneck, 3x3 convolutions), stage depths {_DEPTHS[depth]}. "
+        "``attention=NAME`` puts a mechanism in every 3x3 slot (``mixer_stages`` to choose)."
+    )
+    lambda_builder.__doc__ = (
+        f"LambdaResNet-{depth}: ResNet-{depth} with every bottleneck 3x3 convolution replaced "
+        "by a lambda layer (k=16, h=4, u=1, r=23; ``attn_kwargs`` to change)."
+    )
 
 
 _register_pair(26, {}, {})
 _register_pair(38, {}, {})
 _register_pair(50, {"params_m": 25.6, "top1": 76.9}, {"params_m": 15.0, "top1": 78.4})
 
-_TINY = ResNetConfig(depths=(1, 1, 1, 1), widths=(16, 32, 64, 128), expansion=2, stem_width=32,
-                     small_stem=True, img_size=32)
+_TINY = ResNetConfig(
+    depths=(1, 1, 1, 1), widths=(16, 32, 64, 128), expansion=2, stem_width=32, small_stem=True, img_size=32
+)
 
 
-@register_model("resnet_tiny", family="resnet", default_input=(3, 32, 32), test_input=(3, 32, 32),
-                paper=_RESNET_PAPER)
-def resnet_tiny(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None,
-                **kw) -> ResNet:
+@register_model("resnet_tiny", family="resnet", default_input=(3, 32, 32), test_input=(3, 32, 32), paper=_RESNET_PAPER)
+def resnet_tiny(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **kw) -> ResNet:
     """Small bottleneck ResNet for 32 x 32 images: 3x3 stem (32 channels), one block per stage,
     slot widths 16-32-64-128, outputs 32-64-128-256, feature map 4 x 4 at 32 x 32 input.
     ``attention=NAME`` puts any registered mechanism in every slot."""

@@ -46,8 +46,9 @@ from visattn.registry import create_model, model_entry, register_model
 
 __all__ = ["SegmentationModel", "EANet", "EANetHead", "FPN", "SemanticFPNHead", "SemanticFPN"]
 
-_EANET_PAPER = ("Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks "
-                "(arXiv 2105.02358)")
+_EANET_PAPER = (
+    "Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks (arXiv 2105.02358)"
+)
 _FPN_PAPER = "Kirillov et al., Panoptic Feature Pyramid Networks (arXiv 1901.02446)"
 _PVT_PAPER = "Wang et al., Pyramid Vision Transformer, ICCV 2021 (arXiv 2102.12122), Semantic FPN on ADE20K"
 _SLIDE_PAPER = "Pan et al., Slide-Transformer, CVPR 2023 (arXiv 2304.04237), Semantic FPN on ADE20K"
@@ -94,11 +95,24 @@ class EANetHead(nn.Module):
     (channels -> mid_channels) -> Dropout2d -> 1x1 classifier (with bias).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, *, channels: int = 512, mid_channels: int = 256,
-                 memory_size: int = 64, tie_memories: bool = False, dropout: float = 0.1):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        channels: int = 512,
+        mid_channels: int = 256,
+        memory_size: int = 64,
+        tie_memories: bool = False,
+        dropout: float = 0.1,
+    ):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("num_classes", num_classes), ("channels", channels),
-                        ("mid_channels", mid_channels)):
+        for name, v in (
+            ("in_channels", in_channels),
+            ("num_classes", num_classes),
+            ("channels", channels),
+            ("mid_channels", mid_channels),
+        ):
             check_positive_int(name, v)
         self.fc0 = _conv_bn_relu(in_channels, channels)
         self.ea = ExternalAttentionHead(channels, memory_size=memory_size, tie_memories=tie_memories)
@@ -148,9 +162,13 @@ class _ScaleHead(nn.Module):
         super().__init__()
         self.ups = ups
         self.convs = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c_in if k == 0 else channels, channels, 3, padding=1, bias=False),
-                          nn.GroupNorm(groups, channels), nn.ReLU(inplace=True))
-            for k in range(max(1, ups)))
+            nn.Sequential(
+                nn.Conv2d(c_in if k == 0 else channels, channels, 3, padding=1, bias=False),
+                nn.GroupNorm(groups, channels),
+                nn.ReLU(inplace=True),
+            )
+            for k in range(max(1, ups))
+        )
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         for k, conv in enumerate(self.convs):
@@ -159,7 +177,7 @@ class _ScaleHead(nn.Module):
                 # 2x steps; targets are the finest size / 2^(remaining steps), rounded up, which
                 # are the sizes of the intermediate levels under the ceil(H / r) rule.
                 left = self.ups - k - 1
-                target = (math.ceil(size[0] / 2 ** left), math.ceil(size[1] / 2 ** left))
+                target = (math.ceil(size[0] / 2**left), math.ceil(size[1] / 2**left))
                 x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
         return x
 
@@ -181,18 +199,33 @@ class SemanticFPNHead(nn.Module):
         dropout: Dropout2d before the classifier.
     """
 
-    def __init__(self, in_channels: list[int], reductions: list[int], num_classes: int, *, fpn_channels: int = 256,
-                 channels: int = 128, norm_groups: int = 32, dropout: float = 0.1):
+    def __init__(
+        self,
+        in_channels: list[int],
+        reductions: list[int],
+        num_classes: int,
+        *,
+        fpn_channels: int = 256,
+        channels: int = 128,
+        norm_groups: int = 32,
+        dropout: float = 0.1,
+    ):
         super().__init__()
-        for name, v in (("num_classes", num_classes), ("fpn_channels", fpn_channels), ("channels", channels),
-                        ("norm_groups", norm_groups)):
+        for name, v in (
+            ("num_classes", num_classes),
+            ("fpn_channels", fpn_channels),
+            ("channels", channels),
+            ("norm_groups", norm_groups),
+        ):
             check_positive_int(name, v)
         ups = []
         for r in reductions:
             ratio = r / reductions[0]
             if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
-                raise ValueError(f"Semantic FPN needs levels whose reductions are the finest one times powers of "
-                                 f"2, got {list(reductions)}")
+                raise ValueError(
+                    f"Semantic FPN needs levels whose reductions are the finest one times powers of "
+                    f"2, got {list(reductions)}"
+                )
             ups.append(round(math.log2(ratio)))
         groups = math.gcd(norm_groups, channels)
         self.fpn = FPN(list(in_channels), fpn_channels)
@@ -219,13 +252,15 @@ class SemanticFPN(SegmentationModel):
 
     def __init__(self, backbone: FeatureExtractor, num_classes: int = 150, **head_kw):
         info = backbone.feature_info
-        super().__init__(backbone, SemanticFPNHead(info.channels(), info.reduction(), num_classes, **head_kw),
-                         num_classes)
+        super().__init__(
+            backbone, SemanticFPNHead(info.channels(), info.reduction(), num_classes, **head_kw), num_classes
+        )
 
 
 # ---------------------------------------------------------------------------
 # Registered models
 # ---------------------------------------------------------------------------
+
 
 def _eanet_backbone(depth: int, attention, attn_kwargs, **kw) -> FeatureExtractor:
     cfg = ResNetConfig(depths=_DEPTHS[depth], stem_width=128, deep_stem=True, output_stride=8, img_size=512)
@@ -235,21 +270,35 @@ def _eanet_backbone(depth: int, attention, attn_kwargs, **kw) -> FeatureExtracto
 
 
 _HEAD_KEYS = ("channels", "mid_channels", "memory_size", "tie_memories", "dropout")
-_EANET_TEST = {"depths": (1, 1, 1, 1), "widths": (8, 16, 16, 16), "stem_width": 8, "channels": 16,
-               "mid_channels": 8, "memory_size": 8}
+_EANET_TEST = {
+    "depths": (1, 1, 1, 1),
+    "widths": (8, 16, 16, 16),
+    "stem_width": 8,
+    "channels": 16,
+    "mid_channels": 8,
+    "memory_size": 8,
+}
 
 
 def _register_eanet(depth: int) -> None:
-    @register_model(f"eanet_r{depth}", family="eanet", task="segment", default_input=(3, 512, 512),
-                    test_input=(3, 64, 64), test_kwargs=_EANET_TEST, paper=_EANET_PAPER)
-    def build(num_classes: int = 21, attention: str | None = None, attn_kwargs: dict | None = None,
-              **kw) -> EANet:
+    @register_model(
+        f"eanet_r{depth}",
+        family="eanet",
+        task="segment",
+        default_input=(3, 512, 512),
+        test_input=(3, 64, 64),
+        test_kwargs=_EANET_TEST,
+        paper=_EANET_PAPER,
+    )
+    def build(num_classes: int = 21, attention: str | None = None, attn_kwargs: dict | None = None, **kw) -> EANet:
         head_kw = {k: kw.pop(k) for k in _HEAD_KEYS if k in kw}
         return EANet(_eanet_backbone(depth, attention, attn_kwargs, **kw), num_classes, **head_kw)
 
     build.__name__ = f"eanet_r{depth}"
-    build.__doc__ = (f"EANet on a dilated ResNet-{depth} (output stride 8); ``attention=NAME`` puts a mechanism in "
-                     "the backbone's 3x3 slots; ResNetConfig fields and head options as keywords.")
+    build.__doc__ = (
+        f"EANet on a dilated ResNet-{depth} (output stride 8); ``attention=NAME`` puts a mechanism in "
+        "the backbone's 3x3 slots; ResNetConfig fields and head options as keywords."
+    )
 
 
 _register_eanet(50)
@@ -258,9 +307,15 @@ _register_eanet(101)
 _FPN_KEYS = ("fpn_channels", "channels", "norm_groups", "dropout")
 
 
-def build_semantic_fpn(backbone: str = "pvt_t", num_classes: int = 150, attention: str | None = None,
-                       attn_kwargs: dict | None = None, backbone_indices=None, backbone_kwargs: dict | None = None,
-                       **head_kw) -> SemanticFPN:
+def build_semantic_fpn(
+    backbone: str = "pvt_t",
+    num_classes: int = 150,
+    attention: str | None = None,
+    attn_kwargs: dict | None = None,
+    backbone_indices=None,
+    backbone_kwargs: dict | None = None,
+    **head_kw,
+) -> SemanticFPN:
     """Semantic FPN over registered classification model ``backbone`` (any mechanism via ``attention``).
 
     ``backbone_indices``: the feature levels to use (default: the backbone's last 4, or all if it has fewer);
@@ -270,12 +325,15 @@ def build_semantic_fpn(backbone: str = "pvt_t", num_classes: int = 150, attentio
     if not isinstance(backbone, str):
         raise TypeError(f"backbone must be a registered model name (str), got {type(backbone).__name__}")
     if model_entry(backbone).task != "classify":
-        raise ValueError(f"backbone {backbone!r} is a {model_entry(backbone).task} model; expected a classification "
-                         "backbone")
+        raise ValueError(
+            f"backbone {backbone!r} is a {model_entry(backbone).task} model; expected a classification backbone"
+        )
     unknown = sorted(set(head_kw) - set(_FPN_KEYS))
     if unknown:
-        raise TypeError(f"semantic_fpn: unknown option(s) {unknown}; expected backbone, backbone_indices, "
-                        f"backbone_kwargs or {list(_FPN_KEYS)}")
+        raise TypeError(
+            f"semantic_fpn: unknown option(s) {unknown}; expected backbone, backbone_indices, "
+            f"backbone_kwargs or {list(_FPN_KEYS)}"
+        )
     model = create_model(backbone, attention=attention, attn_kwargs=attn_kwargs, **(backbone_kwargs or {}))
     model.name = backbone
     indices = backbone_indices if backbone_indices is not None else min(4, len(model.feature_info))
@@ -285,21 +343,36 @@ def build_semantic_fpn(backbone: str = "pvt_t", num_classes: int = 150, attentio
 _FPN_TEST = {"fpn_channels": 16, "channels": 8, "norm_groups": 4}
 
 
-@register_model("semantic_fpn", family="semantic_fpn", task="segment", default_input=(3, 512, 512),
-                test_input=(3, 64, 64), paper=_FPN_PAPER,
-                test_kwargs={**_FPN_TEST, "backbone": "resnet_tiny",
-                             "backbone_kwargs": {"widths": (4, 8, 8, 8), "stem_width": 8}})
-def semantic_fpn(num_classes: int = 150, attention: str | None = None, attn_kwargs: dict | None = None,
-                 backbone: str = "pvt_t", **kw) -> SemanticFPN:
+@register_model(
+    "semantic_fpn",
+    family="semantic_fpn",
+    task="segment",
+    default_input=(3, 512, 512),
+    test_input=(3, 64, 64),
+    paper=_FPN_PAPER,
+    test_kwargs={**_FPN_TEST, "backbone": "resnet_tiny", "backbone_kwargs": {"widths": (4, 8, 8, 8), "stem_width": 8}},
+)
+def semantic_fpn(
+    num_classes: int = 150, attention: str | None = None, attn_kwargs: dict | None = None, backbone: str = "pvt_t", **kw
+) -> SemanticFPN:
     """Semantic FPN on any registered backbone (``backbone=NAME``, default ``pvt_t``); see :func:`build_semantic_fpn`."""
     return build_semantic_fpn(backbone, num_classes, attention, attn_kwargs, **kw)
 
 
 def _register_fpn(name: str, backbone: str, test_backbone_kw: dict, published: dict, paper: str) -> None:
-    @register_model(name, family="semantic_fpn", task="segment", default_input=(3, 512, 512), test_input=(3, 64, 64),
-                    test_kwargs={**_FPN_TEST, "backbone_kwargs": test_backbone_kw}, published=published, paper=paper)
-    def build(num_classes: int = 150, attention: str | None = None, attn_kwargs: dict | None = None,
-              **kw) -> SemanticFPN:
+    @register_model(
+        name,
+        family="semantic_fpn",
+        task="segment",
+        default_input=(3, 512, 512),
+        test_input=(3, 64, 64),
+        test_kwargs={**_FPN_TEST, "backbone_kwargs": test_backbone_kw},
+        published=published,
+        paper=paper,
+    )
+    def build(
+        num_classes: int = 150, attention: str | None = None, attn_kwargs: dict | None = None, **kw
+    ) -> SemanticFPN:
         return build_semantic_fpn(backbone, num_classes, attention, attn_kwargs, **kw)
 
     build.__name__ = name
@@ -315,11 +388,18 @@ _register_fpn("fpn_slide_pvt_t", "slide_pvt_t", model_entry("slide_pvt_t").test_
 _TINY_BACKBONE = {"small_stem_stride": 2}
 
 
-@register_model("fpn_resnet_tiny", family="semantic_fpn", task="segment", default_input=(3, 64, 64),
-                test_input=(3, 64, 64), test_kwargs={"fpn_channels": 16, "channels": 8},
-                paper=_FPN_PAPER + "; backbone: resnet_tiny")
-def fpn_resnet_tiny(num_classes: int = 11, attention: str | None = None, attn_kwargs: dict | None = None,
-                    **kw) -> SemanticFPN:
+@register_model(
+    "fpn_resnet_tiny",
+    family="semantic_fpn",
+    task="segment",
+    default_input=(3, 64, 64),
+    test_input=(3, 64, 64),
+    test_kwargs={"fpn_channels": 16, "channels": 8},
+    paper=_FPN_PAPER + "; backbone: resnet_tiny",
+)
+def fpn_resnet_tiny(
+    num_classes: int = 11, attention: str | None = None, attn_kwargs: dict | None = None, **kw
+) -> SemanticFPN:
     """Semantic FPN on ``resnet_tiny`` with a stride-2 stem (levels at reductions 2, 4, 8, 16),
     FPN 32 channels, heads 32 channels, 8 norm groups; 11 classes (digits + background)."""
     cfg = {"fpn_channels": 32, "channels": 32, "norm_groups": 8}

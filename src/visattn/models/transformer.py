@@ -45,11 +45,17 @@ from visattn.models.base import TokenBlockLevels, VisionModel, resolve_mixer
 from visattn.models.features import FeatureInfo
 from visattn.registry import create_attention, register_model
 
-__all__ = ["TransformerConfig", "TokenTransformer", "TransformerBlock", "SAN_PAPER",
-           "san_quadratic", "san_learned", "san_learned_content"]
+__all__ = [
+    "TransformerConfig",
+    "TokenTransformer",
+    "TransformerBlock",
+    "SAN_PAPER",
+    "san_quadratic",
+    "san_learned",
+    "san_learned_content",
+]
 
-SAN_PAPER = ("Cordonnier et al., On the Relationship between Self-Attention and Convolutional Layers "
-             "(arXiv 1911.03584)")
+SAN_PAPER = "Cordonnier et al., On the Relationship between Self-Attention and Convolutional Layers (arXiv 1911.03584)"
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,9 @@ class TransformerBlock(nn.Module):
         self.mixer_proj = nn.Linear(c, c) if cfg.mixer_proj else nn.Identity()
         self.drop1 = nn.Dropout(cfg.drop_rate)
         self.norm2 = nn.LayerNorm(c, eps=cfg.norm_eps)
-        self.mlp = nn.Sequential(nn.Linear(c, cfg.mlp_dim), nn.GELU(), nn.Dropout(cfg.drop_rate),
-                                 nn.Linear(cfg.mlp_dim, c))
+        self.mlp = nn.Sequential(
+            nn.Linear(c, cfg.mlp_dim), nn.GELU(), nn.Dropout(cfg.drop_rate), nn.Linear(cfg.mlp_dim, c)
+        )
         self.drop2 = nn.Dropout(cfg.drop_rate)
 
     def _mix(self, t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -144,16 +151,19 @@ class TokenTransformer(TokenBlockLevels, VisionModel):
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
-        self.feature_info = FeatureInfo([{"num_chs": cfg.embed_dim, "reduction": p, "module": f"blocks.{i}"}
-                                         for i in range(cfg.depth)])
+        self.feature_info = FeatureInfo(
+            [{"num_chs": cfg.embed_dim, "reduction": p, "module": f"blocks.{i}"} for i in range(cfg.depth)]
+        )
         self._init_head(cfg.embed_dim, num_classes, cfg.head_drop_rate)
 
     def _levels(self, x: torch.Tensor, take, stop: int) -> list:
         self._check_image(x, self.cfg.in_chans)
         p = self.cfg.patch_size
         if x.shape[2] % p or x.shape[3] % p:
-            raise ValueError(f"{type(self).__name__} cuts images into {p}x{p} patches: H and W must be divisible "
-                             f"by {p}, got {tuple(x.shape[2:])}")
+            raise ValueError(
+                f"{type(self).__name__} cuts images into {p}x{p} patches: H and W must be divisible "
+                f"by {p}, got {tuple(x.shape[2:])}"
+            )
         f = self.patch_embed(x)  # (B, C, h, w)
         hw = (f.shape[2], f.shape[3])
         t = self.pos_drop(to_tokens(f))  # (B, N, C)
@@ -164,25 +174,48 @@ class TokenTransformer(TokenBlockLevels, VisionModel):
         return [b.mixer for b in self.blocks]
 
 
-def build_transformer(cfg: TransformerConfig, num_classes: int = 10, attention: str | None = None,
-                      attn_kwargs: dict | None = None, **overrides) -> TokenTransformer:
+def build_transformer(
+    cfg: TransformerConfig,
+    num_classes: int = 10,
+    attention: str | None = None,
+    attn_kwargs: dict | None = None,
+    **overrides,
+) -> TokenTransformer:
     """A :class:`TokenTransformer` from ``cfg``, with the mixer swapped for ``attention`` and
     any config field overridden by keyword (e.g. ``depth=2``)."""
     unknown = set(overrides) - set(TransformerConfig.__dataclass_fields__)
     if unknown:
-        raise TypeError(f"unknown TransformerConfig fields {sorted(unknown)}; expected some of "
-                        f"{sorted(TransformerConfig.__dataclass_fields__)}")
+        raise TypeError(
+            f"unknown TransformerConfig fields {sorted(unknown)}; expected some of "
+            f"{sorted(TransformerConfig.__dataclass_fields__)}"
+        )
     cfg = replace(cfg, **overrides)
     name, kw = resolve_mixer(cfg.mixer, cfg.mixer_kwargs, attention, attn_kwargs)
     return TokenTransformer(replace(cfg, mixer=name, mixer_kwargs=kw), num_classes)
 
 
-_SAN = TransformerConfig(patch_size=2, in_chans=3, embed_dim=400, depth=6, mlp_dim=512, mixer="relpos",
-                         mixer_proj=True, drop_rate=0.1)
-_SAN_QUADRATIC = {"num_heads": 9, "encoding": "quadratic", "content": False, "head_dim": 400,
-                  "value_proj": False, "attn_drop": 0.1, "init_centre_std": 2.0}
-_SAN_LEARNED = {"num_heads": 9, "encoding": "learned", "content": False, "head_dim": 400, "value_proj": False,
-                "max_offset": 15, "pos_dim": 400, "attn_drop": 0.1}
+_SAN = TransformerConfig(
+    patch_size=2, in_chans=3, embed_dim=400, depth=6, mlp_dim=512, mixer="relpos", mixer_proj=True, drop_rate=0.1
+)
+_SAN_QUADRATIC = {
+    "num_heads": 9,
+    "encoding": "quadratic",
+    "content": False,
+    "head_dim": 400,
+    "value_proj": False,
+    "attn_drop": 0.1,
+    "init_centre_std": 2.0,
+}
+_SAN_LEARNED = {
+    "num_heads": 9,
+    "encoding": "learned",
+    "content": False,
+    "head_dim": 400,
+    "value_proj": False,
+    "max_offset": 15,
+    "pos_dim": 400,
+    "attn_drop": 0.1,
+}
 _SAN_TEST = {"depth": 2}
 
 
@@ -190,25 +223,49 @@ def _san(mixer_kwargs: dict, num_classes, attention, attn_kwargs, **kw) -> Token
     return build_transformer(replace(_SAN, mixer_kwargs=mixer_kwargs), num_classes, attention, attn_kwargs, **kw)
 
 
-@register_model("san_quadratic", family="transformer", default_input=(3, 32, 32), test_input=(3, 16, 16),
-                test_kwargs=_SAN_TEST, published={"params_m": 12.1, "top1": 93.8}, paper=SAN_PAPER)
-def san_quadratic(num_classes: int = 10, attention: str | None = None, attn_kwargs: dict | None = None,
-                  **kw) -> TokenTransformer:
+@register_model(
+    "san_quadratic",
+    family="transformer",
+    default_input=(3, 32, 32),
+    test_input=(3, 16, 16),
+    test_kwargs=_SAN_TEST,
+    published={"params_m": 12.1, "top1": 93.8},
+    paper=SAN_PAPER,
+)
+def san_quadratic(
+    num_classes: int = 10, attention: str | None = None, attn_kwargs: dict | None = None, **kw
+) -> TokenTransformer:
     """SA with quadratic relative encoding: 6 x 9 heads, hidden 400, MLP 512 (CIFAR-10, 12.1M)."""
     return _san(_SAN_QUADRATIC, num_classes, attention, attn_kwargs, **kw)
 
 
-@register_model("san_learned", family="transformer", default_input=(3, 32, 32), test_input=(3, 16, 16),
-                test_kwargs=_SAN_TEST, published={"params_m": 12.3, "top1": 91.8}, paper=SAN_PAPER)
-def san_learned(num_classes: int = 10, attention: str | None = None, attn_kwargs: dict | None = None,
-                **kw) -> TokenTransformer:
+@register_model(
+    "san_learned",
+    family="transformer",
+    default_input=(3, 32, 32),
+    test_input=(3, 16, 16),
+    test_kwargs=_SAN_TEST,
+    published={"params_m": 12.3, "top1": 91.8},
+    paper=SAN_PAPER,
+)
+def san_learned(
+    num_classes: int = 10, attention: str | None = None, attn_kwargs: dict | None = None, **kw
+) -> TokenTransformer:
     """SA with learned relative row/column embeddings, position only (CIFAR-10, 12.3M)."""
     return _san(_SAN_LEARNED, num_classes, attention, attn_kwargs, **kw)
 
 
-@register_model("san_learned_content", family="transformer", default_input=(3, 32, 32), test_input=(3, 16, 16),
-                test_kwargs=_SAN_TEST, published={"params_m": 29.5, "top1": 87.1}, paper=SAN_PAPER)
-def san_learned_content(num_classes: int = 10, attention: str | None = None, attn_kwargs: dict | None = None,
-                        **kw) -> TokenTransformer:
+@register_model(
+    "san_learned_content",
+    family="transformer",
+    default_input=(3, 32, 32),
+    test_input=(3, 16, 16),
+    test_kwargs=_SAN_TEST,
+    published={"params_m": 29.5, "top1": 87.1},
+    paper=SAN_PAPER,
+)
+def san_learned_content(
+    num_classes: int = 10, attention: str | None = None, attn_kwargs: dict | None = None, **kw
+) -> TokenTransformer:
     """SA with learned relative embeddings and the content (query-key) term (CIFAR-10, 29.5M)."""
     return _san({**_SAN_LEARNED, "content": True}, num_classes, attention, attn_kwargs, **kw)

@@ -40,8 +40,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file, save_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "atomic_write_text",
-           "optimizer_to_flat", "optimizer_from_flat", "load_weights", "remove_stale_tmp", "RunLock"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "atomic_write_text",
+    "optimizer_to_flat",
+    "optimizer_from_flat",
+    "load_weights",
+    "remove_stale_tmp",
+    "RunLock",
+]
 
 FORMAT = "visattn-checkpoint-1"
 
@@ -104,9 +113,13 @@ def _pid_alive(pid: int) -> bool:
 
 _TMP_RE = re.compile(r"^\.step-\d+\.tmp-(\d+)$")
 # Temporary files of the atomic writes in the checkpoint folder and in the run folder itself.
-_TMP_FILE_RE = {"checkpoints": re.compile(r"^\.latest\.json\.tmp-(\d+)$"),
-                ".": re.compile(r"^\.(?:model\.safetensors|config\.json|metrics\.jsonl)\.tmp-(\d+)$"
-                                r"|^\.curves\.png\.tmp-(\d+)\.png$")}
+_TMP_FILE_RE = {
+    "checkpoints": re.compile(r"^\.latest\.json\.tmp-(\d+)$"),
+    ".": re.compile(
+        r"^\.(?:model\.safetensors|config\.json|metrics\.jsonl)\.tmp-(\d+)$"
+        r"|^\.curves\.png\.tmp-(\d+)\.png$"
+    ),
+}
 
 
 def _stale(pid: int) -> bool:
@@ -150,7 +163,7 @@ class RunLock:
         self.path = self.run_dir / ".lock"
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         from visattn.errors import RunFolderLocked
 
         try:
@@ -168,9 +181,11 @@ class RunLock:
                 holder = self.path.read_text().strip() or "unknown"
             except OSError:
                 holder = "unknown"
-            raise RunFolderLocked(f"run folder {str(self.run_dir)!r} is in use by another visattn process "
-                                  f"(pid {holder}, lock {str(self.path)!r}); wait for it to finish or choose "
-                                  "another --output") from None
+            raise RunFolderLocked(
+                f"run folder {str(self.run_dir)!r} is in use by another visattn process "
+                f"(pid {holder}, lock {str(self.path)!r}); wait for it to finish or choose "
+                "another --output"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         os.fsync(fd)
@@ -185,7 +200,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -249,8 +264,15 @@ def _set_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(states)
 
 
-def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, optimizer=None, scheduler=None,
-                    scaler=None, state: dict[str, Any] | None = None, keep: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer=None,
+    scheduler=None,
+    scaler=None,
+    state: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
     """Write a checkpoint of ``model`` (+ optimizer, scheduler, GradScaler, RNG, ``state``).
 
     ``state`` holds JSON-able progress (epoch, step, running metrics...); ``state["step"]``
@@ -264,8 +286,11 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, optimize
     name = f"step-{int(state.get('step', 0)):08d}"
     final = root / name
     if final.exists():
-        raise FileExistsError(errno.EEXIST, f"checkpoint folder already exists (refusing to overwrite it; "
-                                            f"resume from it or choose another --output)", str(final))
+        raise FileExistsError(
+            errno.EEXIST,
+            "checkpoint folder already exists (refusing to overwrite it; resume from it or choose another --output)",
+            str(final),
+        )
     tmp = root / f".{name}.tmp-{os.getpid()}"
     try:
         tmp.mkdir()
@@ -288,12 +313,15 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, optimize
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and not isinstance(e, FileExistsError):
-            raise OSError(e.errno, f"cannot write checkpoint {name} ({e.strerror or e})",
-                          str(e.filename or tmp)) from e
+            raise OSError(e.errno, f"cannot write checkpoint {name} ({e.strerror or e})", str(e.filename or tmp)) from e
         raise
     _fsync_dir(root)
-    atomic_write_text(root / "latest.json", json.dumps({"dir": name, "format": FORMAT, **{
-        k: state[k] for k in ("epoch", "step", "batch_in_epoch") if k in state}}))
+    atomic_write_text(
+        root / "latest.json",
+        json.dumps(
+            {"dir": name, "format": FORMAT, **{k: state[k] for k in ("epoch", "step", "batch_in_epoch") if k in state}}
+        ),
+    )
 
     olds = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name != name)
     for p in olds[: max(0, len(olds) - (keep - 1))]:
@@ -313,8 +341,11 @@ def _complete(folder: Path) -> bool:
 
 
 def _newest_complete(root: Path) -> Path | None:
-    steps = sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)),
-                   key=lambda p: int(p.name[5:]), reverse=True)
+    steps = sorted(
+        (p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)),
+        key=lambda p: int(p.name[5:]),
+        reverse=True,
+    )
     return next((p for p in steps if _complete(p)), None)
 
 
@@ -382,14 +413,17 @@ def _checked_optimizer_state(tensors: dict[str, torch.Tensor], rest: Any, optimi
     for gi, (g, m) in enumerate(zip(groups, mine)):
         ids = g.get("params")
         if not isinstance(ids, list) or len(ids) != len(m["params"]):
-            raise ValueError(f"{where}: optimizer param_groups[{gi}]['params'] must list {len(m['params'])} "
-                             f"parameters, got {ids!r}"[:300])
+            raise ValueError(
+                f"{where}: optimizer param_groups[{gi}]['params'] must list {len(m['params'])} parameters, got {ids!r}"[
+                    :300
+                ]
+            )
         for key in ("lr", "eps", "weight_decay"):
             v = g.get(key, m.get(key))
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v == v or abs(v) == float("inf") \
-                    or v < 0:
-                raise ValueError(f"{where}: optimizer param_groups[{gi}] field {key!r} must be a finite number "
-                                 f">= 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v == v or abs(v) == float("inf") or v < 0:
+                raise ValueError(
+                    f"{where}: optimizer param_groups[{gi}] field {key!r} must be a finite number >= 0, got {v!r}"
+                )
         params += list(zip(ids, m["params"]))
     shapes = {}
     for pid, p in params:
@@ -401,23 +435,33 @@ def _checked_optimizer_state(tensors: dict[str, torch.Tensor], rest: Any, optimi
             raise ValueError(f"{where}: optimizer state for parameter {pid}, which no group lists")
         for k, v in st.items():
             if torch.is_tensor(v) and v.dim() > 0 and v.shape != shapes[pid]:
-                raise ValueError(f"{where}: optimizer tensor 'optim.{pid}.{k}' has shape {tuple(v.shape)}, "
-                                 f"parameter {pid} has shape {tuple(shapes[pid])}")
+                raise ValueError(
+                    f"{where}: optimizer tensor 'optim.{pid}.{k}' has shape {tuple(v.shape)}, "
+                    f"parameter {pid} has shape {tuple(shapes[pid])}"
+                )
             if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
                 raise ValueError(f"{where}: optimizer tensor 'optim.{pid}.{k}' holds NaN or infinite values")
     return sd
 
 
-def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer=None, scheduler=None,
-                    scaler=None, restore_rng: bool = True) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer=None,
+    scheduler=None,
+    scaler=None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state`` dict.
 
     ``path`` is a run folder (its ``latest.json`` is followed) or a checkpoint folder.
     """
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {str(path)!r} does not exist (expected a run folder "
-                                "with checkpoints/latest.json or a checkpoints/step-* folder)")
+        raise FileNotFoundError(
+            f"checkpoint folder {str(path)!r} does not exist (expected a run folder "
+            "with checkpoints/latest.json or a checkpoints/step-* folder)"
+        )
     folder = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
     if folder is None:
         raise FileNotFoundError(f"no checkpoint in {str(path)!r}: {path / 'checkpoints' / 'latest.json'} is missing")
@@ -442,8 +486,10 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer=N
     if restore_rng and "rng.cpu" in tensors:
         r, ref = tensors["rng.cpu"], torch.get_rng_state()
         if r.dtype != ref.dtype or r.shape != ref.shape:
-            raise ValueError(f"{where}: 'rng.cpu' must be a {ref.dtype} tensor of shape {tuple(ref.shape)}, "
-                             f"got {r.dtype} {tuple(r.shape)}")
+            raise ValueError(
+                f"{where}: 'rng.cpu' must be a {ref.dtype} tensor of shape {tuple(ref.shape)}, "
+                f"got {r.dtype} {tuple(r.shape)}"
+            )
     load_weights(model, folder / "model.safetensors")
     if opt_sd is not None:
         optimizer.load_state_dict(opt_sd)

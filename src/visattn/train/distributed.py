@@ -103,7 +103,7 @@ def _store():
         from torch.distributed.distributed_c10d import _get_default_store
 
         return _get_default_store()
-    except Exception:  # noqa: BLE001 - a private API: without it, errors just cannot name the rank
+    except Exception:
         return None
 
 
@@ -121,7 +121,7 @@ def _last_steps(ctx: DistContext) -> dict[int, int | None]:
         key = f"{_HEARTBEAT}{r}"
         try:
             out[r] = int(store.get(key)) if store is not None and store.check([key]) else None
-        except Exception:  # noqa: BLE001 - the store itself may be gone
+        except Exception:
             out[r] = None
     return out
 
@@ -134,14 +134,26 @@ def _describe_lost(ctx: DistContext) -> str:
     top = max(known)
     behind = [r for r, v in steps.items() if r != ctx.rank and (v is None or v < top)]
     if not behind:
-        return f"every process reported step {top}; the one that stopped is among ranks " \
-               f"{[r for r in steps if r != ctx.rank]}"
-    return "; ".join(f"rank {r} stopped answering at step {steps[r] if steps[r] is not None else 'none'}"
-                     for r in behind) + f" (this rank is at step {steps.get(ctx.rank)})"
+        return (
+            f"every process reported step {top}; the one that stopped is among ranks "
+            f"{[r for r in steps if r != ctx.rank]}"
+        )
+    return (
+        "; ".join(f"rank {r} stopped answering at step {steps[r] if steps[r] is not None else 'none'}" for r in behind)
+        + f" (this rank is at step {steps.get(ctx.rank)})"
+    )
 
 
-_PEER_WORDS = ("timed out", "timeout", "connection closed", "connection reset", "pair closure", "broken pipe",
-               "nccl", "gloo")
+_PEER_WORDS = (
+    "timed out",
+    "timeout",
+    "connection closed",
+    "connection reset",
+    "pair closure",
+    "broken pipe",
+    "nccl",
+    "gloo",
+)
 
 
 @contextlib.contextmanager
@@ -156,5 +168,7 @@ def peer_errors(ctx: DistContext):
         from visattn.errors import PeerLost
 
         limit = f"{ctx.timeout:g} s (--dist-timeout)" if ctx.timeout else "torch's default timeout"
-        raise PeerLost(f"rank {ctx.rank}: a collective with the other processes failed within {limit}: "
-                       f"{_describe_lost(ctx)}. torch: {msg[:300]}") from e
+        raise PeerLost(
+            f"rank {ctx.rank}: a collective with the other processes failed within {limit}: "
+            f"{_describe_lost(ctx)}. torch: {msg[:300]}"
+        ) from e

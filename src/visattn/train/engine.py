@@ -27,10 +27,11 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,16 +43,38 @@ from visattn.data.transforms import eval_indices
 from visattn.errors import NonFiniteLoss, VisattnError
 from visattn.registry import create_model
 from visattn.train import distributed as D
-from visattn.train.checkpoint import (RunLock, atomic_write_text, latest_checkpoint, load_checkpoint,
-                                      remove_stale_tmp, save_checkpoint)
+from visattn.train.checkpoint import (
+    RunLock,
+    atomic_write_text,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_stale_tmp,
+    save_checkpoint,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "lr_factor", "plot_curves"]
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 AUGMENT_CHOICES = ("auto", "none", "crop", "crop+flip")
 # Options that must match for a resumed run to continue the same run.
-_RESUME_KEYS = ("model", "attention", "attn_kwargs", "model_kwargs", "data", "image_size", "epochs", "batch_size",
-                "lr", "weight_decay", "warmup_steps", "label_smoothing", "augment", "crop_pad", "seed", "precise_bn")
+_RESUME_KEYS = (
+    "model",
+    "attention",
+    "attn_kwargs",
+    "model_kwargs",
+    "data",
+    "image_size",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "label_smoothing",
+    "augment",
+    "crop_pad",
+    "seed",
+    "precise_bn",
+)
 
 
 @dataclass
@@ -106,18 +129,30 @@ class TrainConfig:
         for name, v, lo in (("eval_batch_size", self.eval_batch_size, 1), ("warmup_steps", self.warmup_steps, 0)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
                 raise ValueError(f"{name} must be None or an int >= {lo}, got {v!r}")
-        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
-                                            or not 1 <= self.image_size <= MAX_IMAGE_SIZE):
-            raise ValueError(f"image_size must be None or an int in 1..{MAX_IMAGE_SIZE} (images are held in "
-                             f"memory), got {self.image_size!r}")
-        for name, v, positive in (("lr", self.lr, True), ("grad_clip", self.grad_clip, True),
-                                  ("dist_timeout", self.dist_timeout, True),
-                                  ("weight_decay", self.weight_decay, False),
-                                  ("min_lr_ratio", self.min_lr_ratio, False)):
+        if self.image_size is not None and (
+            isinstance(self.image_size, bool)
+            or not isinstance(self.image_size, int)
+            or not 1 <= self.image_size <= MAX_IMAGE_SIZE
+        ):
+            raise ValueError(
+                f"image_size must be None or an int in 1..{MAX_IMAGE_SIZE} (images are held in "
+                f"memory), got {self.image_size!r}"
+            )
+        for name, v, positive in (
+            ("lr", self.lr, True),
+            ("grad_clip", self.grad_clip, True),
+            ("dist_timeout", self.dist_timeout, True),
+            ("weight_decay", self.weight_decay, False),
+            ("min_lr_ratio", self.min_lr_ratio, False),
+        ):
             if name == "grad_clip" and v is None:
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or (v <= 0 if positive else v < 0):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or (v <= 0 if positive else v < 0)
+            ):
                 raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
         if self.min_lr_ratio > 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
@@ -264,8 +299,9 @@ class Trainer:
     done in the running epoch) and ``trainer.step`` (optimizer steps done) are current.
     """
 
-    def __init__(self, cfg: TrainConfig, data: DataBundle | None = None, callbacks: Sequence[Any] = (),
-                 bar_position: int = 0):
+    def __init__(
+        self, cfg: TrainConfig, data: DataBundle | None = None, callbacks: Sequence[Any] = (), bar_position: int = 0
+    ):
         cfg.validate()
         self.cfg = cfg
         self.callbacks = list(callbacks)
@@ -315,8 +351,13 @@ class Trainer:
         self.crop_pad = cfg.crop_pad if cfg.crop_pad is not None else max(1, b.image_size // 8)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = create_model(cfg.model, num_classes=b.num_classes, attention=cfg.attention,
-                                  attn_kwargs=cfg.attn_kwargs, **(cfg.model_kwargs or {})).to(self.device)
+        self.model = create_model(
+            cfg.model,
+            num_classes=b.num_classes,
+            attention=cfg.attention,
+            attn_kwargs=cfg.attn_kwargs,
+            **(cfg.model_kwargs or {}),
+        ).to(self.device)
         torch.manual_seed(cfg.seed + 1 + self.dist.rank)  # dropout etc. differ per rank
         if cfg.sync_bn and self.dist.distributed:
             if self.device.type != "cuda":
@@ -329,12 +370,16 @@ class Trainer:
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.fwd = torch.compile(self.net) if cfg.compile else self.net
 
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
-                                           betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8
+        )
         self.steps_per_epoch = len(self._batches(0))
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.warmup = (cfg.warmup_steps if cfg.warmup_steps is not None
-                       else min(self.steps_per_epoch, max(1, round(0.05 * self.total_steps))))
+        self.warmup = (
+            cfg.warmup_steps
+            if cfg.warmup_steps is not None
+            else min(self.steps_per_epoch, max(1, round(0.05 * self.total_steps)))
+        )
         total, warm, mr = self.total_steps, self.warmup, cfg.min_lr_ratio
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total, warm, mr))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -343,9 +388,18 @@ class Trainer:
 
     def _batches(self, epoch: int) -> EpochBatches:
         b = self.data
-        return EpochBatches(b.train, self.cfg.batch_size, epoch, self.cfg.seed, rank=self.dist.rank,
-                            world_size=self.dist.world_size, augment=self.augment, pad=self.crop_pad,
-                            mean=b.mean, std=b.std)
+        return EpochBatches(
+            b.train,
+            self.cfg.batch_size,
+            epoch,
+            self.cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            augment=self.augment,
+            pad=self.crop_pad,
+            mean=b.mean,
+            std=b.std,
+        )
 
     def _run_config(self) -> dict[str, Any]:
         d = {k: getattr(self.cfg, k) for k in _RESUME_KEYS}
@@ -364,11 +418,18 @@ class Trainer:
         """
         running = self._reduce(running)
         if self.dist.is_main and self.out is not None and self.cfg.checkpoints:
-            state = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-                     "running": [float(v) for v in running], "train_time": train_time,
-                     "history": _strict(self.history), "config": self._run_config()}
-            folder = save_checkpoint(self.out, self.model, self.optimizer, self.scheduler, self.scaler, state,
-                                     keep=self.cfg.keep)
+            state = {
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "step": self.step,
+                "running": [float(v) for v in running],
+                "train_time": train_time,
+                "history": _strict(self.history),
+                "config": self._run_config(),
+            }
+            folder = save_checkpoint(
+                self.out, self.model, self.optimizer, self.scheduler, self.scaler, state, keep=self.cfg.keep
+            )
             self._call("after_checkpoint", folder)
         D.barrier(self.dist)
         return running if self.dist.is_main else torch.zeros_like(running)
@@ -383,11 +444,15 @@ class Trainer:
         if existing is None and ck_root.is_dir():
             partial = sorted(p.name for p in ck_root.iterdir() if p.is_dir() and p.name.startswith("step-"))
             if partial:
-                raise ValueError(f"{ck_root} holds step folders but none is a complete checkpoint "
-                                 f"({', '.join(partial)}); remove them or choose another --output")
+                raise ValueError(
+                    f"{ck_root} holds step folders but none is a complete checkpoint "
+                    f"({', '.join(partial)}); remove them or choose another --output"
+                )
         if existing is not None and not self.cfg.resume:
-            raise ValueError(f"{self.out} already holds a checkpoint ({existing.name}); pass --resume to continue "
-                             "that run or choose another --output")
+            raise ValueError(
+                f"{self.out} already holds a checkpoint ({existing.name}); pass --resume to continue "
+                "that run or choose another --output"
+            )
         if existing is None:
             if self.cfg.resume:
                 self._log(f"no checkpoint in {self.out}: starting a new run")
@@ -399,13 +464,17 @@ class Trainer:
         want, got = self._run_config(), st.get("config")
         diff = {k: (got.get(k), want[k]) for k in want if got.get(k) != want[k]} if isinstance(got, dict) else {}
         if diff:
-            raise ValueError("cannot resume: the checkpoint was made with other options "
-                             + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items()))
+            raise ValueError(
+                "cannot resume: the checkpoint was made with other options "
+                + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
+            )
         self._check_state(st)
         self.epoch, self.batch_in_epoch, self.step = st["epoch"], st["batch_in_epoch"], st["step"]
         if self.scheduler.last_epoch != self.step:
-            raise ValueError(f"{st['checkpoint']}: scheduler field 'last_epoch' is {self.scheduler.last_epoch}, "
-                             f"but the checkpoint's step is {self.step}")
+            raise ValueError(
+                f"{st['checkpoint']}: scheduler field 'last_epoch' is {self.scheduler.last_epoch}, "
+                f"but the checkpoint's step is {self.step}"
+            )
         self.history = list(st["history"])
         if self.dist.is_main:
             running = torch.tensor(st["running"], dtype=torch.float64)
@@ -413,8 +482,9 @@ class Trainer:
             # Drop metric lines written after the checkpoint (a kill between the two).
             lines = [_json_line(h) for h in self.history]
             atomic_write_text(self.out / "metrics.jsonl", "".join(line + "\n" for line in lines))
-        self._log(f"resumed from {st['checkpoint']}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, "
-                  f"step {self.step}")
+        self._log(
+            f"resumed from {st['checkpoint']}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, step {self.step}"
+        )
         return running, train_time
 
     def _check_state(self, st: dict[str, Any]) -> None:
@@ -433,11 +503,15 @@ class Trainer:
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
                 raise bad(k, f"an int in 0..{hi}")
         if st["step"] != st["epoch"] * spe + st["batch_in_epoch"]:
-            raise bad("step", f"epoch x {spe} steps per epoch + batch_in_epoch = "
-                              f"{st['epoch'] * spe + st['batch_in_epoch']}")
+            raise bad(
+                "step", f"epoch x {spe} steps per epoch + batch_in_epoch = {st['epoch'] * spe + st['batch_in_epoch']}"
+            )
         r = st["running"]
-        if not (isinstance(r, list) and len(r) == 3 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in r)):
+        if not (
+            isinstance(r, list)
+            and len(r) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in r)
+        ):
             raise bad("running", "a list of 3 finite numbers >= 0")
         t = st.get("train_time", 0.0)
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
@@ -491,12 +565,14 @@ class Trainer:
         bs = self.cfg.eval_batch_size or 2 * self.cfg.batch_size
         sums = torch.zeros(3, dtype=torch.float64)
         for i in range(0, len(idx), bs):
-            x, y = b.test.batch(idx[i:i + bs])
+            x, y = b.test.batch(idx[i : i + bs])
             x, y = normalize(x, b.mean, b.std).to(self.device), y.to(self.device)
             with self._autocast():
                 logits = self.fwd(x)
-            sums += torch.tensor([float(self.eval_criterion(logits.float(), y)),
-                                  float((logits.argmax(1) == y).sum()), float(y.numel())], dtype=torch.float64)
+            sums += torch.tensor(
+                [float(self.eval_criterion(logits.float(), y)), float((logits.argmax(1) == y).sum()), float(y.numel())],
+                dtype=torch.float64,
+            )
         sums = self._reduce(sums)
         return float(sums[0] / sums[2].clamp_min(1)), float(sums[1] / sums[2].clamp_min(1))
 
@@ -506,8 +582,11 @@ class Trainer:
         self._lock: RunLock | None = None
         cuda = [self.dist.device] if self.dist.device.type == "cuda" else []
         try:  # the caller's RNG state and deterministic flags are restored afterwards
-            with torch.random.fork_rng(devices=cuda), _deterministic(self.cfg.deterministic, self.dist.device), \
-                    D.peer_errors(self.dist):
+            with (
+                torch.random.fork_rng(devices=cuda),
+                _deterministic(self.cfg.deterministic, self.dist.device),
+                D.peer_errors(self.dist),
+            ):
                 return self._run()
         finally:
             if self._lock is not None:
@@ -520,8 +599,9 @@ class Trainer:
         if self.dist.is_main:
             try:
                 if self.out.exists() and not self.out.is_dir():
-                    raise NotADirectoryError(errno.ENOTDIR, "--output must be a directory, but it is a file",
-                                             str(self.out))
+                    raise NotADirectoryError(
+                        errno.ENOTDIR, "--output must be a directory, but it is a file", str(self.out)
+                    )
                 self.out.mkdir(parents=True, exist_ok=True)
                 self._lock = RunLock(self.out).acquire()
                 remove_stale_tmp(self.out)
@@ -551,9 +631,16 @@ class Trainer:
         while self.epoch < cfg.epochs:
             batches = self._batches(self.epoch)
             self.net.train()
-            bar = tqdm(total=len(batches), initial=self.batch_in_epoch, disable=not show, dynamic_ncols=True,
-                       desc=f"epoch {self.epoch + 1}/{cfg.epochs}", position=self.bar_position,
-                       leave=self.bar_position == 0, unit="batch")
+            bar = tqdm(
+                total=len(batches),
+                initial=self.batch_in_epoch,
+                disable=not show,
+                dynamic_ncols=True,
+                desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                position=self.bar_position,
+                leave=self.bar_position == 0,
+                unit="batch",
+            )
             t0 = time.perf_counter()
             seen_this_session = 0
             for i, x, y in batches.iter_from(self.batch_in_epoch):
@@ -579,8 +666,12 @@ class Trainer:
                 seen_this_session += x.shape[0]
                 if show:
                     elapsed = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{running[0] / running[2]:.3f}", acc=f"{running[1] / running[2]:.3f}",
-                                    img_s=f"{seen_this_session * world / max(elapsed, 1e-9):.0f}", refresh=False)
+                    bar.set_postfix(
+                        loss=f"{running[0] / running[2]:.3f}",
+                        acc=f"{running[1] / running[2]:.3f}",
+                        img_s=f"{seen_this_session * world / max(elapsed, 1e-9):.0f}",
+                        refresh=False,
+                    )
                     bar.update(1)
                 self._call("after_step")
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < len(batches):
@@ -591,16 +682,25 @@ class Trainer:
             if cfg.precise_bn:
                 self.recompute_bn_stats(cfg.precise_bn)
             test_loss, test_acc = self.evaluate()
-            rec = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-                   "train_loss": float(tot[0] / tot[2]), "train_acc": float(tot[1] / tot[2]),
-                   "test_loss": test_loss, "test_acc": test_acc,
-                   "images_per_s": float(tot[2]) / max(train_time, 1e-9), "train_time_s": train_time,
-                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            rec = {
+                "epoch": self.epoch + 1,
+                "step": self.step,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": float(tot[0] / tot[2]),
+                "train_acc": float(tot[1] / tot[2]),
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "images_per_s": float(tot[2]) / max(train_time, 1e-9),
+                "train_time_s": train_time,
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
             self._complete_record(rec)
             self.history.append(rec)
-            self._log(f"epoch {rec['epoch']}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
-                      f"acc {100 * rec['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
-                      f"{rec['images_per_s']:.0f} img/s")
+            self._log(
+                f"epoch {rec['epoch']}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
+                f"acc {100 * rec['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
+                f"{rec['images_per_s']:.0f} img/s"
+            )
             if self.out is not None and self.dist.is_main:
                 path = self.out / "metrics.jsonl"
                 try:
@@ -627,7 +727,8 @@ class Trainer:
         raise NonFiniteLoss(
             f"the training loss became non-finite ({who}) at epoch {self.epoch + 1}, step {self.step + 1} "
             f"(batch {batch + 1} of {num_batches}); stopped before that optimizer step. Lower --lr, set "
-            f"--grad-clip or check the data" + (f"; the last good checkpoint is {ck}" if ck else ""))
+            f"--grad-clip or check the data" + (f"; the last good checkpoint is {ck}" if ck else "")
+        )
 
     def _finish(self) -> TrainResult:
         cfg, b = self.cfg, self.data
@@ -642,20 +743,28 @@ class Trainer:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            info = {"config": cfg.as_dict(), "classes": b.classes, "image_size": b.image_size,
-                    "mean": list(b.mean), "std": list(b.std), "world_size": self.dist.world_size,
-                    "final": final}
+            info = {
+                "config": cfg.as_dict(),
+                "classes": b.classes,
+                "image_size": b.image_size,
+                "mean": list(b.mean),
+                "std": list(b.std),
+                "world_size": self.dist.world_size,
+                "final": final,
+            }
             atomic_write_text(self.out / "config.json", json.dumps(_strict(info), indent=2, allow_nan=False))
             if cfg.plot and self.history:
                 title = cfg.model + (f" + {cfg.attention}" if cfg.attention else "") + f" on {b.name}"
                 plot_curves(self.history, self.out / "curves.png", title)
         D.barrier(self.dist)
         self.model.eval()
-        return TrainResult(self.model, list(self.history), final, str(self.out) if self.out else None,
-                           b.num_classes, b.image_size)
+        return TrainResult(
+            self.model, list(self.history), final, str(self.out) if self.out else None, b.num_classes, b.image_size
+        )
 
 
-def train(cfg: TrainConfig, data: DataBundle | None = None, callbacks: Sequence[Any] = (),
-          bar_position: int = 0) -> TrainResult:
+def train(
+    cfg: TrainConfig, data: DataBundle | None = None, callbacks: Sequence[Any] = (), bar_position: int = 0
+) -> TrainResult:
     """Run one training job (see :class:`Trainer`). ``data`` skips loading ``cfg.data``."""
     return Trainer(cfg, data, callbacks, bar_position).run()

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +34,19 @@ from visattn.data.transforms import eval_indices
 from visattn.train import distributed as D
 from visattn.train.engine import TrainConfig, Trainer, TrainResult
 
-__all__ = ["SegTrainConfig", "SegTrainer", "GlobalPixelCrossEntropy", "check_segmentation_model", "train_segment",
-           "confusion_matrix", "segmentation_metrics",
-           "SEG_DEFAULT_MODEL", "SEG_DEFAULT_DATA", "add_segment_arguments", "seg_config_from_args"]
+__all__ = [
+    "SegTrainConfig",
+    "SegTrainer",
+    "GlobalPixelCrossEntropy",
+    "check_segmentation_model",
+    "train_segment",
+    "confusion_matrix",
+    "segmentation_metrics",
+    "SEG_DEFAULT_MODEL",
+    "SEG_DEFAULT_DATA",
+    "add_segment_arguments",
+    "seg_config_from_args",
+]
 
 #: The small segmentation model that trains on digit scenes on a CPU in minutes.
 SEG_DEFAULT_MODEL = "fpn_resnet_tiny"
@@ -66,23 +77,29 @@ class SegTrainConfig(TrainConfig):
             raise ValueError(f"ignore_index must be an int >= 0, got {self.ignore_index!r}")
         if self.scale_range is not None:
             sr = tuple(self.scale_range)
-            if len(sr) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                       for v in sr) or not 0 < sr[0] <= sr[1]:
-                raise ValueError(f"scale_range must be (min, max) with 0 < min <= max, both finite, got "
-                                 f"{self.scale_range!r}")
+            if (
+                len(sr) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in sr)
+                or not 0 < sr[0] <= sr[1]
+            ):
+                raise ValueError(
+                    f"scale_range must be (min, max) with 0 < min <= max, both finite, got {self.scale_range!r}"
+                )
             self.scale_range = (float(sr[0]), float(sr[1]))
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """(K, K) int64 counts, rows = true class, columns = predicted, over pixels whose target is
     not ``ignore_index``. pred, target: integer tensors of the same shape."""
     valid = target != ignore_index
     t, p = target[valid].long(), pred[valid].long()
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         bad = t[(t < 0) | (t >= num_classes)][0]
-        raise ValueError(f"target value {int(bad)} is neither a class (0..{num_classes - 1}) nor the ignore index "
-                         f"{ignore_index}")
+        raise ValueError(
+            f"target value {int(bad)} is neither a class (0..{num_classes - 1}) nor the ignore index {ignore_index}"
+        )
     return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
@@ -99,8 +116,11 @@ def segmentation_metrics(conf: torch.Tensor, classes: Sequence[str] | None = Non
     iou = {n: (float(tp[i] / union[i]) if union[i] > 0 else None) for i, n in enumerate(names)}
     present = [v for v in iou.values() if v is not None]
     total = float(conf.sum())
-    return {"miou": sum(present) / len(present) if present else 0.0,
-            "pixel_acc": float(tp.sum()) / total if total > 0 else 0.0, "iou": iou}
+    return {
+        "miou": sum(present) / len(present) if present else 0.0,
+        "pixel_acc": float(tp.sum()) / total if total > 0 else 0.0,
+        "iou": iou,
+    }
 
 
 def check_segmentation_model(name: str) -> None:
@@ -109,8 +129,10 @@ def check_segmentation_model(name: str) -> None:
 
     task = model_entry(name).task
     if task != "segment":
-        raise ValueError(f"segmentation needs a segmentation model; {name!r} is a {task} model "
-                         f"(segmentation models: {', '.join(list_models('segment'))})")
+        raise ValueError(
+            f"segmentation needs a segmentation model; {name!r} is a {task} model "
+            f"(segmentation models: {', '.join(list_models('segment'))})"
+        )
 
 
 class GlobalPixelCrossEntropy(nn.Module):
@@ -130,8 +152,9 @@ class GlobalPixelCrossEntropy(nn.Module):
         self.last_count = 0.0
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum",
-                                label_smoothing=self.label_smoothing)
+        total = F.cross_entropy(
+            logits, target, ignore_index=self.ignore_index, reduction="sum", label_smoothing=self.label_smoothing
+        )
         count = (target != self.ignore_index).sum().to(torch.float64)
         count = D.all_reduce_sum(count, self.dist)
         self.last_count = float(count)
@@ -143,8 +166,13 @@ class SegTrainer(Trainer):
 
     cfg: SegTrainConfig
 
-    def __init__(self, cfg: SegTrainConfig, data: SegDataBundle | None = None, callbacks: Sequence[Any] = (),
-                 bar_position: int = 0):
+    def __init__(
+        self,
+        cfg: SegTrainConfig,
+        data: SegDataBundle | None = None,
+        callbacks: Sequence[Any] = (),
+        bar_position: int = 0,
+    ):
         if not isinstance(cfg, SegTrainConfig):
             raise TypeError(f"SegTrainer needs a SegTrainConfig, got {type(cfg).__name__}")
         super().__init__(cfg, data, callbacks, bar_position)
@@ -158,8 +186,9 @@ class SegTrainer(Trainer):
         if not isinstance(self.data, SegDataBundle):
             raise TypeError(f"segmentation training needs a SegDataBundle, got {type(self.data).__name__}")
         if self.data.ignore_index != cfg.ignore_index:
-            raise ValueError(f"the data's ignore index {self.data.ignore_index} differs from ignore_index "
-                             f"{cfg.ignore_index}")
+            raise ValueError(
+                f"the data's ignore index {self.data.ignore_index} differs from ignore_index {cfg.ignore_index}"
+            )
         self.scale_range = cfg.scale_range or self.data.scale_range
         super()._setup()
         self.criterion = GlobalPixelCrossEntropy(cfg.ignore_index, cfg.label_smoothing, self.dist)
@@ -167,14 +196,23 @@ class SegTrainer(Trainer):
 
     def _batches(self, epoch: int) -> SegEpochBatches:
         b = self.data
-        return SegEpochBatches(b.train, self.cfg.batch_size, epoch, self.cfg.seed, rank=self.dist.rank,
-                               world_size=self.dist.world_size, augment=self.augment, crop_size=b.image_size,
-                               scale_range=self.scale_range, mean=b.mean, std=b.std)
+        return SegEpochBatches(
+            b.train,
+            self.cfg.batch_size,
+            epoch,
+            self.cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            augment=self.augment,
+            crop_size=b.image_size,
+            scale_range=self.scale_range,
+            mean=b.mean,
+            std=b.std,
+        )
 
     def _run_config(self) -> dict[str, Any]:
         d = super()._run_config()
-        d.update(task="segment", ignore_index=self.cfg.ignore_index,
-                 scale_range=list(self.scale_range))
+        d.update(task="segment", ignore_index=self.cfg.ignore_index, scale_range=list(self.scale_range))
         return d
 
     def _batch_sums(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -189,8 +227,10 @@ class SegTrainer(Trainer):
         rec.update(test_miou=ev["miou"], test_pixel_acc=ev["pixel_acc"], test_iou=ev["iou"])
         images = len(self._batches(self.epoch).indices) * self.dist.world_size
         rec["images_per_s"] = images / max(rec["train_time_s"], 1e-9)
-        self._log(f"epoch {rec['epoch']}/{self.cfg.epochs}: test mIoU {100 * ev['miou']:.2f}% "
-                  f"pixel accuracy {100 * ev['pixel_acc']:.2f}%")
+        self._log(
+            f"epoch {rec['epoch']}/{self.cfg.epochs}: test mIoU {100 * ev['miou']:.2f}% "
+            f"pixel accuracy {100 * ev['pixel_acc']:.2f}%"
+        )
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -204,7 +244,7 @@ class SegTrainer(Trainer):
         conf = torch.zeros(k, k, dtype=torch.float64)
         loss_sum = torch.zeros(1, dtype=torch.float64)
         for i in range(0, len(idx), bs):
-            x, y = b.test.batch(idx[i:i + bs])
+            x, y = b.test.batch(idx[i : i + bs])
             x, y = normalize(x, b.mean, b.std).to(self.device), y.to(self.device)
             with self._autocast():
                 logits = self.fwd(x)
@@ -217,8 +257,9 @@ class SegTrainer(Trainer):
         return float(sums[0]) / max(n, 1.0), self._last_eval["pixel_acc"]
 
 
-def train_segment(cfg: SegTrainConfig, data: SegDataBundle | None = None, callbacks: Sequence[Any] = (),
-                  bar_position: int = 0) -> TrainResult:
+def train_segment(
+    cfg: SegTrainConfig, data: SegDataBundle | None = None, callbacks: Sequence[Any] = (), bar_position: int = 0
+) -> TrainResult:
     """Run one segmentation job (see :class:`SegTrainer`). ``data`` skips loading ``cfg.data``."""
     return SegTrainer(cfg, data, callbacks, bar_position).run()
 
@@ -241,10 +282,20 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
         if isinstance(default, str) and not isinstance(default, _ClassifyDefault):
             p.set_defaults(**{dest: _ClassifyDefault(default)})
     g = p.add_argument_group("segmentation (--task segment)")
-    g.add_argument("--ignore-index", type=int, default=IGNORE_INDEX,
-                   help="mask value of unlabelled pixels, left out of loss and metrics (default: %(default)s)")
-    g.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="random scale of the crop augmentation (default: digitscenes 0.75 1.33, segfolder 0.5 2)")
+    g.add_argument(
+        "--ignore-index",
+        type=int,
+        default=IGNORE_INDEX,
+        help="mask value of unlabelled pixels, left out of loss and metrics (default: %(default)s)",
+    )
+    g.add_argument(
+        "--scale-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="random scale of the crop augmentation (default: digitscenes 0.75 1.33, segfolder 0.5 2)",
+    )
 
 
 def seg_config_from_args(args) -> SegTrainConfig:
@@ -259,8 +310,9 @@ def seg_config_from_args(args) -> SegTrainConfig:
         base["model"] = SEG_DEFAULT_MODEL
     if isinstance(args.data, _ClassifyDefault):
         base["data"] = SEG_DEFAULT_DATA
-    return SegTrainConfig(**base, ignore_index=args.ignore_index,
-                          scale_range=tuple(args.scale_range) if args.scale_range else None)
+    return SegTrainConfig(
+        **base, ignore_index=args.ignore_index, scale_range=tuple(args.scale_range) if args.scale_range else None
+    )
 
 
 def run_from_args(args) -> int:
@@ -270,6 +322,8 @@ def run_from_args(args) -> int:
     res = train_segment(seg_config_from_args(args))
     if res.final and res.output is not None and os.environ.get("RANK", "0") == "0":
         f = res.final
-        print(f"test mIoU {100 * f['test_miou']:.2f}% (pixel accuracy {100 * f['test_pixel_acc']:.2f}%) "
-              f"after {res.final['epoch']} epochs; weights, metrics and curves in {res.output}")
+        print(
+            f"test mIoU {100 * f['test_miou']:.2f}% (pixel accuracy {100 * f['test_pixel_acc']:.2f}%) "
+            f"after {res.final['epoch']} epochs; weights, metrics and curves in {res.output}"
+        )
     return 0
