@@ -51,6 +51,12 @@ class AttentionInfo:
         max_resolution_arg: constructor argument that bounds the resolution, if any.
         export: export paths the mechanism supports ("onnx", "torchscript", "compile").
         dtypes: floating dtypes it supports.
+        impls: the named implementations the constructor's ``impl=`` accepts besides "auto";
+            the first is always "reference" (the paper's math, written for reading). Every
+            other entry is a fast path that must agree with the reference (tests sweep them).
+        window_centred: for local mechanisms, whether the window is centred on the query
+            (True: a (2r+1)-wide window around each position; False: fixed tiles such as
+            Swin's windows); None for global mechanisms.
         test_kwargs: small constructor arguments the conformance suite uses.
         bench_kwargs: arguments the benchmark uses at C=64 (the default comparison).
         bench_variants: extra named benchmark cases: label -> constructor kwargs.
@@ -67,6 +73,8 @@ class AttentionInfo:
     max_resolution_arg: str | None = None
     export: tuple[str, ...] = ("onnx", "compile")
     dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16")
+    impls: tuple[str, ...] = ("reference",)
+    window_centred: bool | None = None
     test_kwargs: dict[str, Any] = field(default_factory=dict)
     bench_kwargs: dict[str, Any] = field(default_factory=dict)
     bench_variants: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -87,7 +95,10 @@ def register_attention(name: str, **info_fields) -> Callable[[type], type]:
         info = AttentionInfo(name=name, **info_fields)
         if info.cost not in COST_CLASSES:
             raise ValueError(f"cost must be one of {COST_CLASSES}, got {info.cost!r}")
+        if not info.impls or info.impls[0] != "reference" or "auto" in info.impls:
+            raise ValueError(f"impls must start with 'reference' and not name 'auto', got {info.impls!r}")
         cls.registry_name = name
+        cls.impls = tuple(info.impls)
         _ATTENTION[name] = (cls, info)
         return cls
 

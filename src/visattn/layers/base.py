@@ -174,23 +174,64 @@ def from_tokens(t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 class SpatialAttention(nn.Module):
     """Base class of every mechanism: (B, C, H, W) -> (B, C_out, H, W).
 
-    Subclasses implement ``_forward(x)`` on a validated input and
-    ``flop_breakdown(height, width, batch)``.
+    Subclasses implement one method per implementation, ``_forward_<impl>(x)``, on a
+    validated input (at least ``_forward_reference``: the paper's math in its symbols),
+    ``flop_breakdown(height, width, batch)`` and ``reset_parameters()``. The
+    implementations a mechanism has are registry data (``AttentionInfo.impls``); the
+    constructor's ``impl=`` picks one, and ``"auto"`` picks by the rule in
+    :meth:`_auto_impl` (stated in the mechanism's docstring and tested).
 
     Attributes:
         dim: input channels C.
         dim_out: output channels C_out.
+        impl: the requested implementation ("auto" or a name in ``impls``).
     """
 
     #: Registry name, filled in by :func:`visattn.registry.register_attention`.
     registry_name: str = ""
+    #: Named implementations (``AttentionInfo.impls``), filled in by ``register_attention``.
+    impls: tuple[str, ...] = ("reference",)
 
-    def __init__(self, dim: int, dim_out: int | None = None):
+    def __init__(self, dim: int, dim_out: int | None = None, *, impl: str = "auto"):
         super().__init__()
         check_positive_int("dim", dim)
         check_positive_int("dim_out", dim_out, allow_none=True)
         self.dim = dim
         self.dim_out = dim if dim_out is None else dim_out
+        self.impl = impl
+
+    # -- implementations -----------------------------------------------------
+    @property
+    def impl(self) -> str:
+        """The requested implementation: "auto" or one of :attr:`impls`."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        choices = ("auto", *self.impls)
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"{type(self).__name__}: impl must be one of {choices}, got {value!r}")
+        self._impl = value
+
+    def select_impl(self, x: torch.Tensor) -> str:
+        """The implementation a call on ``x`` runs: :attr:`impl`, or the ``auto`` rule's choice."""
+        return self._auto_impl(x) if self._impl == "auto" else self._impl
+
+    def _auto_impl(self, x: torch.Tensor) -> str:
+        """The ``auto`` rule. Default: the last (fastest) named implementation."""
+        return self.impls[-1]
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter and rebuild every non-persistent buffer.
+
+        After ``m.to_empty(device=...)`` of a meta-device build, ``m.reset_parameters()``
+        gives a module equal to a normal build followed by ``reset_parameters()`` under the
+        same random seed. Mechanisms override this; the default resets the direct children.
+        """
+        for child in self.children():
+            reset = getattr(child, "reset_parameters", None)
+            if callable(reset):
+                reset()
 
     # -- input validation --------------------------------------------------
     def _check_input(self, x) -> None:
@@ -247,8 +288,9 @@ class SpatialAttention(nn.Module):
         """
         return 0
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Dispatch to ``_forward_<impl>`` for the implementation :meth:`select_impl` picks."""
+        return getattr(self, "_forward_" + self.select_impl(x))(x)
 
     # -- cost ----------------------------------------------------------------
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
@@ -267,7 +309,8 @@ class SpatialAttention(nn.Module):
         return int(f["counted"] + f["uncounted"])
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, dim_out={self.dim_out}"
+        impl = "" if self._impl == "auto" else f", impl={self._impl!r}"
+        return f"dim={self.dim}, dim_out={self.dim_out}{impl}"
 
 
 class TokenAdapter(nn.Module):
