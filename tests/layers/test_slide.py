@@ -23,6 +23,16 @@ from visattn.layers.local import LocalAttention
 from visattn.layers.slide import SlideAttention, one_hot_shift_kernels
 
 
+def _reference(m: SlideAttention, x: torch.Tensor) -> torch.Tensor:
+    """m(x) through impl="reference" (the literal definition), leaving m.impl as it was."""
+    impl = m.impl
+    m.impl = "reference"
+    try:
+        return m(x)
+    finally:
+        m.impl = impl
+
+
 def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
 
@@ -65,7 +75,7 @@ def test_equals_local_with_learned_parts_zero(mask, k, deformed):
     slide = SlideAttention(16, 12, num_heads=4, kernel_size=k, deformed=deformed, mask_padding=mask).double().eval()
     _copy_local_weights(slide, local)
     with torch.no_grad():
-        slide.key_bias.zero_()
+        slide.offset_bias.zero_()
         if deformed:
             slide.deform.weight.zero_()
             slide.deform.bias.zero_()
@@ -75,12 +85,12 @@ def test_equals_local_with_learned_parts_zero(mask, k, deformed):
         assert _rel(slide(x), ref) < 1e-12  # autograd path
         with torch.no_grad():
             assert _rel(slide(x), ref) < 1e-12  # in-place path
-        assert _rel(slide.forward_reference(x), ref) < 1e-12
+        assert _rel(_reference(slide, x), ref) < 1e-12
 
 
 def test_equals_local_in_float32_too():
     local = LocalAttention(32, num_heads=4, kernel_size=3).eval()
-    slide = SlideAttention(32, num_heads=4, kernel_size=3, deformed=False, key_bias=False).eval()
+    slide = SlideAttention(32, num_heads=4, kernel_size=3, deformed=False, offset_bias=False).eval()
     _copy_local_weights(slide, local)
     x = torch.randn(3, 32, 13, 9)
     with torch.no_grad():
@@ -94,10 +104,10 @@ def test_fast_paths_equal_definition_float64(deformed, mask, k):
     torch.manual_seed(k)
     m = SlideAttention(8, 6, num_heads=2, kernel_size=k, deformed=deformed, mask_padding=mask).double().eval()
     with torch.no_grad():  # non-trivial key bias so its term is exercised
-        m.key_bias.normal_()
+        m.offset_bias.normal_()
     for hw in [(1, 1), (2, 3), (4, 9), (11, 6)]:
         x = torch.randn(2, 8, *hw, dtype=torch.float64)
-        ref = m.forward_reference(x)
+        ref = _reference(m, x)
         assert (m(x) - ref).abs().max().item() < 1e-12
         with torch.no_grad():
             assert (m(x) - ref).abs().max().item() < 1e-12
@@ -111,7 +121,7 @@ def test_in_place_path_chunks_rows(monkeypatch, deformed, k):
 
     m = SlideAttention(8, num_heads=2, kernel_size=k, deformed=deformed, mask_padding=True).double().eval()
     x = torch.randn(2, 8, 7, 5, dtype=torch.float64)
-    ref = m.forward_reference(x)
+    ref = _reference(m, x)
     monkeypatch.setattr(slide_mod, "_CHUNK_ELEMS", 1)
     with torch.no_grad():
         assert (m(x) - ref).abs().max().item() < 1e-12
@@ -126,7 +136,7 @@ def test_reparameterize_exact_and_idempotent(k):
     x = torch.randn(2, 16, 9, 11)
     with torch.no_grad():
         before = m(x)
-        ref_def = m.forward_reference(x)
+        ref_def = _reference(m, x)
     w_fixed = m.shift_weight.clone()
     w_learned = m.deform.weight.detach().clone()
     b_learned = m.deform.bias.detach().clone()
@@ -137,7 +147,7 @@ def test_reparameterize_exact_and_idempotent(k):
     with torch.no_grad():
         after = m(x)
         assert _rel(after, before) < 1e-6
-        assert _rel(m.forward_reference(x), ref_def) < 1e-6
+        assert _rel(_reference(m, x), ref_def) < 1e-6
     merged = m.deform.weight.detach().clone()
     m.reparameterize()
     visattn.reparameterize(m)
@@ -250,13 +260,13 @@ def _randomise(m: SlideAttention) -> None:
 
 @pytest.mark.parametrize("deformed", [False, True])
 @pytest.mark.parametrize("mask", [False, True])
-@pytest.mark.parametrize("key_bias", [False, True])
+@pytest.mark.parametrize("offset_bias", [False, True])
 @pytest.mark.parametrize("k", [1, 3, 5])
-def test_training_path_and_gradients_equal_definition_float64(deformed, mask, key_bias, k):
+def test_training_path_and_gradients_equal_definition_float64(deformed, mask, offset_bias, k):
     # Output and every gradient (input and all parameters) of the custom Function equal autograd
     # through the literal definition, at any H, W (1x1, smaller than the kernel, non-square).
     m = (
-        SlideAttention(8, 6, num_heads=2, kernel_size=k, deformed=deformed, mask_padding=mask, key_bias=key_bias)
+        SlideAttention(8, 6, num_heads=2, kernel_size=k, deformed=deformed, mask_padding=mask, offset_bias=offset_bias)
         .double()
         .train()
     )
@@ -268,7 +278,7 @@ def test_training_path_and_gradients_equal_definition_float64(deformed, mask, ke
         assert y.grad_fn is not None
         g = torch.randn_like(y)
         got = torch.autograd.grad(y, [x, *params], g)
-        ref_y = m.forward_reference(x)
+        ref_y = _reference(m, x)
         ref = torch.autograd.grad(ref_y, [x, *params], g)
         assert (y - ref_y).abs().max().item() < 1e-10
         for a, b in zip(got, ref):
@@ -282,7 +292,7 @@ def test_training_path_chunks_rows(monkeypatch, deformed):
     m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, mask_padding=True).double()
     _randomise(m)
     x = torch.randn(2, 8, 7, 5, dtype=torch.float64, requires_grad=True)
-    ref = torch.autograd.grad(m.forward_reference(x).square().sum(), [x, m.qkv.weight])
+    ref = torch.autograd.grad(_reference(m, x).square().sum(), [x, m.qkv.weight])
     monkeypatch.setattr(slide_mod, "_CHUNK_ELEMS", 1)  # one row per chunk, forward and backward
     got = torch.autograd.grad(m(x).square().sum(), [x, m.qkv.weight])
     for a, b in zip(got, ref):
@@ -428,10 +438,10 @@ def test_training_peak_memory_at_most_a_third_of_im2col():
 
 
 @pytest.mark.parametrize("deformed", [False, True])
-def test_frozen_projections_still_train_shifts_and_key_bias(deformed):
-    # qkv frozen and an input without a gradient: key_bias and the learned shift conv must still
+def test_frozen_projections_still_train_shifts_and_offset_bias(deformed):
+    # qkv frozen and an input without a gradient: offset_bias and the learned shift conv must still
     # get their gradients (the in-place no-grad path used to run and dropped them silently).
-    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, key_bias=True).double().train()
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, offset_bias=True).double().train()
     _randomise(m)
     m.qkv.requires_grad_(False)
     x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
@@ -439,7 +449,7 @@ def test_frozen_projections_still_train_shifts_and_key_bias(deformed):
     y = m(x)
     g = torch.randn_like(y)
     got = torch.autograd.grad(y, params, g, allow_unused=True)
-    ref = torch.autograd.grad(m.forward_reference(x), params, g)
+    ref = torch.autograd.grad(_reference(m, x), params, g)
     for a, b in zip(got, ref):
         assert a is not None
         assert (a - b).abs().max().item() < 1e-10 * max(1.0, b.abs().max().item())
@@ -449,7 +459,7 @@ def test_frozen_projections_still_train_shifts_and_key_bias(deformed):
 def test_double_backward_matches_the_definition(deformed):
     # create_graph=True (gradient penalty): worked through autograd of the loop before the custom
     # Function, which must keep supporting it with the same second-order gradients.
-    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, key_bias=True, mask_padding=True).double()
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, offset_bias=True, mask_padding=True).double()
     _randomise(m)
     params = list(m.parameters())
     x = torch.randn(2, 8, 4, 5, dtype=torch.float64, requires_grad=True)
@@ -458,7 +468,7 @@ def test_double_backward_matches_the_definition(deformed):
         (gx,) = torch.autograd.grad(f(x).square().sum(), x, create_graph=True)
         return torch.autograd.grad(gx.square().sum(), [x, *params])
 
-    for a, b in zip(penalty_grads(m), penalty_grads(m.forward_reference)):
+    for a, b in zip(penalty_grads(m), penalty_grads(lambda t: _reference(m, t))):
         assert (a - b).abs().max().item() < 1e-9 * max(1.0, b.abs().max().item())
 
 
@@ -497,15 +507,213 @@ def test_torch_func_per_sample_gradients(deformed):
     # before the custom Function; they must still work and equal the definition's
     from torch.func import functional_call, grad, vmap
 
-    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, key_bias=True).double()
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, offset_bias=True).double()
     _randomise(m)
     params = {k: v.detach() for k, v in m.named_parameters()}
     x = torch.randn(3, 8, 4, 5, dtype=torch.float64)
     got = vmap(grad(lambda p, xi: functional_call(m, p, (xi[None],)).square().sum()), in_dims=(None, 0))(params, x)
     for i in range(3):
-        ref = torch.autograd.grad(m.forward_reference(x[i : i + 1]).square().sum(), list(m.parameters()))
+        ref = torch.autograd.grad(_reference(m, x[i : i + 1]).square().sum(), list(m.parameters()))
         for (name, _), b in zip(m.named_parameters(), ref):
             assert (got[name][i] - b).abs().max().item() < 1e-10 * max(1.0, b.abs().max().item())
     with torch.no_grad():
         y = vmap(lambda xi: m(xi[None])[0])(x)
-        assert (y - m.forward_reference(x)).abs().max().item() < 1e-10
+        assert (y - _reference(m, x)).abs().max().item() < 1e-10
+
+
+# -- the mechanism contract (issue 11): implementations, auto rule, factory args, renames ----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from tests.layers._contract import (  # noqa: E402
+    assert_factory_dtype,
+    assert_impls_match_reference,
+    assert_meta_build_equals_normal_build,
+    assert_old_state_dict_loads,
+    with_impl,
+)
+
+
+def test_impls_are_registry_data():
+    assert visattn.attention_info("slide").impls == ("reference", "shifts", "autograd")
+    assert SlideAttention.impls == ("reference", "shifts", "autograd")
+    assert visattn.attention_info("slide").window_centred is True
+    with pytest.raises(
+        ValueError, match=r"impl must be one of \('auto', 'reference', 'shifts', 'autograd'\), got 'fast'"
+    ):
+        SlideAttention(8, num_heads=2, impl="fast")
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    k=st.sampled_from([1, 3, 5]),
+    deformed=st.booleans(),
+    offset_bias=st.booleans(),
+    mask=st.booleans(),
+    merged=st.booleans(),
+    train=st.booleans(),
+    grad=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_every_impl_equals_reference(batch, h, w, k, deformed, offset_bias, mask, merged, train, grad, seed):
+    # float64, any H, W (1, smaller than the kernel, non-square), re-parameterised or not: the
+    # re-parameterisation is state that every implementation honours
+    torch.manual_seed(seed)
+    m = SlideAttention(
+        8,
+        6,
+        num_heads=2,
+        kernel_size=k,
+        deformed=deformed,
+        offset_bias=offset_bias,
+        mask_padding=mask,
+        dtype=torch.float64,
+    )
+    _randomise(m)
+    if merged:
+        m.reparameterize()
+    x = torch.randn(batch, 8, h, w, dtype=torch.float64)
+    assert_impls_match_reference(m, x, train=train, grad=grad)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("impl", ["reference", "shifts", "autograd"])
+def test_every_impl_in_low_precision_against_float64_reference(dtype, tol, impl):
+    torch.manual_seed(0)
+    m64 = SlideAttention(8, num_heads=2, kernel_size=3, dtype=torch.float64).eval()
+    with torch.no_grad():
+        m64.offset_bias.normal_()
+        m64.deform.weight.normal_(0, 0.2)
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    ref = with_impl(m64, "reference", x)
+    m = SlideAttention(8, num_heads=2, kernel_size=3, impl=impl, dtype=dtype).eval()
+    m.load_state_dict(m64.state_dict())
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            y = m(x.to(dtype))
+        assert y.dtype == dtype
+        assert _rel(y, ref) < tol, (grad, _rel(y, ref))
+
+
+def _frozen(m):
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_auto_rule(deformed):
+    # "autograd" exactly when the attention core needs a gradient and nothing records the call
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed)
+    x = torch.randn(1, 8, 4, 5)
+    assert m.select_impl(x) == "autograd"  # trainable parameters, grad mode on
+    with torch.no_grad():
+        assert m.select_impl(x) == "shifts"
+    with torch.inference_mode():
+        assert m.select_impl(x) == "shifts"
+    m.eval()
+    assert m.select_impl(x) == "autograd"  # eval mode does not matter: grad mode does
+    _frozen(m)
+    assert m.select_impl(x) == "shifts"  # nothing requires grad
+    assert m.select_impl(x.requires_grad_()) == "autograd"  # the input does
+    m.proj.requires_grad_(True)
+    assert m.select_impl(x.detach()) == "shifts"  # proj alone: the core needs no gradient
+    if deformed:
+        m.deform.weight.requires_grad_(True)
+        assert m.select_impl(x.detach()) == "autograd"  # the shifts do
+    m.offset_bias.requires_grad_(True)
+    assert m.select_impl(x.detach()) == "autograd"
+    m.impl = "reference"
+    assert m.select_impl(x) == "reference"  # an explicit choice is what runs
+
+
+def test_auto_picks_shifts_under_torch_func_and_tracing():
+    from torch.func import functional_call, grad, vmap
+
+    m = SlideAttention(8, num_heads=2, kernel_size=3).double()
+    x = torch.randn(2, 8, 4, 3, dtype=torch.float64)
+    seen = []
+    orig = m.select_impl
+
+    def spy(t):
+        seen.append(orig(t))
+        return seen[-1]
+
+    m.select_impl = spy
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    vmap(grad(lambda p, xi: functional_call(m, p, (xi[None],)).sum()), in_dims=(None, 0))(params, x)
+    torch.jit.trace(m, (x,), check_trace=False)
+    assert seen == ["shifts"] * 2
+    m.impl = "autograd"
+    with pytest.raises(ValueError, match=r"impl='autograd' runs a custom autograd Function .* use impl='shifts'"):
+        vmap(lambda xi: m(xi[None]))(x)
+
+
+def test_auto_runs_the_same_code_as_the_named_impl():
+    # auto is only a choice: bit-identical to the implementation it picks, grad on and off
+    m = SlideAttention(8, num_heads=2, kernel_size=3)
+    _randomise(m)
+    x = torch.randn(2, 8, 6, 5)
+    assert torch.equal(m(x), with_impl(m, "autograd", x))
+    with torch.no_grad():
+        assert torch.equal(m(x), with_impl(m, "shifts", x))
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+@pytest.mark.parametrize("offset_bias", [False, True])
+def test_meta_build_to_empty_reset_equals_normal_build(deformed, offset_bias):
+    def factory(**fk):
+        return SlideAttention(8, 6, num_heads=2, kernel_size=3, deformed=deformed, offset_bias=offset_bias, **fk)
+
+    assert_meta_build_equals_normal_build(factory, torch.randn(1, 8, 5, 4))
+
+
+def test_reset_parameters_rebuilds_buffers_and_clears_the_merge():
+    m = SlideAttention(8, num_heads=2, kernel_size=3).reparameterize()
+    with torch.no_grad():
+        m.shift_weight.zero_()
+    m.reset_parameters()
+    assert torch.equal(m.shift_weight, one_hot_shift_kernels(4, 3))
+    assert not m.reparameterized and not m.shift_merged.item()
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_factory_dtype(deformed):
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, dtype=torch.float64)
+    assert m.shift_weight.dtype == torch.float64
+    assert_factory_dtype(lambda **fk: SlideAttention(8, num_heads=2, deformed=deformed, **fk), torch.randn(1, 8, 3, 4))
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_old_state_dict_with_key_bias_loads_exactly(merged):
+    m = SlideAttention(8, num_heads=2, kernel_size=3)
+    _randomise(m)
+    if merged:
+        m.reparameterize()
+    fresh = SlideAttention(8, num_heads=2, kernel_size=3)
+    assert_old_state_dict_loads(m, {"key_bias": "offset_bias"}, fresh)
+    assert fresh.reparameterized == merged
+    x = torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), m.eval()(x))
+
+
+def test_old_state_dict_nested_in_a_model_loads():
+    net = nn.Sequential(nn.Identity(), SlideAttention(8, num_heads=2, kernel_size=3))
+    _randomise(net[1])
+    old = {k.replace("1.offset_bias", "1.key_bias"): v for k, v in net.state_dict().items()}
+    assert "1.key_bias" in old
+    fresh = nn.Sequential(nn.Identity(), SlideAttention(8, num_heads=2, kernel_size=3))
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh[1].offset_bias, net[1].offset_bias)
+
+
+def test_renamed_argument():
+    # create_attention reads renamed_args to name the new argument (after the merge with the
+    # registry change); the old name is refused either way
+    assert SlideAttention.renamed_args == {"key_bias": "offset_bias"}
+    with pytest.raises(TypeError, match=r"key_bias"):
+        visattn.create_attention("slide", 8, num_heads=2, key_bias=False)

@@ -12,39 +12,56 @@ the same shape, so neighbour i of pixel p is a learned mix of the whole k x k wi
     K_i[c, p] = sum_j (delta_ij + W[c, i, j]) K[c, p + o_j] + b[c, i]     (o_j: offset j)
 
 (the same for V). As in the authors' code the two shift convs act on the head_dim channels
-of one head and are shared by K, V and all heads; a learned key bias (heads, k*k) is added
+of one head and are shared by K, V and all heads; a learned offset bias (heads, k*k) is added
 to the keys (the logit gains ``bias * sum(q)``); padded neighbours are zero (before the
 convs) and are *not* masked out of the softmax; ``mask_padding=True`` masks them.
 
 What is implemented beyond the paper's code: :meth:`SlideAttention.reparameterize` merges
 the fixed and the learned conv into one (W = W_fixed + W_learned, b = b_fixed + b_learned;
 the fixed conv has no bias here — the authors' fixed conv carries a learnable bias that is
-redundant with the learned conv's); a masked-padding option.
+redundant with the learned one's); a masked-padding option.
 
-How it is computed. The definition (:meth:`SlideAttention.forward_reference`) materialises
-the k*k keys and values with the two convolutions, as the authors do; on a CPU the grouped
-convolution with k*k outputs per channel is slower than im2col itself. The forward pass
-instead never builds the k*k copies: a shift is a view of a zero-padded map, so the logits
-are accumulated offset by offset from slices of the padded K, and with deformed shifting
-the merged kernel is applied to the *products* instead of the keys (linearity):
+Implementations (``impl=``; all compute the same numbers):
 
-    logit_i = sum_j sum_c W[c, i, j] q[c] K[c, p + o_j] + sum_c b[c, i] q[c]     (GEMM over c)
-    out[c]  = sum_j (sum_i W[c, i, j] a_i) V[c, p + o_j] + sum_i b[c, i] a_i     (GEMM over i)
+* ``"reference"`` — the definition, computed literally as the authors do: the k*k keys and
+  values are materialised by the one-hot conv plus (deformed) the learned conv. Slow (on a
+  CPU the grouped conv with k*k outputs per channel is slower than im2col itself).
+* ``"shifts"`` — never builds the k*k copies: a shift is a view of a zero-padded map, so the
+  logits are accumulated offset by offset from slices of the padded K, and with deformed
+  shifting the merged kernel is applied to the *products* instead of the keys (linearity):
 
-Under ``torch.no_grad`` the loop runs in place over row chunks of the image, so its memory
-is bounded independently of k*k (pure shifts do not even pad: a missing neighbour has key and
-value 0, so each offset only touches the pixels whose neighbour exists); with autograd,
-tracing, ONNX export or ``torch.compile`` the same arithmetic runs out of place. Not implemented: the paper's Metal / phone kernels,
+      logit_i = sum_j sum_c W[c, i, j] q[c] K[c, p + o_j] + sum_c b[c, i] q[c]     (GEMM over c)
+      out[c]  = sum_j (sum_i W[c, i, j] a_i) V[c, p + o_j] + sum_i b[c, i] a_i     (GEMM over i)
+
+  When no autograd graph, trace, export, ``torch.compile`` or ``torch.func`` transform records
+  the call, the loop runs in place over row chunks of the image, so its memory is bounded
+  independently of k*k (pure shifts do not even pad: a missing neighbour has key and value 0,
+  so each offset only touches the pixels whose neighbour exists); otherwise the same
+  arithmetic runs out of place, which autograd differentiates through (storing a product and a
+  slice per offset).
+* ``"autograd"`` — the training path: the in-place loop as a custom autograd Function that
+  saves only q, K, V and the attention weights and walks the offsets again in its backward.
+  It cannot run under tracing, ONNX export, ``torch.compile`` or ``torch.func`` transforms
+  (a clear error says so).
+
+``impl="auto"`` (the default) picks ``"autograd"`` when a gradient is needed (grad mode on and
+the input or a parameter of qkv / the shift conv / the offset bias requires grad) and no
+trace, export, compile or ``torch.func`` transform is running; ``"shifts"`` otherwise.
+
+Re-parameterisation is state, not an implementation: every implementation runs on a merged
+module and gives the same numbers. Not implemented: the paper's Metal / phone kernels,
 reflection padding (the authors' ``padding_mode`` option).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visattn.layers._ops import autocast_off, softmax_fp32, upcast
+from visattn.layers._ops import autocast_off, rename_state_keys, softmax_fp32, upcast
 from visattn.layers.base import SpatialAttention, check_divisible, check_odd, check_positive_int, check_work
 from visattn.layers.local import padding_mask
 from visattn.registry import register_attention
@@ -87,6 +104,11 @@ def _is_exporting() -> bool:
     return bool(torch.onnx.is_in_onnx_export())
 
 
+def _recorded(*tensors) -> bool:
+    """True when a trace, export, torch.compile or a torch.func transform records the call."""
+    return _is_exporting() or _under_functorch(*tensors)
+
+
 @register_attention(
     "slide",
     title="Slide attention",
@@ -95,8 +117,10 @@ def _is_exporting() -> bool:
     cost="local",
     receptive_field="local",
     window_arg="kernel_size",
-    positional="implicit (zero-padded borders, learned key bias per offset, learned deformed shifts)",
+    window_centred=True,
+    positional="implicit (zero-padded borders, learned offset bias, learned deformed shifts)",
     export=("onnx", "compile", "torchscript"),
+    impls=("reference", "shifts", "autograd"),
     test_kwargs={"num_heads": 2, "kernel_size": 3},
     bench_kwargs={"num_heads": 4, "kernel_size": 3},
     bench_variants={
@@ -116,13 +140,26 @@ class SlideAttention(SpatialAttention):
         kernel_size: odd window side k.
         deformed: add the learnable depthwise shift conv (deformed shifting).
         qkv_bias: bias on the q, k, v projection (``qkv``: Linear(C, 3C) per pixel).
-        key_bias: learned bias (h, k*k) added to the keys.
+        offset_bias: learned bias (h, k*k) added to the keys, one per head and window offset
+            (called ``key_bias`` before; old state dicts load).
         mask_padding: exclude neighbours outside the image from the softmax.
+        impl: "auto", "reference", "shifts" or "autograd" (module docstring; auto: "autograd"
+            when a gradient is needed outside trace/export/compile/torch.func, else "shifts").
+        device, dtype: factory arguments for the parameters and buffers.
 
     Parameters use the layout of ``"local"`` (``qkv``, ``proj``) so weights copy across.
-    Buffers: ``shift_weight`` (d*k*k, 1, k, k), the frozen one-hot kernels (not saved).
+    Buffers: ``shift_weight`` (d*k*k, 1, k, k), the frozen one-hot kernels (not saved);
+    ``shift_merged`` (deformed only), whether ``deform`` holds the merged kernel.
     Shapes: (B, C, H, W) -> (B, C_out, H, W); logits (B, h, k*k, H, W).
     """
+
+    #: Constructor arguments renamed in the one vocabulary (old -> new); create_attention names the new one.
+    renamed_args = {"key_bias": "offset_bias"}
+    #: State-dict keys renamed (old -> new); old state dicts load (see _load_from_state_dict).
+    _renamed_state_keys = {"key_bias": "offset_bias"}
+
+    shift_weight: torch.Tensor
+    shift_merged: torch.Tensor
 
     def __init__(
         self,
@@ -133,17 +170,20 @@ class SlideAttention(SpatialAttention):
         kernel_size: int = 3,
         deformed: bool = True,
         qkv_bias: bool = True,
-        key_bias: bool = True,
+        offset_bias: bool = True,
         mask_padding: bool = False,
+        impl: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
-        super().__init__(dim, dim_out)
+        super().__init__(dim, dim_out, impl=impl)
         check_positive_int("num_heads", num_heads)
         check_divisible("dim", dim, "num_heads", num_heads)
         check_odd("kernel_size", kernel_size)
         for name, val in (
             ("deformed", deformed),
             ("qkv_bias", qkv_bias),
-            ("key_bias", key_bias),
+            ("offset_bias", offset_bias),
             ("mask_padding", mask_padding),
         ):
             if not isinstance(val, bool):
@@ -163,32 +203,36 @@ class SlideAttention(SpatialAttention):
             f"kernel_size={kernel_size} with head width {d} (dim={dim}, num_heads={num_heads})",
             params=shift_numbers,
         )
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, self.dim_out)
+        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **fk)
+        self.proj = nn.Linear(dim, self.dim_out, **fk)
         # Fixed path: the k*k one-hot shifts of each head channel (frozen, follows .to()).
-        self.register_buffer("shift_weight", one_hot_shift_kernels(d, kernel_size), persistent=False)
+        self.register_buffer("shift_weight", one_hot_shift_kernels(d, kernel_size, **fk), persistent=False)
         # Learned path (deformed shifting): same shape, shared by K, V and all heads.
         self.deform = (
-            nn.Conv2d(d, d * kk, kernel_size, padding=kernel_size // 2, groups=d, bias=True) if deformed else None
+            nn.Conv2d(d, d * kk, kernel_size, padding=kernel_size // 2, groups=d, bias=True, **fk) if deformed else None
         )
-        self.key_bias = nn.Parameter(torch.zeros(num_heads, kk)) if key_bias else None
+        self.offset_bias = nn.Parameter(torch.zeros(num_heads, kk, **fk)) if offset_bias else None
         #: True once :meth:`reparameterize` has folded the fixed shifts into ``deform``.
         self.reparameterized = False
         # The same flag in the state dict, so merged weights load as merged (see _load_from_state_dict).
         if deformed:
-            self.register_buffer("shift_merged", torch.zeros((), dtype=torch.bool))
+            self.register_buffer("shift_merged", torch.zeros((), dtype=torch.bool, device=device))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialise as the authors do: default conv init for the learned shifts,
-        truncated normal (std 0.02) for the key bias."""
+        """Initialise as the authors do: default init for the projections and the learned
+        shifts, truncated normal (std 0.02) for the offset bias; rebuild the one-hot kernels
+        and clear the merge."""
         self.qkv.reset_parameters()
         self.proj.reset_parameters()
+        w = self.shift_weight
+        self.shift_weight = one_hot_shift_kernels(self.head_dim, self.kernel_size, dtype=w.dtype, device=w.device)
         if self.deform is not None:
             self.deform.reset_parameters()
             self._set_merged(False)
-        if self.key_bias is not None:
-            nn.init.trunc_normal_(self.key_bias, std=0.02)
+        if self.offset_bias is not None:
+            nn.init.trunc_normal_(self.offset_bias, std=0.02)
 
     # -- re-parameterisation -------------------------------------------------
     @torch.no_grad()
@@ -216,6 +260,7 @@ class SlideAttention(SpatialAttention):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
+        rename_state_keys(state_dict, prefix, self._renamed_state_keys)  # key_bias -> offset_bias
         # ``deform.weight`` means the learned kernel alone or the merged one, as ``shift_merged`` says:
         # take the incoming meaning, so a re-parameterised checkpoint loads merged into a fresh module
         # (and a training checkpoint un-merges a re-parameterised one). A state dict without the flag
@@ -250,7 +295,66 @@ class SlideAttention(SpatialAttention):
         b = self.deform.bias if self.deform.bias is not None else torch.zeros_like(w[:, 0, 0, 0])
         return w, b
 
-    # -- forward ---------------------------------------------------------------
+    # -- implementations ---------------------------------------------------------
+    def _core_tensors(self) -> list[torch.Tensor | None]:
+        """The tensors the attention core differentiates: q, k, v come from ``qkv``."""
+        deform = list(self.deform.parameters()) if self.deform is not None else []
+        return [*self.qkv.parameters(), *deform, self.offset_bias]
+
+    def _auto_impl(self, x: torch.Tensor) -> str:
+        """ "autograd" when the core needs a gradient and nothing records the call, else "shifts"."""
+        tensors = [x, *self._core_tensors()]
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        return "autograd" if grad and not _recorded(*tensors) else "shifts"
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The definition, computed literally: k*k keys and values materialised by the fixed
+        one-hot conv plus (deformed) the learned conv, as in the authors' code.
+
+        x: (B, C, H, W) -> (B, C_out, H, W).
+        """
+        bsz, c, h, w = x.shape
+        nh, d, ks = self.num_heads, self.head_dim, self.kernel_size
+        kk, n = ks * ks, h * w
+        q, k_, v = self._qkv(x)  # (B, C, H, W); q already scaled by d^-1/2
+        dtype = q.dtype
+
+        def shifted(t):  # K (B, C, H, W) -> K_i (B, h, d, k*k, n)
+            t = t.reshape(bsz * nh, d, h, w)
+            out = F.conv2d(t, self.shift_weight.to(t.dtype), padding=ks // 2, groups=d)  # one-hot: K[p + o_i]
+            if self.deform is not None:
+                wl, bl = self.deform.weight.to(t.dtype), self.deform.bias
+                if self.reparameterized:  # deform holds the merged kernel: undo the fixed part
+                    wl = wl - self.shift_weight.to(wl.dtype)
+                out = out + F.conv2d(t, wl, None if bl is None else bl.to(t.dtype), padding=ks // 2, groups=d)
+            return out.reshape(bsz, nh, d, kk, n)
+
+        with autocast_off(x.device.type):  # the attention core runs in float32 for half inputs
+            q, k_, v = upcast(q, k_, v)
+            keys, vals = shifted(k_), shifted(v)  # K_i, V_i
+            if self.offset_bias is not None:
+                keys = keys + self.offset_bias.to(keys.dtype).view(1, nh, 1, kk, 1)
+            logits = (q.reshape(bsz, nh, d, 1, n) * keys).sum(2)  # q . K_i: (B, h, k*k, n)
+            if self.mask_padding:
+                logits = logits.masked_fill(~padding_mask(h, w, ks, device=x.device), float("-inf"))
+            attn = softmax_fp32(logits, 2)  # over the k*k neighbours
+            o = (attn.unsqueeze(2) * vals).sum(3).reshape(bsz, c, h, w).to(dtype)  # sum_i a_i V_i
+        return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
+
+    def _forward_shifts(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_core(x, "shifts")
+
+    def _forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_core(x, "autograd")
+
+    def _forward_core(self, x: torch.Tensor, impl: str) -> torch.Tensor:
+        q, k_, v = self._qkv(x)
+        dtype = q.dtype  # the module's dtype, or the autocast dtype
+        with autocast_off(x.device.type):  # the attention core runs in float32 for half inputs
+            q, k_, v = upcast(q, k_, v)
+            o = self._attend(q, k_, v, impl).to(dtype)  # (B, C, H, W)
+        return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
+
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> q * head_dim^-1/2, k, v, each (B, C, H, W); the scale is folded into
         the projection so it costs no pass over the map."""
@@ -260,79 +364,45 @@ class SlideAttention(SpatialAttention):
         wt = (self.qkv.weight * gain)[:, :, None, None]
         bias = self.qkv.bias * gain[:, 0] if self.qkv.bias is not None else None
         qkv = F.conv2d(x, wt, bias).contiguous()  # (B, 3C, H, W)
-        return qkv.chunk(3, dim=1)
+        q, k_, v = qkv.chunk(3, dim=1)
+        return q, k_, v
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k_, v = self._qkv(x)
-        dtype = q.dtype  # the module's dtype, or the autocast dtype
-        with autocast_off(x.device.type):  # the attention core runs in float32 for half inputs
-            o = self._attend(*upcast(q, k_, v)).to(dtype)  # (B, C, H, W)
-        return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
-
-    def _attend(self, q: torch.Tensor, k_: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k_: torch.Tensor, v: torch.Tensor, impl: str) -> torch.Tensor:
         """q (scaled), k, v: (B, C, H, W) in the compute dtype -> attention output (B, C, H, W)."""
         bsz, c, h, w = q.shape
         nh, d, ks = self.num_heads, self.head_dim, self.kernel_size
         kk, r, dt = ks * ks, ks // 2, q.dtype
-        q5 = q.view(bsz, nh, d, h, w)
+        q5, k5, v5 = q.view(bsz, nh, d, h, w), k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w)
         merged = self.merged_shift()
+        w3: torch.Tensor | None = None
+        b2: torch.Tensor | None = None
         if merged is not None:
             w3 = merged[0].to(dt).view(d, kk, kk)  # [c, i, j]: weight of shift j in neighbour i
             b2 = merged[1].to(dt).view(d, kk)  # [c, i]
-        else:
-            w3 = b2 = None
-        kb = self.key_bias.to(dt) if self.key_bias is not None else None
+        kb = self.offset_bias.to(dt) if self.offset_bias is not None else None
         valid = padding_mask(h, w, ks, device=q.device).view(kk, h, w) if self.mask_padding else None
-        # any differentiable input counts: a frozen qkv still trains the shifts and the key bias
-        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k_, v, w3, b2, kb))
-        functional = _is_exporting() or _under_functorch(q, k_, v, w3, b2, kb)
-        if w3 is None and not grad and not functional:
-            # pure shifts: slices of the unpadded maps, restricted to where the neighbour exists
-            o = _attend_shifts_inplace(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), ks, kb, valid)
-            return o.reshape(bsz, c, h, w)
-        if grad and not functional:
-            o = _SlideAttend.apply(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), w3, b2, kb, valid, ks)
-            return o.reshape(bsz, c, h, w)
-        if functional:
+        recorded = _recorded(q, k_, v, w3, b2, kb)
+        if impl == "autograd":
+            if recorded:
+                raise ValueError(
+                    "SlideAttention: impl='autograd' runs a custom autograd Function with an in-place "
+                    "forward, which tracing, ONNX export, torch.compile and torch.func transforms cannot "
+                    "record; use impl='shifts' (or 'auto', which picks it there)"
+                )
+            o = _SlideAttend.apply(q5, k5, v5, w3, b2, kb, valid, ks)
+        elif recorded or (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k_, v, w3, b2, kb))
+        ):
+            # out of place: what autograd, a trace or a transform can record
             kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
             vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
             o = _attend_functional(q5, kp, vp, ks, w3, b2, kb, valid)
+        elif w3 is None:
+            # pure shifts: slices of the unpadded maps, restricted to where the neighbour exists
+            o = _attend_shifts_inplace(q5, k5, v5, ks, kb, valid)
         else:
-            o = _attend_inplace(q5, k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w), ks, w3, b2, kb, valid)
+            o = _attend_inplace(q5, k5, v5, ks, w3, b2, kb, valid)
         return o.reshape(bsz, c, h, w)
-
-    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The definition, computed literally: materialised keys/values from the fixed one-hot
-        conv plus (deformed) the learned conv, as in the authors' code. Slow; for tests.
-
-        x: (B, C, H, W) -> (B, C_out, H, W).
-        """
-        self._check_input(x)
-        bsz, c, h, w = x.shape
-        nh, d, ks = self.num_heads, self.head_dim, self.kernel_size
-        kk, n = ks * ks, h * w
-        q, k_, v = self._qkv(x)
-        q = q.reshape(bsz, nh, d, 1, n)  # already scaled by head_dim^-1/2
-
-        def shifted(t):  # (B, C, H, W) -> (B, h, d, k*k, n)
-            t = t.reshape(bsz * nh, d, h, w)
-            out = F.conv2d(t, self.shift_weight.to(t.dtype), padding=ks // 2, groups=d)
-            if self.deform is not None:
-                wl, bl = self.deform.weight, self.deform.bias
-                if self.reparameterized:  # deform holds the merged kernel: undo the fixed part
-                    wl = wl - self.shift_weight.to(wl.dtype)
-                out = out + F.conv2d(t, wl, bl, padding=ks // 2, groups=d)
-            return out.reshape(bsz, nh, d, kk, n)
-
-        keys, vals = shifted(k_), shifted(v)
-        if self.key_bias is not None:
-            keys = keys + self.key_bias.view(1, nh, 1, kk, 1)
-        logits = (q * keys).sum(2)  # (B, h, k*k, n)
-        if self.mask_padding:
-            logits = logits.masked_fill(~padding_mask(h, w, ks, device=x.device), float("-inf"))
-        attn = softmax_fp32(logits, 2)
-        o = (attn.unsqueeze(2) * vals).sum(3).reshape(bsz, c, h, w)
-        return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
 
     # -- cost --------------------------------------------------------------------
     def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
@@ -350,14 +420,14 @@ class SlideAttention(SpatialAttention):
             # merged shift applied through GEMMs: (k*k x k*k) per channel for logits and output,
             # plus the shift-bias terms (k*k per channel each)
             counted += 2 * 2 * n * c * (kk * kk + kk)
-        if self.key_bias is not None:
+        if self.offset_bias is not None:
             uncounted += 2 * n * self.num_heads * kk + 2 * n * c  # bias * sum(q); sum(q)
         return {"counted": batch * counted, "uncounted": batch * uncounted}
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
-            f"deformed={self.deformed}, key_bias={self.key_bias is not None}, "
+            f"deformed={self.deformed}, offset_bias={self.offset_bias is not None}, "
             f"mask_padding={self.mask_padding}, reparameterized={self.reparameterized}"
         )
 
