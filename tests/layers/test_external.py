@@ -3,7 +3,7 @@
 * the attention map (``attention_map``, (B, heads, S, n)) sums to 1 over the S memory
   units at every position, within 1e-6, with double normalisation (default) and with
   ``normalization="softmax"``;
-* a per-unit bias on M_k changes nothing under double normalisation (it cancels in the
+* a per-unit bias on M_k (``memory_bias``) changes nothing under double normalisation (it cancels in the
   softmax over positions; float64, <= 1e-12), but does change the single-softmax form;
 * permutation-equivariant over positions; examples in a batch are independent in eval;
 * single head equals a plain implementation of the paper's equations on tokens
@@ -45,7 +45,7 @@ def reference_multi_head(m, x: torch.Tensor) -> torch.Tensor:
         for i in range(m.num_heads)
     ]
     o = torch.cat(heads, -1).transpose(1, 2).reshape(b, -1, h, w)
-    return torch.einsum("oc,bchw->bohw", m.out_proj.weight[:, :, 0, 0], o) + m.out_proj.bias[:, None, None]
+    return torch.einsum("oc,bchw->bohw", m.proj.weight[:, :, 0, 0], o) + m.proj.bias[:, None, None]
 
 
 @pytest.mark.parametrize("normalization", ["double", "softmax"])
@@ -63,26 +63,26 @@ def test_attention_map_sums_to_one_over_memory_units(normalization, kw, hw):
     torch.testing.assert_close(a.sum(dim=2), torch.ones(2, m.num_heads, hw[0] * hw[1]), atol=1e-6, rtol=0)
 
 
-def test_key_bias_cancels_under_double_normalization():
-    m = visattn.create_attention("external", 8, memory_size=16, key_bias=True).double()
+def test_memory_bias_cancels_under_double_normalization():
+    m = visattn.create_attention("external", 8, memory_size=16, memory_bias=True).double()
     x = torch.randn(2, 8, 4, 5, dtype=torch.float64)
     with torch.no_grad():
-        m.key_bias.normal_(0, 3)
+        m.memory_bias.normal_(0, 3)
     y_bias = m(x)
     with torch.no_grad():
-        m.key_bias.zero_()
+        m.memory_bias.zero_()
     torch.testing.assert_close(y_bias, m(x), atol=1e-12, rtol=0)
 
 
-def test_key_bias_does_not_cancel_in_softmax_over_units():
+def test_memory_bias_does_not_cancel_in_softmax_over_units():
     # The cancellation above is a property of the softmax over positions, not of the test.
-    m = visattn.create_attention("external", 8, memory_size=16, key_bias=True, normalization="softmax").double()
+    m = visattn.create_attention("external", 8, memory_size=16, memory_bias=True, normalization="softmax").double()
     x = torch.randn(2, 8, 4, 5, dtype=torch.float64)
     with torch.no_grad():
-        m.key_bias.normal_(0, 3)
+        m.memory_bias.normal_(0, 3)
     y_bias = m(x)
     with torch.no_grad():
-        m.key_bias.zero_()
+        m.memory_bias.zero_()
     assert (y_bias - m(x)).abs().max() > 1e-3
 
 
@@ -118,7 +118,7 @@ def test_single_head_equals_paper_equations(hw):
     tokens = x.flatten(2).transpose(1, 2)  # (B, n, C)
     ref = reference_paper_tokens(m.memory_key, m.memory_value, tokens, m.eps)
     torch.testing.assert_close(m(x).flatten(2).transpose(1, 2), ref, atol=TOL64, rtol=0)
-    assert m.in_proj is None and m.out_proj is None  # the basic form has no projections
+    assert m.in_proj is None and m.proj is None  # the basic form has no projections
 
 
 @pytest.mark.parametrize("num_heads,expansion", [(2, 1), (4, 2), (16, 4)])
@@ -223,3 +223,143 @@ def test_tied_weights_file_from_before_the_structural_tie_loads_strict(tmp_path)
     fresh = ExternalAttention(8, memory_size=16, tie_memories=True)
     assert visattn.load_weights(fresh, old) == ([], [])
     assert torch.equal(fresh.memory_key, tied.memory_key)
+
+
+# -- the mechanism contract (issue 11): implementations, auto rule, factory args, renames ----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from tests.layers._contract import (  # noqa: E402
+    assert_factory_dtype,
+    assert_impls_match_reference,
+    assert_meta_build_equals_normal_build,
+    assert_old_state_dict_loads,
+    with_impl,
+)
+
+CONFIGS = [
+    {},
+    {"dim_out": 6},
+    {"num_heads": 2, "expansion": 2, "memory_bias": True},
+    {"num_heads": 4, "expansion": 2, "normalization": "softmax", "memory_bias": True},
+    {"num_heads": 2, "tie_memories": True, "dim_out": 4},
+]
+
+
+def _randomise(m):
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+
+
+def test_impls_are_registry_data():
+    assert visattn.attention_info("external").impls == ("reference", "bmm")
+    assert ExternalAttention.impls == ("reference", "bmm")
+    assert visattn.attention_info("external").window_centred is None
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    config=st.sampled_from(CONFIGS),
+    train=st.booleans(),
+    grad=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_every_impl_equals_reference(batch, h, w, config, train, grad, seed):
+    torch.manual_seed(seed)
+    kw = dict(config)
+    m = ExternalAttention(8, kw.pop("dim_out", None), memory_size=5, dtype=torch.float64, **kw)
+    _randomise(m)
+    x = torch.randn(batch, 8, h, w, dtype=torch.float64)
+    assert_impls_match_reference(m, x, train=train, grad=grad)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("impl", ["reference", "bmm"])
+def test_every_impl_in_low_precision_against_float64_reference(dtype, tol, impl):
+    torch.manual_seed(0)
+    m64 = ExternalAttention(8, memory_size=16, num_heads=2, expansion=2, dtype=torch.float64)
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    ref = with_impl(m64, "reference", x)
+    m = ExternalAttention(8, memory_size=16, num_heads=2, expansion=2, impl=impl, dtype=dtype)
+    m.load_state_dict(m64.state_dict())
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            y = m(x.to(dtype))
+        assert y.dtype == dtype
+        assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+
+
+def test_auto_rule_is_always_bmm():
+    m = ExternalAttention(8, memory_size=4)
+    x = torch.randn(1, 8, 3, 3)
+    assert m.select_impl(x) == "bmm"
+    assert m.select_impl(x.requires_grad_()) == "bmm"
+    with torch.no_grad():
+        assert m.select_impl(x) == "bmm"
+    m.impl = "reference"
+    assert m.select_impl(x) == "reference"
+
+
+def test_bmm_in_place_normalisation_is_bit_identical_to_out_of_place():
+    # the only thing grad mode changes inside "bmm" is whether the L1 step runs in place
+    m = ExternalAttention(8, memory_size=16, num_heads=2, expansion=2)
+    x = torch.randn(2, 8, 6, 5)
+    with torch.no_grad():
+        y_inplace = m(x)
+    assert torch.equal(m(x), y_inplace)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_meta_build_to_empty_reset_equals_normal_build(config):
+    kw = dict(config)
+    dim_out = kw.pop("dim_out", None)
+    assert_meta_build_equals_normal_build(
+        lambda **fk: ExternalAttention(8, dim_out, memory_size=5, **kw, **fk), torch.randn(1, 8, 4, 3)
+    )
+
+
+def test_reset_parameters_resets_everything_it_owns():
+    m = ExternalAttention(8, 6, memory_size=5, num_heads=2, memory_bias=True)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(7.0)
+    m.reset_parameters()
+    assert all((p != 7.0).all() for n, p in m.named_parameters() if n != "memory_bias"), "a parameter kept 7"
+    assert torch.equal(m.memory_bias, torch.zeros(5))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_factory_dtype(config):
+    kw = dict(config)
+    dim_out = kw.pop("dim_out", None)
+    assert_factory_dtype(lambda **fk: ExternalAttention(8, dim_out, memory_size=5, **kw, **fk), torch.randn(1, 8, 3, 2))
+
+
+def test_old_state_dict_with_key_bias_and_out_proj_loads_exactly():
+    m = ExternalAttention(8, 6, memory_size=5, num_heads=2, memory_bias=True)
+    _randomise(m)
+    fresh = ExternalAttention(8, 6, memory_size=5, num_heads=2, memory_bias=True)
+    assert_old_state_dict_loads(m, {"key_bias": "memory_bias", "out_proj": "proj"}, fresh)
+    x = torch.randn(1, 8, 3, 4)
+    assert torch.equal(fresh(x), m(x))
+
+
+def test_old_state_dict_nested_in_a_model_loads():
+    net = torch.nn.Sequential(torch.nn.Identity(), ExternalAttention(8, memory_size=5, num_heads=2))
+    old = {k.replace("1.proj.", "1.out_proj."): v for k, v in net.state_dict().items()}
+    assert "1.out_proj.weight" in old
+    fresh = torch.nn.Sequential(torch.nn.Identity(), ExternalAttention(8, memory_size=5, num_heads=2))
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh[1].proj.weight, net[1].proj.weight)
+
+
+def test_renamed_argument():
+    # create_attention reads renamed_args to name the new argument (after the merge with the
+    # registry change); the old name is refused either way
+    assert ExternalAttention.renamed_args == {"key_bias": "memory_bias"}
+    with pytest.raises(TypeError, match=r"key_bias"):
+        visattn.create_attention("external", 8, key_bias=True)

@@ -115,7 +115,7 @@ def _reference_block(blk, x, heads4, eps=1e-9):
     attn = attn.softmax(dim=-2)  # over the N tokens
     attn = attn / (eps + attn.sum(dim=-1, keepdim=True))  # L1 over the S units
     o = (attn @ ea.memory_value).permute(0, 2, 1, 3).reshape(b, n, -1)  # linear_1, heads concatenated
-    o = o @ ea.out_proj.weight[:, :, 0, 0].T + ea.out_proj.bias  # proj
+    o = o @ ea.proj.weight[:, :, 0, 0].T + ea.proj.bias  # proj
     x = x + o
     z = F.layer_norm(x, (c,), blk.norm2.weight, blk.norm2.bias)
     return x + blk.mlp.fc2(F.gelu(blk.mlp.fc1(z)))

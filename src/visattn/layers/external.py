@@ -10,16 +10,26 @@ heads that all use the SAME M_k, M_v, concatenated and projected back (as in EAM
 ``normalization="softmax"`` is the single-normalisation ablation: an ordinary softmax over
 the S units per position. Cost and memory are linear in n. Under half-precision autocast
 the normalisations run in float32 (a sum over n positions overflows float16).
+
+Implementations (``impl=``; the same numbers):
+
+* ``"reference"`` — the paper's equations as einsums over named axes (b, h, d, s, n).
+* ``"bmm"`` — F M_k^T and A M_v as batched GEMMs against the shared memory expanded over
+  the B*heads batch without a copy; the L1 step runs in place when no autograd graph needs
+  the softmax output (bit-identical to the out-of-place product).
+
+``impl="auto"`` always picks ``"bmm"``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from visattn.layers._ops import _HALF
+from visattn.layers._ops import _HALF, rename_state_keys
 from visattn.layers.base import SpatialAttention, check_choice, check_divisible, check_positive_int
 from visattn.registry import register_attention
 
@@ -34,6 +44,7 @@ __all__ = ["ExternalAttention"]
     receptive_field="global",
     positional="none (content only)",
     export=("onnx", "compile", "torchscript"),
+    impls=("reference", "bmm"),
     test_kwargs={"memory_size": 8},
     bench_kwargs={"memory_size": 64},
     bench_variants={"external-mh": {"memory_size": 64, "num_heads": 16, "expansion": 4}},
@@ -51,15 +62,19 @@ class ExternalAttention(SpatialAttention):
         expansion: width factor of the input projection in the multi-head form
             (the EAMLP code uses 4); C * expansion must divide by num_heads.
         normalization: "double" (paper) or "softmax" (softmax over S only).
-        key_bias: give M_k a per-unit bias (it cancels in the softmax over positions;
-            kept for loading checkpoints that have one).
+        memory_bias: give M_k a per-memory-unit bias on the logits F M_k^T (it cancels in the
+            softmax over positions; kept for loading checkpoints that have one). Called
+            ``key_bias`` before; old state dicts load.
         tie_memories: one parameter serves as M_k and M_v (the EANet / EAMLP authors' code
             initialises M_v with M_k's storage). Only ``memory_key`` is registered, so the tie
             survives ``.to()``, meta-device builds + ``to_empty()`` and parameter conversion;
             ``memory_value`` reads it.
         eps: L1 normaliser epsilon.
+        impl: "auto" (always "bmm"), "reference" or "bmm" (module docstring).
+        device, dtype: factory arguments for the parameters.
 
-    Shapes: (B, C, H, W) -> (B, C_out, H, W); attention map (B, heads, S, n).
+    The output projection (multi-head form, or C_out != C) is ``proj`` (called ``out_proj``
+    before; old state dicts load). Shapes: (B, C, H, W) -> (B, C_out, H, W); attention map (B, heads, S, n).
     """
 
     def __init__(
@@ -71,11 +86,14 @@ class ExternalAttention(SpatialAttention):
         num_heads: int = 1,
         expansion: int = 1,
         normalization: str = "double",
-        key_bias: bool = False,
+        memory_bias: bool = False,
         tie_memories: bool = False,
         eps: float = 1e-9,
+        impl: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
-        super().__init__(dim, dim_out)
+        super().__init__(dim, dim_out, impl=impl)
         check_positive_int("memory_size", memory_size)
         check_positive_int("num_heads", num_heads)
         check_positive_int("expansion", expansion)
@@ -90,15 +108,16 @@ class ExternalAttention(SpatialAttention):
         self.inner_dim = inner
         self.head_dim = inner // num_heads
         self.multi_head = num_heads > 1 or expansion > 1
-        self.in_proj = nn.Conv2d(dim, inner, 1) if self.multi_head else None
+        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.in_proj = nn.Conv2d(dim, inner, 1, **fk) if self.multi_head else None
         # M_k: (S, d) applied as F M_k^T; M_v: (S, d) applied as A M_v.
-        self.memory_key = nn.Parameter(torch.empty(memory_size, self.head_dim))
+        self.memory_key = nn.Parameter(torch.empty(memory_size, self.head_dim, **fk))
         if not tie_memories:
-            self.memory_value = nn.Parameter(torch.empty(memory_size, self.head_dim))
-        self.key_bias = nn.Parameter(torch.zeros(memory_size)) if key_bias else None
+            self.memory_value = nn.Parameter(torch.empty(memory_size, self.head_dim, **fk))
+        self.memory_bias = nn.Parameter(torch.zeros(memory_size, **fk)) if memory_bias else None
         need_out = self.multi_head or self.dim_out != dim
-        self.out_proj = nn.Conv2d(inner, self.dim_out, 1) if need_out else None
-        self.reset_parameters()
+        self.proj = nn.Conv2d(inner, self.dim_out, 1, **fk) if need_out else None
+        self._reset_memories()  # the projections initialised themselves above
 
     # Read through a property so a tied layer (one registered parameter) answers M_v = M_k;
     # assigning a Parameter still registers it (nn.Module.__setattr__ runs first).
@@ -110,7 +129,23 @@ class ExternalAttention(SpatialAttention):
             raise AttributeError("memory_value")
         return p
 
+    #: Constructor arguments renamed in the one vocabulary (old -> new); create_attention names the new one.
+    renamed_args = {"key_bias": "memory_bias"}
+    #: State-dict keys renamed (old -> new); old state dicts load (see _load_from_state_dict).
+    _renamed_state_keys = {"key_bias": "memory_bias", "out_proj": "proj"}
+
     def reset_parameters(self) -> None:
+        """Re-initialise as construction does: default conv init for the projections, the
+        memories uniform like nn.Linear's default (fan-in d for M_k, S for M_v), bias zero."""
+        if self.in_proj is not None:
+            self.in_proj.reset_parameters()
+        self._reset_memories()
+        if self.memory_bias is not None:
+            nn.init.zeros_(self.memory_bias)
+        if self.proj is not None:
+            self.proj.reset_parameters()
+
+    def _reset_memories(self) -> None:
         # Like nn.Linear's default for the two memories (fan-in d and S).
         nn.init.uniform_(self.memory_key, -1 / math.sqrt(self.head_dim), 1 / math.sqrt(self.head_dim))
         if not self.tie_memories:
@@ -122,6 +157,7 @@ class ExternalAttention(SpatialAttention):
         # A checkpoint of a tied layer written before the tie was structural carries M_v as a
         # second key: accept it when it equals M_k, refuse a different one. An untied layer
         # loading a tied checkpoint (M_k only) starts with M_v = M_k, as the authors' code does.
+        rename_state_keys(state_dict, prefix, self._renamed_state_keys)  # key_bias, out_proj (old names)
         mv_key, mk_key = prefix + "memory_value", prefix + "memory_key"
         if not self.tie_memories and mv_key not in state_dict and mk_key in state_dict:
             state_dict[mv_key] = state_dict[mk_key]
@@ -156,8 +192,8 @@ class ExternalAttention(SpatialAttention):
         # (a broadcasting ``memory_key @ f`` makes torch.matmul copy f transposed).
         bh = f.shape[0]
         logits = torch.bmm(self.memory_key.expand(bh, -1, -1), f)  # (B*heads, S, n)
-        if self.key_bias is not None:
-            logits = logits + self.key_bias[:, None]
+        if self.memory_bias is not None:
+            logits = logits + self.memory_bias[:, None]
         dtype = logits.dtype
         # Normalise in float32 for half input (a sum over n overflows float16). No autocast
         # guard is needed: autocast leaves softmax, sum and mul of float32 tensors in float32.
@@ -174,7 +210,31 @@ class ExternalAttention(SpatialAttention):
             a = logits.softmax(dim=1)  # over the S units
         return a, dtype
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's equations: A = Norm(F M_k^T), out = A M_v, per head with shared memories.
+
+        x: (B, C, H, W) -> (B, C_out, H, W).
+        """
+        b, _, h, w = x.shape
+        nh, d, n = self.num_heads, self.head_dim, h * w
+        f = self.in_proj(x) if self.in_proj is not None else x  # F: (B, heads*d, H, W)
+        f = f.reshape(b, nh, d, n)
+        logits = torch.einsum("bhdn,sd->bhsn", f, self.memory_key)  # F M_k^T
+        if self.memory_bias is not None:
+            logits = logits + self.memory_bias[:, None]  # + bias per memory unit s
+        dtype = logits.dtype
+        if dtype in _HALF:  # normalise in float32 (a sum over n overflows float16)
+            logits = logits.float()
+        if self.normalization == "double":
+            a = torch.softmax(logits, dim=3)  # softmax over the n positions, per unit s
+            a = a / (self.eps + a.sum(dim=2, keepdim=True))  # L1 over the S units, per position
+        else:
+            a = torch.softmax(logits, dim=2)  # softmax over the S units
+        o = torch.einsum("bhsn,sd->bhdn", a.to(dtype), self.memory_value.to(dtype))  # A M_v
+        o = o.reshape(b, self.inner_dim, h, w)  # heads concatenated
+        return self.proj(o) if self.proj is not None else o
+
+    def _forward_bmm(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         a, dtype = self._attention(self._features(x))  # (B*heads, S, n)
         mv_t = self.memory_value.transpose(0, 1).expand(a.shape[0], -1, -1)  # (B*heads, d, S)
@@ -182,7 +242,7 @@ class ExternalAttention(SpatialAttention):
             a, mv_t = a.to(dtype), mv_t.to(dtype)
         o = torch.bmm(mv_t, a)  # A M_v: (B*heads, d, n)
         o = o.reshape(b, self.inner_dim, h, w)
-        return self.out_proj(o) if self.out_proj is not None else o
+        return self.proj(o) if self.proj is not None else o
 
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
         n, s = height * width, self.memory_size
@@ -190,7 +250,7 @@ class ExternalAttention(SpatialAttention):
         proj = 0
         if self.in_proj is not None:
             proj += 2 * n * self.dim * self.inner_dim
-        if self.out_proj is not None:
+        if self.proj is not None:
             proj += 2 * n * self.inner_dim * self.dim_out
         return {"counted": batch * (core + proj), "uncounted": 0}
 
