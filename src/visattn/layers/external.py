@@ -113,14 +113,14 @@ class ExternalAttention(SpatialAttention):
         # M_k: (S, d) applied as F M_k^T; M_v: (S, d) applied as A M_v.
         self.memory_key = nn.Parameter(torch.empty(memory_size, self.head_dim, **fk))
         if not tie_memories:
-            self.memory_value = nn.Parameter(torch.empty(memory_size, self.head_dim, **fk))
+            self.register_parameter("memory_value", nn.Parameter(torch.empty(memory_size, self.head_dim, **fk)))
         self.memory_bias = nn.Parameter(torch.zeros(memory_size, **fk)) if memory_bias else None
         need_out = self.multi_head or self.dim_out != dim
         self.proj = nn.Conv2d(inner, self.dim_out, 1, **fk) if need_out else None
         self._reset_memories()  # the projections initialised themselves above
 
     # Read through a property so a tied layer (one registered parameter) answers M_v = M_k;
-    # assigning a Parameter still registers it (nn.Module.__setattr__ runs first).
+    # the untied M_v is registered with register_parameter.
     @property
     def memory_value(self) -> nn.Parameter:
         """M_v: (S, d); the ``memory_key`` parameter itself when ``tie_memories``."""
