@@ -117,3 +117,21 @@ def assert_old_state_dict_loads(m: nn.Module, renamed: dict[str, str], fresh: nn
     assert list(got) == list(new_sd)
     for k in new_sd:
         assert torch.equal(got[k], new_sd[k]), k
+
+
+def gradient_support(m: nn.Module, x: torch.Tensor, y: int, x_: int) -> torch.Tensor:
+    """(H, W) bool: the input pixels output pixel (y, x_) depends on (non-zero input gradient)."""
+    xg = x.detach().clone().requires_grad_(True)
+    m(xg)[0, :, y, x_].sum().backward()
+    assert xg.grad is not None
+    return xg.grad[0].abs().sum(0) != 0
+
+
+def is_centred(support: torch.Tensor, y: int, x_: int) -> bool:
+    """True when the support is symmetric about (y, x_) (point reflection)."""
+    h, w = support.shape
+    for yy, xx in support.nonzero().tolist():
+        ry, rx = 2 * y - yy, 2 * x_ - xx
+        if not (0 <= ry < h and 0 <= rx < w and support[ry, rx]):
+            return False
+    return True

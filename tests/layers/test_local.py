@@ -94,3 +94,53 @@ def test_kernel_one_is_projected_value():
     v = F.conv2d(x, m.qkv.weight[16:, :, None, None], m.qkv.bias[16:])
     expected = F.conv2d(v, m.proj.weight[:, :, None, None], m.proj.bias)
     torch.testing.assert_close(m(x), expected, atol=TOL64, rtol=0)
+
+
+# -- the mechanism contract (issue 11): one implementation, factory args, centred window ---------
+
+from tests.layers._contract import (  # noqa: E402
+    assert_factory_dtype,
+    assert_meta_build_equals_normal_build,
+    gradient_support,
+    is_centred,
+)
+
+from visattn.layers.local import LocalAttention  # noqa: E402
+
+
+def test_one_implementation_and_auto_runs_it():
+    info = visattn.attention_info("local")
+    assert info.impls == ("reference",) and info.window_centred is True
+    m = LocalAttention(8, num_heads=2)
+    x = torch.randn(1, 8, 3, 4)
+    assert m.select_impl(x) == "reference"
+    with torch.no_grad():
+        assert m.select_impl(x) == "reference"
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'reference'\), got 'shifts'"):
+        LocalAttention(8, num_heads=2, impl="shifts")
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_meta_build_to_empty_reset_equals_normal_build(mask):
+    assert_meta_build_equals_normal_build(
+        lambda **fk: LocalAttention(8, 6, num_heads=2, kernel_size=3, mask_padding=mask, **fk), torch.randn(1, 8, 4, 5)
+    )
+
+
+def test_factory_dtype():
+    assert_factory_dtype(lambda **fk: LocalAttention(8, num_heads=2, **fk), torch.randn(1, 8, 3, 3))
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_window_is_centred_on_the_query(k):
+    m = LocalAttention(8, num_heads=2, kernel_size=k).double()
+    x = torch.randn(1, 8, 9, 8, dtype=torch.float64)
+    r = k // 2
+    for y, xx in [(4, 4), (r, r), (8 - r, 7 - r), (5, 3)]:
+        s = gradient_support(m, x, y, xx)
+        assert is_centred(s, y, xx) and s.sum().item() == k * k
+
+
+def test_bool_options_are_checked():
+    with pytest.raises(TypeError, match=r"mask_padding must be a bool, got int 1"):
+        LocalAttention(8, num_heads=2, mask_padding=1)

@@ -5,9 +5,15 @@ Each query attends to the k x k window centred on it. Keys and values are gather
 part in the softmax (logit 0 against the zero key; they add nothing to the output), which
 is the behaviour of the Slide-Transformer code (Pan et al., arXiv 2304.04237) and the
 reference slide attention is proven equal to. ``mask_padding=True`` excludes them.
+
+One implementation (``impl="reference"``): this im2col form is both the definition and the
+baseline the benchmarks time, so it has no faster path of its own (slide's shift loop is the
+fast form of the same arithmetic).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +39,7 @@ def padding_mask(height: int, width: int, kernel_size: int, device=None) -> torc
     cost="local",
     receptive_field="local",
     window_arg="kernel_size",
+    window_centred=True,
     positional="implicit (zero-padded borders)",
     export=("onnx", "compile", "torchscript"),
     test_kwargs={"num_heads": 2, "kernel_size": 3},
@@ -49,6 +56,8 @@ class LocalAttention(SpatialAttention):
         kernel_size: odd window side k.
         qkv_bias: bias on the q, k, v projection (``qkv``: Linear(C, 3C) applied per pixel).
         mask_padding: exclude neighbours outside the image from the softmax.
+        impl: "auto" or "reference" (the one implementation).
+        device, dtype: factory arguments for the parameters.
 
     Shapes: (B, C, H, W) -> (B, C_out, H, W). Logits (B, h, k*k, n).
     """
@@ -62,21 +71,34 @@ class LocalAttention(SpatialAttention):
         kernel_size: int = 3,
         qkv_bias: bool = True,
         mask_padding: bool = False,
+        impl: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
-        super().__init__(dim, dim_out)
+        super().__init__(dim, dim_out, impl=impl)
         check_positive_int("num_heads", num_heads)
         check_divisible("dim", dim, "num_heads", num_heads)
         check_odd("kernel_size", kernel_size)
+        for name, val in (("qkv_bias", qkv_bias), ("mask_padding", mask_padding)):
+            if not isinstance(val, bool):
+                raise TypeError(f"{name} must be a bool, got {type(val).__name__} {val!r}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.kernel_size = kernel_size
         self.receptive_field = kernel_size
         self.mask_padding = mask_padding
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, self.dim_out)
+        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **fk)
+        self.proj = nn.Linear(dim, self.dim_out, **fk)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def reset_parameters(self) -> None:
+        """Default nn.Linear init of ``qkv`` and ``proj``, as at construction."""
+        self.qkv.reset_parameters()
+        self.proj.reset_parameters()
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax_i(q . K[p + o_i] / sqrt(d)) V[p + o_i] with the neighbours gathered by im2col."""
         b, c, h, w = x.shape
         n, nh, d, k = h * w, self.num_heads, self.head_dim, self.kernel_size
         qkv = F.conv2d(x, self.qkv.weight[:, :, None, None], self.qkv.bias)  # (B, 3C, H, W)

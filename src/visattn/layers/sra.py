@@ -10,14 +10,22 @@ layer), as in PVT's last stage. Cost O(n^2 d / R^2).
 Beyond PVT (which needs H, W divisible by R): a map whose side is not a multiple of R is
 zero-padded at the bottom/right before the SR conv, so any H, W >= 1 works; at divisible
 sizes the result is PVT's exactly. Not implemented: PVTv2's average-pooling "linear SRA".
+
+Implementations (``impl=``; the same numbers): ``"reference"`` — the explicit
+softmax(q k^T / sqrt(d)) v with the (n x m) weights materialised; ``"sdpa"`` —
+``torch.nn.functional.scaled_dot_product_attention`` (fused kernels, memory O(n d) on the
+CPU and GPU). ``impl="auto"`` always picks ``"sdpa"``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visattn.layers._ops import softmax_fp32
 from visattn.layers.base import SpatialAttention, check_divisible, check_positive_int
 from visattn.registry import register_attention
 
@@ -32,6 +40,7 @@ __all__ = ["SpatialReductionAttention"]
     receptive_field="global",
     positional="none (content only)",
     export=("onnx", "compile", "torchscript"),
+    impls=("reference", "sdpa"),
     test_kwargs={"num_heads": 2, "sr_ratio": 2},
     bench_kwargs={"num_heads": 4, "sr_ratio": 4},
     bench_variants={"sra-r8": {"num_heads": 4, "sr_ratio": 8}},
@@ -45,44 +54,80 @@ class SpatialReductionAttention(SpatialAttention):
         num_heads: heads h (C must divide by h).
         sr_ratio: reduction R per side (1: no reduction, no SR layer).
         qkv_bias: bias on the q and kv projections.
+        impl: "auto" (always "sdpa"), "reference" or "sdpa" (module docstring).
+        device, dtype: factory arguments for the parameters.
 
     Shapes: (B, C, H, W) -> (B, C_out, H, W); keys/values (B, h, ceil(H/R)*ceil(W/R), d).
     """
 
     def __init__(
-        self, dim: int, dim_out: int | None = None, *, num_heads: int = 1, sr_ratio: int = 1, qkv_bias: bool = True
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        num_heads: int = 1,
+        sr_ratio: int = 1,
+        qkv_bias: bool = True,
+        impl: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
-        super().__init__(dim, dim_out)
+        super().__init__(dim, dim_out, impl=impl)
         check_positive_int("num_heads", num_heads)
         check_divisible("dim", dim, "num_heads", num_heads)
         check_positive_int("sr_ratio", sr_ratio)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.sr_ratio = sr_ratio
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, self.dim_out)
+        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.q = nn.Linear(dim, dim, bias=qkv_bias, **fk)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias, **fk)
+        self.proj = nn.Linear(dim, self.dim_out, **fk)
+        self.sr: nn.Conv2d | None = None
+        self.norm: nn.LayerNorm | None = None
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
-            self.norm = nn.LayerNorm(dim)
-        else:
-            self.sr = None
-            self.norm = None
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio, **fk)
+            self.norm = nn.LayerNorm(dim, **fk)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def reset_parameters(self) -> None:
+        """As at construction: default init of q, kv, proj, the SR conv and its LayerNorm."""
+        for mod in (self.q, self.kv, self.proj, self.sr, self.norm):
+            if mod is not None:
+                mod.reset_parameters()
+
+    def _auto_impl(self, x: torch.Tensor) -> str:
+        return "sdpa"
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v over the reduced keys, the weights (B, h, n, m) explicit."""
+        q, k, v = self._qkv(x)  # (B, h, n, d), (B, h, m, d), (B, h, m, d)
+        logits = torch.einsum("bhnd,bhmd->bhnm", q, k) * self.head_dim**-0.5
+        o = torch.einsum("bhnm,bhmd->bhnd", softmax_fp32(logits, -1), v)
+        return self._out(o, x.shape[2], x.shape[3])
+
+    def _forward_sdpa(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)
+        return self._out(F.scaled_dot_product_attention(q, k, v), x.shape[2], x.shape[3])
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, h, n, d) from every position; k, v (B, h, m, d) from the reduced map."""
         b, c, h, w = x.shape
         nh, d = self.num_heads, self.head_dim
         t = x.flatten(2).transpose(1, 2)  # (B, n, C)
         q = self.q(t).reshape(b, h * w, nh, d).transpose(1, 2)  # (B, h, n, d)
-        if self.sr is not None:
+        if self.sr is not None and self.norm is not None:
             r = self.sr_ratio
             xr = F.pad(x, (0, (-w) % r, 0, (-h) % r))
             ctx = self.norm(self.sr(xr).flatten(2).transpose(1, 2))  # (B, m, C)
         else:
             ctx = t
         kv = self.kv(ctx).reshape(b, -1, 2, nh, d).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, kv[0], kv[1])  # (B, h, n, d)
-        o = self.proj(o.transpose(1, 2).reshape(b, h * w, c))
+        return q, kv[0], kv[1]
+
+    def _out(self, o: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Heads (B, h, n, d) -> concatenated, projected (B, C_out, H, W)."""
+        b = o.shape[0]
+        o = self.proj(o.transpose(1, 2).reshape(b, h * w, self.dim))
         return o.transpose(1, 2).reshape(b, self.dim_out, h, w)
 
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:

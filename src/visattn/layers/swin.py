@@ -13,9 +13,14 @@ Slide-Swin's stages 3-4 (window = whole 14x14 / 7x7 map) global attention with r
 position bias. Any H, W >= 1: sides that are not multiples of M are zero-padded at the
 bottom/right and the padded keys are masked out of the softmax (the Swin detection code pads
 but does not mask). Logits and softmax run in float32 for half inputs.
+
+One implementation (``impl="reference"``): the explicit softmax(Q K^T / sqrt(d) + B) V per
+window, batched over windows and heads (the form the benchmarks time).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +42,7 @@ _MASKED = -1e30  # additive mask in float32 (finite, so an all-masked padded que
     cost="local",
     receptive_field="local",
     window_arg="window_size",
+    window_centred=False,
     positional="relative position bias table per window offset",
     export=("onnx", "compile", "torchscript"),
     test_kwargs={"num_heads": 2, "window_size": 3, "shift_size": 1},
@@ -53,11 +59,15 @@ class WindowAttention(SpatialAttention):
         window_size: window side M (the table covers offsets up to M - 1).
         shift_size: cyclic shift s, 0 <= s < M.
         qkv_bias: bias on the q, k, v projection.
+        impl: "auto" or "reference" (the one implementation).
+        device, dtype: factory arguments for the parameters.
 
     Shapes: (B, C, H, W) -> (B, C_out, H, W); per window logits (B*nW, h, M*M, M*M).
     """
 
     #: Windows tile the map (they are not centred on the query), so M may be even (Slide-Swin: 14).
+    #: The registry's ``window_centred=False`` says the same; this attribute stays while
+    #: tests/test_conformance.py reads it.
     centred_window = False
 
     def __init__(
@@ -69,8 +79,11 @@ class WindowAttention(SpatialAttention):
         window_size: int = 7,
         shift_size: int = 0,
         qkv_bias: bool = True,
+        impl: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
-        super().__init__(dim, dim_out)
+        super().__init__(dim, dim_out, impl=impl)
         check_positive_int("num_heads", num_heads)
         check_divisible("dim", dim, "num_heads", num_heads)
         check_positive_int("window_size", window_size)
@@ -84,9 +97,16 @@ class WindowAttention(SpatialAttention):
         self.receptive_field = window_size
         self.shift_size = shift_size
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, self.dim_out)
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        fk: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **fk)
+        self.proj = nn.Linear(dim, self.dim_out, **fk)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads, **fk))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def reset_parameters(self) -> None:
+        """As at construction: default nn.Linear init, truncated normal (std 0.02) for the table."""
+        self.qkv.reset_parameters()
+        self.proj.reset_parameters()
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def _bias(self, wh: int, ww: int, device) -> torch.Tensor:
@@ -97,7 +117,7 @@ class WindowAttention(SpatialAttention):
         idx = (yy[:, None] - yy[None, :] + m - 1) * (2 * m - 1) + (xx[:, None] - xx[None, :] + m - 1)
         return self.relative_position_bias_table[idx.flatten()].view(wh * ww, wh * ww, -1).permute(2, 0, 1)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         nh, d, m = self.num_heads, self.head_dim, self.window_size
         wh, ww = min(m, h), min(m, w)

@@ -1,0 +1,91 @@
+"""The mechanism contract (issue 11) for "sra" (PVT's spatial-reduction attention, arXiv 2102.12122).
+
+* ``impl="sdpa"`` (and auto) equals ``impl="reference"``, the explicit softmax(q k^T / sqrt(d)) v,
+  in float64 over random shapes (H or W = 1, non-square, not divisible by R), grad on and off,
+  input and parameter gradients, train and eval (max error <= 1e-10);
+* bfloat16 / float32 against the float64 reference;
+* auto always picks "sdpa"; meta build + ``to_empty`` + ``reset_parameters`` equals a normal build;
+  ``dtype=``.
+
+The PVT identities (padding, R = 1 is global attention) are in tests/models/test_hierarchical.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.layers._contract import (
+    assert_factory_dtype,
+    assert_impls_match_reference,
+    assert_meta_build_equals_normal_build,
+    with_impl,
+)
+
+import visattn
+from visattn.layers.sra import SpatialReductionAttention
+
+
+def test_impls_are_registry_data():
+    info = visattn.attention_info("sra")
+    assert info.impls == ("reference", "sdpa") and info.window_centred is None
+    assert SpatialReductionAttention.impls == ("reference", "sdpa")
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    heads=st.sampled_from([1, 2, 4]),
+    sr_ratio=st.integers(1, 3),
+    train=st.booleans(),
+    grad=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_every_impl_equals_reference(batch, h, w, heads, sr_ratio, train, grad, seed):
+    torch.manual_seed(seed)
+    m = SpatialReductionAttention(8, 6, num_heads=heads, sr_ratio=sr_ratio, dtype=torch.float64)
+    x = torch.randn(batch, 8, h, w, dtype=torch.float64)
+    assert_impls_match_reference(m, x, train=train, grad=grad)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+def test_every_impl_in_low_precision_against_float64_reference(dtype, tol, impl):
+    torch.manual_seed(0)
+    m64 = SpatialReductionAttention(8, num_heads=2, sr_ratio=2, dtype=torch.float64)
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    ref = with_impl(m64, "reference", x)
+    m = SpatialReductionAttention(8, num_heads=2, sr_ratio=2, impl=impl, dtype=dtype)
+    m.load_state_dict(m64.state_dict())
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            y = m(x.to(dtype))
+        assert y.dtype == dtype
+        assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+
+
+def test_auto_rule_is_always_sdpa():
+    m = SpatialReductionAttention(8, num_heads=2, sr_ratio=2)
+    x = torch.randn(1, 8, 4, 4)
+    assert m.select_impl(x) == "sdpa"
+    with torch.no_grad():
+        assert m.select_impl(x) == "sdpa"
+    m.impl = "reference"
+    assert m.select_impl(x) == "reference"
+
+
+@pytest.mark.parametrize("sr_ratio", [1, 2])
+def test_meta_build_to_empty_reset_equals_normal_build(sr_ratio):
+    assert_meta_build_equals_normal_build(
+        lambda **fk: SpatialReductionAttention(8, 6, num_heads=2, sr_ratio=sr_ratio, **fk), torch.randn(1, 8, 5, 3)
+    )
+
+
+@pytest.mark.parametrize("sr_ratio", [1, 2])
+def test_factory_dtype(sr_ratio):
+    assert_factory_dtype(
+        lambda **fk: SpatialReductionAttention(8, num_heads=2, sr_ratio=sr_ratio, **fk), torch.randn(1, 8, 4, 4)
+    )
