@@ -4,7 +4,7 @@ im2col reference: the ``"local"`` mechanism (``F.unfold`` of keys and values, mu
 sum; the same q/k/v and output projections as ``"slide"``). Also the bare attention cores
 (q, k, v given: unfold-multiply-sum versus slide's shift loop), global ``"mhsa"``, the
 authors' formulation (materialised keys/values from a grouped depthwise conv,
-``SlideAttention.forward_reference``), and NATTEN's neighbourhood attention when importable.
+``impl="reference"`` of ``"slide"``), and NATTEN's neighbourhood attention when importable.
 
 C=64, 4 heads, batch 4, sides 28..112, float32, forward in eval mode under ``torch.no_grad``.
 Time: the cases are interleaved over several rounds of a few calls and each case keeps its
@@ -20,6 +20,7 @@ Writes benchmarks/results/slide_vs_im2col.{json,md}.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -128,7 +129,9 @@ def main():
         authors = mods["slide k3 deformed, re-parameterised"]
         q, k, v = (t.contiguous() for t in authors._qkv(x))
         fns = {label: (lambda m=m: m(x)) for label, m in mods.items()}
-        fns["slide k3, authors' form (grouped conv keys)"] = lambda: authors.forward_reference(x)
+        authors_ref = copy.deepcopy(authors)
+        authors_ref.impl = "reference"  # the literal definition: materialised keys from the grouped convs
+        fns["slide k3, authors' form (grouped conv keys)"] = lambda: authors_ref(x)
         if side <= args.natten_max_side:
             for ks in (3, 7):
                 na = natten_module(ks)[0]

@@ -717,3 +717,10 @@ def test_renamed_argument():
     assert SlideAttention.renamed_args == {"key_bias": "offset_bias"}
     with pytest.raises(TypeError, match=r"key_bias"):
         visattn.create_attention("slide", 8, num_heads=2, key_bias=False)
+
+
+def test_reference_reports_its_materialised_keys():
+    m = SlideAttention(8, num_heads=2, kernel_size=3, impl="reference")
+    assert m.peak_intermediate_bytes(16, 16) == 8 * 9 * 16 * 16 * 4  # (1, C, k*k, H, W) float32
+    m.impl = "shifts"
+    assert m.peak_intermediate_bytes(16, 16) == 18432  # the attention weights, as for auto

@@ -89,3 +89,13 @@ def test_factory_dtype(sr_ratio):
     assert_factory_dtype(
         lambda **fk: SpatialReductionAttention(8, num_heads=2, sr_ratio=sr_ratio, **fk), torch.randn(1, 8, 4, 4)
     )
+
+
+def test_reference_reports_its_attention_weights():
+    m = SpatialReductionAttention(8, num_heads=2, sr_ratio=2)
+    assert m.peak_intermediate_bytes(6, 5) == 0  # SDPA: fused
+    m.impl = "reference"
+    assert m.peak_intermediate_bytes(6, 5) == 2 * 30 * 9 * 4  # (1, h, n, m) float32, m = 3 * 3
+    with visattn.work_limit(max_bytes=1000):
+        with pytest.raises(ValueError, match=r"needs an estimated 2.1 KiB for one intermediate"):
+            m(torch.randn(1, 8, 6, 5))

@@ -303,9 +303,12 @@ class SlideAttention(SpatialAttention):
 
     def _auto_impl(self, x: torch.Tensor) -> str:
         """ "autograd" when the core needs a gradient and nothing records the call, else "shifts"."""
+        if not torch.is_grad_enabled():
+            return "shifts"
         tensors = [x, *self._core_tensors()]
-        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-        return "autograd" if grad and not _recorded(*tensors) else "shifts"
+        if not any(t is not None and t.requires_grad for t in tensors):
+            return "shifts"
+        return "shifts" if _recorded(*tensors) else "autograd"
 
     def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The definition, computed literally: k*k keys and values materialised by the fixed
@@ -407,9 +410,12 @@ class SlideAttention(SpatialAttention):
     # -- cost --------------------------------------------------------------------
     def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
         """Largest of: the padded keys (B, C, H+2r, W+2r), the attention weights (B, h, k*k, H, W)
-        (kept for the backward in training), both in the compute dtype (float32 for half input)."""
+        (kept for the backward in training), both in the compute dtype (float32 for half input);
+        with ``impl="reference"`` the materialised keys (B, C, k*k, H, W)."""
         r, kk = self.kernel_size // 2, self.kernel_size**2
         size = max(itemsize, 4)  # half input runs the core in float32
+        if self.impl == "reference":
+            return batch * self.dim * kk * height * width * size
         return batch * max(self.dim * (height + 2 * r) * (width + 2 * r), self.num_heads * kk * height * width) * size
 
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:

@@ -130,6 +130,14 @@ class SpatialReductionAttention(SpatialAttention):
         o = self.proj(o.transpose(1, 2).reshape(b, h * w, self.dim))
         return o.transpose(1, 2).reshape(b, self.dim_out, h, w)
 
+    def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
+        """``impl="reference"`` materialises the weights (B, h, n, m); SDPA's fused kernels do not."""
+        if self.impl != "reference":
+            return 0
+        r = self.sr_ratio
+        m = -(-height // r) * -(-width // r)
+        return batch * self.num_heads * height * width * m * itemsize
+
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
         n, c, r = height * width, self.dim, self.sr_ratio
         m = -(-height // r) * -(-width // r)
