@@ -16,6 +16,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _contract_checks import (
+    assert_factory_dtype,
+    assert_impls_match_reference,
+    assert_meta_build_equals_normal_build,
+    assert_old_state_dict_loads,
+    with_impl,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import visattn
 from visattn.layers.external import ExternalAttention
@@ -227,15 +236,6 @@ def test_tied_weights_file_from_before_the_structural_tie_loads_strict(tmp_path)
 
 # -- the mechanism contract (issue 11): implementations, auto rule, factory args, renames ----------
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from tests.layers._contract import (  # noqa: E402
-    assert_factory_dtype,
-    assert_impls_match_reference,
-    assert_meta_build_equals_normal_build,
-    assert_old_state_dict_loads,
-    with_impl,
-)
 
 CONFIGS = [
     {},

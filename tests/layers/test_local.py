@@ -17,8 +17,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _contract_checks import (
+    assert_factory_dtype,
+    assert_meta_build_equals_normal_build,
+    gradient_support,
+    is_centred,
+)
 
 import visattn
+from visattn.layers.local import LocalAttention
 
 TOL64 = 1e-10
 
@@ -97,15 +104,6 @@ def test_kernel_one_is_projected_value():
 
 
 # -- the mechanism contract (issue 11): one implementation, factory args, centred window ---------
-
-from tests.layers._contract import (  # noqa: E402
-    assert_factory_dtype,
-    assert_meta_build_equals_normal_build,
-    gradient_support,
-    is_centred,
-)
-
-from visattn.layers.local import LocalAttention  # noqa: E402
 
 
 def test_one_implementation_and_auto_runs_it():

@@ -16,6 +16,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _contract_checks import (
+    assert_factory_dtype,
+    assert_impls_match_reference,
+    assert_meta_build_equals_normal_build,
+    assert_old_state_dict_loads,
+    with_impl,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import visattn
@@ -522,16 +531,6 @@ def test_torch_func_per_sample_gradients(deformed):
 
 
 # -- the mechanism contract (issue 11): implementations, auto rule, factory args, renames ----------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from tests.layers._contract import (  # noqa: E402
-    assert_factory_dtype,
-    assert_impls_match_reference,
-    assert_meta_build_equals_normal_build,
-    assert_old_state_dict_loads,
-    with_impl,
-)
 
 
 def test_impls_are_registry_data():

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from tests.layers._contract import (
+from _contract_checks import (
     assert_factory_dtype,
     assert_impls_match_reference,
     assert_meta_build_equals_normal_build,
     with_impl,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import visattn
 from visattn.layers.sra import SpatialReductionAttention

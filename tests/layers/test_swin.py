@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.layers._contract import (
+from _contract_checks import (
     assert_factory_dtype,
     assert_meta_build_equals_normal_build,
     gradient_support,
