@@ -723,3 +723,38 @@ def test_reference_reports_its_materialised_keys():
     assert m.peak_intermediate_bytes(16, 16) == 8 * 9 * 16 * 16 * 4  # (1, C, k*k, H, W) float32
     m.impl = "shifts"
     assert m.peak_intermediate_bytes(16, 16) == 18432  # the attention weights, as for auto
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_auto_runs_the_kernels_the_code_ran_before_impl_existed(monkeypatch, deformed):
+    # The benchmarks must not move: auto sends every input to the kernel the implicit rule of
+    # the code before issue 11 sent it to (in-place loops without a gradient, the custom
+    # Function with one, the out-of-place form under torch.func and tracing).
+    import visattn.layers.slide as slide_mod
+
+    ran = []
+    for name in ("_attend_shifts_inplace", "_attend_inplace", "_attend_functional"):
+        orig = getattr(slide_mod, name)
+        monkeypatch.setattr(slide_mod, name, lambda *a, _o=orig, _n=name, **k: (ran.append(_n), _o(*a, **k))[1])
+    orig_apply = slide_mod._SlideAttend.apply
+    monkeypatch.setattr(slide_mod._SlideAttend, "apply", lambda *a: (ran.append("_SlideAttend"), orig_apply(*a))[1])
+    no_grad_kernel = "_attend_inplace" if deformed else "_attend_shifts_inplace"
+
+    def kernel(f):
+        ran.clear()
+        f()
+        return [r for r in ran if r != "_attend_inplace" or "_SlideAttend" not in ran]  # the Function's forward
+
+    m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed).double()
+    x = torch.randn(2, 8, 4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        assert kernel(lambda: m(x)) == [no_grad_kernel]
+    assert kernel(lambda: m(x)) == ["_SlideAttend"]
+    assert kernel(lambda: m.eval()(x)) == ["_SlideAttend"]
+    from torch.func import vmap
+
+    assert kernel(lambda: vmap(lambda xi: m(xi[None]))(x)) == ["_attend_functional"]
+    assert kernel(lambda: torch.jit.trace(m, (x,), check_trace=False)) == ["_attend_functional"]
+    _frozen(m)
+    assert kernel(lambda: m(x)) == [no_grad_kernel]
+    assert kernel(lambda: m(x.requires_grad_())) == ["_SlideAttend"]
