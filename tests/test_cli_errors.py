@@ -116,7 +116,7 @@ def test_bench_bad_device_and_threads_fail_in_argparse(capsys):
 
 
 def test_bench_output_is_checked_before_measuring(tmp_path, capsys, monkeypatch):
-    import visattn.bench.cli as bench_cli
+    import visattn.commands.bench_cmd as bench_cli
 
     calls = []
     monkeypatch.setattr(bench_cli, "bench_case", lambda *a, **k: calls.append(a))

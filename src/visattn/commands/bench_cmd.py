@@ -1,4 +1,4 @@
-"""``visattn bench``."""
+"""``visattn bench``: the command-line layer over :mod:`visattn.bench` (options, output folder, progress)."""
 
 from __future__ import annotations
 
