@@ -63,7 +63,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "", fsync: bool = Fals
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:  # say which file
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # e.g. ENOSPC: say which file
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     if fsync:

@@ -52,6 +52,8 @@ from typing import Any
 
 import torch
 
+from visattn._io import atomic_path, atomic_write_text
+
 __all__ = [
     "Task",
     "TASKS",
@@ -700,7 +702,6 @@ def write_json(report: CompareReport, path: str | os.PathLike) -> Path:
     """``report`` with the environment, as indented JSON, written atomically."""
     from visattn._strict_json import strict as _strict
     from visattn.bench.report import environment
-    from visattn.train.checkpoint import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -771,7 +772,6 @@ def write_plot(report: CompareReport, path: str | os.PathLike) -> Path:
     n = len(report.config.get("seeds", [])) or 1
     fig.suptitle(f"{report.config.get('model', '')}: mean and range over {n} seed(s)", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     return path

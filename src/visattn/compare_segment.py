@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from visattn._io import atomic_path, atomic_write_text
 from visattn.compare import (
     _check_device_amp,
     _check_names,
@@ -266,7 +267,6 @@ def _write_json(results: list[SegCompareResult], path: Path, config: dict[str, A
     """Rows, configuration and environment as indented strict JSON, written atomically."""
     from visattn._strict_json import strict as _strict
     from visattn.bench.report import environment
-    from visattn.train.checkpoint import atomic_write_text
 
     doc = {
         "environment": environment(),
@@ -326,9 +326,8 @@ def write_seg_plot(
     ax.margins(x=0.12, y=0.08)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     return path
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from visattn._io import atomic_path
+
 __all__ = ["load_segmenter", "predict_mask", "draw_prediction", "predict_image", "read_input_image"]
 
 
@@ -225,7 +227,6 @@ def predict_image(
     fig = draw_prediction(
         img, pred, info["classes"], truth, title=f"{model} on {name}", ignore_index=info.get("ignore_index")
     )
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     return out, pred, info["classes"]

@@ -36,16 +36,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from visattn._io import atomic_path, atomic_write_text
 from visattn._strict_json import strict as _strict
 from visattn.data import DataBundle, EpochBatches, load_data, normalize
 from visattn.data.datasets import MAX_IMAGE_SIZE
 from visattn.data.transforms import eval_indices
 from visattn.errors import NonFiniteLoss, VisattnError
+from visattn.models.io import save_weights
 from visattn.registry import create_model
 from visattn.train import distributed as D
 from visattn.train.checkpoint import (
     RunLock,
-    atomic_write_text,
     latest_checkpoint,
     load_checkpoint,
     remove_stale_tmp,
@@ -277,13 +278,8 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}.png")
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _json_line(rec: dict) -> str:
@@ -734,15 +730,7 @@ class Trainer:
         cfg, b = self.cfg, self.data
         final = dict(self.history[-1]) if self.history else {}
         if self.out is not None and self.dist.is_main:
-            from safetensors.torch import save_model
-
-            tmp = self.out / f".model.safetensors.tmp-{os.getpid()}"
-            try:
-                save_model(self.model, str(tmp), metadata={"format": "visattn-model"})
-                os.replace(tmp, self.out / "model.safetensors")
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            save_weights(self.model, self.out / "model.safetensors", metadata={"format": "visattn-model"})
             info = {
                 "config": cfg.as_dict(),
                 "classes": b.classes,
