@@ -40,7 +40,6 @@ def test_changelog_has_the_released_version_and_license_matches_pyproject():
     assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
 
 
-@pytest.mark.slow
 def test_built_wheel_ships_py_typed_and_the_module_entry(tmp_path):
     pytest.importorskip("setuptools")
     src = tmp_path / "proj"

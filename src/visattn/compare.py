@@ -610,13 +610,15 @@ def summarize(
             row.time_s += sum(r.time_s for r in mine)
         rows.append(row)
     for task in tasks:
-        ok = [r.tasks[task.name] for r in rows if r.tasks[task.name].mean is not None]
-        if not ok:
+        scored = [  # (stats, mean, spread) of the runs that finished
+            (s, s.mean, s.spread or 0.0) for s in (r.tasks[task.name] for r in rows) if s.mean is not None
+        ]
+        if not scored:
             continue
-        top = max(ok, key=lambda s: s.mean)
-        for s in ok:
+        top, top_mean, top_spread = max(scored, key=lambda t: t[1])
+        for s, mean, spread in scored:
             s.best = s is top
-            s.near_best = s.mean + s.spread >= top.mean - top.spread
+            s.near_best = mean + spread >= top_mean - top_spread
     return rows
 
 
@@ -642,7 +644,8 @@ def _acc_cell(s: TaskStats) -> str:
         return "failed"
     if s.mean is None:
         return "-"
-    cell = f"{100 * s.mean:.1f} ± {100 * s.spread:.1f}" if len(s.accs) > 1 else f"{100 * s.mean:.1f}"
+    spread = s.spread or 0.0  # set with the mean
+    cell = f"{100 * s.mean:.1f} ± {100 * spread:.1f}" if len(s.accs) > 1 else f"{100 * s.mean:.1f}"
     return cell + (" *" if s.near_best else "")
 
 

@@ -312,12 +312,16 @@ def write_seg_plot(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok = [r for r in results if not r.error and r.miou is not None and r.latency_ms is not None]
+    points = [
+        (r.mechanism, r.latency_ms, 100 * r.miou)
+        for r in results
+        if not r.error and r.miou is not None and r.latency_ms is not None
+    ]
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for r in ok:
-        ax.scatter(r.latency_ms, 100 * r.miou, s=40)
-        ax.annotate(r.mechanism, (r.latency_ms, 100 * r.miou), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    for name, latency, miou in points:
+        ax.scatter(latency, miou, s=40)
+        ax.annotate(name, (latency, miou), textcoords="offset points", xytext=(5, 4), fontsize=9)
     failed = [r.mechanism for r in results if r.error]
     ax.set_xlabel(f"inference latency (ms, batch {latency_batch})")
     ax.set_ylabel("test mIoU (%)")

@@ -15,6 +15,7 @@ __all__ = [
     "int_range",
     "device_name",
     "add_model_option",
+    "given_model",
     "model_option",
 ]
 
@@ -89,12 +90,17 @@ def add_model_option(p: argparse.ArgumentParser, what: str, positional_help: str
     p.add_argument("--model", default=None, metavar="NAME", help=what)
 
 
-def model_option(args: argparse.Namespace, required: bool = True) -> str | None:
-    """The name given as ``--model NAME`` or positionally; both given and different is an error."""
+def given_model(args: argparse.Namespace) -> str | None:
+    """The name given as ``--model NAME`` or positionally (None: neither); two different names are an error."""
     pos, opt = args.model_positional, args.model
     if pos is not None and opt is not None and pos != opt:
         raise ValueError(f"two different models given: {pos!r} (positional) and --model {opt!r}; give one")
-    name = opt if opt is not None else pos
-    if name is None and required:
+    return opt if opt is not None else pos
+
+
+def model_option(args: argparse.Namespace) -> str:
+    """The model named with ``--model NAME`` or positionally; naming none is an error."""
+    name = given_model(args)
+    if name is None:
         raise ValueError("no model given: name one with --model NAME (see `visattn list`)")
     return name

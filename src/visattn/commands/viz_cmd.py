@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from visattn.commands._args import add_model_option, model_option, positive_int
+from visattn.commands._args import add_model_option, given_model, positive_int
 
 
 def add_parser(sub) -> None:
@@ -59,7 +59,7 @@ def target_of(args) -> tuple[str, str | None]:
     """(what to draw, mechanism swapped into it) from --model / the positional name / --attention."""
     from visattn.registry import list_attention, list_models
 
-    name = model_option(args, required=False)
+    name = given_model(args)
     if name is None:
         if args.attention is None:
             raise ValueError(
