@@ -153,3 +153,12 @@ def test_info_model_and_attention_options(capsys):
     ]:
         assert main(argv) == 2, argv
         assert _one_error_line(capsys, "info") == message
+
+
+def test_shared_spellings_of_batch_size_and_output():
+    p = build_parser()
+    assert p.parse_args(["bench", "--batch-size", "3"]).batch == 3
+    assert p.parse_args(["bench", "--batch", "3"]).batch == 3  # the older spelling
+    assert p.parse_args(["train", "-o", "runs/x"]).output == "runs/x"
+    assert p.parse_args(["compare", "-o", "runs/x"]).output == "runs/x"
+    assert p.parse_args(["bench", "-o", "runs/x"]).output == "runs/x"

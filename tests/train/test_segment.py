@@ -67,7 +67,6 @@ def test_config_errors():
         train_segment(SegTrainConfig(model="resnet_tiny", output=None))
 
 
-@pytest.mark.slow
 def test_default_model_on_digit_scenes(tmp_path):
     """The default configuration's model gives logits at input resolution and a consistent record."""
     from visattn.data.segmentation import load_digit_scenes
@@ -146,7 +145,6 @@ def test_ignored_pixels_take_no_part(tmp_path):
     assert float(sums[0]) == pytest.approx(float(ref.detach()) * crit.last_count, rel=1e-6)
 
 
-@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     data = load_seg_data(make_seg_folder(tmp_path / "d", n=30), image_size=12)
     full = train_segment(_cfg(tmp_path / "full", deterministic=True, save_every=2), data=data)
