@@ -32,7 +32,12 @@ def add_parser(sub) -> None:
         help="image file (read with Pillow), or digitscenes:K for test scene K of the built-in data",
     )
     p.add_argument("--out", default="predict.png", metavar="PNG", help="output PNG (default: %(default)s)")
-    p.add_argument("--attention", default=None, help="mechanism the model was trained with (default: from config.json)")
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="MECH",
+        help="mechanism the model was trained with (default: from config.json)",
+    )
     p.add_argument(
         "--attn-kwargs", type=_json_dict, default=None, metavar="JSON", help="its arguments (default: from config.json)"
     )
