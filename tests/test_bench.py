@@ -161,3 +161,14 @@ def test_bench_json_is_strict_json_with_null_for_missing_values(tmp_path):
 
     data = json.loads((tmp_path / "bench.json").read_text(), parse_constant=refuse)
     assert data["slopes"]["conv"]["fwd_ms"] is None and data["results"][0]["fwdbwd_ms"] is None
+
+
+def test_bench_measures_on_the_pytest_device(device):
+    """`pytest --device cuda` measures on the GPU: same parameter and FLOP figures as on CPU."""
+    (r,) = bench_mechanism(
+        "external", {"memory_size": 16}, resolutions=[6], dim=8, batch=2, device=device, min_time=0.0
+    )
+    assert r.error == ""
+    assert r.params == sum(p.numel() for p in visattn.create_attention("external", 8, memory_size=16).parameters())
+    assert r.flops == 2 * 2 * 36 * 16 * 8 * 2 and r.flops_match
+    assert r.fwd_ms > 0 and r.mem_train_mib > 0

@@ -116,7 +116,7 @@ def test_bench_bad_device_and_threads_fail_in_argparse(capsys):
 
 
 def test_bench_output_is_checked_before_measuring(tmp_path, capsys, monkeypatch):
-    import visattn.bench.cli as bench_cli
+    import visattn.commands.bench_cmd as bench_cli
 
     calls = []
     monkeypatch.setattr(bench_cli, "bench_case", lambda *a, **k: calls.append(a))
@@ -351,6 +351,7 @@ def test_viz_and_train_leave_the_callers_rng_alone(tmp_path, data):
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.slow
 def test_output_into_a_closed_pipe_is_not_reported_as_an_error():
     # `visattn info resnet50 | head -0`: used to print "visattn info: error: [Errno 32] Broken pipe"
     p = subprocess.Popen(

@@ -26,7 +26,7 @@ __all__ = ["main", "build_parser", "run_command", "error_message"]
 
 _COMMAND_MODULES = [
     "visattn.commands.registry_cmds",  # list, info
-    "visattn.bench.cli",  # bench
+    "visattn.commands.bench_cmd",  # bench
     "visattn.commands.viz_cmd",  # viz
     "visattn.commands.train_cmd",  # train
     "visattn.commands.compare_cmd",  # compare

@@ -52,6 +52,8 @@ from typing import Any
 
 import torch
 
+from visattn._io import atomic_path, atomic_write_text
+
 __all__ = [
     "Task",
     "TASKS",
@@ -608,13 +610,15 @@ def summarize(
             row.time_s += sum(r.time_s for r in mine)
         rows.append(row)
     for task in tasks:
-        ok = [r.tasks[task.name] for r in rows if r.tasks[task.name].mean is not None]
-        if not ok:
+        scored = [  # (stats, mean, spread) of the runs that finished
+            (s, s.mean, s.spread or 0.0) for s in (r.tasks[task.name] for r in rows) if s.mean is not None
+        ]
+        if not scored:
             continue
-        top = max(ok, key=lambda s: s.mean)
-        for s in ok:
+        top, top_mean, top_spread = max(scored, key=lambda t: t[1])
+        for s, mean, spread in scored:
             s.best = s is top
-            s.near_best = s.mean + s.spread >= top.mean - top.spread
+            s.near_best = mean + spread >= top_mean - top_spread
     return rows
 
 
@@ -640,7 +644,8 @@ def _acc_cell(s: TaskStats) -> str:
         return "failed"
     if s.mean is None:
         return "-"
-    cell = f"{100 * s.mean:.1f} ± {100 * s.spread:.1f}" if len(s.accs) > 1 else f"{100 * s.mean:.1f}"
+    spread = s.spread or 0.0  # set with the mean
+    cell = f"{100 * s.mean:.1f} ± {100 * spread:.1f}" if len(s.accs) > 1 else f"{100 * s.mean:.1f}"
     return cell + (" *" if s.near_best else "")
 
 
@@ -700,7 +705,6 @@ def write_json(report: CompareReport, path: str | os.PathLike) -> Path:
     """``report`` with the environment, as indented JSON, written atomically."""
     from visattn._strict_json import strict as _strict
     from visattn.bench.report import environment
-    from visattn.train.checkpoint import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -771,7 +775,6 @@ def write_plot(report: CompareReport, path: str | os.PathLike) -> Path:
     n = len(report.config.get("seeds", [])) or 1
     fig.suptitle(f"{report.config.get('model', '')}: mean and range over {n} seed(s)", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     return path

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from visattn._io import atomic_path, atomic_write_text
 from visattn.compare import (
     _check_device_amp,
     _check_names,
@@ -266,7 +267,6 @@ def _write_json(results: list[SegCompareResult], path: Path, config: dict[str, A
     """Rows, configuration and environment as indented strict JSON, written atomically."""
     from visattn._strict_json import strict as _strict
     from visattn.bench.report import environment
-    from visattn.train.checkpoint import atomic_write_text
 
     doc = {
         "environment": environment(),
@@ -312,12 +312,16 @@ def write_seg_plot(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok = [r for r in results if not r.error and r.miou is not None and r.latency_ms is not None]
+    points = [
+        (r.mechanism, r.latency_ms, 100 * r.miou)
+        for r in results
+        if not r.error and r.miou is not None and r.latency_ms is not None
+    ]
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for r in ok:
-        ax.scatter(r.latency_ms, 100 * r.miou, s=40)
-        ax.annotate(r.mechanism, (r.latency_ms, 100 * r.miou), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    for name, latency, miou in points:
+        ax.scatter(latency, miou, s=40)
+        ax.annotate(name, (latency, miou), textcoords="offset points", xytext=(5, 4), fontsize=9)
     failed = [r.mechanism for r in results if r.error]
     ax.set_xlabel(f"inference latency (ms, batch {latency_batch})")
     ax.set_ylabel("test mIoU (%)")
@@ -326,9 +330,8 @@ def write_seg_plot(
     ax.margins(x=0.12, y=0.08)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     return path
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from visattn._io import atomic_path
+
 __all__ = ["load_segmenter", "predict_mask", "draw_prediction", "predict_image", "read_input_image"]
 
 
@@ -82,9 +84,9 @@ def load_segmenter(
             seed=cfg.get("seed", 0),
             ignore_index=cfg.get("ignore_index"),
         )
-    if classes is None and num_classes is None:
-        raise ValueError(f"no config.json beside {str(wpath)!r}: pass the number of classes (--num-classes)")
     if num_classes is None:
+        if classes is None:
+            raise ValueError(f"no config.json beside {str(wpath)!r}: pass the number of classes (--num-classes)")
         num_classes = len(classes)
     if classes is None:
         classes = [str(i) for i in range(num_classes)]
@@ -103,10 +105,10 @@ def read_input_image(spec: str, info: dict[str, Any]) -> tuple[torch.Tensor, tor
     from visattn.data.segmentation import load_digit_scenes, read_image
 
     if spec.startswith("digitscenes:"):
-        k = spec.partition(":")[2]
-        if not k.isdigit():
+        k_text = spec.partition(":")[2]
+        if not k_text.isdigit():
             raise ValueError(f"expected digitscenes:K with K a test-scene number, got {spec!r}")
-        k = int(k)
+        k = int(k_text)
         if info.get("data") not in (None, "digitscenes"):
             raise ValueError(f"the model was trained on {info['data']!r}, not on digitscenes")
         kw = {} if info.get("ignore_index") is None else {"ignore_index": int(info["ignore_index"])}
@@ -225,7 +227,6 @@ def predict_image(
     fig = draw_prediction(
         img, pred, info["classes"], truth, title=f"{model} on {name}", ignore_index=info.get("ignore_index")
     )
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     return out, pred, info["classes"]

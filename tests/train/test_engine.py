@@ -138,6 +138,7 @@ def _args(data: str, out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     data = make_color_folder(tmp_path / "imgs")  # 39 train images / batch 8 -> 5 steps per epoch
     # Killed run: blocks after the checkpoint of step 9 (epoch 2, batch 4 of 5), then SIGKILL.
@@ -216,3 +217,30 @@ def test_precise_bn_recomputes_exact_statistics_without_changing_training(tmp_pa
     torch.testing.assert_close(m.bn.running_mean, mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(m.bn.running_var, var, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(plain.model.bn.running_var, var, rtol=1e-2)
+
+
+def test_trains_on_the_pytest_device(tmp_path, device):
+    """`pytest --device cuda` trains on the GPU: the model ends there and its saved weights load back equal."""
+    if device.index not in (None, 0):
+        pytest.skip("the engine picks cuda:LOCAL_RANK (0 in one process)")
+    import visattn
+
+    data = make_color_folder(tmp_path / "data")
+    res = train(
+        TrainConfig(
+            model=ensure_registered(),
+            data=data,
+            epochs=1,
+            batch_size=8,
+            output=str(tmp_path / "run"),
+            device=device.type,
+            progress=False,
+            plot=False,
+        )
+    )
+    assert {p.device.type for p in res.model.parameters()} == {device.type}
+    assert [r["step"] for r in res.history] == [5]  # 39 training images / batch 8
+    fresh = visattn.create_model(ensure_registered(), num_classes=res.num_classes)
+    visattn.load_weights(fresh, tmp_path / "run" / "model.safetensors")
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, res.model.state_dict()[k].cpu()), k

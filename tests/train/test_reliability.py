@@ -370,6 +370,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_frozen_peer_under_torchrun_fails_within_dist_timeout_naming_the_rank(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     cmd = [
@@ -392,6 +393,7 @@ def test_frozen_peer_under_torchrun_fails_within_dist_timeout_naming_the_rank(tm
     )
 
 
+@pytest.mark.slow
 def test_under_torchrun_every_rank_stops_when_rank_0_cannot_open_the_run_folder(tmp_path):
     taken = tmp_path / "file"
     taken.write_text("not a folder")

@@ -265,6 +265,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(tmp_path):
     spec = make_seg_folder(tmp_path / "d", n=20)  # 16 train: one step of global batch 16
     # each process holds a different number of labelled pixels; the loss is the global batch mean

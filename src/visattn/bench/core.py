@@ -26,6 +26,7 @@ import torch
 import visattn
 from visattn.bench.measure import median_time, peak_memory_bytes
 from visattn.flops import count_flops
+from visattn.layers.base import SpatialAttention
 
 __all__ = ["BenchResult", "bench_case", "bench_mechanism", "bench_cases", "run_bench", "scaling_slopes"]
 
@@ -70,10 +71,12 @@ def bench_cases(mechanisms: Iterable[str] | None = None, variants: bool = False)
     return cases
 
 
-def _build(mechanism: str, dim: int, kwargs: dict, device, dtype) -> torch.nn.Module:
+def _build(mechanism: str, dim: int, kwargs: dict, device, dtype) -> SpatialAttention:
     kw = dict(kwargs)
     reparam = kw.pop("_reparameterize", False)
     m = visattn.create_attention(mechanism, dim, **kw).to(device=device, dtype=dtype)
+    if not isinstance(m, SpatialAttention):  # the contract: every registered mechanism is one
+        raise TypeError(f"mechanism {mechanism!r} built a {type(m).__name__}, not a SpatialAttention")
     if reparam:
         m.eval()
         visattn.reparameterize(m)

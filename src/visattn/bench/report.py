@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from visattn._io import atomic_path, atomic_write_text
 from visattn._strict_json import strict as _strict
 from visattn.bench.core import BenchResult, scaling_slopes
 
@@ -80,9 +81,7 @@ def write_json(results: list[BenchResult], path, config: dict) -> Path:
         "results": [r.as_dict() for r in results],
         "slopes": scaling_slopes(results),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_strict(data), indent=2, default=str, allow_nan=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_strict(data), indent=2, default=str, allow_nan=False), fsync=False)
     return path
 
 
@@ -115,5 +114,6 @@ def write_plot(results: list[BenchResult], path) -> Path:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path

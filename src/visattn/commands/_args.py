@@ -6,7 +6,18 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["positive_int", "nonneg_int", "positive_float", "nonneg_float", "fraction", "int_range", "device_name"]
+__all__ = [
+    "positive_int",
+    "nonneg_int",
+    "positive_float",
+    "nonneg_float",
+    "fraction",
+    "int_range",
+    "device_name",
+    "add_model_option",
+    "given_model",
+    "model_option",
+]
 
 
 def _int(text: str) -> int:
@@ -70,3 +81,26 @@ def device_name(text: str) -> str:
     elif dev.type != "cpu":
         raise argparse.ArgumentTypeError(f"expected 'cpu', 'cuda[:i]' or 'mps', got {text!r}")
     return text
+
+
+def add_model_option(p: argparse.ArgumentParser, what: str, positional_help: str) -> None:
+    """``--model NAME`` (the spelling every sub-command shares) and, for compatibility, the older
+    positional ``NAME``; :func:`model_option` reconciles the two."""
+    p.add_argument("model_positional", nargs="?", default=None, metavar="MODEL", help=positional_help)
+    p.add_argument("--model", default=None, metavar="NAME", help=what)
+
+
+def given_model(args: argparse.Namespace) -> str | None:
+    """The name given as ``--model NAME`` or positionally (None: neither); two different names are an error."""
+    pos, opt = args.model_positional, args.model
+    if pos is not None and opt is not None and pos != opt:
+        raise ValueError(f"two different models given: {pos!r} (positional) and --model {opt!r}; give one")
+    return opt if opt is not None else pos
+
+
+def model_option(args: argparse.Namespace) -> str:
+    """The model named with ``--model NAME`` or positionally; naming none is an error."""
+    name = given_model(args)
+    if name is None:
+        raise ValueError("no model given: name one with --model NAME (see `visattn list`)")
+    return name

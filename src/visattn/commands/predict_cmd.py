@@ -1,7 +1,8 @@
-"""``visattn predict MODEL --weights W --image I --out O.png``: a segmentation model's mask over an image."""
+"""``visattn predict --model MODEL --weights W --image I --out O.png``: a segmentation model's mask over an image."""
 
 from __future__ import annotations
 
+from visattn.commands._args import add_model_option, model_option
 from visattn.commands.train_cmd import _json_dict
 
 __all__ = ["add_parser", "run"]
@@ -15,7 +16,9 @@ def add_parser(sub) -> None:
         "(for digitscenes:K) and the predicted mask blended over the image, with a legend. Class "
         "names, normalisation and mechanism come from the run's config.json beside the weights.",
     )
-    p.add_argument("model", help="registered segmentation model the weights belong to")
+    add_model_option(
+        p, "registered segmentation model the weights belong to", "the older spelling of --model (positional)"
+    )
     p.add_argument(
         "--weights",
         required=True,
@@ -29,7 +32,12 @@ def add_parser(sub) -> None:
         help="image file (read with Pillow), or digitscenes:K for test scene K of the built-in data",
     )
     p.add_argument("--out", default="predict.png", metavar="PNG", help="output PNG (default: %(default)s)")
-    p.add_argument("--attention", default=None, help="mechanism the model was trained with (default: from config.json)")
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="MECH",
+        help="mechanism the model was trained with (default: from config.json)",
+    )
     p.add_argument(
         "--attn-kwargs", type=_json_dict, default=None, metavar="JSON", help="its arguments (default: from config.json)"
     )
@@ -46,7 +54,7 @@ def run(args) -> int:
     from visattn.predict import predict_image
 
     path, pred, classes = predict_image(
-        args.model,
+        model_option(args),
         args.weights,
         args.image,
         args.out,

@@ -109,6 +109,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
     p.add_argument(
         "--output",
+        "-o",
         default="runs/train",
         metavar="DIR",
         help="checkpoints, metrics.jsonl, curves.png, model.safetensors, config.json",

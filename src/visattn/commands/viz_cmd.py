@@ -1,10 +1,10 @@
-"""``visattn viz TARGET``: draw every head's attention (or the gradient receptive field) for one query pixel."""
+"""``visattn viz --model NAME`` (or ``viz --attention MECH`` for a bare mechanism): draw every head's attention (or the gradient receptive field) for one query pixel."""
 
 from __future__ import annotations
 
 import json
 
-from visattn.commands._args import positive_int
+from visattn.commands._args import add_model_option, given_model, positive_int
 
 
 def add_parser(sub) -> None:
@@ -15,7 +15,11 @@ def add_parser(sub) -> None:
         "head's attention probabilities for one query pixel, one row per layer; mechanisms without "
         "an attention map get their gradient receptive field |d out[query] / d in|.",
     )
-    p.add_argument("target", help="model or mechanism name (see `visattn list`)")
+    add_model_option(
+        p,
+        "registered model to draw (see `visattn list`); draw a bare mechanism with --attention NAME alone",
+        "model or mechanism name: the older spelling of --model (a mechanism is drawn bare)",
+    )
     p.add_argument(
         "--image",
         default=None,
@@ -37,7 +41,12 @@ def add_parser(sub) -> None:
         metavar="PNG|DIR",
         help="output .png file, or a directory to write viz.png into (default: viz.png)",
     )
-    p.add_argument("--attention", default=None, help="swap the model's mixer for this mechanism")
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="MECH",
+        help="swap the model's mixer for this mechanism; without a model, draw this mechanism bare",
+    )
     p.add_argument("--attn-kwargs", default=None, metavar="JSON", help="mixer arguments as JSON")
     p.add_argument("--num-classes", type=positive_int, default=10, help="classifier size (must match --weights)")
     p.add_argument("--dim", type=positive_int, default=64, help="channels for a bare mechanism (default 64)")
@@ -46,8 +55,33 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def target_of(args) -> tuple[str, str | None]:
+    """(what to draw, mechanism swapped into it) from --model / the positional name / --attention."""
+    from visattn.registry import list_attention, list_models
+
+    name = given_model(args)
+    if name is None:
+        if args.attention is None:
+            raise ValueError(
+                "nothing to draw: name a model with --model NAME or a bare mechanism with --attention NAME "
+                "(see `visattn list`)"
+            )
+        if args.attention not in list_attention():
+            raise ValueError(f"unknown mechanism --attention {args.attention!r}; expected one of {list_attention()}")
+        return args.attention, None  # a bare mechanism
+    if args.model is not None and name not in list_models() and name in list_attention():
+        raise ValueError(f"--model {name!r} is a mechanism, not a model; draw it bare with --attention {name}")
+    if name in list_attention() and args.attention not in (None, name):
+        raise ValueError(
+            f"{name!r} is a bare mechanism; --attention {args.attention!r} swaps a model's mixer and does not apply"
+        )
+    return name, (None if name in list_attention() else args.attention)
+
+
 def run(args) -> int:
     from visattn.viz import visualize
+
+    target, attention = target_of(args)
 
     kw = None
     if args.attn_kwargs:
@@ -58,12 +92,12 @@ def run(args) -> int:
         if not isinstance(kw, dict):
             raise ValueError(f"--attn-kwargs must be a JSON object, got {args.attn_kwargs!r}")
     path = visualize(
-        args.target,
+        target,
         out=args.out,
         image=args.image,
         query=args.query,
         weights=args.weights,
-        attention=args.attention,
+        attention=attention,
         attn_kwargs=kw,
         num_classes=args.num_classes,
         dim=args.dim,

@@ -35,6 +35,7 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 __all__ = [
     "ImageDataset",
     "DataBundle",
+    "ExampleSet",
     "load_data",
     "load_digits_dataset",
     "load_cifar10",
@@ -87,6 +89,14 @@ class ImageDataset:
         return x, self.labels[indices]
 
 
+class ExampleSet(Protocol):
+    """What training and evaluation read from a split: its length and batches by index."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 @dataclass
 class DataBundle:
     """A train/test pair with what a model needs to know about it.
@@ -101,8 +111,8 @@ class DataBundle:
     """
 
     name: str
-    train: ImageDataset
-    test: ImageDataset
+    train: ExampleSet  # ImageDataset (classification) or SegDataset (segmentation)
+    test: ExampleSet
     classes: list[str]
     image_size: int
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -158,13 +168,22 @@ def _resize_uint8(images: torch.Tensor, size: int | None, chunk: int = 4096) -> 
     return torch.cat(out)
 
 
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+RGB = tuple[float, float, float]
+
+
+def _rgb(v: torch.Tensor) -> RGB:
+    """A (3,) tensor of per-channel values as a 3-tuple of floats."""
+    r, g, b = (float(c) for c in v)
+    return r, g, b
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[RGB, RGB]:
     x = images.float()
     if images.dtype == torch.uint8:
         x = x / 255.0
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    return _rgb(mean), _rgb(std)
 
 
 def _check_size(image_size) -> None:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from visattn.data.datasets import IMAGE_EXTENSIONS, DataBundle, _to_rgb_uint8, stratified_split
+from visattn.data.datasets import IMAGE_EXTENSIONS, RGB, DataBundle, _rgb, _to_rgb_uint8, stratified_split
 from visattn.data.transforms import EpochBatches, normalize
 
 __all__ = [
@@ -117,7 +117,7 @@ class SegDataset:
         return len(self.images)
 
     def sizes(self) -> list[tuple[int, int]]:
-        return [tuple(x.shape[1:]) for x in self.images]
+        return [(int(x.shape[1]), int(x.shape[2])) for x in self.images]
 
     def pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image (3, H, W) float32 in 0..1 and mask (H, W) int64 of example ``i``."""
@@ -150,6 +150,8 @@ class SegDataBundle(DataBundle):
     ``scale_range`` the default random-scale interval.
     """
 
+    train: SegDataset  # narrows DataBundle's splits (fields keep their place)
+    test: SegDataset
     ignore_index: int = IGNORE_INDEX
     scale_range: tuple[float, float] = (0.5, 2.0)
 
@@ -230,6 +232,8 @@ class SegEpochBatches(EpochBatches):
     scale and centres the crop (images larger than ``crop_size`` are cut, smaller ones padded).
     """
 
+    data: SegDataset
+
     def __init__(
         self,
         data: SegDataset,
@@ -275,7 +279,7 @@ class SegEpochBatches(EpochBatches):
         return normalize(torch.stack(xs), self.mean, self.std), torch.stack(ms)
 
 
-def _seg_stats(images: list[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _seg_stats(images: list[torch.Tensor]) -> tuple[RGB, RGB]:
     s = torch.zeros(3, dtype=torch.float64)
     s2 = torch.zeros(3, dtype=torch.float64)
     n = 0
@@ -286,7 +290,7 @@ def _seg_stats(images: list[torch.Tensor]) -> tuple[tuple[float, ...], tuple[flo
         n += v.shape[1]
     mean = s / max(n, 1)
     std = (s2 / max(n, 1) - mean * mean).clamp_min(1e-6).sqrt().clamp_min(1e-3)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    return _rgb(mean), _rgb(std)
 
 
 # ---------------------------------------------------------------------------
@@ -530,9 +534,8 @@ def load_seg_folder(
     for ds in (train, test):
         _check_values(ds, len(classes), ignore_index)
     order = sorted(range(len(test)), key=lambda i: test.sizes()[i])  # similar sizes share eval batches
-    test = SegDataset(
-        [test.images[i] for i in order], [test.masks[i] for i in order], ignore_index, [test.names[i] for i in order]
-    )
+    names = None if test.names is None else [test.names[i] for i in order]
+    test = SegDataset([test.images[i] for i in order], [test.masks[i] for i in order], ignore_index, names)
     mean, std = _seg_stats(train.images)
     return SegDataBundle(
         f"segfolder:{path}",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from visattn.data.datasets import ImageDataset
+from visattn.data.datasets import ExampleSet
 
 __all__ = ["AugmentParams", "epoch_augment_params", "random_crop_flip", "normalize", "EpochBatches", "eval_indices"]
 
@@ -79,7 +79,7 @@ class EpochBatches:
 
     def __init__(
         self,
-        data: ImageDataset,
+        data: ExampleSet,
         batch_size: int,
         epoch: int,
         seed: int,
@@ -93,8 +93,13 @@ class EpochBatches:
         drop_last: bool = False,
     ):
         self.data, self.batch_size = data, batch_size
-        sampler = DistributedSampler(
-            range(len(data)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
+        sampler: DistributedSampler[int] = DistributedSampler(
+            range(len(data)),  # type: ignore[arg-type]  # annotated as Dataset; it only needs len()
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
         )
         sampler.set_epoch(epoch)
         self.indices = torch.tensor(list(iter(sampler)), dtype=torch.int64)

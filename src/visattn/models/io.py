@@ -1,8 +1,9 @@
 """Model weights as safetensors files.
 
 :func:`save_weights` writes a module's ``state_dict`` with the ``safetensors`` package (the
-``visattn[cli]`` extra), atomically (a temporary file in the same folder, then
-``os.replace``, so a crash never leaves a half-written file under the final name). Tied
+``visattn[cli]`` extra), atomically (:func:`visattn._io.atomic_path`: a temporary file in the
+same folder, then ``os.replace``, so a crash never leaves a half-written file under the final
+name). It is the one weights writer: training runs and checkpoints write through it too. Tied
 parameters (one tensor reachable under several names, e.g. ``tie_memories=True``) are stored
 once and the other names recorded as aliases in the file's metadata; tensors that merely
 overlap in memory are stored as copies. :func:`load_weights` checks names and shapes before
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from visattn._io import atomic_path
 
 __all__ = ["save_weights", "load_weights", "LoadResult"]
 
@@ -55,13 +57,16 @@ def _check_path(path) -> str:
     return os.fspath(path)
 
 
-def save_weights(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None, *, fsync: bool = False
+) -> None:
     """Write ``model.state_dict()`` to ``path`` as a safetensors file (atomically).
 
     Args:
         model: the module.
         path: destination file (its folder must exist).
         metadata: extra string -> string metadata stored in the file header.
+        fsync: flush the file and its folder to disk (checkpoints).
     """
     save_file, _, _ = _safetensors()
     _check_module(model)
@@ -93,15 +98,8 @@ def save_weights(model: nn.Module, path, metadata: dict[str, str] | None = None)
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
         meta[k] = v
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, fsync=fsync) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:

@@ -8,7 +8,7 @@ Layout under a run directory ``DIR``::
     DIR/checkpoints/latest.json                            {"dir": "step-00000120", ...}
 
 A checkpoint is written into a temporary folder, flushed (fsync), renamed into place
-(``os.replace``), and only then does ``latest.json`` (itself written to a temporary file
+(:func:`visattn._io.atomic_folder`), and only then does ``latest.json`` (itself written to a temporary file
 and renamed) point at it. A kill at any instant leaves either the previous checkpoint
 or the new one, never a half-written one. Older step folders are deleted after the
 pointer moves (the newest ``keep`` stay). An existing step folder is never overwritten.
@@ -28,6 +28,7 @@ no ``pickle``, no ``torch.load``. A file that is not safetensors is refused with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -38,7 +39,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file, save_model
+from safetensors.torch import save_file
+
+from visattn._io import atomic_folder, atomic_write_text, tmp_name
 
 __all__ = [
     "save_checkpoint",
@@ -53,52 +56,6 @@ __all__ = [
 ]
 
 FORMAT = "visattn-checkpoint-1"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (the temporary file
-    is removed if the write fails)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with _suppress_os():
-            tmp.unlink()
-        if isinstance(e, OSError) and e.filename is None:  # e.g. ENOSPC from write(): say which file
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
-    _fsync_dir(path.parent)
-
-
-class _suppress_os:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, exc, tb):
-        return typ is not None and issubclass(typ, OSError)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -146,7 +103,7 @@ def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
         for p in folder.iterdir():
             m = pattern.match(p.name)
             if m and p.is_file() and _stale(int(m.group(1) or m.group(2))):
-                with _suppress_os():
+                with contextlib.suppress(OSError):
                     p.unlink()
                     removed.append(p)
     return removed
@@ -291,31 +248,28 @@ def save_checkpoint(
             "checkpoint folder already exists (refusing to overwrite it; resume from it or choose another --output)",
             str(final),
         )
-    tmp = root / f".{name}.tmp-{os.getpid()}"
+    from visattn.models.io import save_weights
+
     try:
-        tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        tensors = _rng_tensors()
-        meta: dict[str, Any] = {"format": FORMAT, "state": state}
-        if optimizer is not None:
-            opt_t, opt_rest = optimizer_to_flat(optimizer.state_dict())
-            tensors.update(opt_t)
-            meta["optimizer"] = opt_rest
-        if scheduler is not None:
-            meta["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-        if scaler is not None and scaler.is_enabled():
-            meta["scaler"] = scaler.state_dict()
-        save_file(tensors, str(tmp / "train_state.safetensors"), metadata={"json": json.dumps(meta)})
-        for f in ("model.safetensors", "train_state.safetensors"):
-            _fsync_file(tmp / f)
-        _fsync_dir(tmp)
-        os.rename(tmp, final)  # final does not exist (checked above; the run lock keeps it so)
+        with atomic_folder(final) as tmp:  # flushed and renamed into place; removed on error
+            save_weights(model, tmp / "model.safetensors", metadata={"format": FORMAT})
+            tensors = _rng_tensors()
+            meta: dict[str, Any] = {"format": FORMAT, "state": state}
+            if optimizer is not None:
+                opt_t, opt_rest = optimizer_to_flat(optimizer.state_dict())
+                tensors.update(opt_t)
+                meta["optimizer"] = opt_rest
+            if scheduler is not None:
+                meta["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+            if scaler is not None and scaler.is_enabled():
+                meta["scaler"] = scaler.state_dict()
+            save_file(tensors, str(tmp / "train_state.safetensors"), metadata={"json": json.dumps(meta)})
+        # final did not exist (checked above; the run lock keeps it so): the rename never replaces a step
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and not isinstance(e, FileExistsError):
-            raise OSError(e.errno, f"cannot write checkpoint {name} ({e.strerror or e})", str(e.filename or tmp)) from e
+            where = e.filename or tmp_name(final)
+            raise OSError(e.errno, f"cannot write checkpoint {name} ({e.strerror or e})", str(where)) from e
         raise
-    _fsync_dir(root)
     atomic_write_text(
         root / "latest.json",
         json.dumps(

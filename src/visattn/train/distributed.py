@@ -71,8 +71,8 @@ def setup(device: str = "auto", timeout: float | None = 600.0) -> DistContext:
     if not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        kw = {} if timeout is None else {"timeout": datetime.timedelta(seconds=float(timeout))}
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", **kw)
+        td = None if timeout is None else datetime.timedelta(seconds=float(timeout))  # None: torch's default
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=td)
         here = True
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, here, timeout)
 

@@ -36,16 +36,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from visattn._io import atomic_path, atomic_write_text
 from visattn._strict_json import strict as _strict
 from visattn.data import DataBundle, EpochBatches, load_data, normalize
 from visattn.data.datasets import MAX_IMAGE_SIZE
 from visattn.data.transforms import eval_indices
 from visattn.errors import NonFiniteLoss, VisattnError
+from visattn.models.io import save_weights
 from visattn.registry import create_model
 from visattn.train import distributed as D
 from visattn.train.checkpoint import (
     RunLock,
-    atomic_write_text,
     latest_checkpoint,
     load_checkpoint,
     remove_stale_tmp,
@@ -205,7 +206,8 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> flo
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -277,13 +279,8 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}.png")
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _json_line(rec: dict) -> str:
@@ -339,6 +336,12 @@ class Trainer:
     def _complete_record(self, rec: dict[str, Any]) -> None:
         """Add task-specific figures to an epoch's metrics record, in place, before it is logged."""
 
+    def _bundle(self) -> DataBundle:
+        """The run's data (given to the constructor, or loaded by ``_setup``)."""
+        if self.data is None:
+            raise RuntimeError("the data is loaded by _setup(); call it first")
+        return self.data
+
     # -- setup ---------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.cfg
@@ -383,11 +386,11 @@ class Trainer:
         total, warm, mr = self.total_steps, self.warmup, cfg.min_lr_ratio
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total, warm, mr))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.criterion: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.eval_criterion = nn.CrossEntropyLoss(reduction="sum")
 
     def _batches(self, epoch: int) -> EpochBatches:
-        b = self.data
+        b = self._bundle()
         return EpochBatches(
             b.train,
             self.cfg.batch_size,
@@ -538,7 +541,7 @@ class Trainer:
         bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not bns or num_batches < 1:
             return
-        b = self.data
+        b = self._bundle()
         was_training = self.model.training
         self.model.eval()
         saved = [m.momentum for m in bns]
@@ -559,7 +562,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """(mean cross-entropy without smoothing, accuracy) on the test split, over all processes."""
-        b = self.data
+        b = self._bundle()
         self.net.eval()
         idx = eval_indices(len(b.test), self.dist.rank, self.dist.world_size)
         bs = self.cfg.eval_batch_size or 2 * self.cfg.batch_size
@@ -593,25 +596,23 @@ class Trainer:
                 self._lock.release()
             D.cleanup(self.dist)
 
-    def _open_output(self) -> None:
+    def _open_output(self, out: Path) -> None:
         """Rank 0 creates the run folder and takes its lock; every rank fails if that fails."""
         err: BaseException | None = None
         if self.dist.is_main:
             try:
-                if self.out.exists() and not self.out.is_dir():
-                    raise NotADirectoryError(
-                        errno.ENOTDIR, "--output must be a directory, but it is a file", str(self.out)
-                    )
-                self.out.mkdir(parents=True, exist_ok=True)
-                self._lock = RunLock(self.out).acquire()
-                remove_stale_tmp(self.out)
+                if out.exists() and not out.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, "--output must be a directory, but it is a file", str(out))
+                out.mkdir(parents=True, exist_ok=True)
+                self._lock = RunLock(out).acquire()
+                remove_stale_tmp(out)
             except (OSError, VisattnError) as e:
                 err = e
         failed = D.all_reduce_sum(torch.tensor([float(err is not None)], device=self.device), self.dist)
         if err is not None:
             raise err
         if float(failed) > 0:
-            raise VisattnError(f"rank 0 could not open the run folder {str(self.out)!r}; see its message")
+            raise VisattnError(f"rank 0 could not open the run folder {str(out)!r}; see its message")
 
     def _run(self) -> TrainResult:
         from tqdm.auto import tqdm
@@ -620,7 +621,7 @@ class Trainer:
         self._setup()
         self.out = Path(cfg.output) if cfg.output else None
         if self.out is not None:
-            self._open_output()
+            self._open_output(self.out)
         D.barrier(self.dist)
         running, train_time = self._resume()
         if self.out is not None and self.dist.is_main and self.step == 0:
@@ -731,18 +732,10 @@ class Trainer:
         )
 
     def _finish(self) -> TrainResult:
-        cfg, b = self.cfg, self.data
+        cfg, b = self.cfg, self._bundle()
         final = dict(self.history[-1]) if self.history else {}
         if self.out is not None and self.dist.is_main:
-            from safetensors.torch import save_model
-
-            tmp = self.out / f".model.safetensors.tmp-{os.getpid()}"
-            try:
-                save_model(self.model, str(tmp), metadata={"format": "visattn-model"})
-                os.replace(tmp, self.out / "model.safetensors")
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            save_weights(self.model, self.out / "model.safetensors", metadata={"format": "visattn-model"})
             info = {
                 "config": cfg.as_dict(),
                 "classes": b.classes,

@@ -165,6 +165,7 @@ class SegTrainer(Trainer):
     """One segmentation run (see module docstring); the engine's :class:`Trainer` with task hooks."""
 
     cfg: SegTrainConfig
+    criterion: GlobalPixelCrossEntropy
 
     def __init__(
         self,
@@ -194,8 +195,14 @@ class SegTrainer(Trainer):
         self.criterion = GlobalPixelCrossEntropy(cfg.ignore_index, cfg.label_smoothing, self.dist)
         self.eval_criterion = nn.CrossEntropyLoss(ignore_index=cfg.ignore_index, reduction="sum")
 
+    def _bundle(self) -> SegDataBundle:
+        b = super()._bundle()
+        if not isinstance(b, SegDataBundle):
+            raise TypeError(f"segmentation training needs a SegDataBundle, got {type(b).__name__}")
+        return b
+
     def _batches(self, epoch: int) -> SegEpochBatches:
-        b = self.data
+        b = self._bundle()
         return SegEpochBatches(
             b.train,
             self.cfg.batch_size,
@@ -236,7 +243,7 @@ class SegTrainer(Trainer):
     def evaluate(self) -> tuple[float, float]:
         """(mean pixel cross-entropy, pixel accuracy) on whole test images, over all processes;
         mIoU and per-class IoU are kept for the epoch's record."""
-        b = self.data
+        b = self._bundle()
         k = b.num_classes
         self.net.eval()
         idx = eval_indices(len(b.test), self.dist.rank, self.dist.world_size)

@@ -1,4 +1,4 @@
-"""``visattn bench``."""
+"""``visattn bench``: the command-line layer over :mod:`visattn.bench` (options, output folder, progress)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,14 @@ def add_parser(sub) -> None:
         help="square feature-map sides (default: %(default)s)",
     )
     p.add_argument("--dim", type=positive_int, default=64, help="channels C (default: %(default)s)")
-    p.add_argument("--batch", type=positive_int, default=4, help="batch size (default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        "--batch",
+        dest="batch",
+        type=positive_int,
+        default=4,
+        help="batch size, as in train and compare (--batch: the older spelling; default: %(default)s)",
+    )
     p.add_argument("--device", default="cpu", type=device_name, help="cpu or cuda[:i] (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     p.add_argument("--no-backward", action="store_true", help="skip forward+backward measurements")
