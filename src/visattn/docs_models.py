@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from visattn.commands.model_info import build_default, mechanisms_by_stage
 from visattn.flops import count_flops
+from visattn.models.info import build_default, mechanisms_by_stage
 from visattn.registry import list_models, model_entry
 
 __all__ = ["model_rows", "render", "main", "HEADER"]
