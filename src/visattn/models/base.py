@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from visattn.layers.base import check_choice, check_positive_int, from_tokens, to_tokens
-from visattn.models.blocks import find_mixers
+from visattn.models.blocks import find_mixers, resolve_mixer
 from visattn.models.features import FeatureInfo
 
 __all__ = ["VisionModel", "TokenBlockLevels", "resolve_mixer", "check_images"]
@@ -27,22 +27,6 @@ def check_images(owner: str, x, channels: int) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{owner} expects images (B, {channels}, H, W), got {shape}")
-
-
-def resolve_mixer(
-    default: str, default_kwargs: dict | None, attention: str | None, attn_kwargs: dict | None
-) -> tuple[str, dict]:
-    """The mechanism name and kwargs a backbone slot uses.
-
-    The model's own ``default`` mechanism keeps its ``default_kwargs``; when the user
-    swaps in another ``attention``, only ``attn_kwargs`` apply. ``attn_kwargs`` always
-    override.
-    """
-    if attention is None or attention == default:
-        kw = dict(default_kwargs or {})
-        kw.update(attn_kwargs or {})
-        return default, kw
-    return attention, dict(attn_kwargs or {})
 
 
 class VisionModel(nn.Module):

@@ -28,7 +28,7 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -36,12 +36,15 @@ from torch import nn
 from visattn.layers.base import SpatialAttention, from_tokens, to_tokens
 from visattn.registry import attention_class, attention_info, create_attention
 
+M = TypeVar("M", bound=nn.Module)
+
 __all__ = [
     "DropPath",
     "Mlp",
     "Block",
     "MixerOverride",
     "plan_mixers",
+    "resolve_mixer",
     "make_mixer",
     "find_mixers",
     "init_backbone_weights",
@@ -227,6 +230,25 @@ def coerce_overrides(overrides) -> tuple[MixerOverride, ...]:
     return tuple(MixerOverride.coerce(o) for o in overrides)
 
 
+def resolve_mixer(
+    default: str | None,
+    default_kwargs: Mapping[str, Any] | None,
+    attention: str | None,
+    attn_kwargs: Mapping[str, Any] | None,
+) -> tuple[str | None, dict[str, Any]]:
+    """The mechanism name and kwargs a backbone slot uses.
+
+    The model's own ``default`` mechanism keeps its ``default_kwargs``; when the user
+    swaps in another ``attention``, only ``attn_kwargs`` apply. ``attn_kwargs`` always
+    override.
+    """
+    if attention is None or attention == default:
+        kw = dict(default_kwargs or {})
+        kw.update(attn_kwargs or {})
+        return default, kw
+    return attention, dict(attn_kwargs or {})
+
+
 Slot = tuple[str | None, dict[str, Any]]
 
 
@@ -289,10 +311,8 @@ def plan_mixers(
                     )
                 else:
                     kw.update(o.kwargs)
-            if attention is not None and can_swap:
-                name, kw = (name, kw) if name == attention else (attention, {})
-            if name is not None:
-                kw.update(attn_kwargs or {})
+            if name is not None or (attention is not None and can_swap):
+                name, kw = resolve_mixer(name, kw, attention if can_swap else None, attn_kwargs)
             stage.append((name, kw))
         plan.append(stage)
     return plan
@@ -386,7 +406,7 @@ def config_from_kwargs(model: str, cfg, kw: Mapping[str, Any], extra: Sequence[s
     return dataclasses.replace(cfg, **changes), extras
 
 
-def config_builder(name: str, model_cls: type[nn.Module], cfg, extra: Sequence[str] = ()) -> Callable[..., nn.Module]:
+def config_builder(name: str, model_cls: type[M], cfg, extra: Sequence[str] = ()) -> Callable[..., M]:
     """The registry builder of model ``name``: ``build(num_classes=1000, attention=None,
     attn_kwargs=None, **options)`` -> ``model_cls(cfg=..., num_classes=..., attention=...,
     attn_kwargs=..., **extras)``, where ``options`` are ``cfg``'s fields (or the ``extra``
@@ -394,9 +414,7 @@ def config_builder(name: str, model_cls: type[nn.Module], cfg, extra: Sequence[s
     config plus one :func:`~visattn.registry.register_model` call.
     """
 
-    def build(
-        num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **options
-    ) -> nn.Module:
+    def build(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **options) -> M:
         c, extras = config_from_kwargs(name, cfg, options, extra)
         return model_cls(cfg=c, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs, **extras)
 

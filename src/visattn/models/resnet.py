@@ -40,7 +40,7 @@ from visattn.models.base import VisionModel
 from visattn.models.blocks import (
     MixerOverride,
     coerce_overrides,
-    config_from_kwargs,
+    config_builder,
     init_backbone_weights,
     make_mixer,
     plan_mixers,
@@ -231,6 +231,11 @@ class ResNet(VisionModel):
         attn_kwargs: dict | None = None,
     ):
         super().__init__()
+        has_mechanism = cfg.mixer is not None or any(o.mixer is not None for o in cfg.mixer_overrides)
+        if attn_kwargs and attention is None and not has_mechanism:
+            raise ValueError(
+                "attn_kwargs were given but this model has no mechanism in its 3x3 slot; pass attention=NAME as well"
+            )
         self.cfg = cfg
         self.in_chans = in_chans
         w = cfg.stem_width
@@ -350,13 +355,8 @@ def _build(
     **kw,
 ) -> ResNet:
     """Config fields and ``in_chans`` / ``drop_rate`` from ``kw``, then the model with ``attention`` swapped in."""
-    cfg, model_kw = config_from_kwargs(model_name, cfg, kw, extra=("in_chans", "drop_rate"))
-    has_mechanism = cfg.mixer is not None or any(o.mixer is not None for o in cfg.mixer_overrides)
-    if attn_kwargs and attention is None and not has_mechanism:
-        raise ValueError(
-            "attn_kwargs were given but this model has no mechanism in its 3x3 slot; pass attention=NAME as well"
-        )
-    return ResNet(cfg, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs, **model_kw)
+    build = config_builder(model_name, ResNet, cfg, extra=("in_chans", "drop_rate"))
+    return build(num_classes, attention, attn_kwargs, **kw)
 
 
 _TEST_KW = {"depths": (1, 1, 1, 1), "widths": (8, 16, 16, 16), "stem_width": 8, "small_stem": True, "img_size": 32}
