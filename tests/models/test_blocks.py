@@ -281,3 +281,14 @@ def test_old_format_state_dict_loads(name, tmp_path):
     visattn.load_weights(c, path)
     with torch.no_grad():
         assert torch.equal(a(x), c(x))
+
+
+def test_a_slot_needs_a_mechanism_name():
+    from visattn.models.blocks import make_mixer
+    from visattn.models.hierarchical import CONFIGS, HierarchicalTransformer
+
+    with pytest.raises(TypeError, match=r"a mixer slot needs a registered mechanism name \(a str\), got None"):
+        make_mixer(None, 8, {})
+    cfg = CONFIGS["pvt_t"].replace(mixers=("sra", None, "sra", "sra"), depths=(1, 1, 1, 1))
+    with pytest.raises(TypeError, match="got None"):
+        HierarchicalTransformer(cfg)
