@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from visattn.commands.model_info import build_default, mechanisms_by_stage
 from visattn.flops import count_flops
+from visattn.models.info import build_default, mechanisms_by_stage
 from visattn.registry import list_models, model_entry
 
 __all__ = ["model_rows", "render", "main", "HEADER"]
@@ -50,6 +50,28 @@ takes `attention=NAME` to put another registered mechanism in its spatial-mixer 
 `published` entry and the paper named in its registry entry; a top-1 measured at another
 resolution says so. Segmentation models (families `eanet` and `semantic_fpn`; see
 docs/segmentation.md) output per-pixel logits; their published figure is a mIoU.
+
+Every backbone family (ResNet, hierarchical, token transformer, EAMLP) is a config dataclass
+built from one kit (`visattn.models.blocks`; docs/architecture.md), and every config takes the
+same mechanism options: the mechanism per stage (`mixers` / `mixer` with `mixer_kwargs`),
+`mixer_overrides` for a stage or a single block, and `img_size` (fills the resolution bound of a
+mechanism that has one, such as the global lambda layer's `max_size`). Config fields are keyword
+options of the builders:
+
+```python
+visattn.create_model("swin_t", mixer_overrides=[
+    {"stage": 0, "mixer": "slide", "kwargs": {"kernel_size": 3}},   # a whole stage
+    {"stage": 2, "block": -1, "mixer": "mhsa"},                     # one block
+])
+visattn.create_model("lambda_resnet50", mixer_stages=(2, 3), mixer_overrides=[{"stage": 1, "mixer": "mhsa"}])
+```
+
+`attention=NAME` means the same in every family: NAME replaces the mechanism of every slot; a
+slot that already holds NAME keeps its arguments, any other slot drops the old mechanism's own
+arguments (window size, shift, ...) but keeps the layout's (the stage's `num_heads`, the
+resolution bound); `attn_kwargs` then override everywhere. So
+`create_model("swin_t", attention="mhsa")` keeps Swin-T's heads 3, 6, 12, 24. An unknown option
+is one `TypeError`: `swin_t: unknown option(s) ['depth']; expected HierarchicalConfig fields [...]`.
 
 """
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from visattn.layers.base import SpatialAttention
+from visattn.models.info import named_mixers
 
 __all__ = ["LayerMaps", "load_image", "collect_mixers", "layer_maps", "draw_grid", "visualize", "png_path"]
 
@@ -75,27 +76,19 @@ def _to_input(img: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """uint8 (H, W, 3) -> normalised float (1, 3, size[0], size[1]) (bilinear resize with Pillow)."""
     from PIL import Image
 
-    im = Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR)
+    im = Image.fromarray(img).resize((size[1], size[0]), Image.Resampling.BILINEAR)
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
     x = (x - torch.tensor(_MEAN)[:, None, None]) / torch.tensor(_STD)[:, None, None]
     return x[None]
 
 
 def collect_mixers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The spatial mixers of ``model`` in order: ``model.mixers()`` when it has one, else every
-    :class:`SpatialAttention` not nested inside another (the model itself if it is one)."""
+    """The spatial mixers of ``model`` in order, as (name, module): ``model.named_mixers()`` for a
+    visattn model, the same rule (outermost :class:`SpatialAttention` modules) for any other module;
+    a mechanism on its own is one mixer named by its registry name."""
     if isinstance(model, SpatialAttention):
         return [(type(model).registry_name or type(model).__name__, model)]
-    if hasattr(model, "mixers") and callable(model.mixers):
-        named = {id(m): n for n, m in model.named_modules()}
-        return [(named.get(id(m), f"mixer{i}"), m) for i, m in enumerate(model.mixers())]
-    out, inside = [], []
-    for name, m in model.named_modules():
-        if any(name.startswith(p + ".") for p in inside):
-            continue
-        if isinstance(m, SpatialAttention):
-            out.append((name, m))
-            inside.append(name)
+    out = named_mixers(model)
     if not out:
         raise ValueError(f"{type(model).__name__} has no visattn spatial mixers (SpatialAttention modules) to draw")
     return out
@@ -109,6 +102,7 @@ def _grad_field(mixer: nn.Module, x: torch.Tensor, query: tuple[int, int], seed:
         gen = torch.Generator().manual_seed(seed)
         g = torch.randn(y.shape[1], generator=gen).to(y)
         (y[0, :, query[0], query[1]] * g / g.norm()).sum().backward()
+    assert x.grad is not None
     return x.grad[0].abs().sum(0, keepdim=True).numpy()
 
 
@@ -139,10 +133,11 @@ def layer_maps(model: nn.Module, x: torch.Tensor, query: tuple[float, float], se
         inp = captured[i]
         gh, gw = inp.shape[2], inp.shape[3]
         qy, qx = min(int(query[0] * gh), gh - 1), min(int(query[1] * gw), gw - 1)
-        mech = type(m).registry_name or type(m).__name__
-        if hasattr(m, "attention_maps"):
+        mech = getattr(type(m), "registry_name", "") or type(m).__name__
+        attention_maps = getattr(m, "attention_maps", None)
+        if callable(attention_maps):
             with torch.no_grad():
-                a = m.attention_maps(inp[:1])[0, :, qy * gw + qx].float()  # (heads, n)
+                a = attention_maps(inp[:1])[0, :, qy * gw + qx].float()  # (heads, n)
             maps, kind = a.reshape(-1, gh, gw).numpy(), "attention"
         else:
             maps, kind = _grad_field(m, inp, (qy, qx), seed), "gradient"
@@ -178,7 +173,9 @@ def draw_grid(
         from PIL import Image
 
         s = side / max(h0, w0)
-        img = np.asarray(Image.fromarray(img).resize((max(1, round(w0 * s)), max(1, round(h0 * s))), Image.LANCZOS))
+        img = np.asarray(
+            Image.fromarray(img).resize((max(1, round(w0 * s)), max(1, round(h0 * s))), Image.Resampling.LANCZOS)
+        )
     grey = img.astype(np.float32).mean(2) / 255.0
     for r, lm in enumerate(layers):
         ax = axes[r, 0]

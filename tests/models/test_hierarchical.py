@@ -49,21 +49,21 @@ def test_exact_counts_of_the_baselines():
 
 def test_stage_layouts():
     m = visattn.create_model("slide_swin_t")
-    kinds = [[type(b.attn) for b in st.blocks] for st in m.stages]
+    kinds = [[type(b.mixer) for b in st.blocks] for st in m.stages]
     assert kinds == [[SlideAttention] * 2, [SlideAttention] * 2, [WindowAttention] * 6, [WindowAttention] * 2]
-    assert [st.blocks[0].attn.num_heads for st in m.stages] == [3, 6, 12, 24]
-    assert [st.blocks[0].attn.window_size for st in m.stages[2:]] == [14, 7]
-    assert all(b.attn.kernel_size == 3 and b.attn.deformed for st in m.stages[:2] for b in st.blocks)
+    assert [st.blocks[0].mixer.num_heads for st in m.stages] == [3, 6, 12, 24]
+    assert [st.blocks[0].mixer.window_size for st in m.stages[2:]] == [14, 7]
+    assert all(b.mixer.kernel_size == 3 and b.mixer.deformed for st in m.stages[:2] for b in st.blocks)
     p = visattn.create_model("slide_pvt_t")
-    assert [type(st.blocks[0].attn) for st in p.stages] == [
+    assert [type(st.blocks[0].mixer) for st in p.stages] == [
         SlideAttention,
         SlideAttention,
         SpatialReductionAttention,
         SpatialReductionAttention,
     ]
-    assert [st.blocks[0].attn.sr_ratio for st in p.stages[2:]] == [2, 1]
+    assert [st.blocks[0].mixer.sr_ratio for st in p.stages[2:]] == [2, 1]
     s = visattn.create_model("swin_t")
-    assert [b.attn.shift_size for b in s.stages[0].blocks] == [0, 3]
+    assert [b.mixer.shift_size for b in s.stages[0].blocks] == [0, 3]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -80,11 +80,11 @@ def test_swapping_the_mechanism_of_every_stage():
     m = visattn.create_model(
         "slide_swin_t", attention="local", attn_kwargs={"num_heads": 2}, **model_entry("slide_swin_t").test_kwargs
     )
-    assert all(type(b.attn).registry_name == "local" and b.attn.num_heads == 2 for st in m.stages for b in st.blocks)
+    assert all(type(b.mixer).registry_name == "local" and b.mixer.num_heads == 2 for st in m.stages for b in st.blocks)
     # the model's own mechanism keeps its per-stage arguments, attn_kwargs override
     m = visattn.create_model("slide_swin_t", attention="slide", attn_kwargs={"kernel_size": 5})
-    assert [st.blocks[0].attn.kernel_size for st in m.stages[:2]] == [5, 5]
-    assert [st.blocks[0].attn.num_heads for st in m.stages[:2]] == [3, 6]
+    assert [st.blocks[0].mixer.kernel_size for st in m.stages[:2]] == [5, 5]
+    assert [st.blocks[0].mixer.num_heads for st in m.stages[:2]] == [3, 6]
 
 
 def test_config_validation_messages():
@@ -121,12 +121,17 @@ def test_custom_config_any_mechanisms():
         pos_embed=(False, False, True),
         pos_embed_size=32,
     )
-    # "conv" takes no num_heads: mixer_kwargs per stage must fit the mechanism
-    with pytest.raises(TypeError):
-        HierarchicalTransformer(cfg, num_classes=3)
+    # "conv" takes no num_heads: the layout's head count goes only to mechanisms that take one
+    m = HierarchicalTransformer(cfg, num_classes=3)
+    assert [type(st.blocks[0].mixer).registry_name for st in m.stages] == ["conv", "slide", "mhsa"]
+    assert [st.blocks[0].mixer.num_heads for st in m.stages[1:]] == [2, 2]
+    assert m(torch.randn(2, 3, 24, 20)).shape == (2, 3)
     cfg = cfg.replace(mixers=("efficient", "slide", "mhsa"))
     m = HierarchicalTransformer(cfg, num_classes=3)
     assert m(torch.randn(2, 3, 24, 20)).shape == (2, 3)
+    # arguments a mechanism does not take are still a TypeError
+    with pytest.raises(TypeError):
+        HierarchicalTransformer(cfg.replace(mixer_kwargs=({"kernel_size": 3}, {}, {})), num_classes=3)
 
 
 # ---------------------------------------------------------------------------

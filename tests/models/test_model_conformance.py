@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import visattn
-from visattn.commands.model_info import build_default
+from visattn.models.info import build_default
 from visattn.registry import attention_info, model_entry
 
 NAMES = visattn.list_models(task="classify")
@@ -62,8 +62,8 @@ def image(name, batch=BATCH, size=None):
 
 
 def mixers(model):
-    """Registered mechanism modules of a model: [(module name, module)]."""
-    return [(n, m) for n, m in model.named_modules() if getattr(type(m), "registry_name", "")]
+    """The model's spatial mixers: [(module name, module)] (``VisionModel.named_mixers``)."""
+    return model.named_mixers()
 
 
 def rel_err(a, b):

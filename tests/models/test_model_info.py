@@ -8,12 +8,13 @@ import json
 import pytest
 
 from visattn.commands import model_info, registry_cmds
+from visattn.models import info
 
 
 @pytest.mark.parametrize(
     "name,stage",
     [
-        ("stages.2.blocks.1.attn", "stages.2"),
+        ("stages.2.blocks.1.mixer", "stages.2"),
         ("blocks.3.mixer", "blocks"),
         ("layer1.0.conv2", "layer1"),
         ("stem.block1.ea", "stem"),
@@ -21,7 +22,7 @@ from visattn.commands import model_info, registry_cmds
     ],
 )
 def test_stage_of(name, stage):
-    assert model_info.stage_of(name) == stage
+    assert info.stage_of(name) == stage
 
 
 def test_info_prints_ours_next_to_published_and_mechanisms_by_stage(capsys):

@@ -171,7 +171,10 @@ def test_train_mode_with_1x1_maps():
 
 
 def test_option_errors():
-    with pytest.raises(TypeError, match=r"unknown ResNet option\(s\) \['depth'\]"):
+    with pytest.raises(
+        TypeError,
+        match=r"resnet26: unknown option\(s\) \['depth'\]; expected ResNetConfig fields .* or in_chans, drop_rate",
+    ):
         visattn.create_model("resnet26", depth=3)
     with pytest.raises(ValueError, match=r"mixer_stages must hold stage indices in 0..3, got \(4,\)"):
         visattn.create_model("lambda_resnet26", mixer_stages=(4,))

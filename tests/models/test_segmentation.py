@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import visattn
-from visattn.commands.model_info import build_default
+from visattn.models.info import build_default
 from visattn.models.segmentation import EANet, SemanticFPN
 from visattn.registry import attention_info, model_entry
 

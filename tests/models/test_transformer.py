@@ -118,7 +118,9 @@ def test_resolution_other_than_32_and_errors():
     ml = visattn.create_model("san_learned", num_classes=10, depth=1).eval()
     with pytest.raises(ValueError, match=r"max_offset=15"):
         ml(torch.randn(1, 3, 34, 32))
-    with pytest.raises(TypeError, match=r"unknown TransformerConfig fields \['depht'\]"):
+    with pytest.raises(
+        TypeError, match=r"san_quadratic: unknown option\(s\) \['depht'\]; expected TransformerConfig fields"
+    ):
         visattn.create_model("san_quadratic", depht=3)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from visattn.layers.base import check_choice, check_positive_int, from_tokens, to_tokens
+from visattn.models.blocks import find_mixers, resolve_mixer
 from visattn.models.features import FeatureInfo
 
 __all__ = ["VisionModel", "TokenBlockLevels", "resolve_mixer", "check_images"]
@@ -26,22 +27,6 @@ def check_images(owner: str, x, channels: int) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{owner} expects images (B, {channels}, H, W), got {shape}")
-
-
-def resolve_mixer(
-    default: str, default_kwargs: dict | None, attention: str | None, attn_kwargs: dict | None
-) -> tuple[str, dict]:
-    """The mechanism name and kwargs a backbone slot uses.
-
-    The model's own ``default`` mechanism keeps its ``default_kwargs``; when the user
-    swaps in another ``attention``, only ``attn_kwargs`` apply. ``attn_kwargs`` always
-    override.
-    """
-    if attention is None or attention == default:
-        kw = dict(default_kwargs or {})
-        kw.update(attn_kwargs or {})
-        return default, kw
-    return attention, dict(attn_kwargs or {})
 
 
 class VisionModel(nn.Module):
@@ -56,7 +41,16 @@ class VisionModel(nn.Module):
     """
 
     num_features: int = 0
+    in_chans: int = 3
     feature_info: FeatureInfo | None = None
+    norm: nn.Module
+    head: nn.Module
+    head_norm: nn.Module
+
+    def _info(self) -> FeatureInfo:
+        if not isinstance(self.feature_info, FeatureInfo):
+            raise TypeError(f"{type(self).__name__} declares no feature levels (feature_info)")
+        return self.feature_info
 
     def _init_head(
         self, num_features: int, num_classes: int, drop_rate: float = 0.0, head_norm: nn.Module | None = None
@@ -72,7 +66,7 @@ class VisionModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> final feature map (B, num_features, h, w)."""
-        last = len(self.feature_info) - 1
+        last = len(self._info()) - 1
         return self._finish(self._levels(x, (last,), last)[last])
 
     def _levels(self, x: torch.Tensor, take, stop: int) -> list:  # pragma: no cover - abstract
@@ -110,11 +104,10 @@ class VisionModel(nn.Module):
             map i has shape (B, feature_info.channels(i), H_i, W_i) (output-size rule:
             :mod:`visattn.models.features`).
         """
-        if not isinstance(self.feature_info, FeatureInfo):
-            raise TypeError(f"{type(self).__name__} declares no feature levels (feature_info)")
-        take = self.feature_info.resolve(indices, owner=f"{type(self).__name__}.forward_intermediates")
+        info = self._info()
+        take = info.resolve(indices, owner=f"{type(self).__name__}.forward_intermediates")
         check_choice("output_fmt", output_fmt, ("NCHW", "NHWC"))
-        last = len(self.feature_info) - 1
+        last = len(info) - 1
         stop = take[-1] if intermediates_only else last
         levels = self._levels(x, take, stop)
         final = None if intermediates_only else self._finish(levels[last])
@@ -129,7 +122,8 @@ class VisionModel(nn.Module):
     def prune_intermediate_layers(self, keep: int) -> None:
         """Keep feature levels 0..keep-1 only: drop later levels, the final norm and the classifier
         (what ``features_only`` does, so that every remaining parameter is used)."""
-        n = len(self.feature_info)
+        info = self._info()
+        n = len(info)
         if not (isinstance(keep, int) and 1 <= keep <= n):
             raise ValueError(f"keep must be an int in 1..{n}, got {keep!r}")
         self._prune_levels(keep)
@@ -137,7 +131,17 @@ class VisionModel(nn.Module):
             self.norm = nn.Identity()
         self.reset_classifier(0)
         self.head_norm = nn.Identity()
-        self.feature_info = FeatureInfo(self.feature_info[:keep])
+        self.feature_info = FeatureInfo(info.get_dicts()[:keep])
+
+    def named_mixers(self) -> list[tuple[str, nn.Module]]:
+        """The spatial mixers of the model in module order, as (dotted name, module): every
+        :class:`~visattn.layers.base.SpatialAttention` not nested inside another (a stem's
+        mechanisms included). The one rule that ``visattn viz``, ``visattn info`` and the tests use."""
+        return find_mixers(self)
+
+    def mixers(self) -> list[nn.Module]:
+        """The modules of :meth:`named_mixers`, in order."""
+        return [m for _, m in self.named_mixers()]
 
     def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """f: (B, num_features, h, w) -> logits (B, num_classes), or pooled (B, num_features)."""
@@ -166,6 +170,9 @@ class TokenBlockLevels:
     ``self.blocks`` taking ``(tokens (B, N, C), (h, w))`` and a final ``self.norm`` over C):
     level i is block i's output as a (B, C, h, w) map."""
 
+    blocks: nn.ModuleList
+    norm: nn.Module
+
     def _run_blocks(self, t: torch.Tensor, hw: tuple[int, int], take, stop: int) -> list:
         out: list = [None] * (stop + 1)
         for i, blk in enumerate(self.blocks):
@@ -178,7 +185,7 @@ class TokenBlockLevels:
 
     def _finish(self, f: torch.Tensor) -> torch.Tensor:
         """Last block's map -> the final norm per token, (B, C, h, w)."""
-        return from_tokens(self.norm(to_tokens(f)), tuple(f.shape[2:]))
+        return from_tokens(self.norm(to_tokens(f)), (f.shape[2], f.shape[3]))
 
     def _prune_levels(self, keep: int) -> None:
-        self.blocks = self.blocks[:keep]
+        self.blocks = nn.ModuleList(list(self.blocks)[:keep])

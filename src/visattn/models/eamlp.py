@@ -44,16 +44,30 @@ Not implemented: loading the authors' checkpoints (their key names and the class
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers.base import check_divisible, check_positive_int, from_tokens, to_tokens
-from visattn.models.base import TokenBlockLevels, VisionModel, resolve_mixer
+from visattn.models.base import TokenBlockLevels, VisionModel
+from visattn.models.blocks import (
+    Block,
+    MixerOverride,
+    Mlp,
+    coerce_overrides,
+    config_builder,
+    init_backbone_weights,
+    make_mixer,
+    plan_mixers,
+)
 from visattn.models.features import FeatureInfo
 from visattn.registry import create_attention, register_model
 
-__all__ = ["EAMLP", "T2TStem", "sinusoid_positions"]
+__all__ = ["EAMLP", "EAMLPConfig", "T2TStem", "sinusoid_positions"]
 
 _PAPER = (
     "Guo et al., Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks (arXiv 2105.02358)"
@@ -71,38 +85,6 @@ def sinusoid_positions(n: int, dim: int, offset: int = 1, device=None, dtype=Non
     angle = pos / torch.pow(10000.0, 2 * torch.div(i, 2, rounding_mode="floor") / dim)  # (n, dim)
     table = torch.where(i.remainder(2) == 0, torch.sin(angle), torch.cos(angle))
     return table.to(dtype or torch.get_default_dtype())
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per example with probability p (training only)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
-        return x * keep / (1.0 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU -> Linear on tokens (B, N, C_in) -> (B, N, C_out)."""
-
-    def __init__(self, dim: int, hidden: int, dim_out: int | None = None):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim_out or dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class T2TBlock(nn.Module):
@@ -175,21 +157,63 @@ class T2TStem(nn.Module):
         raise AssertionError("unreachable")
 
 
-class EAMLPBlock(nn.Module):
-    """Pre-norm transformer block on tokens (B, N, C) with a grid mixer: x + mixer(LN x), x + MLP(LN x)."""
+@dataclass(frozen=True)
+class EAMLPConfig:
+    """Declarative description of an :class:`EAMLP`.
 
-    def __init__(self, dim: int, mixer: nn.Module, mlp_ratio: float, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.mixer = mixer
-        self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+    Attributes:
+        embed_dim: token width C.
+        depth: number of blocks.
+        num_heads: the T2T-ViT head count h (the layout's: passed as ``num_heads`` to a swapped-in
+            mechanism that takes one); external attention uses ``4 h`` heads on a x4-widened
+            projection (head width C / h), all sharing one pair of memories.
+        mlp_ratio: MLP hidden width / C.
+        memory_size: memory units S of the blocks' external attention (authors: 64).
+        token_dim: width of the T2T stem's tokens (authors: 64).
+        t2t_memory_size: memory units of the stem's external attention (authors: 128).
+        tie_t2t_memories: tie M_v = M_k in the stem (authors' code behaviour; see module docstring).
+        mixer: registered mechanism of the blocks.
+        mixer_kwargs: its constructor arguments; None: with ``"external"`` the EAMLP form
+            ``{"num_heads": 4 h, "expansion": 4, "memory_size": memory_size}``, else none.
+        mixer_overrides: per-block changes (stage 0; :class:`~visattn.models.blocks.MixerOverride`).
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
+        in_chans: image channels.
+        img_size: input side the model is built for; fills ``max_resolution_arg`` of mechanisms
+            that declare one (the token grid side at img_size) when not given.
+    """
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        y = to_tokens(self.mixer(from_tokens(self.norm1(x), hw)))  # mixer on the (B, C, h, w) grid
-        x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    embed_dim: int = 256
+    depth: int = 7
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    memory_size: int = 64
+    token_dim: int = 64
+    t2t_memory_size: int = 128
+    tie_t2t_memories: bool = False
+    mixer: str = "external"
+    mixer_kwargs: dict[str, Any] | None = None
+    mixer_overrides: tuple[MixerOverride, ...] = ()
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    in_chans: int = 3
+    img_size: int = 224
+
+    def __post_init__(self):
+        object.__setattr__(self, "mixer_overrides", coerce_overrides(self.mixer_overrides))
+        for name in ("embed_dim", "depth", "num_heads", "memory_size", "token_dim", "t2t_memory_size", "in_chans"):
+            check_positive_int(name, getattr(self, name))
+        check_divisible("embed_dim", self.embed_dim, "num_heads", self.num_heads)
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+
+    def block_mixer_kwargs(self) -> dict[str, Any]:
+        """The blocks' mechanism arguments (``mixer_kwargs`` or the EAMLP default)."""
+        if self.mixer_kwargs is not None:
+            return dict(self.mixer_kwargs)
+        if self.mixer == "external":
+            return {"num_heads": 4 * self.num_heads, "expansion": 4, "memory_size": self.memory_size}
+        return {}
 
 
 class EAMLP(TokenBlockLevels, VisionModel):
@@ -197,20 +221,11 @@ class EAMLP(TokenBlockLevels, VisionModel):
 
     Args:
         num_classes: classifier outputs (0: pooled features).
-        embed_dim: token width C.
-        depth: number of blocks.
-        num_heads: the T2T-ViT head count h; external attention uses ``4 h`` heads on a x4-widened
-            projection (head width C / h), all sharing one pair of memories.
-        mlp_ratio: MLP hidden width / C.
-        memory_size: memory units S of the blocks' external attention (authors: 64).
-        token_dim: width of the T2T stem's tokens (authors: 64).
-        t2t_memory_size: memory units of the stem's external attention (authors: 128).
-        tie_t2t_memories: tie M_v = M_k in the stem (authors' code behaviour; see module docstring).
-        attention: registered mechanism for the blocks' mixer (None: ``"external"``).
-        attn_kwargs: constructor arguments for that mechanism (override the defaults above).
-        drop_rate: dropout before the classifier.
-        drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
-        in_chans: image channels.
+        cfg: an :class:`EAMLPConfig`; without one, the keyword ``config_fields`` build it
+            (``EAMLP(10, embed_dim=32, depth=2)``).
+        attention: registered mechanism for every block's mixer (None: the config's); the
+            layout's ``num_heads`` is kept (see :mod:`visattn.models.blocks`).
+        attn_kwargs: constructor arguments for the blocks' mechanisms; override in every block.
 
     Shapes: (B, in_chans, H, W), H, W >= 3 -> logits (B, num_classes);
     ``forward_features``: (B, C, h, w) with (h, w) = :meth:`T2TStem.grid_size` (about H/16, W/16).
@@ -223,61 +238,39 @@ class EAMLP(TokenBlockLevels, VisionModel):
         self,
         num_classes: int = 1000,
         *,
-        embed_dim: int = 256,
-        depth: int = 7,
-        num_heads: int = 4,
-        mlp_ratio: float = 2.0,
-        memory_size: int = 64,
-        token_dim: int = 64,
-        t2t_memory_size: int = 128,
-        tie_t2t_memories: bool = False,
+        cfg: EAMLPConfig | None = None,
         attention: str | None = None,
         attn_kwargs: dict | None = None,
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        in_chans: int = 3,
+        **config_fields,
     ):
         super().__init__()
-        for name, v in (
-            ("embed_dim", embed_dim),
-            ("depth", depth),
-            ("num_heads", num_heads),
-            ("memory_size", memory_size),
-            ("token_dim", token_dim),
-            ("t2t_memory_size", t2t_memory_size),
-            ("in_chans", in_chans),
-        ):
-            check_positive_int(name, v)
+        if cfg is None:
+            cfg = EAMLPConfig(**config_fields)
+        elif config_fields:
+            cfg = dataclasses.replace(cfg, **config_fields)
         if num_classes != 0:
             check_positive_int("num_classes", num_classes)
-        check_divisible("embed_dim", embed_dim, "num_heads", num_heads)
-        if not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
-        self.in_chans, self.embed_dim = in_chans, embed_dim
-        default_kwargs = {"num_heads": 4 * num_heads, "expansion": 4, "memory_size": memory_size}
-        self.mixer_name, self.mixer_kwargs = resolve_mixer("external", default_kwargs, attention, attn_kwargs)
+        self.cfg = cfg
+        self.in_chans, self.embed_dim = cfg.in_chans, cfg.embed_dim
+        c = cfg.embed_dim
 
-        self.stem = T2TStem(in_chans, embed_dim, token_dim, t2t_memory_size, tie_t2t_memories)
-        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear rule
+        self.stem = T2TStem(cfg.in_chans, c, cfg.token_dim, cfg.t2t_memory_size, cfg.tie_t2t_memories)
+        (plan,) = plan_mixers(
+            (cfg.depth,), (cfg.mixer,), (cfg.block_mixer_kwargs(),), cfg.mixer_overrides, attention, attn_kwargs
+        )
+        grid = T2TStem.grid_size(cfg.img_size, cfg.img_size)[0]
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear rule
         self.blocks = nn.ModuleList(
-            EAMLPBlock(embed_dim, create_attention(self.mixer_name, embed_dim, **self.mixer_kwargs), mlp_ratio, r)
-            for r in rates
+            Block(c, make_mixer(name, c, kw, num_heads=cfg.num_heads, size=grid), int(c * cfg.mlp_ratio), drop_path=r)
+            for (name, kw), r in zip(plan, rates)
         )
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(c)
         self.feature_info = FeatureInfo(
-            [{"num_chs": embed_dim, "reduction": 16, "module": f"blocks.{i}"} for i in range(depth)]
+            [{"num_chs": c, "reduction": 16, "module": f"blocks.{i}"} for i in range(cfg.depth)]
         )
-        self._init_head(embed_dim, num_classes, drop_rate)
-        self._init_own_weights()
-
-    def _init_own_weights(self) -> None:
+        self._init_head(c, num_classes, cfg.drop_rate)
         # Authors: truncated normal (std 0.02) for every Linear; mechanisms keep their own init.
-        mixers = {id(m) for b in self.blocks for m in b.mixer.modules()}
-        mixers |= {id(m) for m in self.stem.modules() if getattr(type(m), "registry_name", "")}
-        for m in self.modules():
-            if isinstance(m, nn.Linear) and id(m) not in mixers:
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        init_backbone_weights(self, linear=True)
 
     def _levels(self, x: torch.Tensor, take, stop: int) -> list:
         self._check_image(x, self.in_chans)
@@ -289,7 +282,13 @@ class EAMLP(TokenBlockLevels, VisionModel):
 
 
 def _eamlp(name: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, **published):
-    @register_model(
+    cfg = EAMLPConfig(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
+    build = config_builder(name, EAMLP, cfg)
+    build.__doc__ = (
+        f"EAMLP ({embed_dim} wide, {depth} blocks, {num_heads} x 4 EA heads, MLP ratio {mlp_ratio:g}); "
+        f"see :class:`EAMLP`."
+    )
+    return register_model(
         name,
         family="eamlp",
         default_input=(3, 224, 224),
@@ -304,18 +303,7 @@ def _eamlp(name: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: flo
         },
         published=published,
         paper=_PAPER,
-    )
-    def build(num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **kw) -> EAMLP:
-        cfg = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio}
-        cfg.update(kw)
-        return EAMLP(num_classes, attention=attention, attn_kwargs=attn_kwargs, **cfg)
-
-    build.__name__ = name
-    build.__doc__ = (
-        f"EAMLP ({embed_dim} wide, {depth} blocks, {num_heads} x 4 EA heads, MLP ratio {mlp_ratio:g}); "
-        f"see :class:`EAMLP`."
-    )
-    return build
+    )(build)
 
 
 # Widths / depths / heads / MLP ratios of T2T-ViT-7/14/19 (SPEC.md section 2). The released

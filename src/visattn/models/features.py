@@ -36,9 +36,13 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from visattn.models.base import VisionModel
 
 __all__ = ["FeatureInfo", "FeatureExtractor", "feature_size"]
 
@@ -142,11 +146,12 @@ class FeatureExtractor(nn.Module):
             level asked for (later levels, final norm and classifier are removed).
         out_indices: levels to return (see :meth:`FeatureInfo.resolve`).
         output_fmt: ``"NCHW"`` or ``"NHWC"``.
+        name: the model's name in error messages (default: ``model.name`` if set, else its class).
 
     ``feature_info`` describes the returned maps, in order.
     """
 
-    def __init__(self, model: nn.Module, out_indices=None, output_fmt: str = "NCHW"):
+    def __init__(self, model: nn.Module, out_indices=None, output_fmt: str = "NCHW", name: str | None = None):
         super().__init__()
         info = getattr(model, "feature_info", None)
         if not isinstance(info, FeatureInfo):
@@ -154,10 +159,11 @@ class FeatureExtractor(nn.Module):
                 f"{type(model).__name__} declares no feature levels (feature_info); features_only "
                 "needs a visattn backbone"
             )
-        owner = getattr(model, "name", type(model).__name__)
+        owner = name or getattr(model, "name", None) or type(model).__name__
         take = info.resolve(out_indices, owner=f"{owner} out_indices")
-        model.prune_intermediate_layers(max(take) + 1)
-        self.model = model
+        backbone = cast("VisionModel", model)
+        backbone.prune_intermediate_layers(max(take) + 1)
+        self.model = backbone
         self.out_indices = tuple(take)
         self.output_fmt = output_fmt
         self.feature_info = FeatureInfo([info[i] for i in take])

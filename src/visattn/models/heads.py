@@ -53,12 +53,12 @@ class ExternalAttentionHead(nn.Module):
     @property
     def memory_key(self) -> nn.Parameter:
         """M_k: (S, C)."""
-        return self.attention.memory_key
+        return self.attention.get_parameter("memory_key")
 
     @property
     def memory_value(self) -> nn.Parameter:
         """M_v: (S, C) (the same tensor as M_k when tied)."""
-        return self.attention.memory_value
+        return self.attention.memory_value  # type: ignore[return-value]  # M_k itself when tied
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W)."""

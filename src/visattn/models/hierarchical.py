@@ -14,7 +14,7 @@ Layout. Stem and down-sampling follow one of two published schemes:
   absolute position embeddings per stage (defined at ``pos_embed_size``, resized bilinearly at
   other input sizes).
 
-Each stage is ``depth`` pre-norm blocks ``x + attn(LN(x))``, ``x + MLP(LN(x))`` (MLP: Linear,
+Each stage is ``depth`` pre-norm blocks (:class:`~visattn.models.blocks.Block`) ``x + mixer(LN(x))``, ``x + MLP(LN(x))`` (MLP: Linear,
 GELU, Linear; hidden = mlp_ratio * C) with optional stochastic depth; a final LayerNorm per
 token, then global average pooling and the classifier (:class:`VisionModel`). Sides that do
 not divide by the down-sampling factor are zero-padded (bottom/right), so any input size works.
@@ -40,6 +40,7 @@ absolute position embedding option (off in Swin-T), dropout inside blocks.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +49,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers.base import check_choice, check_positive_int
-from visattn.models.base import VisionModel, resolve_mixer
+from visattn.models.base import VisionModel
+from visattn.models.blocks import (
+    Block,
+    MixerOverride,
+    coerce_overrides,
+    config_builder,
+    init_backbone_weights,
+    make_mixer,
+    plan_mixers,
+)
 from visattn.models.features import FeatureInfo
-from visattn.registry import create_attention, register_model
+from visattn.registry import register_model
 
 __all__ = ["HierarchicalConfig", "HierarchicalTransformer"]
 
@@ -66,11 +76,14 @@ class HierarchicalConfig:
     Attributes:
         embed_dims: channels per stage.
         depths: blocks per stage.
-        num_heads: heads per stage (passed to the stage's mechanism as ``num_heads``).
+        num_heads: heads per stage (the layout's: passed as ``num_heads`` to any stage mechanism
+            that takes one, unless its arguments set it; kept when ``attention=`` swaps it).
         mixers: registered mechanism name per stage.
         mixer_kwargs: extra constructor arguments per stage (besides ``num_heads``); a block
             index may be selected with ``{"per_block": [kw0, kw1, ...]}`` (cycled), as Swin's
             alternating shift needs.
+        mixer_overrides: per-stage / per-block changes of mechanism or arguments
+            (:class:`~visattn.models.blocks.MixerOverride`).
         mlp_ratios: MLP hidden width / C per stage.
         stem: ``"swin"`` (patch embedding + patch merging) or ``"pvt"`` (conv embedding per stage).
         patch_size: first down-sampling factor.
@@ -78,6 +91,8 @@ class HierarchicalConfig:
         pos_embed_size: input side at which the position embeddings are defined.
         drop_path_rate: stochastic depth, linearly increasing over blocks.
         in_chans: image channels.
+        img_size: input side the model is built for; fills ``max_resolution_arg`` of mechanisms
+            that declare one (stage i: ceil(img_size / (patch_size * 2^i))) when not given.
     """
 
     embed_dims: tuple[int, ...]
@@ -92,8 +107,11 @@ class HierarchicalConfig:
     pos_embed_size: int = 224
     drop_path_rate: float = 0.0
     in_chans: int = 3
+    img_size: int = 224
+    mixer_overrides: tuple[MixerOverride, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "mixer_overrides", coerce_overrides(self.mixer_overrides))
         n = len(self.embed_dims)
         for name in ("depths", "num_heads", "mixers", "mlp_ratios", "pos_embed"):
             if len(getattr(self, name)) != n:
@@ -111,51 +129,6 @@ class HierarchicalConfig:
 
     def replace(self, **kw) -> HierarchicalConfig:
         return dataclasses.replace(self, **kw)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the residual branch per sample with probability p (training only)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
-class Mlp(nn.Module):
-    """Linear(C, rC), GELU, Linear(rC, C) on channels-last tokens (..., C)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block on a channels-last map (B, H, W, C)."""
-
-    def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = attn  # any mechanism: (B, C, H, W) -> (B, C, H, W)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.attn(self.norm1(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 def _pad_to(x: torch.Tensor, mult: int) -> torch.Tensor:
@@ -193,7 +166,8 @@ class PatchMerging(nn.Module):
 
 
 class Stage(nn.Module):
-    """Down-sampling (embed), optional position embedding, blocks."""
+    """Down-sampling (embed), optional position embedding, blocks: (B, H, W, C_in) or (B, C_in, H, W)
+    (the first stage / a conv embedding) -> channels-last (B, H', W', C)."""
 
     def __init__(self, embed: nn.Module, blocks: list[Block], pos_embed: nn.Parameter | None):
         super().__init__()
@@ -204,21 +178,15 @@ class Stage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)  # (B, H, W, C)
         if self.pos_embed is not None:
-            pe = self.pos_embed
+            pe: torch.Tensor = self.pos_embed
             if pe.shape[-2:] != x.shape[1:3]:
                 pe = F.interpolate(pe, size=x.shape[1:3], mode="bilinear", align_corners=False)
             x = x + pe.permute(0, 2, 3, 1)
+        b, h, w, c = x.shape
+        t = x.reshape(b, h * w, c)  # tokens in row-major order
         for blk in self.blocks:
-            x = blk(x)
-        return x
-
-
-def _stage_mixer_kwargs(cfg: HierarchicalConfig, i: int, j: int) -> dict[str, Any]:
-    kw = dict(cfg.mixer_kwargs[i]) if cfg.mixer_kwargs else {}
-    per_block = kw.pop("per_block", None)
-    if per_block:
-        kw.update(per_block[j % len(per_block)])
-    return {"num_heads": cfg.num_heads[i], **kw}
+            t = blk(t, (h, w))
+        return t.reshape(b, h, w, c)
 
 
 class HierarchicalTransformer(VisionModel):
@@ -227,9 +195,9 @@ class HierarchicalTransformer(VisionModel):
     Args:
         cfg: the configuration.
         num_classes: classifier outputs (0: pooled features).
-        attention: a registered mechanism that replaces the mixer of *every* stage
-            (None keeps each stage's own).
-        attn_kwargs: constructor arguments for the mechanisms (see :func:`resolve_mixer`).
+        attention: a registered mechanism that replaces the mixer of *every* block (None keeps
+            each block's own); the stage's ``num_heads`` is kept (see :mod:`visattn.models.blocks`).
+        attn_kwargs: constructor arguments for the mechanisms; override in every block.
 
     Shapes: images (B, in_chans, H, W) -> logits (B, num_classes); features
     (B, embed_dims[-1], ceil(H/32), ceil(W/32)) for the 4-stage layouts.
@@ -248,11 +216,14 @@ class HierarchicalTransformer(VisionModel):
     ):
         super().__init__()
         self.cfg = cfg
+        self.in_chans = cfg.in_chans
         dims = cfg.embed_dims
         total = sum(cfg.depths)
         dpr = [cfg.drop_path_rate * i / max(1, total - 1) for i in range(total)]
         stages, k, side = [], 0, cfg.pos_embed_size
-        for i, (dim, depth) in enumerate(zip(dims, cfg.depths)):
+        red = [cfg.patch_size * 2**i for i in range(len(dims))]
+        plan = plan_mixers(cfg.depths, cfg.mixers, cfg.mixer_kwargs, cfg.mixer_overrides, attention, attn_kwargs)
+        for i, dim in enumerate(dims):
             patch = cfg.patch_size if i == 0 else 2
             side = side // patch
             if cfg.stem == "swin":
@@ -261,9 +232,9 @@ class HierarchicalTransformer(VisionModel):
                 embed = ConvEmbed(cfg.in_chans if i == 0 else dims[i - 1], dim, patch)
             pos = nn.Parameter(torch.zeros(1, dim, side, side)) if cfg.pos_embed[i] else None
             blocks = []
-            for j in range(depth):
-                name, kw = resolve_mixer(cfg.mixers[i], _stage_mixer_kwargs(cfg, i, j), attention, attn_kwargs)
-                blocks.append(Block(dim, create_attention(name, dim, **kw), cfg.mlp_ratios[i], dpr[k]))
+            for name, kw in plan[i]:
+                mixer = make_mixer(name, dim, kw, num_heads=cfg.num_heads[i], size=math.ceil(cfg.img_size / red[i]))
+                blocks.append(Block(dim, mixer, int(dim * cfg.mlp_ratios[i]), drop_path=dpr[k]))
                 k += 1
             stages.append(Stage(embed, blocks, pos))
         self.stages = nn.ModuleList(stages)
@@ -278,15 +249,9 @@ class HierarchicalTransformer(VisionModel):
     def _init_weights(self) -> None:
         # As Swin / PVT: truncated normal (0.02) Linear weights with zero bias outside the
         # mechanisms (whose own initialisation is kept), unit LayerNorms, position embeddings.
-        for name, m in self.named_modules():
-            if ".attn" in name:
-                continue
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        for st in self.stages:
-            if st.pos_embed is not None:
+        init_backbone_weights(self, linear=True)
+        for st in self.modules():
+            if isinstance(st, Stage) and st.pos_embed is not None:
                 nn.init.trunc_normal_(st.pos_embed, std=0.02)
 
     def _levels(self, x: torch.Tensor, take, stop: int) -> list:
@@ -308,15 +273,17 @@ class HierarchicalTransformer(VisionModel):
         return self.norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def _prune_levels(self, keep: int) -> None:
-        self.stages = self.stages[:keep]
+        self.stages = nn.ModuleList(list(self.stages)[:keep])
 
 
 # ---------------------------------------------------------------------------
 # Named configs.
 # ---------------------------------------------------------------------------
 
-_SWIN_T = dict(embed_dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), stem="swin")
-_PVT_T = dict(
+_SWIN_T: dict[str, Any] = dict(
+    embed_dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), stem="swin"
+)
+_PVT_T: dict[str, Any] = dict(
     embed_dims=(64, 128, 320, 512),
     depths=(2, 2, 2, 2),
     num_heads=(1, 2, 5, 8),
@@ -352,31 +319,14 @@ CONFIGS: dict[str, HierarchicalConfig] = {
 }
 
 # Small configs the conformance suites build (fast at 32 x 32).
-_TINY = {
+_TINY: dict[str, dict[str, Any]] = {
     "swin": dict(embed_dims=(8, 16, 32, 64), depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4)),
     "pvt": dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), pos_embed_size=32),
 }
 
 
 def _builder(name: str):
-    def build(
-        num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **kw
-    ) -> HierarchicalTransformer:
-        cfg = CONFIGS[name]
-        if kw:
-            unknown = set(kw) - {f.name for f in dataclasses.fields(HierarchicalConfig)}
-            if unknown:
-                raise TypeError(
-                    f"{name}: unknown option(s) {sorted(unknown)}; expected HierarchicalConfig "
-                    f"fields {[f.name for f in dataclasses.fields(HierarchicalConfig)]}"
-                )
-            kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
-            cfg = cfg.replace(**kw)
-        return HierarchicalTransformer(cfg, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs)
-
-    build.__name__ = name
-    build.__doc__ = f"{name}: HierarchicalConfig {CONFIGS[name]}"
-    return build
+    return config_builder(name, HierarchicalTransformer, CONFIGS[name])
 
 
 register_model(

@@ -124,6 +124,9 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
         loaded = load_file(path)
     except Exception as e:  # safetensors raises its own error types for a foreign or damaged file
         raise ValueError(f"cannot read {path!r} as a safetensors weights file: {e}") from e
+    from visattn.models.blocks import remap_legacy_keys  # keys of older block layouts (issue 11)
+
+    loaded = remap_legacy_keys(model, loaded)
     expected = model.state_dict()
     aliases = json.loads(meta.get(_ALIASES, "{}"))
     # ``safetensors.torch.save_model`` (used by visattn.train checkpoints) records each dropped

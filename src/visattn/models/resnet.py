@@ -35,11 +35,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from visattn.layers.base import SpatialAttention, check_positive_int
-from visattn.models.base import VisionModel, resolve_mixer
+from visattn.layers.base import check_positive_int
+from visattn.models.base import VisionModel
+from visattn.models.blocks import (
+    MixerOverride,
+    coerce_overrides,
+    config_builder,
+    init_backbone_weights,
+    make_mixer,
+    plan_mixers,
+)
 from visattn.models.features import FeatureInfo
 from visattn.models.pos_embed import ConvPosEmbed
-from visattn.registry import attention_info, create_attention, register_model
+from visattn.registry import register_model
 
 __all__ = ["ResNetConfig", "ResNet", "Bottleneck", "LAMBDA_DEFAULTS"]
 
@@ -77,6 +85,9 @@ class ResNetConfig:
         mixer_stages: indices (0-based) of the stages whose blocks use ``mixer``; ``None``: all.
         img_size: input side the model is built for; fills ``max_size``-style arguments of
             mechanisms that declare one (``AttentionInfo.max_resolution_arg``) when not given.
+        mixer_overrides: per-stage / per-block mechanisms or arguments
+            (:class:`~visattn.models.blocks.MixerOverride`); a stage override puts a mechanism in
+            that stage's slots whether or not it is in ``mixer_stages``.
         pos_embed: put a depthwise-conv position encoding (:class:`~visattn.models.pos_embed.ConvPosEmbed`,
             CPVT / PVTv2) before every mechanism in the slot; gives content-only mechanisms position.
     """
@@ -94,8 +105,10 @@ class ResNetConfig:
     mixer_stages: tuple[int, ...] | None = None
     img_size: int = 224
     pos_embed: bool = False
+    mixer_overrides: tuple[MixerOverride, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "mixer_overrides", coerce_overrides(self.mixer_overrides))
         if len(self.depths) != len(self.widths):
             raise ValueError(
                 f"depths and widths need one entry per stage, got {len(self.depths)} depths "
@@ -146,7 +159,8 @@ class Bottleneck(nn.Module):
 
     Shapes: (B, C_in, H, W) -> (B, width * expansion, H / stride, W / stride) (rounded up).
     A mechanism in a strided block runs at stride 1 and is followed by AvgPool2d(3, 2, 1);
-    ``dilation`` applies to the 3x3 convolution only.
+    ``dilation`` applies to the 3x3 convolution only; ``size`` (the side of the slot's map at the
+    model's ``img_size``) fills the mechanism's ``max_resolution_arg`` (:func:`~visattn.models.blocks.make_mixer`).
     """
 
     def __init__(
@@ -159,14 +173,16 @@ class Bottleneck(nn.Module):
         mixer_kwargs: dict | None = None,
         dilation: int = 1,
         pos_embed: bool = False,
+        size: int | None = None,
     ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
+        self.conv2: nn.Module
         if mixer is None:
             self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         else:
-            attn = create_attention(mixer, width, width, **(mixer_kwargs or {}))
+            attn = make_mixer(mixer, width, mixer_kwargs or {}, size=size, dim_out=width)
             if pos_embed:
                 attn = nn.Sequential(ConvPosEmbed(width), attn)
             self.conv2 = attn if stride == 1 else nn.Sequential(attn, nn.AvgPool2d(3, stride, 1))
@@ -174,7 +190,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.act = nn.ReLU(inplace=True)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
@@ -205,8 +221,21 @@ class ResNet(VisionModel):
     of an (H, W) input is (ceil(H / r_i), ceil(W / r_i)).
     """
 
-    def __init__(self, cfg: ResNetConfig, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0):
+    def __init__(
+        self,
+        cfg: ResNetConfig,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        attention: str | None = None,
+        attn_kwargs: dict | None = None,
+    ):
         super().__init__()
+        has_mechanism = cfg.mixer is not None or any(o.mixer is not None for o in cfg.mixer_overrides)
+        if attn_kwargs and attention is None and not has_mechanism:
+            raise ValueError(
+                "attn_kwargs were given but this model has no mechanism in its 3x3 slot; pass attention=NAME as well"
+            )
         self.cfg = cfg
         self.in_chans = in_chans
         w = cfg.stem_width
@@ -240,7 +269,17 @@ class ResNet(VisionModel):
         reduction = reduction if cfg.small_stem else 2 * reduction
         stages = []
         in_ch = w
-        mixer_stages = range(len(cfg.depths)) if cfg.mixer_stages is None else cfg.mixer_stages
+        n = len(cfg.depths)
+        slots = [cfg.mixer_stages is None or i in cfg.mixer_stages for i in range(n)]
+        mixers = plan_mixers(
+            cfg.depths,
+            [cfg.mixer if slot else None for slot in slots],
+            [cfg.mixer_kwargs] * n,
+            cfg.mixer_overrides,
+            attention,
+            attn_kwargs,
+            swappable=slots,
+        )
         plan = cfg.stage_strides_and_dilations()
         for i, (depth, width) in enumerate(zip(cfg.depths, cfg.widths)):
             blocks = []
@@ -248,7 +287,7 @@ class ResNet(VisionModel):
             stage_stride, first_dil, dil = plan[i]
             for j in range(depth):
                 stride = stage_stride if j == 0 else 1
-                mixer = cfg.mixer if (cfg.mixer is not None and i in mixer_stages) else None
+                mixer, mixer_kwargs = mixers[i][j]
                 blocks.append(
                     Bottleneck(
                         in_ch,
@@ -256,9 +295,10 @@ class ResNet(VisionModel):
                         out_ch,
                         stride,
                         mixer,
-                        self._mixer_kwargs(mixer, size),
+                        mixer_kwargs,
                         dilation=first_dil if j == 0 else dil,
                         pos_embed=cfg.pos_embed,
+                        size=size,
                     )
                 )
                 in_ch = out_ch
@@ -271,21 +311,9 @@ class ResNet(VisionModel):
         self._init_head(in_ch, num_classes, drop_rate)
         self._init_weights()
 
-    def _mixer_kwargs(self, mixer: str | None, size: int) -> dict:
-        if mixer is None:
-            return {}
-        kw = dict(self.cfg.mixer_kwargs)
-        arg = attention_info(mixer).max_resolution_arg
-        if arg is not None and arg not in kw:
-            kw[arg] = size
-        return kw
-
     def _init_weights(self) -> None:
         # He init for the network's own convolutions; mechanisms keep their reset_parameters().
-        inside = {id(c) for mod in self.modules() if isinstance(mod, SpatialAttention) for c in mod.modules()}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and id(m) not in inside:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_backbone_weights(self, conv=True)
 
     def _levels(self, x: torch.Tensor, take, stop: int) -> list:
         # Level 0: the stem's last ReLU (before the max-pool); level i + 1: stage i.
@@ -308,7 +336,7 @@ class ResNet(VisionModel):
         return out
 
     def _prune_levels(self, keep: int) -> None:
-        self.stages = self.stages[: keep - 1]
+        self.stages = nn.Sequential(*list(self.stages)[: keep - 1])
 
 
 # ---------------------------------------------------------------------------
@@ -318,27 +346,17 @@ class ResNet(VisionModel):
 _DEPTHS = {26: (2, 2, 2, 2), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
-def _build(cfg: ResNetConfig, num_classes: int, attention: str | None, attn_kwargs: dict | None, **kw) -> ResNet:
-    """Swap the mechanism (``attention``) and config fields given in ``kw``, then build."""
-    model_kw = {k: kw.pop(k) for k in ("in_chans", "drop_rate") if k in kw}
-    fields = {f.name for f in dataclasses.fields(ResNetConfig)}
-    unknown = sorted(set(kw) - fields)
-    if unknown:
-        raise TypeError(
-            f"unknown ResNet option(s) {unknown}; expected config fields {sorted(fields)} or in_chans, drop_rate"
-        )
-    for key in ("depths", "widths", "mixer_stages"):
-        if kw.get(key) is not None:
-            kw[key] = tuple(kw[key])
-    if attention is not None or attn_kwargs:
-        if cfg.mixer is None and attention is None:
-            raise ValueError(
-                "attn_kwargs were given but this model has no mechanism in its 3x3 slot; pass attention=NAME as well"
-            )
-        name, mkw = resolve_mixer(cfg.mixer, cfg.mixer_kwargs, attention, attn_kwargs)
-        cfg = dataclasses.replace(cfg, mixer=name, mixer_kwargs=mkw)
-    cfg = dataclasses.replace(cfg, **kw)
-    return ResNet(cfg, num_classes=num_classes, **model_kw)
+def _build(
+    cfg: ResNetConfig,
+    num_classes: int,
+    attention: str | None,
+    attn_kwargs: dict | None,
+    model_name: str = "ResNet",
+    **kw,
+) -> ResNet:
+    """Config fields and ``in_chans`` / ``drop_rate`` from ``kw``, then the model with ``attention`` swapped in."""
+    build = config_builder(model_name, ResNet, cfg, extra=("in_chans", "drop_rate"))
+    return build(num_classes, attention, attn_kwargs, **kw)
 
 
 _TEST_KW = {"depths": (1, 1, 1, 1), "widths": (8, 16, 16, 16), "stem_width": 8, "small_stem": True, "img_size": 32}
@@ -359,7 +377,7 @@ def _register_pair(depth: int, published_conv: dict, published_lambda: dict) -> 
     def conv_builder(
         num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **kw
     ) -> ResNet:
-        return _build(base, num_classes, attention, attn_kwargs, **kw)
+        return _build(base, num_classes, attention, attn_kwargs, f"resnet{depth}", **kw)
 
     lam = dataclasses.replace(base, mixer="lambda", mixer_kwargs=dict(LAMBDA_DEFAULTS))
 
@@ -375,7 +393,7 @@ def _register_pair(depth: int, published_conv: dict, published_lambda: dict) -> 
     def lambda_builder(
         num_classes: int = 1000, attention: str | None = None, attn_kwargs: dict | None = None, **kw
     ) -> ResNet:
-        return _build(lam, num_classes, attention, attn_kwargs, **kw)
+        return _build(lam, num_classes, attention, attn_kwargs, f"lambda_resnet{depth}", **kw)
 
     conv_builder.__name__, lambda_builder.__name__ = f"resnet{depth}", f"lambda_resnet{depth}"
     conv_builder.__doc__ = (
@@ -402,4 +420,4 @@ def resnet_tiny(num_classes: int = 1000, attention: str | None = None, attn_kwar
     """Small bottleneck ResNet for 32 x 32 images: 3x3 stem (32 channels), one block per stage,
     slot widths 16-32-64-128, outputs 32-64-128-256, feature map 4 x 4 at 32 x 32 input.
     ``attention=NAME`` puts any registered mechanism in every slot."""
-    return _build(_TINY, num_classes, attention, attn_kwargs, **kw)
+    return _build(_TINY, num_classes, attention, attn_kwargs, "resnet_tiny", **kw)

@@ -32,6 +32,7 @@ so ``attention=NAME`` swaps the mechanism of the backbone exactly as in classifi
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,8 @@ from torch import nn
 
 from visattn.layers.base import check_positive_int
 from visattn.models.base import check_images
-from visattn.models.features import FeatureExtractor
+from visattn.models.blocks import find_mixers
+from visattn.models.features import FeatureExtractor, FeatureInfo
 from visattn.models.heads import ExternalAttentionHead
 from visattn.models.resnet import _DEPTHS, ResNetConfig, _build
 from visattn.registry import create_model, model_entry, register_model
@@ -69,7 +71,7 @@ class SegmentationModel(nn.Module):
         self.backbone = backbone
         self.decode_head = decode_head
         self.num_classes = num_classes
-        self.in_chans = getattr(backbone.model, "in_chans", None) or backbone.model.cfg.in_chans
+        self.in_chans = backbone.model.in_chans
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_chans, H, W) -> logits (B, num_classes, H, W)."""
@@ -77,13 +79,21 @@ class SegmentationModel(nn.Module):
         logits = self.decode_head(self.backbone(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
+    def named_mixers(self) -> list[tuple[str, nn.Module]]:
+        """The spatial mixers of backbone and head, as (dotted name, module) (the rule of
+        :meth:`visattn.models.VisionModel.named_mixers`)."""
+        return find_mixers(self)
+
+    def mixers(self) -> list[nn.Module]:
+        return [m for _, m in self.named_mixers()]
+
     def get_classifier(self) -> nn.Conv2d:
-        return self.decode_head.classifier
+        return self.decode_head.get_submodule("classifier")  # type: ignore[return-value]
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new 1x1 classifier for ``num_classes`` (fine-tuning on another label set)."""
         check_positive_int("num_classes", num_classes)
-        old = self.decode_head.classifier
+        old = self.get_classifier()
         self.decode_head.classifier = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device)
         self.num_classes = num_classes
 
@@ -265,8 +275,7 @@ class SemanticFPN(SegmentationModel):
 def _eanet_backbone(depth: int, attention, attn_kwargs, **kw) -> FeatureExtractor:
     cfg = ResNetConfig(depths=_DEPTHS[depth], stem_width=128, deep_stem=True, output_stride=8, img_size=512)
     model = _build(cfg, 0, attention, attn_kwargs, **kw)
-    model.name = f"resnet{depth} (dilated)"
-    return FeatureExtractor(model, out_indices=(-1,))
+    return FeatureExtractor(model, out_indices=(-1,), name=f"resnet{depth} (dilated)")
 
 
 _HEAD_KEYS = ("channels", "mid_channels", "memory_size", "tie_memories", "dropout")
@@ -335,9 +344,11 @@ def build_semantic_fpn(
             f"backbone_kwargs or {list(_FPN_KEYS)}"
         )
     model = create_model(backbone, attention=attention, attn_kwargs=attn_kwargs, **(backbone_kwargs or {}))
-    model.name = backbone
-    indices = backbone_indices if backbone_indices is not None else min(4, len(model.feature_info))
-    return SemanticFPN(FeatureExtractor(model, indices), num_classes, **head_kw)
+    info = model.feature_info
+    if not isinstance(info, FeatureInfo):
+        raise TypeError(f"backbone {backbone!r} declares no feature levels (feature_info)")
+    indices = backbone_indices if backbone_indices is not None else min(4, len(info))
+    return SemanticFPN(FeatureExtractor(model, indices, name=backbone), num_classes, **head_kw)
 
 
 _FPN_TEST = {"fpn_channels": 16, "channels": 8, "norm_groups": 4}
@@ -402,7 +413,7 @@ def fpn_resnet_tiny(
 ) -> SemanticFPN:
     """Semantic FPN on ``resnet_tiny`` with a stride-2 stem (levels at reductions 2, 4, 8, 16),
     FPN 32 channels, heads 32 channels, 8 norm groups; 11 classes (digits + background)."""
-    cfg = {"fpn_channels": 32, "channels": 32, "norm_groups": 8}
+    cfg: dict[str, Any] = {"fpn_channels": 32, "channels": 32, "norm_groups": 8}
     cfg.update(kw)
     cfg["backbone_kwargs"] = {**_TINY_BACKBONE, **(cfg.get("backbone_kwargs") or {})}
     return build_semantic_fpn("resnet_tiny", num_classes, attention, attn_kwargs, **cfg)

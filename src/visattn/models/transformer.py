@@ -34,21 +34,30 @@ unused reconstruction heads and mask token are not built; blocks are pre-norm by
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from visattn.layers.base import check_positive_int, from_tokens, to_tokens
-from visattn.models.base import TokenBlockLevels, VisionModel, resolve_mixer
+from visattn.layers.base import check_positive_int, to_tokens
+from visattn.models.base import TokenBlockLevels, VisionModel
+from visattn.models.blocks import (
+    Block,
+    MixerOverride,
+    coerce_overrides,
+    config_from_kwargs,
+    make_mixer,
+    plan_mixers,
+)
 from visattn.models.features import FeatureInfo
-from visattn.registry import create_attention, register_model
+from visattn.registry import register_model
 
 __all__ = [
     "TransformerConfig",
     "TokenTransformer",
-    "TransformerBlock",
+    "build_transformer",
     "SAN_PAPER",
     "san_quadratic",
     "san_learned",
@@ -76,6 +85,12 @@ class TransformerConfig:
         head_drop_rate: dropout before the classifier.
         norm_first: pre-norm (default) or post-norm blocks.
         norm_eps: LayerNorm epsilon.
+        num_heads: the layout's head count, passed as ``num_heads`` to a mechanism that takes
+            one unless its arguments set it (None: none; the SAN models set heads in
+            ``mixer_kwargs``, as their 9 heads of width 400 are relpos's own layout).
+        img_size: input side the model is built for; fills ``max_resolution_arg`` of mechanisms
+            that declare one (img_size / patch_size) when not given.
+        mixer_overrides: per-block changes (stage 0; :class:`~visattn.models.blocks.MixerOverride`).
     """
 
     patch_size: int = 2
@@ -90,41 +105,15 @@ class TransformerConfig:
     head_drop_rate: float = 0.0
     norm_first: bool = True
     norm_eps: float = 1e-6
+    num_heads: int | None = None
+    img_size: int = 32
+    mixer_overrides: tuple[MixerOverride, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "mixer_overrides", coerce_overrides(self.mixer_overrides))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class TransformerBlock(nn.Module):
-    """One block on tokens (B, N, C) with grid size hw: mixer sub-layer then MLP sub-layer.
-
-    ``self.mixer`` is the registered mechanism (visualisation and the CLI find it there).
-    """
-
-    def __init__(self, cfg: TransformerConfig):
-        super().__init__()
-        c = cfg.embed_dim
-        self.norm_first = cfg.norm_first
-        self.norm1 = nn.LayerNorm(c, eps=cfg.norm_eps)
-        self.mixer = create_attention(cfg.mixer, c, **cfg.mixer_kwargs)
-        self.mixer_proj = nn.Linear(c, c) if cfg.mixer_proj else nn.Identity()
-        self.drop1 = nn.Dropout(cfg.drop_rate)
-        self.norm2 = nn.LayerNorm(c, eps=cfg.norm_eps)
-        self.mlp = nn.Sequential(
-            nn.Linear(c, cfg.mlp_dim), nn.GELU(), nn.Dropout(cfg.drop_rate), nn.Linear(cfg.mlp_dim, c)
-        )
-        self.drop2 = nn.Dropout(cfg.drop_rate)
-
-    def _mix(self, t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        return self.drop1(self.mixer_proj(to_tokens(self.mixer(from_tokens(t, hw)))))
-
-    def forward(self, t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """t: (B, N, C), N = hw[0] * hw[1] -> (B, N, C)."""
-        if self.norm_first:
-            t = t + self._mix(self.norm1(t), hw)
-            return t + self.drop2(self.mlp(self.norm2(t)))
-        t = self.norm1(t + self._mix(t, hw))
-        return self.norm2(t + self.drop2(self.mlp(t)))
 
 
 class TokenTransformer(TokenBlockLevels, VisionModel):
@@ -137,7 +126,13 @@ class TokenTransformer(TokenBlockLevels, VisionModel):
     output of block i, (B, embed_dim, H/p, W/p), all at reduction p (as timm does for ViTs).
     """
 
-    def __init__(self, cfg: TransformerConfig, num_classes: int = 10):
+    def __init__(
+        self,
+        cfg: TransformerConfig,
+        num_classes: int = 10,
+        attention: str | None = None,
+        attn_kwargs: dict | None = None,
+    ):
         super().__init__()
         if not isinstance(cfg, TransformerConfig):
             raise TypeError(f"cfg must be a TransformerConfig, got {type(cfg).__name__}")
@@ -146,10 +141,27 @@ class TokenTransformer(TokenBlockLevels, VisionModel):
         if num_classes != 0:
             check_positive_int("num_classes", num_classes)
         self.cfg = cfg
+        self.in_chans = cfg.in_chans
         p = cfg.patch_size
         self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.embed_dim, p, stride=p)  # p x p x C_in values -> C
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.depth)])
+        (plan,) = plan_mixers(
+            (cfg.depth,), (cfg.mixer,), (cfg.mixer_kwargs,), cfg.mixer_overrides, attention, attn_kwargs
+        )
+        c, grid = cfg.embed_dim, cfg.img_size // p
+        norm = functools.partial(nn.LayerNorm, eps=cfg.norm_eps)
+        self.blocks = nn.ModuleList(
+            Block(
+                c,
+                make_mixer(name, c, kw, num_heads=cfg.num_heads, size=grid),
+                cfg.mlp_dim,
+                drop=cfg.drop_rate,
+                mixer_proj=cfg.mixer_proj,
+                norm_first=cfg.norm_first,
+                norm_layer=norm,
+            )
+            for name, kw in plan
+        )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
         self.feature_info = FeatureInfo(
             [{"num_chs": cfg.embed_dim, "reduction": p, "module": f"blocks.{i}"} for i in range(cfg.depth)]
@@ -169,29 +181,20 @@ class TokenTransformer(TokenBlockLevels, VisionModel):
         t = self.pos_drop(to_tokens(f))  # (B, N, C)
         return self._run_blocks(t, hw, take, stop)
 
-    def mixers(self) -> list[nn.Module]:
-        """The spatial mixer of every block, in order."""
-        return [b.mixer for b in self.blocks]
-
 
 def build_transformer(
     cfg: TransformerConfig,
     num_classes: int = 10,
     attention: str | None = None,
     attn_kwargs: dict | None = None,
+    model_name: str = "TokenTransformer",
     **overrides,
 ) -> TokenTransformer:
     """A :class:`TokenTransformer` from ``cfg``, with the mixer swapped for ``attention`` and
-    any config field overridden by keyword (e.g. ``depth=2``)."""
-    unknown = set(overrides) - set(TransformerConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(
-            f"unknown TransformerConfig fields {sorted(unknown)}; expected some of "
-            f"{sorted(TransformerConfig.__dataclass_fields__)}"
-        )
-    cfg = replace(cfg, **overrides)
-    name, kw = resolve_mixer(cfg.mixer, cfg.mixer_kwargs, attention, attn_kwargs)
-    return TokenTransformer(replace(cfg, mixer=name, mixer_kwargs=kw), num_classes)
+    any config field overridden by keyword (e.g. ``depth=2``); ``model_name`` names the model in
+    the unknown-option error."""
+    cfg, _ = config_from_kwargs(model_name, cfg, overrides)
+    return TokenTransformer(cfg, num_classes, attention, attn_kwargs)
 
 
 _SAN = TransformerConfig(
@@ -219,8 +222,9 @@ _SAN_LEARNED = {
 _SAN_TEST = {"depth": 2}
 
 
-def _san(mixer_kwargs: dict, num_classes, attention, attn_kwargs, **kw) -> TokenTransformer:
-    return build_transformer(replace(_SAN, mixer_kwargs=mixer_kwargs), num_classes, attention, attn_kwargs, **kw)
+def _san(name: str, mixer_kwargs: dict, num_classes, attention, attn_kwargs, **kw) -> TokenTransformer:
+    cfg = replace(_SAN, mixer_kwargs=mixer_kwargs)
+    return build_transformer(cfg, num_classes, attention, attn_kwargs, model_name=name, **kw)
 
 
 @register_model(
@@ -236,7 +240,7 @@ def san_quadratic(
     num_classes: int = 10, attention: str | None = None, attn_kwargs: dict | None = None, **kw
 ) -> TokenTransformer:
     """SA with quadratic relative encoding: 6 x 9 heads, hidden 400, MLP 512 (CIFAR-10, 12.1M)."""
-    return _san(_SAN_QUADRATIC, num_classes, attention, attn_kwargs, **kw)
+    return _san("san_quadratic", _SAN_QUADRATIC, num_classes, attention, attn_kwargs, **kw)
 
 
 @register_model(
@@ -252,7 +256,7 @@ def san_learned(
     num_classes: int = 10, attention: str | None = None, attn_kwargs: dict | None = None, **kw
 ) -> TokenTransformer:
     """SA with learned relative row/column embeddings, position only (CIFAR-10, 12.3M)."""
-    return _san(_SAN_LEARNED, num_classes, attention, attn_kwargs, **kw)
+    return _san("san_learned", _SAN_LEARNED, num_classes, attention, attn_kwargs, **kw)
 
 
 @register_model(
@@ -268,4 +272,4 @@ def san_learned_content(
     num_classes: int = 10, attention: str | None = None, attn_kwargs: dict | None = None, **kw
 ) -> TokenTransformer:
     """SA with learned relative embeddings and the content (query-key) term (CIFAR-10, 29.5M)."""
-    return _san({**_SAN_LEARNED, "content": True}, num_classes, attention, attn_kwargs, **kw)
+    return _san("san_learned_content", {**_SAN_LEARNED, "content": True}, num_classes, attention, attn_kwargs, **kw)
