@@ -143,8 +143,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         choices=("classify", "segment"),
         help="segment: semantic segmentation (data digitscenes | segfolder:PATH; docs/segmentation.md)",
     )
-    from visattn.train.segment import add_segment_arguments
-
     add_segment_arguments(p)
 
 
@@ -195,9 +193,7 @@ def config_from_args(args):
 
 def run(args) -> int:
     if args.task == "segment":
-        from visattn.train.segment import run_from_args
-
-        return run_from_args(args)
+        return run_segment(args)
     from visattn.train import train
 
     res = train(config_from_args(args))
@@ -221,3 +217,72 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+# ---------------------------------------------------------------------------
+# --task segment
+# ---------------------------------------------------------------------------
+
+
+class _ClassifyDefault(str):
+    """A classification default of ``visattn train`` (``--model``, ``--data``) that was not given
+    on the command line: ``--task segment`` replaces it; a value the user typed is kept (and
+    refused with a clear error if it cannot segment)."""
+
+
+def add_segment_arguments(p: argparse.ArgumentParser) -> None:
+    """The options ``visattn train`` gains for ``--task segment``."""
+    from visattn.data.segmentation import IGNORE_INDEX
+
+    for dest in ("model", "data"):
+        default = p.get_default(dest)
+        if isinstance(default, str) and not isinstance(default, _ClassifyDefault):
+            p.set_defaults(**{dest: _ClassifyDefault(default)})
+    g = p.add_argument_group("segmentation (--task segment)")
+    g.add_argument(
+        "--ignore-index",
+        type=int,
+        default=IGNORE_INDEX,
+        help="mask value of unlabelled pixels, left out of loss and metrics (default: %(default)s)",
+    )
+    g.add_argument(
+        "--scale-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="random scale of the crop augmentation (default: digitscenes 0.75 1.33, segfolder 0.5 2)",
+    )
+
+
+def seg_config_from_args(args):
+    """A :class:`SegTrainConfig` from ``visattn train`` arguments. The classification defaults
+    ``--model resnet_tiny`` and ``--data digits`` (which cannot segment) become
+    :data:`SEG_DEFAULT_MODEL` and ``digitscenes`` when they were not given; typed on the
+    command line they are kept (and refused: they cannot segment)."""
+    from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL, SegTrainConfig
+
+    base = config_from_args(args).as_dict()
+    if isinstance(args.model, _ClassifyDefault):
+        base["model"] = SEG_DEFAULT_MODEL
+    if isinstance(args.data, _ClassifyDefault):
+        base["data"] = SEG_DEFAULT_DATA
+    return SegTrainConfig(
+        **base, ignore_index=args.ignore_index, scale_range=tuple(args.scale_range) if args.scale_range else None
+    )
+
+
+def run_segment(args) -> int:
+    """``visattn train --task segment``: train and print the final mIoU."""
+    import os
+
+    from visattn.train.segment import train_segment
+
+    res = train_segment(seg_config_from_args(args))
+    if res.final and res.output is not None and os.environ.get("RANK", "0") == "0":
+        f = res.final
+        print(
+            f"test mIoU {100 * f['test_miou']:.2f}% (pixel accuracy {100 * f['test_pixel_acc']:.2f}%) "
+            f"after {res.final['epoch']} epochs; weights, metrics and curves in {res.output}"
+        )
+    return 0

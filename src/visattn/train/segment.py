@@ -18,7 +18,6 @@ IoU, null for a class absent from both).
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,8 +43,6 @@ __all__ = [
     "segmentation_metrics",
     "SEG_DEFAULT_MODEL",
     "SEG_DEFAULT_DATA",
-    "add_segment_arguments",
-    "seg_config_from_args",
 ]
 
 #: The small segmentation model that trains on digit scenes on a CPU in minutes.
@@ -269,68 +266,3 @@ def train_segment(
 ) -> TrainResult:
     """Run one segmentation job (see :class:`SegTrainer`). ``data`` skips loading ``cfg.data``."""
     return SegTrainer(cfg, data, callbacks, bar_position).run()
-
-
-# ---------------------------------------------------------------------------
-# Command line (``visattn train --task segment``)
-# ---------------------------------------------------------------------------
-
-
-class _ClassifyDefault(str):
-    """A classification default of ``visattn train`` (``--model``, ``--data``) that was not given
-    on the command line: ``--task segment`` replaces it; a value the user typed is kept (and
-    refused with a clear error if it cannot segment)."""
-
-
-def add_segment_arguments(p: argparse.ArgumentParser) -> None:
-    """The options ``visattn train`` gains for ``--task segment``."""
-    for dest in ("model", "data"):
-        default = p.get_default(dest)
-        if isinstance(default, str) and not isinstance(default, _ClassifyDefault):
-            p.set_defaults(**{dest: _ClassifyDefault(default)})
-    g = p.add_argument_group("segmentation (--task segment)")
-    g.add_argument(
-        "--ignore-index",
-        type=int,
-        default=IGNORE_INDEX,
-        help="mask value of unlabelled pixels, left out of loss and metrics (default: %(default)s)",
-    )
-    g.add_argument(
-        "--scale-range",
-        type=float,
-        nargs=2,
-        default=None,
-        metavar=("MIN", "MAX"),
-        help="random scale of the crop augmentation (default: digitscenes 0.75 1.33, segfolder 0.5 2)",
-    )
-
-
-def seg_config_from_args(args) -> SegTrainConfig:
-    """A :class:`SegTrainConfig` from ``visattn train`` arguments. The classification defaults
-    ``--model resnet_tiny`` and ``--data digits`` (which cannot segment) become
-    :data:`SEG_DEFAULT_MODEL` and ``digitscenes`` when they were not given; typed on the
-    command line they are kept (and refused: they cannot segment)."""
-    from visattn.commands.train_cmd import config_from_args
-
-    base = config_from_args(args).as_dict()
-    if isinstance(args.model, _ClassifyDefault):
-        base["model"] = SEG_DEFAULT_MODEL
-    if isinstance(args.data, _ClassifyDefault):
-        base["data"] = SEG_DEFAULT_DATA
-    return SegTrainConfig(
-        **base, ignore_index=args.ignore_index, scale_range=tuple(args.scale_range) if args.scale_range else None
-    )
-
-
-def run_from_args(args) -> int:
-    """``visattn train --task segment``: train and print the final mIoU."""
-    import os
-
-    res = train_segment(seg_config_from_args(args))
-    if res.final and res.output is not None and os.environ.get("RANK", "0") == "0":
-        f = res.final
-        print(
-            f"test mIoU {100 * f['test_miou']:.2f}% (pixel accuracy {100 * f['test_pixel_acc']:.2f}%) "
-            f"after {res.final['epoch']} epochs; weights, metrics and curves in {res.output}"
-        )
-    return 0
