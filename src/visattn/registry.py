@@ -58,6 +58,9 @@ class AttentionInfo:
             (True: a (2r+1)-wide window around each position; False: fixed tiles such as
             Swin's windows); None for global mechanisms.
         test_kwargs: small constructor arguments the conformance suite uses.
+        test_variants: further small constructor arguments (each merged over ``test_kwargs``)
+            that the implementation sweep also runs: configurations that reach the
+            implementations ``test_kwargs`` cannot (``supported_impls`` of a module).
         bench_kwargs: arguments the benchmark uses at C=64 (the default comparison).
         bench_variants: extra named benchmark cases: label -> constructor kwargs.
     """
@@ -76,6 +79,7 @@ class AttentionInfo:
     impls: tuple[str, ...] = ("reference",)
     window_centred: bool | None = None
     test_kwargs: dict[str, Any] = field(default_factory=dict)
+    test_variants: tuple[dict[str, Any], ...] = ()
     bench_kwargs: dict[str, Any] = field(default_factory=dict)
     bench_variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -139,10 +143,22 @@ def attention_class(name: str) -> type:
 
 
 def create_attention(name: str, dim: int, dim_out: int | None = None, **kwargs) -> nn.Module:
-    """Create mechanism ``name`` mapping (B, dim, H, W) -> (B, dim_out or dim, H, W)."""
+    """Create mechanism ``name`` mapping (B, dim, H, W) -> (B, dim_out or dim, H, W).
+
+    A constructor argument that was renamed (the class's ``renamed_args``) raises a
+    ``TypeError`` that names the new argument.
+    """
     if not isinstance(name, str):
         raise TypeError(f"attention name must be a str, got {type(name).__name__}")
-    return attention_class(name)(dim, dim_out, **kwargs)
+    cls = attention_class(name)
+    renamed = getattr(cls, "renamed_args", {})
+    for old in kwargs:
+        if old in renamed:
+            raise TypeError(
+                f"attention {name!r}: argument {old!r} was renamed to {renamed[old]!r}; "
+                f"pass {renamed[old]}=... instead (see docs/contract.md)"
+            )
+    return cls(dim, dim_out, **kwargs)
 
 
 # ---------------------------------------------------------------------------
