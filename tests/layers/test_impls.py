@@ -8,7 +8,9 @@ For random shapes (hypothesis: batch 1-2, H, W 1-9, channels from a few choices)
 implementation the module supports, in every dtype the mechanism declares, in train and in
 eval mode, with gradients off (the inference path) and on (input and parameter gradients
 compared too), is compared with the float64 reference on the same weights. Tolerances are
-relative L2 errors per dtype (``TOL``): float64 rounding only, float32 rounding, bfloat16's
+relative L2 errors per dtype (``TOL``); a gradient is measured against the larger of its
+own norm and a tenth of the largest reference gradient's norm, since gradients that vanish
+in exact arithmetic (a key bias under a softmax over positions) keep only rounding noise: float64 rounding only, float32 rounding, bfloat16's
 8-bit mantissa.
 """
 
@@ -33,9 +35,11 @@ def configs(name: str) -> list[dict]:
     return [dict(info.test_kwargs)] + [{**info.test_kwargs, **v} for v in info.test_variants]
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+def rel_err(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-2) -> float:
+    """||a - b|| / max(||b||, floor): relative, and relative to ``floor`` for tensors whose exact
+    value is near zero (e.g. the gradient of a key bias, which cancels in a softmax over positions)."""
     a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+    return ((a - b).norm() / b.norm().clamp_min(floor)).item()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -66,7 +70,7 @@ def _run(m, x, grad_out, grad: bool):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=6, deadline=None, derandomize=True)
+@settings(max_examples=4, deadline=None, derandomize=True)
 @given(data=st.data())
 def test_impls_match_the_reference(name, data):
     info = visattn.attention_info(name)
@@ -87,6 +91,7 @@ def test_impls_match_the_reference(name, data):
             ref_m = copy.deepcopy(base).train(training)
             ref_m.impl = "reference"
             ref, ref_grads = _run(ref_m, x, grad_out, grad)
+            grad_scale = max([0.1 * g.norm().item() for g in ref_grads.values()] + [1e-2])
             for impl in ("auto", *base.supported_impls()):
                 for dtype_name in info.dtypes:
                     dtype = getattr(torch, dtype_name)
@@ -98,7 +103,7 @@ def test_impls_match_the_reference(name, data):
                     assert rel_err(y, ref) <= TOL[dtype_name], f"{where}: output error {rel_err(y, ref):.3g}"
                     assert grads.keys() == ref_grads.keys(), where
                     for key, g in grads.items():
-                        err = rel_err(g, ref_grads[key])
+                        err = rel_err(g, ref_grads[key], floor=grad_scale)
                         assert err <= TOL[dtype_name], f"{where}: gradient of {key} error {err:.3g}"
 
 
