@@ -20,7 +20,7 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import visattn
@@ -70,7 +70,9 @@ def _run(m, x, grad_out, grad: bool):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=4, deadline=None, derandomize=True)
+@settings(
+    max_examples=4, deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate)
+)  # no shrinking: a failure prints its draws
 @given(data=st.data())
 def test_impls_match_the_reference(name, data):
     info = visattn.attention_info(name)
