@@ -101,8 +101,8 @@ def register_attention(name: str, **info_fields) -> Callable[[type], type]:
             raise ValueError(f"cost must be one of {COST_CLASSES}, got {info.cost!r}")
         if not info.impls or info.impls[0] != "reference" or "auto" in info.impls:
             raise ValueError(f"impls must start with 'reference' and not name 'auto', got {info.impls!r}")
-        cls.registry_name = name
-        cls.impls = tuple(info.impls)
+        setattr(cls, "registry_name", name)  # noqa: B010 (cls is any class: mypy sees `type`)
+        setattr(cls, "impls", tuple(info.impls))  # noqa: B010
         _ATTENTION[name] = (cls, info)
         return cls
 
@@ -220,8 +220,8 @@ def register_model(
             name=name,
             builder=fn,
             family=family,
-            default_input=tuple(default_input),
-            test_input=tuple(test_input),
+            default_input=(int(default_input[0]), int(default_input[1]), int(default_input[2])),
+            test_input=(int(test_input[0]), int(test_input[1]), int(test_input[2])),
             test_kwargs=dict(test_kwargs or {}),
             published=dict(published or {}),
             paper=paper,
@@ -297,6 +297,6 @@ def create_model(
     if features_only:
         from visattn.models.features import FeatureExtractor
 
-        model.name = name
+        setattr(model, "name", name)  # noqa: B010
         return FeatureExtractor(model, out_indices)
     return model

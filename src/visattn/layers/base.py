@@ -109,7 +109,7 @@ def work_limit(max_bytes=_UNSET, max_flops=_UNSET, max_params=_UNSET) -> Iterato
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):  # NaN too
             raise ValueError(f"work_limit: {name} must be a positive number or None, got {v!r}")
         cur[i] = None if v is None or v == float("inf") else int(v)  # inf: no bound, like None
-    token = _LIMITS.set(tuple(cur))
+    token = _LIMITS.set((cur[0], cur[1], cur[2]))
     try:
         yield
     finally:

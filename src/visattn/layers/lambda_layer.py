@@ -400,6 +400,7 @@ class LambdaLayer(SpatialAttention):
         """
         if self.local_scope is not None:
             return self.pos_kernel
+        assert self.max_size is not None  # set whenever local_scope is None
         mh, mw = self.max_size
         if height > mh or width > mw:
             raise ValueError(
@@ -519,7 +520,7 @@ class LambdaLayer(SpatialAttention):
         if impl == "reference":  # einsums: E (n x m) against V, then the queries, all as matmuls
             counted += 2 * k * vd * n * n * u + 2 * h * k * vd * n
             return {"counted": batch * counted, "uncounted": 0}
-        uncounted = 2 * h * k * vd * n  # queries x lambdas, elementwise
+        uncounted: float = 2 * h * k * vd * n  # queries x lambdas, elementwise
         if impl == "direct":
             counted += 2 * k * vd * n * u * rh * rw  # lambda convolution (conv3d)
         else:

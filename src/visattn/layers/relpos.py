@@ -235,10 +235,11 @@ class RelativePositionAttention(SpatialAttention):
         return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2)
 
     def _check_size(self, height: int, width: int) -> None:
-        if self.encoding == "learned" and max(height, width) - 1 > self.max_offset:
+        m = self.max_offset
+        if m is not None and max(height, width) - 1 > m:  # set for encoding="learned" only
             raise ValueError(
-                f"RelativePositionAttention(encoding='learned') covers offsets up to max_offset={self.max_offset} "
-                f"(inputs up to {self.max_offset + 1} x {self.max_offset + 1}), got an input of {height} x {width} "
+                f"RelativePositionAttention(encoding='learned') covers offsets up to max_offset={m} "
+                f"(inputs up to {m + 1} x {m + 1}), got an input of {height} x {width} "
                 f"needing offsets up to {max(height, width) - 1}; build it with a larger max_offset"
             )
 
@@ -252,6 +253,7 @@ class RelativePositionAttention(SpatialAttention):
         nh, n = self.num_heads, height * width
         if self.encoding == "learned":
             m = self.max_offset
+            assert m is not None
             dy = relative_offsets(height, self.row_embed.device, torch.long) + m  # (H, H) table indices
             dx = relative_offsets(width, self.col_embed.device, torch.long) + m
             rk, re_, ck, ce = upcast(self.row_keys, self.row_embed, self.col_keys, self.col_embed)
@@ -289,6 +291,7 @@ class RelativePositionAttention(SpatialAttention):
 
     def _qk(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, _ = t.shape
+        assert self.qk is not None, "queries and keys exist with content=True only"
         qk = self.qk(t).reshape(b, n, 2, self.num_heads, self.key_dim).permute(2, 0, 3, 1, 4)
         return qk[0], qk[1]  # (B, h, n, d) each
 
@@ -350,7 +353,7 @@ class RelativePositionAttention(SpatialAttention):
         out_dtype = v.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             (v,) = upcast(v)
-            if q is not None:
+            if q is not None and k is not None:
                 q, k = upcast(q, k)
             o = core(q, k, v, h, w)
         o = o.to(out_dtype).transpose(1, 2).reshape(b, h * w, self.num_heads * self.value_dim)
@@ -501,7 +504,7 @@ class RelativePositionAttention(SpatialAttention):
         if self._chosen_impl() == "folded":  # positions are extra q/k dims: both SDPA products at width D
             attn, pos = 2 * 2 * nh * n * n * self._fold_width(), 0
         tables = 0
-        if self.encoding == "learned":  # u_h . r_delta for every offset, rows and columns, once per call
+        if self.max_offset is not None:  # learned: u_h . r_delta for every offset, rows and columns, once per call
             tables = 2 * 2 * nh * (2 * self.max_offset + 1) * self.pos_dim
         return {"counted": batch * (proj + attn) + tables, "uncounted": pos}
 
@@ -591,8 +594,16 @@ def attention_from_conv(conv: nn.Conv2d, alpha: float) -> ConvAsAttention:
     c_in, c_out = conv.in_channels, conv.out_channels
     w = conv.weight.detach()
     attn = RelativePositionAttention(
-        c_in, c_out, num_heads=kh * kw, encoding="quadratic", content=False, key_dim=1, value_proj=False
-    ).to(device=w.device, dtype=w.dtype)
+        c_in,
+        c_out,
+        num_heads=kh * kw,
+        encoding="quadratic",
+        content=False,
+        key_dim=1,
+        value_proj=False,
+        device=w.device,
+        dtype=w.dtype,
+    )
     ii, jj = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing="ij")
     with torch.no_grad():
         attn.centres.copy_(torch.stack([ii.reshape(-1) - kh // 2, jj.reshape(-1) - kw // 2], -1))
