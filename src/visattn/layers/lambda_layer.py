@@ -323,8 +323,10 @@ class LambdaLayer(SpatialAttention):
         lambda_conv_bias: a learned bias per key channel on the position lambdas (the
             lucidrains and timm ports have one; the paper has none).
         impl: "auto", "reference" (einsums over gathered embeddings, n^2 k u memory),
-            "direct" (lambda convolution by conv3d) or "fft" (by real FFTs); the ``auto``
-            rule is in the module docstring. (Formerly ``conv_impl``.)
+            "direct" (lambda convolution by conv3d) or "fft" (by real FFTs). (Formerly
+            ``conv_impl``.) ``auto``: "fft" when the kernel cropped to the map's offsets
+            (area A = min(r, 2H-1) * min(r, 2W-1)) and n = H*W satisfy
+            (n >= 400 and A >= 49) or (n >= 196 and A >= 400), else "direct".
         device, dtype: factory arguments for the parameters and buffers.
 
     Shapes: (B, C, H, W) -> (B, d_out, H, W) (H/2, W/2 rounded up with stride 2).

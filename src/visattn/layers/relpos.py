@@ -122,7 +122,10 @@ class RelativePositionAttention(SpatialAttention):
         init_centre_std: std of the initial centres (quadratic, gaussian).
         init_alpha: initial sharpness alpha (quadratic); the gaussian starts at the
             matching isotropic spread s = sqrt(2 alpha).
-        impl: "auto", "reference", "mask", "folded" or "shared" (module docstring).
+        impl: "auto", "reference", "mask", "folded" or "shared" (module docstring;
+            :meth:`supported_impls`). ``auto``: without content "shared"; with content
+            "folded" (quadratic / gaussian) or "mask" ("learned", or while tracing,
+            scripting, compiling or exporting).
         device, dtype: factory arguments for the parameters.
 
     Shapes: (B, C, H, W) -> (B, C_out, H, W); n = H*W; attention maps (B, h, n, n).
