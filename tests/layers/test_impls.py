@@ -7,15 +7,17 @@ mechanism or an implementation added later is swept with no extra code.
 For random shapes (hypothesis: batch 1-2, H, W 1-9, channels from a few choices), every
 implementation the module supports, in every dtype the mechanism declares, in train and in
 eval mode, with gradients off (the inference path) and on (input and parameter gradients
-compared too), is compared with the float64 reference on the same weights. Tolerances are
-relative L2 errors per dtype (``TOL``); a gradient is measured against the larger of its
-own norm and a tenth of the largest reference gradient's norm, since gradients that vanish
-in exact arithmetic (a key bias under a softmax over positions) keep only rounding noise: float64 rounding only, float32 rounding, bfloat16's
-8-bit mantissa.
+compared too), is compared with the float64 reference on the same weights, on the
+``pytest --device`` device (TF32 off). Tolerances are relative L2 errors per dtype (``TOL``:
+float64 rounding, float32 rounding, bfloat16's 8-bit mantissa); a gradient is measured
+against the larger of its own norm and a tenth of the largest reference gradient's norm,
+since gradients that vanish in exact arithmetic (a key bias under a softmax over
+positions) keep only rounding noise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -74,7 +76,23 @@ def _run(m, x, grad_out, grad: bool):
     max_examples=4, deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate)
 )  # no shrinking: a failure prints its draws
 @given(data=st.data())
-def test_impls_match_the_reference(name, data):
+def test_impls_match_the_reference(name, data, device):
+    # On CUDA, TF32 convolutions/matmuls would round float32 to 10 mantissa bits: off for this test.
+    with _no_tf32():
+        _sweep(name, data, device)
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _sweep(name, data, device):
     info = visattn.attention_info(name)
     kw = data.draw(st.sampled_from(configs(name)), label="config")
     dim = data.draw(st.sampled_from([4, 8]), label="dim")
@@ -83,8 +101,8 @@ def test_impls_match_the_reference(name, data):
     height = data.draw(st.integers(1, 9), label="H")
     width = data.draw(st.integers(1, 9), label="W")
     torch.manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
-    base = visattn.create_attention(name, dim, dim_out, dtype=torch.float64, **kw)
-    x = torch.randn(batch, dim, height, width, dtype=torch.float64)
+    base = visattn.create_attention(name, dim, dim_out, dtype=torch.float64, device=device, **kw)
+    x = torch.randn(batch, dim, height, width, dtype=torch.float64, device=device)
     with torch.no_grad():
         grad_out = torch.randn_like(base(x))
     assert base.select_impl(x) in base.supported_impls()  # auto never picks a path this module lacks
