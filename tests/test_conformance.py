@@ -159,16 +159,16 @@ WINDOWED = [n for n in NAMES if visattn.attention_info(n).window_centred is not 
 
 @pytest.mark.parametrize("name", WINDOWED)
 def test_window_centring_of_the_receptive_field(name):
-    # Output positions moved by a delta at the centre of an odd map: symmetric about that pixel
-    # for a centred window (window_centred=True), not for fixed tiles (window_centred=False).
+    # Output positions moved by a delta added at the centre of an odd random map: symmetric about
+    # that pixel for a centred window (window_centred=True), not for fixed tiles (False).
     info = visattn.attention_info(name)
     m = make(name).double().eval()
     r = m.receptive_field
     side = 2 * r + 3
     c = side // 2
-    x0 = torch.zeros(1, DIM, side, side, dtype=torch.float64)
+    x0 = torch.randn(1, DIM, side, side, dtype=torch.float64)
     x1 = x0.clone()
-    x1[0, :, c, c] = torch.randn(DIM, dtype=torch.float64)
+    x1[0, :, c, c] += torch.randn(DIM, dtype=torch.float64)
     with torch.no_grad():
         diff = (m(x1) - m(x0)).abs().sum(1)[0]  # (side, side)
     support = diff > 1e-9 * diff.max()
