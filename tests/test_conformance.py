@@ -59,8 +59,25 @@ def test_shapes_any_resolution(name, hw, batch, device):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_dtypes(name, dtype, device):
+def test_capability_data(name):
+    # The fields code and tests read: impls, dtypes, window_centred, any_resolution.
+    info = visattn.attention_info(name)
+    cls = attention_class(name)
+    assert info.impls[0] == "reference" and "auto" not in info.impls and cls.impls == info.impls
+    assert "float32" in info.dtypes and set(info.dtypes) <= {"float16", "bfloat16", "float32", "float64"}
+    if info.receptive_field == "local":
+        assert isinstance(info.window_centred, bool), "a local mechanism says whether its window is centred"
+    else:
+        assert info.window_centred is None
+    assert info.any_resolution  # every mechanism today; test_shapes_any_resolution holds it to that
+
+
+DTYPE_CASES = [(n, d) for n in NAMES for d in visattn.attention_info(n).dtypes]
+
+
+@pytest.mark.parametrize(("name", "dtype_name"), DTYPE_CASES)
+def test_dtypes(name, dtype_name, device):
+    dtype = getattr(torch, dtype_name)
     m = make(name).eval().to(device)
     x = torch.randn(2, DIM, 5, 6, device=device)
     ref = m(x)
@@ -68,7 +85,7 @@ def test_dtypes(name, dtype, device):
     y = m(x.to(dtype))
     assert y.dtype == dtype
     assert torch.isfinite(y).all()
-    tol = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 6e-2}[dtype]
+    tol = {torch.float32: 1e-5, torch.float64: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
     assert rel_err(y, ref) < tol
 
 
@@ -78,6 +95,86 @@ def test_to_dtype_moves_every_buffer(name):
     for n, t in list(m.named_parameters()) + list(m.named_buffers()):
         if t.is_floating_point():
             assert t.dtype == torch.float64, n
+
+
+def _assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
+    ba, bb = dict(a.named_buffers()), dict(b.named_buffers())  # non-persistent buffers too
+    assert ba.keys() == bb.keys()
+    for key in ba:
+        assert torch.equal(ba[key], bb[key]), key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_meta_build_to_empty_reset_equals_a_cpu_build(name):
+    kw = visattn.attention_info(name).test_kwargs
+    m = visattn.create_attention(name, DIM, device="meta", **kw)
+    assert all(t.device.type == "meta" for t in list(m.parameters()) + list(m.buffers()))
+    m.to_empty(device="cpu")
+    torch.manual_seed(3)
+    m.reset_parameters()
+    ref = visattn.create_attention(name, DIM, **kw)
+    torch.manual_seed(3)
+    ref.reset_parameters()
+    _assert_same_state(m, ref)
+    x = torch.randn(2, DIM, 5, 4)
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), ref.eval()(x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reset_parameters_reinitialises_like_construction(name):
+    kw = visattn.attention_info(name).test_kwargs
+    m = visattn.create_attention(name, DIM, **kw)
+    ref = copy.deepcopy(m)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+    torch.manual_seed(5)
+    m.reset_parameters()
+    torch.manual_seed(5)
+    ref.reset_parameters()
+    _assert_same_state(m, ref)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_factory_dtype_and_device_arguments(name, device):
+    kw = visattn.attention_info(name).test_kwargs
+    m = visattn.create_attention(name, DIM, dtype=torch.float64, device=device, **kw)
+    tensors = list(m.named_parameters()) + list(m.named_buffers())
+    assert tensors, "a mechanism with no parameters or buffers"
+    for n, t in tensors:
+        assert t.device.type == device.type, n
+        if t.is_floating_point():
+            assert t.dtype == torch.float64, n
+    y = m(torch.randn(2, DIM, 3, 5, dtype=torch.float64, device=device))
+    assert y.dtype == torch.float64 and y.device.type == device.type
+
+
+WINDOWED = [n for n in NAMES if visattn.attention_info(n).window_centred is not None]
+
+
+@pytest.mark.parametrize("name", WINDOWED)
+def test_window_centring_of_the_receptive_field(name):
+    # Output positions moved by a delta added at the centre of an odd random map: symmetric about
+    # that pixel for a centred window (window_centred=True), not for fixed tiles (False).
+    info = visattn.attention_info(name)
+    m = make(name).double().eval()
+    r = m.receptive_field
+    side = 2 * r + 3
+    c = side // 2
+    x0 = torch.randn(1, DIM, side, side, dtype=torch.float64)
+    x1 = x0.clone()
+    x1[0, :, c, c] += torch.randn(DIM, dtype=torch.float64)
+    with torch.no_grad():
+        diff = (m(x1) - m(x0)).abs().sum(1)[0]  # (side, side)
+    support = diff > 1e-9 * diff.max()
+    assert support[c, c]
+    symmetric = torch.equal(support, support.flip(0, 1))
+    assert symmetric == info.window_centred, support.int()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -217,7 +314,7 @@ def test_bad_config_errors(name):
             cls(8, **{**kw, "num_heads": 3})
         with pytest.raises(ValueError, match=r"num_heads must be an int >= 1, got 0"):
             cls(8, **{**kw, "num_heads": 0})
-    if info.window_arg is not None and getattr(cls, "centred_window", True):  # Swin windows need not be odd
+    if info.window_arg is not None and info.window_centred:  # a centred window has an odd side; Swin's tiles need not
         with pytest.raises(ValueError, match=rf"{info.window_arg} must be odd"):
             cls(8, **{**kw, info.window_arg: 4})
 
@@ -276,3 +373,12 @@ def test_gpu_models_check_script_trains_segmentation_models(device):
     spec.loader.exec_module(mod)
     row = mod.check_model("fpn_resnet_tiny", device, 32)
     assert row["ok"], row
+
+
+RENAMED = [(n, old, new) for n in NAMES for old, new in attention_class(n).renamed_args.items()]
+
+
+@pytest.mark.parametrize(("name", "old", "new"), RENAMED)
+def test_renamed_argument_names_the_new_one(name, old, new):
+    with pytest.raises(TypeError, match=rf"argument '{old}' was renamed to '{new}'; pass {new}=\.\.\. instead"):
+        make(name, **{old: None})

@@ -58,6 +58,9 @@ class AttentionInfo:
             (True: a (2r+1)-wide window around each position; False: fixed tiles such as
             Swin's windows); None for global mechanisms.
         test_kwargs: small constructor arguments the conformance suite uses.
+        test_variants: further small constructor arguments (each merged over ``test_kwargs``)
+            that the implementation sweep also runs: configurations that reach the
+            implementations ``test_kwargs`` cannot (``supported_impls`` of a module).
         bench_kwargs: arguments the benchmark uses at C=64 (the default comparison).
         bench_variants: extra named benchmark cases: label -> constructor kwargs.
     """
@@ -76,6 +79,7 @@ class AttentionInfo:
     impls: tuple[str, ...] = ("reference",)
     window_centred: bool | None = None
     test_kwargs: dict[str, Any] = field(default_factory=dict)
+    test_variants: tuple[dict[str, Any], ...] = ()
     bench_kwargs: dict[str, Any] = field(default_factory=dict)
     bench_variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -97,8 +101,8 @@ def register_attention(name: str, **info_fields) -> Callable[[type], type]:
             raise ValueError(f"cost must be one of {COST_CLASSES}, got {info.cost!r}")
         if not info.impls or info.impls[0] != "reference" or "auto" in info.impls:
             raise ValueError(f"impls must start with 'reference' and not name 'auto', got {info.impls!r}")
-        cls.registry_name = name
-        cls.impls = tuple(info.impls)
+        setattr(cls, "registry_name", name)  # noqa: B010 (cls is any class: mypy sees `type`)
+        setattr(cls, "impls", tuple(info.impls))  # noqa: B010
         _ATTENTION[name] = (cls, info)
         return cls
 
@@ -139,10 +143,22 @@ def attention_class(name: str) -> type:
 
 
 def create_attention(name: str, dim: int, dim_out: int | None = None, **kwargs) -> nn.Module:
-    """Create mechanism ``name`` mapping (B, dim, H, W) -> (B, dim_out or dim, H, W)."""
+    """Create mechanism ``name`` mapping (B, dim, H, W) -> (B, dim_out or dim, H, W).
+
+    A constructor argument that was renamed (the class's ``renamed_args``) raises a
+    ``TypeError`` that names the new argument.
+    """
     if not isinstance(name, str):
         raise TypeError(f"attention name must be a str, got {type(name).__name__}")
-    return attention_class(name)(dim, dim_out, **kwargs)
+    cls = attention_class(name)
+    renamed = getattr(cls, "renamed_args", {})
+    for old in kwargs:
+        if old in renamed:
+            raise TypeError(
+                f"attention {name!r}: argument {old!r} was renamed to {renamed[old]!r}; "
+                f"pass {renamed[old]}=... instead (see docs/contract.md)"
+            )
+    return cls(dim, dim_out, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -204,8 +220,8 @@ def register_model(
             name=name,
             builder=fn,
             family=family,
-            default_input=tuple(default_input),
-            test_input=tuple(test_input),
+            default_input=(int(default_input[0]), int(default_input[1]), int(default_input[2])),
+            test_input=(int(test_input[0]), int(test_input[1]), int(test_input[2])),
             test_kwargs=dict(test_kwargs or {}),
             published=dict(published or {}),
             paper=paper,
@@ -281,6 +297,6 @@ def create_model(
     if features_only:
         from visattn.models.features import FeatureExtractor
 
-        model.name = name
+        setattr(model, "name", name)  # noqa: B010
         return FeatureExtractor(model, out_indices)
     return model

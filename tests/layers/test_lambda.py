@@ -1,10 +1,13 @@
 """LambdaLayer against the paper's equations (arXiv 2102.08602) and the identities of SPEC.md 1.
 
-The reference below builds the n x m relative position embeddings E[n, m] = R[pos_m - pos_n]
-explicitly and evaluates the paper's einsums in float64; the module never builds E.
+The reference implementation (``impl="reference"``) builds the n x m relative position
+embeddings E[n, m] = R[pos_m - pos_n] explicitly and evaluates the paper's einsums; the fast
+paths ("direct": conv3d, "fft") never build E. Compared in float64.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -35,44 +38,12 @@ def randomise(m: LambdaLayer) -> LambdaLayer:
     return m
 
 
-def embeddings(m: LambdaLayer, height: int, width: int) -> torch.Tensor:
-    """E: (n, m, k, u) with E[n, m] = R[pos_m - pos_n] (zero outside the local scope)."""
-    table = m.pos_kernel  # (k, u, rh, rw), offset 0 at the centre
-    ch, cw = table.shape[2] // 2, table.shape[3] // 2
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    ys, xs = ys.flatten(), xs.flatten()
-    dy = ys[None, :] - ys[:, None]  # (n, m): pos_m - pos_n
-    dx = xs[None, :] - xs[:, None]
-    inside = (dy.abs() <= ch) & (dx.abs() <= cw)
-    e = table[:, :, (dy + ch).clamp(0, 2 * ch), (dx + cw).clamp(0, 2 * cw)]  # (k, u, n, m)
-    e = e * inside.to(e.dtype)
-    return e.permute(2, 3, 0, 1)
-
-
 def reference(m: LambdaLayer, x: torch.Tensor) -> torch.Tensor:
-    """The paper's lambda layer in plain einsums, BatchNorm with running statistics (eval)."""
-    b, c, height, width = x.shape
-    n, h, k, u, vd = height * width, m.num_heads, m.key_dim, m.intra_depth, m.value_dim
-    w = m.qkv.weight[:, :, 0, 0]
-    wq, wk, wv = w.split([h * k, k * u, vd * u])
-    t = x.flatten(2)  # (B, C, n)
-
-    def bn(z, norm):
-        return (z - norm.running_mean[:, None]) / (norm.running_var[:, None] + norm.eps).sqrt() * norm.weight[
-            :, None
-        ] + norm.bias[:, None]
-
-    q = bn(torch.einsum("oc,bcn->bon", wq, t), m.norm_q).reshape(b, h, k, n)  # channel (h, k)
-    keys = torch.einsum("oc,bcn->bon", wk, t).reshape(b, u, k, n)  # channel (u, k)
-    vals = bn(torch.einsum("oc,bcn->bon", wv, t), m.norm_v).reshape(b, u, vd, n)  # channel (u, v)
-    keys = keys.softmax(dim=-1)  # over the m context positions
-    lam_c = torch.einsum("bukm,buvm->bkv", keys, vals)
-    e = embeddings(m, height, width)
-    lam_p = torch.einsum("nmku,buvm->bnkv", e, vals)
-    if m.pos_bias is not None:
-        lam_p = lam_p + m.pos_bias[None, None, :, None]
-    y = torch.einsum("bhkn,bkv->bhvn", q, lam_c) + torch.einsum("bhkn,bnkv->bhvn", q, lam_p)
-    return y.reshape(b, h * vd, height, width)
+    """The library's reference implementation (the paper's einsums over the explicit n x m
+    embeddings E[n, m] = R[pos_m - pos_n]) on the same weights."""
+    ref = copy.deepcopy(m)
+    ref.impl = "reference"
+    return ref(x)
 
 
 def make(dim=6, dim_out=8, **kw):
@@ -84,14 +55,15 @@ def make(dim=6, dim_out=8, **kw):
 @pytest.mark.parametrize("hw", [(5, 7), (3, 11), (1, 1), (8, 2)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_local_form_equals_paper_equations(impl, hw, bias):
-    m = make(local_scope=5, conv_impl=impl, lambda_conv_bias=bias)
+    m = make(local_scope=5, impl=impl, lambda_conv_bias=bias)
     x = torch.randn(2, 6, *hw, dtype=torch.float64)
     assert rel_err(m(x), reference(m, x)) < TOL64
 
 
+@pytest.mark.parametrize("impl", ["direct", "fft"])
 @pytest.mark.parametrize("hw", [(5, 7), (6, 4), (1, 3), (6, 7)])
-def test_global_form_equals_paper_equations_up_to_max_size(hw):
-    m = make(local_scope=None, max_size=(6, 7))
+def test_global_form_equals_paper_equations_up_to_max_size(hw, impl):
+    m = make(local_scope=None, max_size=(6, 7), impl=impl)
     x = torch.randn(2, 6, *hw, dtype=torch.float64)
     # the global reference: the explicit table slice over every offset of this input
     full = LambdaLayer(6, 8, num_heads=2, key_dim=3, intra_depth=2, local_scope=None, max_size=hw).double().eval()
@@ -120,8 +92,8 @@ def test_global_form_rejects_inputs_above_max_size():
 def test_identity1_lambda_conv_equals_global_form_zeroed_outside_window(impl, hw):
     """SPEC 1, identity 1: borders included (zero padding == absent keys)."""
     r, size = 3, (9, 7)
-    local = make(local_scope=r, conv_impl=impl)
-    glob = make(local_scope=None, max_size=size, conv_impl=impl)
+    local = make(local_scope=r, impl=impl)
+    glob = make(local_scope=None, max_size=size, impl=impl)
     state = dict(local.state_dict())
     table = torch.zeros_like(glob.pos_kernel)
     mh, mw = size
@@ -233,7 +205,7 @@ def test_flop_formula_on_the_fft_path():
     m = LambdaLayer(16, num_heads=4, key_dim=8, local_scope=23).eval()
     x = torch.randn(2, 16, 24, 20)
     assert count_flops(m, x) == m.flop_breakdown(24, 20, 2)["counted"]
-    direct = LambdaLayer(16, num_heads=4, key_dim=8, local_scope=23, conv_impl="direct").eval()
+    direct = LambdaLayer(16, num_heads=4, key_dim=8, local_scope=23, impl="direct").eval()
     # conv MACs on the direct path: k * v * u * r^2 per position
     assert (
         direct.flop_breakdown(24, 20, 2)["counted"] - m.flop_breakdown(24, 20, 2)["counted"]
@@ -282,3 +254,63 @@ def test_non_finite_training_batch_leaves_running_stats_alone():
     m(torch.randn(2, 16, 6, 6))  # a finite batch updates them again
     assert m.norm_q.num_batches_tracked.item() == 2
     assert all(torch.isfinite(v).all() for k, v in m.state_dict().items() if "running" in k)
+
+
+def test_reference_embeddings_follow_the_paper():
+    # E[n, m] = R[pos_m - pos_n]: offset (dy, dx) reads the table at (dy + r//2, dx + r//2), zero outside.
+    m = make(local_scope=3)
+    e = m.relative_embeddings(3, 4)  # (k, u, n, m), n = y * 4 + x
+    assert e.shape == (3, 2, 12, 12)
+    assert torch.equal(e[:, :, 5, 5], m.pos_kernel[:, :, 1, 1])  # (1, 1) -> itself: offset 0
+    assert torch.equal(e[:, :, 5, 10], m.pos_kernel[:, :, 2, 2])  # (1, 1) -> (2, 2): offset (1, 1)
+    assert torch.equal(e[:, :, 5, 0], m.pos_kernel[:, :, 0, 0])  # (1, 1) -> (0, 0): offset (-1, -1)
+    assert e[:, :, 0, 11].abs().sum() == 0  # (0, 0) -> (2, 3): outside the 3 x 3 window
+
+
+def test_auto_rule_thresholds():
+    # fft when (n >= 400 and A >= 49) or (n >= 196 and A >= 400), A = cropped kernel area; else direct.
+    def pick(r, h, w, **kw):
+        m = LambdaLayer(8, num_heads=2, key_dim=2, local_scope=r, **kw)
+        with torch.no_grad():
+            return m.select_impl(torch.empty(1, 8, h, w))
+
+    assert pick(7, 20, 20) == "fft" and pick(7, 19, 21) == "direct"  # n = 400 / 399, A = 49
+    assert pick(5, 30, 30) == "direct"  # A = 25 < 49
+    assert pick(21, 14, 14) == "fft" and pick(21, 13, 15) == "direct"  # n = 196 / 195, A = 441
+    assert pick(19, 14, 14) == "direct"  # A = 361 < 400, n < 400
+    assert pick(21, 10, 20) == "direct"  # n = 200 but the kernel is cropped to 19 x 21: A = 399
+    glob = LambdaLayer(8, num_heads=2, key_dim=2, local_scope=None, max_size=32)
+    assert glob.select_impl(torch.empty(1, 8, 14, 14)) == "fft"  # 27 x 27 slice of the table
+    assert glob.select_impl(torch.empty(1, 8, 8, 8)) == "direct"  # n = 64
+    # the rule does not look at grad mode
+    x = torch.empty(1, 8, 20, 20)
+    m = LambdaLayer(8, num_heads=2, key_dim=2, local_scope=7)
+    with torch.no_grad():
+        a = m.select_impl(x)
+    assert a == m.select_impl(x.requires_grad_()) == "fft"
+
+
+def test_conv_impl_was_renamed_to_impl():
+    with pytest.raises(TypeError, match=r"argument 'conv_impl' was renamed to 'impl'"):
+        visattn.create_attention("lambda", 8, conv_impl="fft")
+    m = visattn.create_attention("lambda", 8, num_heads=2, key_dim=2, local_scope=3, impl="fft")
+    assert m.impl == "fft" and m.select_impl(torch.empty(1, 8, 2, 2)) == "fft"
+
+
+def test_reference_flop_formula_and_memory_estimate():
+    m = LambdaLayer(8, num_heads=2, key_dim=4, local_scope=3, impl="reference").eval()
+    x = torch.randn(2, 8, 5, 6)
+    assert count_flops(m, x) == m.flop_breakdown(5, 6, 2)["counted"]
+    assert m.peak_intermediate_bytes(5, 6, 2) == 4 * 1 * 30 * 30 * 4
+    m.impl = "direct"
+    assert m.peak_intermediate_bytes(5, 6, 2) == 0
+
+
+@pytest.mark.parametrize("impl", ["reference", "direct", "fft"])
+def test_input_gradient_on_a_one_row_map_in_eval_mode(impl):
+    # PyTorch's CPU BatchNorm backward mishandles a gradient with channels-last-looking strides
+    # on an H = 1 map (einsum's backward makes one); the layer hands it a contiguous gradient.
+    torch.manual_seed(0)
+    m = visattn.create_attention("lambda", 4, num_heads=2, key_dim=4, local_scope=3, impl=impl).double().eval()
+    x = torch.randn(1, 4, 1, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-7)

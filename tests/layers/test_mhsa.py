@@ -1,7 +1,8 @@
 """Identities of "mhsa" (global multi-head self-attention), SPEC.md section 0.
 
-* equals a plain reference softmax(q k^T / sqrt(d)) v per head, with the module's own
-  qkv / proj weights (float64, max abs error <= 1e-10);
+* both implementations ("reference": explicit softmax, "sdpa") equal a per-head loop
+  softmax(q k^T / sqrt(d)) v with the module's own qkv / proj weights (float64, max abs
+  error <= 1e-10); "auto" runs "sdpa" for every input;
 * permutation-equivariant over positions (no positional term): permuting the pixels
   permutes the output the same way (float64, <= 1e-10);
 * ``qkv_bias=False`` has no bias parameter on the qkv projection.
@@ -37,10 +38,11 @@ def reference_mhsa(m, x: torch.Tensor) -> torch.Tensor:
     return o.transpose(1, 2).reshape(b, -1, h, w)
 
 
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
 @pytest.mark.parametrize("hw", [(1, 1), (3, 5), (6, 4)])
 @pytest.mark.parametrize("num_heads,dim_out", [(1, None), (2, 12), (4, None)])
-def test_equals_plain_reference(hw, num_heads, dim_out):
-    m = visattn.create_attention("mhsa", 8, dim_out, num_heads=num_heads).double()
+def test_equals_plain_reference(hw, num_heads, dim_out, impl):
+    m = visattn.create_attention("mhsa", 8, dim_out, num_heads=num_heads, impl=impl).double()
     x = torch.randn(2, 8, *hw, dtype=torch.float64)
     torch.testing.assert_close(m(x), reference_mhsa(m, x), atol=TOL64, rtol=0)
 
@@ -72,3 +74,14 @@ def test_qkv_bias_false_has_no_bias_parameter():
     assert sum(p.numel() for p in m.parameters()) == 3 * 8 * 8 + 8 * 8 + 8
     with_bias = visattn.create_attention("mhsa", 8, num_heads=2)
     assert sum(p.numel() for p in with_bias.parameters()) == 3 * 8 * 8 + 3 * 8 + 8 * 8 + 8
+
+
+def test_auto_rule_is_sdpa():
+    m = visattn.create_attention("mhsa", 8, num_heads=2)
+    for shape in [(1, 8, 1, 1), (2, 8, 64, 64)]:
+        assert m.select_impl(torch.empty(shape)) == "sdpa"
+    with torch.no_grad():
+        assert m.select_impl(torch.empty(1, 8, 3, 3)) == "sdpa"
+    assert m.peak_intermediate_bytes(10, 10, 2) == 0
+    m.impl = "reference"
+    assert m.peak_intermediate_bytes(10, 10, 2) == 2 * 2 * 100 * 100 * 4

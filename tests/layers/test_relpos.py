@@ -84,13 +84,13 @@ def reference_forward(m: RelativePositionAttention, x):
     for i in range(m.num_heads):
         logits = p[i].expand(b, -1, -1)
         if m.content:
-            wq = m.qk.weight.double()[i * m.head_dim : (i + 1) * m.head_dim]
-            bq = m.qk.bias.double()[i * m.head_dim : (i + 1) * m.head_dim]
-            off = m.num_heads * m.head_dim
-            wk = m.qk.weight.double()[off + i * m.head_dim : off + (i + 1) * m.head_dim]
-            bk = m.qk.bias.double()[off + i * m.head_dim : off + (i + 1) * m.head_dim]
+            wq = m.qk.weight.double()[i * m.key_dim : (i + 1) * m.key_dim]
+            bq = m.qk.bias.double()[i * m.key_dim : (i + 1) * m.key_dim]
+            off = m.num_heads * m.key_dim
+            wk = m.qk.weight.double()[off + i * m.key_dim : off + (i + 1) * m.key_dim]
+            bk = m.qk.bias.double()[off + i * m.key_dim : off + (i + 1) * m.key_dim]
             q, k = t @ wq.T + bq, t @ wk.T + bk
-            logits = logits + q @ k.transpose(1, 2) / math.sqrt(m.head_dim)
+            logits = logits + q @ k.transpose(1, 2) / math.sqrt(m.key_dim)
         if m.value_proj:
             sl = slice(i * m.value_dim, (i + 1) * m.value_dim)
             v = t @ m.v.weight.double()[sl].T + m.v.bias.double()[sl]
@@ -218,8 +218,8 @@ def test_config_errors():
         RelativePositionAttention(8, value_proj=False, value_dim=4)
     with pytest.raises(ValueError, match=r"max_offset must be an int >= 1, got 0"):
         RelativePositionAttention(8, encoding="learned", max_offset=0)
-    # an explicit head_dim lifts the divisibility requirement (as in the paper's model: 9 heads of 400)
-    m = RelativePositionAttention(8, num_heads=3, head_dim=8, content=True)
+    # an explicit key_dim lifts the divisibility requirement (as in the paper's model: 9 heads of 400)
+    m = RelativePositionAttention(8, num_heads=3, key_dim=8, content=True)
     assert m(torch.randn(1, 8, 2, 3)).shape == (1, 8, 2, 3)
 
 
@@ -322,17 +322,46 @@ def test_folded_positions_equal_the_additive_mask_float64(encoding, value_proj):
     params = list(m.parameters())
     for hw in [(1, 1), (3, 5), (6, 6)]:
         x = torch.randn(2, 8, *hw, dtype=torch.float64, requires_grad=True)
-        assert m._folds_positions()
+        assert m.select_impl(x) == "folded"
         y = m(x)
         g = torch.randn_like(y)
         got = torch.autograd.grad(y, [x, *params], g)
-        m._folds_positions = lambda: False  # the mask path (still used for exports and "learned")
+        m.impl = "mask"  # the additive-mask path (used for exports and "learned")
         ref_y = m(x)
         ref = torch.autograd.grad(ref_y, [x, *params], g)
-        del m._folds_positions
+        m.impl = "auto"
         assert (y - ref_y).abs().max().item() < 1e-10
         for a, b in zip(got, ref):
             assert (a - b).abs().max().item() < 1e-10 * max(1.0, b.abs().max().item())
+
+
+def test_auto_rule_and_supported_impls():
+    # auto: content -> "folded" (quadratic / gaussian) or "mask" ("learned"); no content -> "shared".
+    x = torch.randn(1, 8, 3, 4)
+    cases = [
+        ({"encoding": "quadratic", "content": True}, "folded", ("reference", "mask", "folded")),
+        ({"encoding": "gaussian", "content": True}, "folded", ("reference", "mask", "folded")),
+        ({"encoding": "learned", "content": True}, "mask", ("reference", "mask")),
+        ({"encoding": "quadratic", "content": False}, "shared", ("reference", "shared")),
+        ({"encoding": "learned", "content": False}, "shared", ("reference", "shared")),
+    ]
+    for kw, auto, supported in cases:
+        m = RelativePositionAttention(8, num_heads=2, **kw)
+        assert m.supported_impls() == supported
+        assert m.select_impl(x) == auto
+        with torch.no_grad():
+            assert m.select_impl(x) == auto  # not grad mode
+    with pytest.raises(
+        ValueError,
+        match=r"impl='folded' does not apply to this configuration \(encoding='learned', "
+        r"content=True\); it runs one of \('reference', 'mask'\)",
+    ):
+        RelativePositionAttention(8, num_heads=2, encoding="learned", content=True, impl="folded")
+    m = RelativePositionAttention(8, num_heads=2)
+    with pytest.raises(ValueError, match=r"impl='mask' does not apply"):
+        m.impl = "mask"
+    with pytest.raises(TypeError, match=r"argument 'head_dim' was renamed to 'key_dim'"):
+        visattn.create_attention("relpos", 8, head_dim=4)
 
 
 @pytest.mark.parametrize("encoding", ["quadratic", "gaussian"])

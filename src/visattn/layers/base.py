@@ -109,7 +109,7 @@ def work_limit(max_bytes=_UNSET, max_flops=_UNSET, max_params=_UNSET) -> Iterato
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):  # NaN too
             raise ValueError(f"work_limit: {name} must be a positive number or None, got {v!r}")
         cur[i] = None if v is None or v == float("inf") else int(v)  # inf: no bound, like None
-    token = _LIMITS.set(tuple(cur))
+    token = _LIMITS.set((cur[0], cur[1], cur[2]))
     try:
         yield
     finally:
@@ -191,6 +191,12 @@ class SpatialAttention(nn.Module):
     registry_name: str = ""
     #: Named implementations (``AttentionInfo.impls``), filled in by ``register_attention``.
     impls: tuple[str, ...] = ("reference",)
+    #: Renamed constructor arguments, old name -> new name: :func:`visattn.create_attention`
+    #: answers an old name with a ``TypeError`` that names the new one.
+    renamed_args: dict[str, str] = {}
+    #: Renamed state-dict entries, old name -> new name (a parameter/buffer name or a submodule
+    #: prefix, relative to the module): ``load_state_dict`` maps old-format checkpoints.
+    renamed_keys: dict[str, str] = {}
 
     def __init__(self, dim: int, dim_out: int | None = None, *, impl: str = "auto"):
         super().__init__()
@@ -199,6 +205,19 @@ class SpatialAttention(nn.Module):
         self.dim = dim
         self.dim_out = dim if dim_out is None else dim_out
         self.impl = impl
+        if self.renamed_keys:
+            self._register_load_state_dict_pre_hook(self._rename_old_keys)
+
+    def _rename_old_keys(self, state_dict, prefix, *args) -> None:
+        """Load-state-dict pre-hook: rename old-format entries (see :attr:`renamed_keys`) in place."""
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            local = key[len(prefix) :]
+            for old, new in self.renamed_keys.items():
+                if local == old or local.startswith(old + "."):
+                    new_key = prefix + new + local[len(old) :]
+                    if new_key not in state_dict:
+                        state_dict[new_key] = state_dict.pop(key)
+                    break
 
     # -- implementations -----------------------------------------------------
     @property
@@ -211,7 +230,23 @@ class SpatialAttention(nn.Module):
         choices = ("auto", *self.impls)
         if not isinstance(value, str) or value not in choices:
             raise ValueError(f"{type(self).__name__}: impl must be one of {choices}, got {value!r}")
+        if value != "auto" and "_impl" in self.__dict__:  # built: the configuration is known
+            supported = self.supported_impls()
+            if value not in supported:
+                raise ValueError(
+                    f"{type(self).__name__}: impl={value!r} does not apply to this configuration "
+                    f"({self._impl_config()}); it runs one of {supported}"
+                )
         self._impl = value
+
+    def supported_impls(self) -> tuple[str, ...]:
+        """The implementations this module, as configured, can run: a subset of :attr:`impls`
+        that always holds "reference". Mechanisms whose fast paths serve only some
+        configurations override this (and :meth:`_impl_config`, which names the configuration)."""
+        return self.impls
+
+    def _impl_config(self) -> str:
+        return "its arguments"
 
     def select_impl(self, x: torch.Tensor) -> str:
         """The implementation a call on ``x`` runs: :attr:`impl`, or the ``auto`` rule's choice."""

@@ -22,36 +22,61 @@ __all__ = ["ConvMixer"]
     cost="local",
     receptive_field="local",
     window_arg="kernel_size",
+    window_centred=True,
     positional="implicit (fixed kernel offsets)",
     export=("onnx", "compile", "torchscript"),
     test_kwargs={"kernel_size": 3},
     bench_kwargs={"kernel_size": 3},
 )
 class ConvMixer(SpatialAttention):
-    """A k x k convolution with zero "same" padding.
+    """A k x k convolution with zero "same" padding (one implementation, ``F.conv2d``).
 
     Args:
         dim: input channels C.
         dim_out: output channels (default C).
-        kernel_size: odd window side k.
+        kernel_size: odd window side k (centred on each position).
         groups: convolution groups (C and C_out must divide by it).
         bias: convolution bias.
+        impl: "auto" or "reference" (the one path).
+        device, dtype: factory arguments for the parameters.
 
     Shapes: (B, C, H, W) -> (B, C_out, H, W).
     """
 
     def __init__(
-        self, dim: int, dim_out: int | None = None, *, kernel_size: int = 3, groups: int = 1, bias: bool = True
+        self,
+        dim: int,
+        dim_out: int | None = None,
+        *,
+        kernel_size: int = 3,
+        groups: int = 1,
+        bias: bool = True,
+        impl: str = "auto",
+        device=None,
+        dtype=None,
     ):
-        super().__init__(dim, dim_out)
+        super().__init__(dim, dim_out, impl=impl)
         check_odd("kernel_size", kernel_size)
         if dim % groups or self.dim_out % groups:
             raise ValueError(f"dim={dim} and dim_out={self.dim_out} must be divisible by groups={groups}")
         self.kernel_size = kernel_size
         self.receptive_field = kernel_size
-        self.conv = nn.Conv2d(dim, self.dim_out, kernel_size, padding=kernel_size // 2, groups=groups, bias=bias)
+        self.conv = nn.Conv2d(
+            dim,
+            self.dim_out,
+            kernel_size,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=bias,
+            device=device,
+            dtype=dtype,
+        )
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def reset_parameters(self) -> None:
+        """The convolution as ``nn.Conv2d`` initialises it."""
+        self.conv.reset_parameters()
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:

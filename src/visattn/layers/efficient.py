@@ -10,6 +10,12 @@ channel) and "scaling" (rho_q = rho_k = Y / sqrt(n), exactly equal to dot-produc
 attention with rho(Y) = Y / n). The authors' module adds the input back (a residual);
 here that is ``residual=True`` (off by default so every mechanism is a pure mixer).
 Under half-precision autocast the normalisers and the context sums run in float32.
+One implementation (``impl="reference"``): the batched contraction below is already the
+paper's E = rho_q(Q) (rho_k(K)^T V), per head.
+
+Vocabulary (docs/contract.md): ``key_dim`` and ``value_dim`` are per head (d_k / h and
+d_v / h in the paper's totals), the output projection (the authors' "reprojection") is
+``proj``; state dicts saved with ``reprojection.*`` keys still load.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ __all__ = ["EfficientAttention"]
     receptive_field="global",
     positional="none (content only)",
     export=("onnx", "compile", "torchscript"),
-    test_kwargs={"num_heads": 2, "key_dim": 8, "value_dim": 8},
+    test_kwargs={"num_heads": 2},
     bench_kwargs={"num_heads": 4},
 )
 class EfficientAttention(SpatialAttention):
@@ -41,14 +47,18 @@ class EfficientAttention(SpatialAttention):
     Args:
         dim: input channels C.
         dim_out: output channels (default C).
-        key_dim: total key/query channels d_k (default C); divisible by num_heads.
-        value_dim: total value channels d_v (default C); divisible by num_heads.
+        key_dim: key/query channels per head (default C / h; the paper's d_k is h * key_dim).
+        value_dim: value channels per head (default C / h; d_v = h * value_dim).
         num_heads: heads h.
         normalization: "softmax" (paper default) or "scaling".
         residual: add the input to the output, as the authors' module does (needs dim_out == dim).
+        impl: "auto" or "reference" (the one path).
+        device, dtype: factory arguments for the parameters.
 
-    Shapes: (B, C, H, W) -> (B, C_out, H, W); per head the context is (d_k/h, d_v/h).
+    Shapes: (B, C, H, W) -> (B, C_out, H, W); per head the context is (key_dim, value_dim).
     """
+
+    renamed_keys = {"reprojection": "proj"}
 
     def __init__(
         self,
@@ -60,50 +70,61 @@ class EfficientAttention(SpatialAttention):
         num_heads: int = 4,
         normalization: str = "softmax",
         residual: bool = False,
+        impl: str = "auto",
+        device=None,
+        dtype=None,
     ):
-        super().__init__(dim, dim_out)
-        key_dim = dim if key_dim is None else key_dim
-        value_dim = dim if value_dim is None else value_dim
+        super().__init__(dim, dim_out, impl=impl)
+        check_positive_int("num_heads", num_heads)
+        if key_dim is None or value_dim is None:
+            check_divisible("dim", dim, "num_heads", num_heads)
+        key_dim = dim // num_heads if key_dim is None else key_dim
+        value_dim = dim // num_heads if value_dim is None else value_dim
         check_positive_int("key_dim", key_dim)
         check_positive_int("value_dim", value_dim)
-        check_positive_int("num_heads", num_heads)
-        check_divisible("key_dim", key_dim, "num_heads", num_heads)
-        check_divisible("value_dim", value_dim, "num_heads", num_heads)
         check_choice("normalization", normalization, ("softmax", "scaling"))
         if residual and self.dim_out != dim:
             raise ValueError(f"residual=True needs dim_out == dim, got dim={dim}, dim_out={self.dim_out}")
         self.key_dim, self.value_dim, self.num_heads = key_dim, value_dim, num_heads
         self.normalization = normalization
         self.residual = residual
+        dk, dv = num_heads * key_dim, num_heads * value_dim  # the paper's totals d_k, d_v
+        fk = {"device": device, "dtype": dtype}
         # 1x1 convolutions with bias, as in the authors' module.
-        self.queries = nn.Conv2d(dim, key_dim, 1)
-        self.keys = nn.Conv2d(dim, key_dim, 1)
-        self.values = nn.Conv2d(dim, value_dim, 1)
-        self.reprojection = nn.Conv2d(value_dim, self.dim_out, 1)
+        self.queries = nn.Conv2d(dim, dk, 1, **fk)
+        self.keys = nn.Conv2d(dim, dk, 1, **fk)
+        self.values = nn.Conv2d(dim, dv, 1, **fk)
+        self.proj = nn.Conv2d(dv, self.dim_out, 1, **fk)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def reset_parameters(self) -> None:
+        """The four 1x1 convolutions as ``nn.Conv2d`` initialises them."""
+        for conv in (self.queries, self.keys, self.values, self.proj):
+            conv.reset_parameters()
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         n, nh = h * w, self.num_heads
-        q = self.queries(x).reshape(b, nh, self.key_dim // nh, n)
-        k = self.keys(x).reshape(b, nh, self.key_dim // nh, n)
-        v = self.values(x).reshape(b, nh, self.value_dim // nh, n)
+        q = self.queries(x).reshape(b, nh, self.key_dim, n)  # Q per head: (B, h, d_k/h, n)
+        k = self.keys(x).reshape(b, nh, self.key_dim, n)
+        v = self.values(x).reshape(b, nh, self.value_dim, n)
         dtype = v.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             q, k, v = upcast(q, k, v)
             if self.normalization == "softmax":
-                q = q.softmax(dim=2)  # over each query's d_k channels
-                k = k.softmax(dim=3)  # over the n positions
+                q = q.softmax(dim=2)  # rho_q: over each query's d_k channels
+                k = k.softmax(dim=3)  # rho_k: over the n positions
             else:
                 s = n**-0.5
-                q, k = q * s, k * s
+                q, k = q * s, k * s  # rho_q = rho_k = Y / sqrt(n)
             context = k @ v.transpose(2, 3)  # (B, h, d_k, d_v): rho_k(K)^T V
-            o = context.transpose(2, 3) @ q  # (B, h, d_v, n)
-        o = o.to(dtype).reshape(b, self.value_dim, h, w)
-        y = self.reprojection(o)
+            o = context.transpose(2, 3) @ q  # (B, h, d_v, n): rho_q(Q) (rho_k(K)^T V)
+        o = o.to(dtype).reshape(b, nh * self.value_dim, h, w)
+        y = self.proj(o)
         return y + x if self.residual else y
 
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
-        n, c, dk, dv = height * width, self.dim, self.key_dim, self.value_dim
+        n, c = height * width, self.dim
+        dk, dv = self.num_heads * self.key_dim, self.num_heads * self.value_dim
         proj = 2 * n * c * (2 * dk + dv) + 2 * n * dv * self.dim_out
         core = 2 * 2 * n * dk * dv // self.num_heads  # context and output, summed over heads
         return {"counted": batch * (proj + core), "uncounted": 0}

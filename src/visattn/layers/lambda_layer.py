@@ -17,13 +17,25 @@ Bello, "LambdaNetworks: Modeling Long-Range Interactions Without Attention", ICL
 * ``stride=2``: 3x3 average pooling (stride 2, padding 1) after the layer, as the paper's
   LambdaResNets down-sample.
 
-Both position forms are the same operation: the global form is a lambda convolution whose
-kernel is the (2H-1) x (2W-1) slice of the table centred on offset 0, so no n x m
-embedding tensor is ever built (it would take n^2 k u values: 9.9 GB at 112 x 112, k=16).
-The convolution runs as ``conv3d`` over (v, H, W) with a (1, r, r) kernel, or through a
-real FFT when the kernel is large (same result up to float rounding; ``conv_impl``).
-The per-position product with the queries runs as k fused multiply-adds over (B, h, v, n)
-instead of n tiny matrix products, with a hand-written backward of the same form.
+Implementations (``impl=``):
+
+* ``"reference"``: the paper's equations as written, with einsums over the n x m relative
+  embeddings E[n, m] = R[pos_m - pos_n] gathered from the table (zero outside the r x r
+  window). It builds n^2 k u values (9.9 GB at 112 x 112, k=16): for reading and testing.
+* ``"direct"``: both position forms as one operation, a lambda convolution — the global
+  form's kernel is the (2H-1) x (2W-1) slice of the table centred on offset 0, so no n x m
+  tensor is built. It runs as ``conv3d`` over (v, H, W) with a (1, r, r) kernel.
+* ``"fft"``: the same lambda convolution through real FFTs (chunked over key channels).
+* ``"auto"`` picks ``"fft"`` when the kernel, cropped to the offsets an H x W map has
+  (``min(r, 2H-1) x min(r, 2W-1)``, area A), and n = H*W satisfy
+  ``(n >= 400 and A >= 49) or (n >= 196 and A >= 400)``, else ``"direct"`` (measured on
+  CPU, forward+backward, batch 4, C=64: conv3d wins on maps up to ~10 x 10 and on 14 x 14
+  with r <= 11; the FFT wins from 20 x 20 up for r >= 7, 1.5-2x at r=7, and on 14 x 14 for
+  r >= 21). The rule does not depend on grad mode or device.
+
+In "direct" and "fft" the per-position product with the queries runs as k fused
+multiply-adds over (B, h, v, n) instead of n tiny matrix products (with a hand-written
+backward of the same form when gradients are needed: same forward, less memory).
 
 Not implemented: masked contexts (paper appendix B.2), the multi-head (non multi-query)
 variant (B.3), contexts other than the input itself, the extra dimension of B.4.
@@ -224,11 +236,34 @@ def _as_pair(name: str, value) -> tuple[int, int]:
     raise TypeError(f"{name} must be an int or a pair (H, W) of ints >= 1, got {value!r}")
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient. PyTorch's CPU BatchNorm backward
+    (2.13) returns a wrong input gradient for a gradient whose strides look channels-last on a
+    map with H = 1 (e.g. shape (1, 2, 1, 2), strides (2, 1, 4, 2), as einsum's backward makes);
+    a contiguous gradient avoids it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.contiguous()
+
+
 def _bn(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """BatchNorm that falls back to running statistics when training on one value per channel,
     and that never lets a non-finite training batch into the running statistics (one NaN
     pixel would poison them for good): such a batch is normalised with its own statistics,
-    the running ones are left as they were, and a warning says so."""
+    the running ones are left as they were, and a warning says so. Under autograd the
+    gradient reaching BatchNorm is made contiguous (see ``_ContiguousGrad``)."""
+    y = _bn_forward(norm, x)
+    if y.requires_grad and not _is_tracing():
+        y = _ContiguousGrad.apply(y)
+    return y
+
+
+def _bn_forward(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     if norm.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
         return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
     if norm.training and norm.track_running_stats and not _is_tracing() and not bool(torch.isfinite(x.detach()).all()):
@@ -236,7 +271,7 @@ def _bn(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
             "LambdaLayer: a training batch has non-finite (NaN/inf) queries or values; the "
             "BatchNorm running statistics were not updated with it",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return F.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
     return norm(x)
@@ -258,10 +293,13 @@ def _is_tracing() -> bool:
     cost="local",
     receptive_field="local",
     window_arg="local_scope",
+    window_centred=True,
     positional="relative (lambda convolution over an r x r window, or a global table up to max_size)",
     max_resolution_arg="max_size",
     export=("onnx", "compile", "torchscript"),
+    impls=("reference", "direct", "fft"),
     test_kwargs={"num_heads": 2, "key_dim": 4, "local_scope": 3},
+    test_variants=({"local_scope": None, "max_size": 9}, {"intra_depth": 2, "lambda_conv_bias": True}),
     bench_kwargs={"num_heads": 4, "key_dim": 16, "local_scope": 7},
     bench_variants={
         "lambda-r23": {"num_heads": 4, "key_dim": 16, "local_scope": 23},
@@ -284,7 +322,12 @@ class LambdaLayer(SpatialAttention):
         stride: 1, or 2 for a 3x3 average pool (stride 2, padding 1) after the layer.
         lambda_conv_bias: a learned bias per key channel on the position lambdas (the
             lucidrains and timm ports have one; the paper has none).
-        conv_impl: how the lambda convolution runs: "auto", "direct" (conv3d) or "fft".
+        impl: "auto", "reference" (einsums over gathered embeddings, n^2 k u memory),
+            "direct" (lambda convolution by conv3d) or "fft" (by real FFTs). (Formerly
+            ``conv_impl``.) ``auto``: "fft" when the kernel cropped to the map's offsets
+            (area A = min(r, 2H-1) * min(r, 2W-1)) and n = H*W satisfy
+            (n >= 400 and A >= 49) or (n >= 196 and A >= 400), else "direct".
+        device, dtype: factory arguments for the parameters and buffers.
 
     Shapes: (B, C, H, W) -> (B, d_out, H, W) (H/2, W/2 rounded up with stride 2).
     ``q``: (B, h, k, n); ``k``: (B, u, k, n); ``v``: (B, u, v, H, W); lambdas (B, k, v, n).
@@ -302,23 +345,25 @@ class LambdaLayer(SpatialAttention):
         max_size=None,
         stride: int = 1,
         lambda_conv_bias: bool = False,
-        conv_impl: str = "auto",
+        impl: str = "auto",
+        device=None,
+        dtype=None,
     ):
-        super().__init__(dim, dim_out)
+        super().__init__(dim, dim_out, impl=impl)
         check_positive_int("num_heads", num_heads)
         check_divisible("dim_out", self.dim_out, "num_heads", num_heads)
         check_positive_int("key_dim", key_dim)
         check_positive_int("intra_depth", intra_depth)
         check_choice("stride", stride, (1, 2))
-        check_choice("conv_impl", conv_impl, ("auto", "direct", "fft"))
         self.num_heads, self.key_dim, self.intra_depth = num_heads, key_dim, intra_depth
         self.value_dim = self.dim_out // num_heads
-        self.stride, self.conv_impl = stride, conv_impl
+        self.stride = stride
         k, u, vd = key_dim, intra_depth, self.value_dim
+        fk = {"device": device, "dtype": dtype}
         if local_scope is not None:
             check_odd("local_scope", local_scope)
             self.max_size = None
-            self.pos_kernel = nn.Parameter(torch.empty(k, u, local_scope, local_scope))  # R over r x r offsets
+            self.pos_kernel = nn.Parameter(torch.empty(k, u, local_scope, local_scope, **fk))  # R over r x r offsets
         else:
             if max_size is None:
                 raise ValueError(
@@ -327,18 +372,21 @@ class LambdaLayer(SpatialAttention):
                 )
             self.max_size = _as_pair("max_size", max_size)
             mh, mw = self.max_size
-            self.pos_kernel = nn.Parameter(torch.empty(k, u, 2 * mh - 1, 2 * mw - 1))  # R over every offset
+            self.pos_kernel = nn.Parameter(torch.empty(k, u, 2 * mh - 1, 2 * mw - 1, **fk))  # R over every offset
         self.local_scope = local_scope
         self.receptive_field = local_scope
         # One 1x1 projection for W_Q (h*k), W_K (k*u), W_V (v*u), bias-free.
-        self.qkv = nn.Conv2d(dim, num_heads * k + k * u + vd * u, 1, bias=False)
-        self.norm_q = nn.BatchNorm2d(num_heads * k)
-        self.norm_v = nn.BatchNorm2d(vd * u)
-        self.pos_bias = nn.Parameter(torch.zeros(k)) if lambda_conv_bias else None
+        self.qkv = nn.Conv2d(dim, num_heads * k + k * u + vd * u, 1, bias=False, **fk)
+        self.norm_q = nn.BatchNorm2d(num_heads * k, **fk)
+        self.norm_v = nn.BatchNorm2d(vd * u, **fk)
+        self.pos_bias = nn.Parameter(torch.zeros(k, **fk)) if lambda_conv_bias else None
         self.pool = nn.AvgPool2d(3, 2, 1) if stride == 2 else nn.Identity()
         self.reset_parameters()
 
+    renamed_args = {"conv_impl": "impl"}
+
     def reset_parameters(self) -> None:
+        """W_Q, W_K, W_V ~ N(0, 1/C); the table R ~ truncated N(0, 0.02^2); bias 0; BatchNorms fresh."""
         nn.init.normal_(self.qkv.weight, std=self.dim**-0.5)
         nn.init.trunc_normal_(self.pos_kernel, std=0.02)
         if self.pos_bias is not None:
@@ -354,6 +402,7 @@ class LambdaLayer(SpatialAttention):
         """
         if self.local_scope is not None:
             return self.pos_kernel
+        assert self.max_size is not None  # set whenever local_scope is None
         mh, mw = self.max_size
         if height > mh or width > mw:
             raise ValueError(
@@ -363,10 +412,20 @@ class LambdaLayer(SpatialAttention):
             )
         return self.pos_kernel[:, :, mh - height : mh + height - 1, mw - width : mw + width - 1]
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    # -- implementations -----------------------------------------------------
+    def _conv_impl(self, height: int, width: int) -> str:
+        """The ``auto`` rule: "fft" or "direct" for an H x W input (see the module docstring)."""
+        rh, rw = _crop_kernel(self.position_kernel(height, width), height, width).shape[-2:]
+        return "fft" if _use_fft((rh, rw), height, width) else "direct"
+
+    def _auto_impl(self, x: torch.Tensor) -> str:
+        return self._conv_impl(x.shape[2], x.shape[3])
+
+    def _project(self, x: torch.Tensor):
+        """Q = BN(W_Q x) (B, h, k, n), softmax_m(K) (B, u, k, n), V = BN(W_V x) (B, u, v, H, W),
+        in the compute dtype (float32 for half-precision parameters), and the output dtype."""
         b, _, height, width = x.shape
         n, h, k, u, vd = height * width, self.num_heads, self.key_dim, self.intra_depth, self.value_dim
-        kernel = self.position_kernel(height, width)
         pdtype = self.norm_q.weight.dtype
         dev = x.device.type
         if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) in _HALF:
@@ -384,17 +443,61 @@ class LambdaLayer(SpatialAttention):
             q, kk, v = qkv.split([h * k, k * u, vd * u], dim=1)
         q, v = _bn(self.norm_q, q), _bn(self.norm_v, v)
         cdtype = torch.float32 if pdtype in _HALF else pdtype
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(dev, enabled=False):
             q = q.to(cdtype).reshape(b, h, k, n)
             kk = torch.softmax(kk.to(cdtype).reshape(b, u, k, n), dim=-1)  # softmax over the m positions
             v = v.to(cdtype).reshape(b, u, vd, height, width)
+        return q, kk, v, out_dtype
+
+    def relative_embeddings(self, height: int, width: int) -> torch.Tensor:
+        """E of shape (k, u, n, m) with E[:, :, n, m] = R[pos_m - pos_n] for an H x W input
+        (row-major positions), zero where the offset lies outside the kernel."""
+        kernel = self.position_kernel(height, width)
+        rh, rw = kernel.shape[-2:]
+        dev = kernel.device
+        ys = torch.arange(height, device=dev).repeat_interleave(width)  # pos_n rows, (n,)
+        xs = torch.arange(width, device=dev).repeat(height)
+        iy = ys[None, :] - ys[:, None] + rh // 2  # (n, m): kernel row of offset pos_m - pos_n
+        ix = xs[None, :] - xs[:, None] + rw // 2
+        inside = (iy >= 0) & (iy < rh) & (ix >= 0) & (ix < rw)
+        e = kernel[:, :, iy.clamp(0, rh - 1), ix.clamp(0, rw - 1)]  # (k, u, n, m)
+        return e * inside
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, height, width = x.shape
+        q, k_soft, v, out_dtype = self._project(x)
+        with torch.autocast(x.device.type, enabled=False):
+            v = v.flatten(3)  # (B, u, v, m)
+            lam_c = torch.einsum("bukm,buvm->bkv", k_soft, v)  # lambda_c = sum_u softmax_m(K_u)^T V_u
+            if self.pos_bias is not None:
+                lam_c = lam_c + self.pos_bias.to(lam_c.dtype)[:, None]
+            e = self.relative_embeddings(height, width).to(v.dtype)  # (k, u, n, m)
+            lam_p = torch.einsum("kunm,buvm->bkvn", e, v)  # lambda_p[n] = sum_u E[n]_u^T V_u
+            y = torch.einsum("bhkn,bkvn->bhvn", q, lam_c[..., None] + lam_p)  # (lambda_c + lambda_p[n])^T q_n
+        y = y.reshape(b, self.num_heads * self.value_dim, height, width).to(out_dtype)
+        return self.pool(y)
+
+    def _forward_direct(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_conv(x, "direct")
+
+    def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_conv(x, "fft")
+
+    def _forward_conv(self, x: torch.Tensor, conv_impl: str) -> torch.Tensor:
+        b, _, height, width = x.shape
+        n, h, k, vd = height * width, self.num_heads, self.key_dim, self.value_dim
+        kernel = self.position_kernel(height, width)
+        q, kk, v, out_dtype = self._project(x)
+        u = self.intra_depth
+        with torch.autocast(x.device.type, enabled=False):
+            cdtype = q.dtype
             # content lambda (B, k, v): sum_u softmax(K_u)^T V_u
             lam_c = torch.bmm(
                 kk.transpose(1, 2).reshape(b, k, u * n), v.reshape(b, u, vd, n).transpose(2, 3).reshape(b, u * n, vd)
             )
             if self.pos_bias is not None:
                 lam_c = lam_c + self.pos_bias.to(cdtype)[:, None]
-            lam = lambda_conv(v, kernel.to(cdtype), self.conv_impl)  # (B, k, v, H, W) position lambdas
+            lam = lambda_conv(v, kernel.to(cdtype), conv_impl)  # (B, k, v, H, W) position lambdas
             lam_c = lam_c[..., None, None]
             lam = lam.add_(lam_c) if lam.is_contiguous() else lam + lam_c  # lambda_c + lambda_p[n]
             lam = lam.reshape(b, k, vd, n)
@@ -402,15 +505,24 @@ class LambdaLayer(SpatialAttention):
         y = y.reshape(b, h * vd, height, width).to(out_dtype)
         return self.pool(y)
 
+    def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
+        """The reference's (k, u, n, m) embeddings and (B, k, v, n) lambdas; 0 for the
+        lambda convolution (nothing beyond O(n k v))."""
+        if self.impl != "reference":
+            return 0
+        n, size = height * width, max(itemsize, 4)
+        return max(self.key_dim * self.intra_depth * n * n, batch * self.key_dim * self.value_dim * n) * size
+
     def flop_breakdown(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
         n, h, k, u, vd = height * width, self.num_heads, self.key_dim, self.intra_depth, self.value_dim
         counted = 2 * n * self.dim * (h * k + k * u + vd * u)  # projections
         counted += 2 * k * vd * u * n  # content lambda (bmm)
         rh, rw = _crop_kernel(self.position_kernel(height, width), height, width).shape[-2:]
-        impl = self.conv_impl
-        if impl == "auto":
-            impl = "fft" if _use_fft((rh, rw), height, width) else "direct"
-        uncounted = 2 * h * k * vd * n  # queries x lambdas, elementwise
+        impl = self._conv_impl(height, width) if self.impl == "auto" else self.impl
+        if impl == "reference":  # einsums: E (n x m) against V, then the queries, all as matmuls
+            counted += 2 * k * vd * n * n * u + 2 * h * k * vd * n
+            return {"counted": batch * counted, "uncounted": 0}
+        uncounted: float = 2 * h * k * vd * n  # queries x lambdas, elementwise
         if impl == "direct":
             counted += 2 * k * vd * n * u * rh * rw  # lambda convolution (conv3d)
         else:

@@ -33,10 +33,24 @@ W_out in R^{C_out x h C} holds the products W_val^(h) W_out^(h) of the paper's t
 
 Offsets come from the input size at every call: nothing is tied to a grid fixed at
 construction. The positional logits do not depend on x, so they are computed once per
-forward as separable tables (rows, columns) combined by broadcasting and shared by the
-batch. Without content, out = softmax(P) V is a batched matmul with the (h, n, n)
-probability table; with content, ``scaled_dot_product_attention`` gets P as additive mask.
-Under half precision the softmax and the attention core run in float32.
+forward as separable tables (rows, columns) combined by broadcasting. Under half precision
+the softmax and the attention core run in float32.
+
+Implementations (``impl=``; :meth:`RelativePositionAttention.supported_impls` says which a
+configuration has):
+
+* ``"reference"``: softmax_k(q k^T / sqrt(d) + P) V written out, the (B, h, n, n) logits in
+  memory (any configuration);
+* ``"mask"`` (content): ``scaled_dot_product_attention`` with P as additive mask;
+* ``"folded"`` (content, quadratic / gaussian): P folded into extra query/key dimensions
+  (:meth:`~RelativePositionAttention.positional_features`), so the fused SDPA kernel runs
+  without any (h, n, n) table;
+* ``"shared"`` (position only): one (h, n, n) probability table softmax(P) shared by the
+  batch, applied as one (n, n) @ (n, B d_v) product per head;
+* ``"auto"``: with content, ``"folded"`` for quadratic / gaussian encodings and ``"mask"``
+  for "learned" or while tracing / scripting / compiling / exporting (exports keep the
+  additive-mask graph); without content, ``"shared"``. Independent of grad mode and of
+  the input size.
 
 Not implemented: the paper's "blur" trick for Gaussian heads, attention-head pruning,
 the absolute position encodings of the authors' BERT code.
@@ -74,7 +88,12 @@ def relative_offsets(size: int, device=None, dtype=torch.float32) -> torch.Tenso
     positional="relative 2-D: quadratic (centre + sharpness), learned row/column embeddings, or full-covariance gaussian",
     max_resolution_arg="max_offset",
     export=("onnx", "compile", "torchscript"),
+    impls=("reference", "mask", "folded", "shared"),
     test_kwargs={"num_heads": 2, "encoding": "gaussian", "content": True},
+    test_variants=(
+        {"encoding": "quadratic", "content": False, "value_proj": False},
+        {"encoding": "learned", "max_offset": 8, "pos_dim": 4},
+    ),
     bench_kwargs={"num_heads": 4, "encoding": "quadratic", "content": False},
     bench_variants={
         "relpos-content": {"num_heads": 4, "encoding": "quadratic", "content": True},
@@ -89,11 +108,12 @@ class RelativePositionAttention(SpatialAttention):
         dim_out: output channels C_out (default C).
         num_heads: heads h.
         encoding: "quadratic", "learned" or "gaussian" (see module docstring).
-        content: add the query-key term q^T k / sqrt(head_dim) to the positional logits.
-        head_dim: query/key width per head (default C / h; C must then divide by h).
+        content: add the query-key term q^T k / sqrt(key_dim) to the positional logits.
+        key_dim: query/key width per head (default C / h; C must then divide by h).
+            (Formerly ``head_dim``.)
         value_proj: project values per head (usual MHSA). False: heads average the input
             itself (value width C) and ``proj`` maps h*C -> C_out (the paper's theorem).
-        value_dim: per-head value width with ``value_proj`` (default ``head_dim``).
+        value_dim: per-head value width with ``value_proj`` (default ``key_dim``).
         max_offset: "learned" only: largest |offset| M the tables cover (inputs up to
             (M+1) x (M+1)); default 15 (16 x 16 token grids).
         pos_dim: "learned" only: embedding width D_p (default C, as in the authors' code).
@@ -102,6 +122,11 @@ class RelativePositionAttention(SpatialAttention):
         init_centre_std: std of the initial centres (quadratic, gaussian).
         init_alpha: initial sharpness alpha (quadratic); the gaussian starts at the
             matching isotropic spread s = sqrt(2 alpha).
+        impl: "auto", "reference", "mask", "folded" or "shared" (module docstring;
+            :meth:`supported_impls`). ``auto``: without content "shared"; with content
+            "folded" (quadratic / gaussian) or "mask" ("learned", or while tracing,
+            scripting, compiling or exporting).
+        device, dtype: factory arguments for the parameters.
 
     Shapes: (B, C, H, W) -> (B, C_out, H, W); n = H*W; attention maps (B, h, n, n).
     """
@@ -114,7 +139,7 @@ class RelativePositionAttention(SpatialAttention):
         num_heads: int = 4,
         encoding: str = "quadratic",
         content: bool = False,
-        head_dim: int | None = None,
+        key_dim: int | None = None,
         value_proj: bool = True,
         value_dim: int | None = None,
         max_offset: int = 15,
@@ -123,16 +148,19 @@ class RelativePositionAttention(SpatialAttention):
         attn_drop: float = 0.0,
         init_centre_std: float = 1.0,
         init_alpha: float = 0.5,
+        impl: str = "auto",
+        device=None,
+        dtype=None,
     ):
-        super().__init__(dim, dim_out)
+        super().__init__(dim, dim_out, impl=impl)
         check_positive_int("num_heads", num_heads)
         check_choice("encoding", encoding, ENCODINGS)
         if not isinstance(content, bool) or not isinstance(value_proj, bool):
             raise TypeError(f"content and value_proj must be bool, got {content!r} and {value_proj!r}")
-        if head_dim is None:
+        if key_dim is None:
             check_divisible("dim", dim, "num_heads", num_heads)
-            head_dim = dim // num_heads
-        check_positive_int("head_dim", head_dim)
+            key_dim = dim // num_heads
+        check_positive_int("key_dim", key_dim)
         check_positive_int("value_dim", value_dim, allow_none=True)
         if not value_proj and value_dim is not None:
             raise ValueError(
@@ -142,36 +170,47 @@ class RelativePositionAttention(SpatialAttention):
         if not 0.0 <= attn_drop < 1.0:
             raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop}")
         self.num_heads, self.encoding, self.content = num_heads, encoding, content
-        self.head_dim, self.value_proj = head_dim, value_proj
-        self.value_dim = (value_dim or head_dim) if value_proj else dim
+        self.key_dim, self.value_proj = key_dim, value_proj
+        self.value_dim = (value_dim or key_dim) if value_proj else dim
         self.attn_drop = attn_drop
         self.init_centre_std, self.init_alpha = init_centre_std, init_alpha
-        self.qk = nn.Linear(dim, 2 * num_heads * head_dim, bias=qkv_bias) if content else None
-        self.v = nn.Linear(dim, num_heads * self.value_dim, bias=qkv_bias) if value_proj else None
-        self.proj = nn.Linear(num_heads * self.value_dim, self.dim_out)
+        fk = {"device": device, "dtype": dtype}
+        self.qk = nn.Linear(dim, 2 * num_heads * key_dim, bias=qkv_bias, **fk) if content else None
+        self.v = nn.Linear(dim, num_heads * self.value_dim, bias=qkv_bias, **fk) if value_proj else None
+        self.proj = nn.Linear(num_heads * self.value_dim, self.dim_out, **fk)
 
         self.max_offset = None
         if encoding == "quadratic":
-            self.centres = nn.Parameter(torch.empty(num_heads, 2))  # Delta_h = (dy, dx)
-            self.alpha = nn.Parameter(torch.empty(num_heads))
+            self.centres = nn.Parameter(torch.empty(num_heads, 2, **fk))  # Delta_h = (dy, dx)
+            self.alpha = nn.Parameter(torch.empty(num_heads, **fk))
         elif encoding == "gaussian":
-            self.centres = nn.Parameter(torch.empty(num_heads, 2))  # mu_h = (dy, dx)
-            self.log_diag = nn.Parameter(torch.empty(num_heads, 2))  # log of L_h's diagonal
-            self.off_diag = nn.Parameter(torch.empty(num_heads))  # L_h[1, 0]
+            self.centres = nn.Parameter(torch.empty(num_heads, 2, **fk))  # mu_h = (dy, dx)
+            self.log_diag = nn.Parameter(torch.empty(num_heads, 2, **fk))  # log of L_h's diagonal
+            self.off_diag = nn.Parameter(torch.empty(num_heads, **fk))  # L_h[1, 0]
         else:
             check_positive_int("max_offset", max_offset)
             pos_dim = dim if pos_dim is None else pos_dim
             check_positive_int("pos_dim", pos_dim)
             self.max_offset, self.pos_dim = max_offset, pos_dim
-            self.row_embed = nn.Parameter(torch.empty(2 * max_offset + 1, pos_dim))  # r^row_{dy}, dy = -M..M
-            self.col_embed = nn.Parameter(torch.empty(2 * max_offset + 1, pos_dim))
-            self.row_keys = nn.Parameter(torch.empty(num_heads, pos_dim))  # u_h^row
-            self.col_keys = nn.Parameter(torch.empty(num_heads, pos_dim))
-        self.reset_parameters()
+            self.row_embed = nn.Parameter(torch.empty(2 * max_offset + 1, pos_dim, **fk))  # r^row_{dy}, dy = -M..M
+            self.col_embed = nn.Parameter(torch.empty(2 * max_offset + 1, pos_dim, **fk))
+            self.row_keys = nn.Parameter(torch.empty(num_heads, pos_dim, **fk))  # u_h^row
+            self.col_keys = nn.Parameter(torch.empty(num_heads, pos_dim, **fk))
+        self._reset_positional()  # the projections were initialised when built
+        self.impl = impl  # now that the configuration is known: is the named path supported?
+
+    renamed_args = {"head_dim": "key_dim"}
 
     def reset_parameters(self) -> None:
-        """Centres ~ N(0, init_centre_std^2), alpha = init_alpha, gaussian spread sqrt(2 alpha) I,
-        learned tables ~ N(0, 0.02^2), key vectors and projections like nn.Linear."""
+        """Projections like nn.Linear (q/k, v, proj, in construction order), then the positional
+        parameters: centres ~ N(0, init_centre_std^2), alpha = init_alpha, gaussian spread
+        sqrt(2 alpha) I, learned tables ~ N(0, 0.02^2), key vectors like nn.Linear."""
+        for lin in (self.qk, self.v, self.proj):
+            if lin is not None:
+                lin.reset_parameters()
+        self._reset_positional()
+
+    def _reset_positional(self) -> None:
         if self.encoding in ("quadratic", "gaussian"):
             nn.init.normal_(self.centres, 0.0, self.init_centre_std)
         if self.encoding == "quadratic":
@@ -199,10 +238,11 @@ class RelativePositionAttention(SpatialAttention):
         return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2)
 
     def _check_size(self, height: int, width: int) -> None:
-        if self.encoding == "learned" and max(height, width) - 1 > self.max_offset:
+        m = self.max_offset
+        if m is not None and max(height, width) - 1 > m:  # set for encoding="learned" only
             raise ValueError(
-                f"RelativePositionAttention(encoding='learned') covers offsets up to max_offset={self.max_offset} "
-                f"(inputs up to {self.max_offset + 1} x {self.max_offset + 1}), got an input of {height} x {width} "
+                f"RelativePositionAttention(encoding='learned') covers offsets up to max_offset={m} "
+                f"(inputs up to {m + 1} x {m + 1}), got an input of {height} x {width} "
                 f"needing offsets up to {max(height, width) - 1}; build it with a larger max_offset"
             )
 
@@ -216,6 +256,7 @@ class RelativePositionAttention(SpatialAttention):
         nh, n = self.num_heads, height * width
         if self.encoding == "learned":
             m = self.max_offset
+            assert m is not None
             dy = relative_offsets(height, self.row_embed.device, torch.long) + m  # (H, H) table indices
             dx = relative_offsets(width, self.col_embed.device, torch.long) + m
             rk, re_, ck, ce = upcast(self.row_keys, self.row_embed, self.col_keys, self.col_embed)
@@ -253,7 +294,8 @@ class RelativePositionAttention(SpatialAttention):
 
     def _qk(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, _ = t.shape
-        qk = self.qk(t).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        assert self.qk is not None, "queries and keys exist with content=True only"
+        qk = self.qk(t).reshape(b, n, 2, self.num_heads, self.key_dim).permute(2, 0, 3, 1, 4)
         return qk[0], qk[1]  # (B, h, n, d) each
 
     def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
@@ -271,81 +313,124 @@ class RelativePositionAttention(SpatialAttention):
             p = self.positional_logits(h, w)
             if self.content:
                 q, k = upcast(q, k)
-                logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim) + p.to(q.dtype)
+                logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.key_dim) + p.to(q.dtype)
             else:
                 logits = p[None].expand(b, -1, -1, -1)
             return torch.softmax(logits, dim=-1)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        n = h * w
-        t = x.flatten(2).transpose(1, 2)  # (B, n, C)
-        v = self._values(t)  # (B, h, n, d_v)
-        q, k = self._qk(t) if self.content else (None, None)  # (B, h, n, d)
-        out_dtype = v.dtype
-        drop = self.attn_drop if self.training else 0.0
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            # (h, n, n), float32 or float64; not built when the positions fold into q and k
-            p = None if self.content and self._folds_positions() else self.positional_logits(h, w)
-            (v,) = upcast(v)
-            if self.content and self._folds_positions():
-                o = self._attend_folded(*upcast(q, k), v, h, w, drop)
-            elif self.content:
-                q, k = upcast(q, k)
-                # A 4-D (1, h, n, n) mask keeps the fused CPU kernel (a 3-D one falls back to the
-                # math path). PyTorch's fused kernels give no mask gradient: when P needs one
-                # (training), SDPA itself picks its math path, (B, h, n, n) in memory.
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=p.to(q.dtype)[None], dropout_p=drop)
-            else:
-                a = torch.softmax(p.to(v.dtype), dim=-1)  # (h, n, n), shared by the batch
-                if drop:
-                    o = F.dropout(a[None].expand(b, -1, -1, -1), drop) @ v  # per-example masks
-                else:
-                    # Fold the batch into the columns: one (n, n) @ (n, B d_v) product per head,
-                    # so the (h, n, n) table is never expanded or copied over the batch. Without a
-                    # value projection all heads share the values: a single (h n, n) @ (n, B C).
-                    if self.v is None:
-                        vb = v[:, 0].permute(1, 0, 2).reshape(n, b * self.value_dim)
-                    else:
-                        vb = v.permute(1, 2, 0, 3).reshape(self.num_heads, n, b * self.value_dim)
-                    o = (a @ vb).reshape(self.num_heads, n, b, self.value_dim).permute(2, 0, 1, 3)
-        o = o.to(out_dtype).transpose(1, 2).reshape(b, n, self.num_heads * self.value_dim)
-        o = self.proj(o)  # (B, n, C_out)
-        return o.transpose(1, 2).reshape(b, self.dim_out, h, w)
+    # -- implementations -------------------------------------------------------
+    def supported_impls(self) -> tuple[str, ...]:
+        """ "reference" always; with content "mask" (and "folded" for quadratic / gaussian),
+        without content "shared"."""
+        if not self.content:
+            return ("reference", "shared")
+        return ("reference", "mask") if self.encoding == "learned" else ("reference", "mask", "folded")
 
-    def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
-        """The positional table (h, n, n) in float32 or wider; with a per-example (B, h, n, n)
-        attention matrix when one is materialised (content in training or under autograd, or
-        attention dropout)."""
-        n, size = height * width, max(itemsize, 4)
-        dropout = self.training and self.attn_drop > 0  # SDPA's CPU kernels then take the math path
-        if self._folds_positions() and not dropout:  # fused SDPA on (B, h, n, D) queries, keys and values
-            return batch * self.num_heads * n * self._fold_width() * size
-        per_example = (self.content and (self.training or torch.is_grad_enabled())) or (
-            self.training and self.attn_drop > 0
-        )
-        return (batch if per_example else 1) * self.num_heads * n * n * size
+    def _impl_config(self) -> str:
+        return f"encoding={self.encoding!r}, content={self.content}"
 
-    # -- positions folded into queries and keys (content, quadratic / gaussian) ----------
-    def _folds_positions(self) -> bool:
-        """True when the positional logits are evaluated as extra query/key dimensions (eager
-        content layers with a quadratic or gaussian encoding); exports keep the additive mask."""
-        if self.encoding == "learned" or not self.content:
-            return False
+    def _auto_rule(self) -> str:
+        if not self.content:
+            return "shared"
         exporting = (
             torch.jit.is_tracing()
             or torch.jit.is_scripting()
             or torch.compiler.is_compiling()
             or torch.onnx.is_in_onnx_export()
         )
-        return not exporting
+        return "mask" if self.encoding == "learned" or exporting else "folded"
+
+    def _auto_impl(self, x: torch.Tensor) -> str:
+        return self._auto_rule()
+
+    def _chosen_impl(self) -> str:
+        return self._auto_rule() if self.impl == "auto" else self.impl
+
+    def _attend(self, x: torch.Tensor, core) -> torch.Tensor:
+        """Values, then ``core(t, v, height, width)`` -> (B, h, n, d_v) with autocast off (float32
+        or wider), heads concatenated and the output projection: (B, C, H, W) -> (B, C_out, H, W)."""
+        b, _, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (B, n, C)
+        v = self._values(t)  # (B, h, n, d_v)
+        q, k = self._qk(t) if self.content else (None, None)  # (B, h, n, d), in autocast's dtype
+        out_dtype = v.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            (v,) = upcast(v)
+            if q is not None and k is not None:
+                q, k = upcast(q, k)
+            o = core(q, k, v, h, w)
+        o = o.to(out_dtype).transpose(1, 2).reshape(b, h * w, self.num_heads * self.value_dim)
+        o = self.proj(o)  # (B, n, C_out)
+        return o.transpose(1, 2).reshape(b, self.dim_out, h, w)
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        def core(q, k, v, height, width):
+            logits = self.positional_logits(height, width)[None].to(v.dtype)  # P[h, q, k] = p_h(k - q)
+            if self.content:
+                logits = logits + torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(self.key_dim)
+            a = torch.softmax(logits, dim=-1).expand(v.shape[0], -1, -1, -1)  # (B, h, n, n), over keys
+            a = F.dropout(a, self.attn_drop, self.training)
+            return torch.einsum("bhqk,bhkd->bhqd", a, v)
+
+        return self._attend(x, core)
+
+    def _forward_mask(self, x: torch.Tensor) -> torch.Tensor:
+        drop = self.attn_drop if self.training else 0.0
+
+        def core(q, k, v, height, width):
+            p = self.positional_logits(height, width)
+            # A 4-D (1, h, n, n) mask keeps the fused CPU kernel (a 3-D one falls back to the
+            # math path). PyTorch's fused kernels give no mask gradient: when P needs one
+            # (training), SDPA itself picks its math path, (B, h, n, n) in memory.
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=p.to(q.dtype)[None], dropout_p=drop)
+
+        return self._attend(x, core)
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        drop = self.attn_drop if self.training else 0.0
+        return self._attend(x, lambda q, k, v, height, width: self._attend_folded(q, k, v, height, width, drop))
+
+    def _forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        drop = self.attn_drop if self.training else 0.0
+
+        def core(q, k, v, height, width):
+            b, n = v.shape[0], height * width
+            a = torch.softmax(self.positional_logits(height, width).to(v.dtype), dim=-1)  # (h, n, n)
+            if drop:
+                return F.dropout(a[None].expand(b, -1, -1, -1), drop) @ v  # per-example masks
+            # Fold the batch into the columns: one (n, n) @ (n, B d_v) product per head, so the
+            # (h, n, n) table is never expanded or copied over the batch. Without a value
+            # projection all heads share the values: a single (h n, n) @ (n, B C).
+            if self.v is None:
+                vb = v[:, 0].permute(1, 0, 2).reshape(n, b * self.value_dim)
+            else:
+                vb = v.permute(1, 2, 0, 3).reshape(self.num_heads, n, b * self.value_dim)
+            return (a @ vb).reshape(self.num_heads, n, b, self.value_dim).permute(2, 0, 1, 3)
+
+        return self._attend(x, core)
+
+    def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:
+        """The positional table (h, n, n) in float32 or wider; with a per-example (B, h, n, n)
+        attention matrix when one is materialised (the reference; content in training or under
+        autograd; attention dropout); the (B, h, n, D) folded queries/keys on the folded path."""
+        n, size = height * width, max(itemsize, 4)
+        impl = self._chosen_impl()
+        dropout = self.training and self.attn_drop > 0  # SDPA's CPU kernels then take the math path
+        if impl == "folded" and not dropout:  # fused SDPA on (B, h, n, D) queries, keys and values
+            return batch * self.num_heads * n * self._fold_width() * size
+        per_example = (
+            impl == "reference"
+            or (self.content and (self.training or torch.is_grad_enabled()))
+            or (self.training and self.attn_drop > 0)
+        )
+        return (batch if per_example else 1) * self.num_heads * n * n * size
 
     def _fold_width(self) -> int:
-        """Width D of the folded queries, keys and values: head_dim + 3 (quadratic) or + 5
+        """Width D of the folded queries, keys and values: key_dim + 3 (quadratic) or + 5
         (gaussian) positional dimensions, or the value width if larger, rounded up to a multiple
         of 8 (the fused CPU kernel is faster there: 24 wide costs 1.26x 16, 19 wide 1.36x)
         and all zero-padded to D."""
-        width = max(self.head_dim + (3 if self.encoding == "quadratic" else 5), self.value_dim)
+        width = max(self.key_dim + (3 if self.encoding == "quadratic" else 5), self.value_dim)
         return -(-width // 8) * 8
 
     def positional_features(self, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,7 +479,7 @@ class RelativePositionAttention(SpatialAttention):
         qf, kf = self.positional_features(height, width)
         qf, kf = qf.to(q.dtype), kf.to(q.dtype)
         e = qf.shape[-1]
-        parts_q = [q * self.head_dim**-0.5, qf[None].expand(b, nh, n, e)]
+        parts_q = [q * self.key_dim**-0.5, qf[None].expand(b, nh, n, e)]
         parts_k = [k, kf[None, None].expand(b, nh, n, e)]
         pad = width_d - d - e
         if pad:
@@ -416,20 +501,20 @@ class RelativePositionAttention(SpatialAttention):
             proj += 2 * n * c * nh * self.value_dim
         attn = 2 * nh * n * n * self.value_dim  # A V
         if self.content:
-            proj += 2 * n * c * 2 * nh * self.head_dim
-            attn += 2 * nh * n * n * self.head_dim  # q k^T
+            proj += 2 * n * c * 2 * nh * self.key_dim
+            attn += 2 * nh * n * n * self.key_dim  # q k^T
         pos = 2 * nh * n * n * (2 if self.encoding == "gaussian" else 1)
-        if self._folds_positions():  # positions are extra q/k dims: both SDPA products at width D
+        if self._chosen_impl() == "folded":  # positions are extra q/k dims: both SDPA products at width D
             attn, pos = 2 * 2 * nh * n * n * self._fold_width(), 0
         tables = 0
-        if self.encoding == "learned":  # u_h . r_delta for every offset, rows and columns, once per call
+        if self.max_offset is not None:  # learned: u_h . r_delta for every offset, rows and columns, once per call
             tables = 2 * 2 * nh * (2 * self.max_offset + 1) * self.pos_dim
         return {"counted": batch * (proj + attn) + tables, "uncounted": pos}
 
     def extra_repr(self) -> str:
         s = (
             f"{super().extra_repr()}, num_heads={self.num_heads}, encoding={self.encoding!r}, "
-            f"content={self.content}, head_dim={self.head_dim}, value_proj={self.value_proj}"
+            f"content={self.content}, key_dim={self.key_dim}, value_proj={self.value_proj}"
         )
         if self.encoding == "learned":
             s += f", max_offset={self.max_offset}, pos_dim={self.pos_dim}"
@@ -450,10 +535,14 @@ class ConvAsAttention(SpatialAttention):
     def __init__(self, attention: RelativePositionAttention, kernel_size: tuple[int, int]):
         super().__init__(attention.dim, attention.dim_out)
         self.attention = attention
-        self.kernel_size = tuple(kernel_size)
+        self.kernel_size = (int(kernel_size[0]), int(kernel_size[1]))
         self.receptive_field = max(self.kernel_size)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def reset_parameters(self) -> None:
+        """Re-initialises the wrapped attention layer (the conv's weights are then gone)."""
+        self.attention.reset_parameters()
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         ph, pw = self.kernel_size[0] // 2, self.kernel_size[1] // 2
         y = self.attention(F.pad(x, (pw, pw, ph, ph)))  # zeros: the conv's padding, as real keys
         return y[:, :, ph : ph + x.shape[2], pw : pw + x.shape[3]]
@@ -508,8 +597,16 @@ def attention_from_conv(conv: nn.Conv2d, alpha: float) -> ConvAsAttention:
     c_in, c_out = conv.in_channels, conv.out_channels
     w = conv.weight.detach()
     attn = RelativePositionAttention(
-        c_in, c_out, num_heads=kh * kw, encoding="quadratic", content=False, head_dim=1, value_proj=False
-    ).to(device=w.device, dtype=w.dtype)
+        c_in,
+        c_out,
+        num_heads=kh * kw,
+        encoding="quadratic",
+        content=False,
+        key_dim=1,
+        value_proj=False,
+        device=w.device,
+        dtype=w.dtype,
+    )
     ii, jj = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing="ij")
     with torch.no_grad():
         attn.centres.copy_(torch.stack([ii.reshape(-1) - kh // 2, jj.reshape(-1) - kw // 2], -1))

@@ -22,7 +22,7 @@ head attends over the full 400-wide input (no per-head value projection); the 9 
 outputs are concatenated (3600 values) and mapped back to 400 by one linear layer (the
 product W_val^(h) W_out^(h) of the theorem: ``value_proj=False``), followed by BERT's
 attention-output dense layer 400 -> 400 (``mixer_proj=True`` here). With content the query
-and key maps are 400 -> 9 x 400 (``head_dim=400``). The learned encoding has a row and a
+and key maps are 400 -> 9 x 400 (``key_dim=400``). The learned encoding has a row and a
 column table of 31 x 400 (offsets -15..15, ``pos_dim=400``) and one 400-vector per head and
 axis. Our counts: 12.09M, 12.28M, 29.60M (within 0.4% of the published figures).
 
@@ -204,7 +204,7 @@ _SAN_QUADRATIC = {
     "num_heads": 9,
     "encoding": "quadratic",
     "content": False,
-    "head_dim": 400,
+    "key_dim": 400,
     "value_proj": False,
     "attn_drop": 0.1,
     "init_centre_std": 2.0,
@@ -213,7 +213,7 @@ _SAN_LEARNED = {
     "num_heads": 9,
     "encoding": "learned",
     "content": False,
-    "head_dim": 400,
+    "key_dim": 400,
     "value_proj": False,
     "max_offset": 15,
     "pos_dim": 400,
