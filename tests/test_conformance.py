@@ -332,7 +332,6 @@ def test_compile_fullgraph_equals_eager(name):
         assert rel_err(compiled(x), m(x)) < 1e-5
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_onnx_export_matches_onnxruntime(name):
     if "onnx" not in visattn.attention_info(name).export:
@@ -349,7 +348,6 @@ def test_onnx_export_matches_onnxruntime(name):
         assert rel_err(torch.from_numpy(y), m(x)) < 1e-5
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_torchscript_trace_matches(name):
     if "torchscript" not in visattn.attention_info(name).export:

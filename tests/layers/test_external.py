@@ -358,8 +358,8 @@ def test_old_state_dict_nested_in_a_model_loads():
 
 
 def test_renamed_argument():
-    # create_attention reads renamed_args to name the new argument (after the merge with the
-    # registry change); the old name is refused either way
     assert ExternalAttention.renamed_args == {"key_bias": "memory_bias"}
-    with pytest.raises(TypeError, match=r"key_bias"):
+    with pytest.raises(
+        TypeError, match=r"argument 'key_bias' was renamed to 'memory_bias'; pass memory_bias=\.\.\. instead"
+    ):
         visattn.create_attention("external", 8, key_bias=True)

@@ -711,10 +711,10 @@ def test_old_state_dict_nested_in_a_model_loads():
 
 
 def test_renamed_argument():
-    # create_attention reads renamed_args to name the new argument (after the merge with the
-    # registry change); the old name is refused either way
     assert SlideAttention.renamed_args == {"key_bias": "offset_bias"}
-    with pytest.raises(TypeError, match=r"key_bias"):
+    with pytest.raises(
+        TypeError, match=r"argument 'key_bias' was renamed to 'offset_bias'; pass offset_bias=\.\.\. instead"
+    ):
         visattn.create_attention("slide", 8, num_heads=2, key_bias=False)
 
 

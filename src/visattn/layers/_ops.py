@@ -22,18 +22,3 @@ def upcast(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def autocast_off(device_type: str):
     """A context that disables autocast on ``device_type`` (so float32 math stays float32)."""
     return torch.autocast(device_type=device_type, enabled=False)
-
-
-def rename_state_keys(state_dict: dict, prefix: str, renamed: dict[str, str]) -> None:
-    """Rename old state-dict keys in place, for ``_load_from_state_dict`` (a load pre-hook).
-
-    ``renamed`` maps an old attribute name to its new one (``{"out_proj": "proj"}``): the key
-    ``prefix + old`` and every ``prefix + old + ".*"`` move to the new name, unless the new key
-    is already there (then the old one stays and load_state_dict reports it as unexpected).
-    """
-    for old, new in renamed.items():
-        head = prefix + old
-        for key in [k for k in state_dict if k == head or k.startswith(head + ".")]:
-            new_key = prefix + new + key[len(head) :]
-            if new_key not in state_dict:
-                state_dict[new_key] = state_dict.pop(key)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_FLOPS",
     "DEFAULT_MAX_PARAMS",
     "to_tokens",
+    "rename_state_keys",
     "from_tokens",
 ]
 
@@ -171,6 +172,24 @@ def from_tokens(t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return t.transpose(1, 2).reshape(b, c, hw[0], hw[1])
 
 
+def rename_state_keys(state_dict: dict, prefix: str, renamed: Mapping[str, str]) -> None:
+    """Rename old state-dict entries in place (for load pre-hooks and readers that compare keys).
+
+    ``renamed`` maps an old name to its new one, relative to ``prefix``: a parameter/buffer name
+    (``{"key_bias": "offset_bias"}``) or a submodule path (``{"out_proj": "proj"}`` moves
+    ``out_proj.weight`` and ``out_proj.bias``). A name matches whole dotted components only. An
+    entry whose new key is already present stays (``load_state_dict`` then reports it unexpected).
+    """
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        local = key[len(prefix) :]
+        for old, new in renamed.items():
+            if local == old or local.startswith(old + "."):
+                new_key = prefix + new + local[len(old) :]
+                if new_key not in state_dict:
+                    state_dict[new_key] = state_dict.pop(key)
+                break
+
+
 class SpatialAttention(nn.Module):
     """Base class of every mechanism: (B, C, H, W) -> (B, C_out, H, W).
 
@@ -210,14 +229,7 @@ class SpatialAttention(nn.Module):
 
     def _rename_old_keys(self, state_dict, prefix, *args) -> None:
         """Load-state-dict pre-hook: rename old-format entries (see :attr:`renamed_keys`) in place."""
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            local = key[len(prefix) :]
-            for old, new in self.renamed_keys.items():
-                if local == old or local.startswith(old + "."):
-                    new_key = prefix + new + local[len(old) :]
-                    if new_key not in state_dict:
-                        state_dict[new_key] = state_dict.pop(key)
-                    break
+        rename_state_keys(state_dict, prefix, self.renamed_keys)
 
     # -- implementations -----------------------------------------------------
     @property

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from visattn.layers._ops import _HALF, rename_state_keys
+from visattn.layers._ops import _HALF
 from visattn.layers.base import SpatialAttention, check_choice, check_divisible, check_positive_int
 from visattn.registry import register_attention
 
@@ -132,7 +132,7 @@ class ExternalAttention(SpatialAttention):
     #: Constructor arguments renamed in the one vocabulary (old -> new); create_attention names the new one.
     renamed_args = {"key_bias": "memory_bias"}
     #: State-dict keys renamed (old -> new); old state dicts load (see _load_from_state_dict).
-    _renamed_state_keys = {"key_bias": "memory_bias", "out_proj": "proj"}
+    renamed_keys = {"key_bias": "memory_bias", "out_proj": "proj"}
 
     def reset_parameters(self) -> None:
         """Re-initialise as construction does: default conv init for the projections, the
@@ -157,7 +157,7 @@ class ExternalAttention(SpatialAttention):
         # A checkpoint of a tied layer written before the tie was structural carries M_v as a
         # second key: accept it when it equals M_k, refuse a different one. An untied layer
         # loading a tied checkpoint (M_k only) starts with M_v = M_k, as the authors' code does.
-        rename_state_keys(state_dict, prefix, self._renamed_state_keys)  # key_bias, out_proj (old names)
+        self._rename_old_keys(state_dict, prefix)  # key_bias, out_proj (old names), before reading the keys below
         mv_key, mk_key = prefix + "memory_value", prefix + "memory_key"
         if not self.tie_memories and mv_key not in state_dict and mk_key in state_dict:
             state_dict[mv_key] = state_dict[mk_key]

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visattn.layers._ops import autocast_off, rename_state_keys, softmax_fp32, upcast
+from visattn.layers._ops import autocast_off, softmax_fp32, upcast
 from visattn.layers.base import SpatialAttention, check_divisible, check_odd, check_positive_int, check_work
 from visattn.layers.local import padding_mask
 from visattn.registry import register_attention
@@ -156,7 +156,7 @@ class SlideAttention(SpatialAttention):
     #: Constructor arguments renamed in the one vocabulary (old -> new); create_attention names the new one.
     renamed_args = {"key_bias": "offset_bias"}
     #: State-dict keys renamed (old -> new); old state dicts load (see _load_from_state_dict).
-    _renamed_state_keys = {"key_bias": "offset_bias"}
+    renamed_keys = {"key_bias": "offset_bias"}
 
     shift_weight: torch.Tensor
     shift_merged: torch.Tensor
@@ -260,7 +260,7 @@ class SlideAttention(SpatialAttention):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        rename_state_keys(state_dict, prefix, self._renamed_state_keys)  # key_bias -> offset_bias
+        self._rename_old_keys(state_dict, prefix)  # key_bias -> offset_bias, before reading the keys below
         # ``deform.weight`` means the learned kernel alone or the merged one, as ``shift_merged`` says:
         # take the incoming meaning, so a re-parameterised checkpoint loads merged into a fresh module
         # (and a training checkpoint un-merges a re-parameterised one). A state dict without the flag

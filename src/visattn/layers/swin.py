@@ -65,11 +65,6 @@ class WindowAttention(SpatialAttention):
     Shapes: (B, C, H, W) -> (B, C_out, H, W); per window logits (B*nW, h, M*M, M*M).
     """
 
-    #: Windows tile the map (they are not centred on the query), so M may be even (Slide-Swin: 14).
-    #: The registry's ``window_centred=False`` says the same; this attribute stays while
-    #: tests/test_conformance.py reads it.
-    centred_window = False
-
     def __init__(
         self,
         dim: int,

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from visattn.layers.base import SpatialAttention, from_tokens, to_tokens
+from visattn.layers.base import SpatialAttention, from_tokens, rename_state_keys, to_tokens
 from visattn.registry import attention_class, attention_info, create_attention
 
 M = TypeVar("M", bound=nn.Module)
@@ -117,8 +117,8 @@ class Block(nn.Module):
     ``mlp.3`` of the token transformer's block) load too (:func:`remap_legacy_keys`).
     """
 
-    #: (old key prefix, new key prefix) of the blocks this class replaced, relative to the block.
-    LEGACY_KEYS: tuple[tuple[str, str], ...] = (("attn.", "mixer."), ("mlp.0.", "mlp.fc1."), ("mlp.3.", "mlp.fc2."))
+    #: Old name -> new name of the entries of the blocks this class replaced, relative to the block.
+    LEGACY_KEYS: dict[str, str] = {"attn": "mixer", "mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2"}
 
     def __init__(
         self,
@@ -154,28 +154,24 @@ class Block(nn.Module):
         return self.norm2(t + self.drop_path(self.drop2(self.mlp(t))))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        _rename_prefixes(state_dict, prefix, self.LEGACY_KEYS)
+        rename_state_keys(state_dict, prefix, self.LEGACY_KEYS)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _rename_prefixes(state_dict: dict, prefix: str, pairs: Sequence[tuple[str, str]]) -> None:
-    for key in list(state_dict):
-        for old, new in pairs:
-            if key.startswith(prefix + old) and prefix + new + key[len(prefix + old) :] not in state_dict:
-                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
-                break
-
-
 def remap_legacy_keys(model: nn.Module, state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """``state_dict`` with the keys of older block layouts renamed to ``model``'s (see :class:`Block`).
+    """``state_dict`` with the keys of older layouts renamed to ``model``'s: older block layouts
+    (see :class:`Block`), then each mechanism's renamed entries (``SpatialAttention.renamed_keys``).
 
     ``model.load_state_dict`` does this by itself; readers that compare keys before loading
     (``visattn.load_weights``) call it first.
     """
     out = dict(state_dict)
-    for name, m in model.named_modules():
+    for name, m in model.named_modules():  # parents first: a block's mixer keys are renamed before its mechanism's
+        prefix = f"{name}." if name else ""
         if isinstance(m, Block):
-            _rename_prefixes(out, f"{name}." if name else "", Block.LEGACY_KEYS)
+            rename_state_keys(out, prefix, Block.LEGACY_KEYS)
+        elif isinstance(m, SpatialAttention) and m.renamed_keys:
+            m._rename_old_keys(out, prefix)
     return out
 
 
