@@ -203,7 +203,10 @@ def test_resnet_override_puts_a_mechanism_outside_mixer_stages():
 def test_override_errors():
     with pytest.raises(ValueError, match=r"mixer override stage must be in 0\.\.3, got 4"):
         build("swin_t", mixer_overrides=[{"stage": 4, "mixer": "mhsa"}])
-    with pytest.raises(ValueError, match=r"mixer override block must be in 0\.\.1 \(stage 2 has 2 blocks\), got 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"mixer override block must be in -2\.\.1 \(stage 2 has 2 blocks; negative counts from the end\), got 2",
+    ):
         build("swin_t", mixer_overrides=[{"stage": 2, "block": 2, "mixer": "mhsa"}])
     with pytest.raises(
         ValueError, match=r"a mixer override needs 'stage' and some of .*got keys \['mixer', 'stages'\]"
@@ -292,3 +295,80 @@ def test_a_slot_needs_a_mechanism_name():
     cfg = CONFIGS["pvt_t"].replace(mixers=("sra", None, "sra", "sra"), depths=(1, 1, 1, 1))
     with pytest.raises(TypeError, match="got None"):
         HierarchicalTransformer(cfg)
+
+
+# ---------------------------------------------------------------------------
+# Errors say which slot, what was expected and what was given
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"stage": "1", "mixer": "mhsa"}, r"mixer override stage must be an int \(0-based stage index\), got '1'"),
+        ({"stage": True, "mixer": "mhsa"}, r"mixer override stage must be an int \(0-based stage index\), got True"),
+        (
+            {"stage": 1, "block": 0.5},
+            r"mixer override block must be an int \(block index in the stage\) or None, got 0\.5",
+        ),
+        (
+            {"stage": 1, "mixer": 3},
+            r"mixer override mixer must be a registered mechanism name \(a str\) or None, got 3",
+        ),
+        ({"stage": 1, "mixer": "mhsa", "kwargs": None}, r"mixer override kwargs must be a dict .*, got None"),
+        ({"stage": 1, "mixer": "mhsa", "kwargs": [1]}, r"mixer override kwargs must be a dict .*, got \[1\]"),
+    ],
+)
+def test_override_field_types(fields, match):
+    with pytest.raises(TypeError, match=match):
+        build("swin_t", mixer_overrides=[fields])
+
+
+#: (stage, the last block's index) of a slot in each family's test layout
+LAST_SLOT = {"resnet": (2, 0), "hierarchical": (2, 1), "transformer": (0, 1), "eamlp": (0, 0)}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_slot_errors_name_the_slot(family):
+    name = FAMILY_MODELS[family]
+    stage, block = LAST_SLOT[family]
+    where = f"stage {stage} block {block}"
+    ov = {"stage": stage, "block": -1}
+    with pytest.raises(
+        ValueError, match=rf"^{where} \('nope'\): unknown attention mechanism 'nope'; expected one of \["
+    ):
+        build(name, mixer_overrides=[{**ov, "mixer": "nope"}])
+    with pytest.raises(
+        TypeError,
+        match=rf"^{where} \('mhsa'\): unknown argument\(s\) \['windw'\] for mechanism 'mhsa'; it takes \[.*'num_heads'",
+    ):
+        build(name, mixer_overrides=[{**ov, "mixer": "mhsa", "kwargs": {"windw": 3}}])
+    with pytest.raises(ValueError, match=rf"^{where} \('mhsa'\): .*must be divisible by num_heads=7"):
+        build(name, mixer_overrides=[{**ov, "mixer": "mhsa", "kwargs": {"num_heads": 7}}])
+
+
+def test_layout_heads_that_do_not_divide_the_width_say_so():
+    # swin_t's test layout: widths 8, 16, 32, 64; heads 5 in stage 0 do not divide 8
+    with pytest.raises(
+        ValueError,
+        match=r"^stage 0 block 0 \('mhsa'\): dim=8 must be divisible by num_heads=5 \(num_heads=5 is the layout's "
+        r"head count here; give the mechanism a num_heads argument to choose another\)",
+    ):
+        build("swin_t", num_heads=(5, 2, 2, 4), attention="mhsa")
+    m = build("swin_t", num_heads=(5, 2, 2, 4), attention="mhsa", attn_kwargs={"num_heads": 2})
+    assert {x.num_heads for x in m.mixers()} == {2}
+    # a renamed argument keeps the registry's message
+    with pytest.raises(TypeError, match=r"argument 'conv_impl' was renamed to 'impl'"):
+        build("resnet_tiny", attention="lambda", attn_kwargs={"conv_impl": "fft"})
+
+
+def test_override_errors_through_the_cli(capsys):
+    from visattn.cli import main
+
+    bad = '{"mixer_overrides": [{"stage": 1, "mixer": "mhsa", "kwargs": {"num_heads": 3}}]}'
+    with pytest.raises(SystemExit) as exc:
+        rc = main(["train", "--model", "resnet_tiny", "--epochs", "1", "--model-kwargs", bad])
+        raise SystemExit(rc)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "visattn train: error: stage 1 block 0 ('mhsa'): dim=32 must be divisible by num_heads=3"

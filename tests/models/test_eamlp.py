@@ -190,8 +190,7 @@ def test_tied_t2t_memories_are_one_parameter():
 
 def test_swapped_mixer_is_used():
     model = visattn.create_model("eamlp_7", num_classes=4, attention="mhsa", attn_kwargs={"num_heads": 2}, **SMALL)
-    names = {type(m).registry_name for m in model.blocks.modules() if getattr(type(m), "registry_name", "")}
-    assert names == {"mhsa"}
+    assert [type(m).registry_name for m in model.mixers()] == ["external", "external", "mhsa"]  # stem, block
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
 
 
@@ -200,6 +199,9 @@ def test_bad_config_and_input_errors():
         EAMLP(10, embed_dim=30, num_heads=4)
     with pytest.raises(TypeError, match="depth must be an int >= 1"):
         EAMLP(10, depth=2.0)
+    # the builders' one unknown-option message, from the constructor too
+    with pytest.raises(TypeError, match=r"^EAMLP: unknown option\(s\) \['depths'\]; expected EAMLPConfig fields \["):
+        EAMLP(10, depths=2)
     with pytest.raises(ValueError, match="unknown attention mechanism 'nope'"):
         visattn.create_model("eamlp_7", attention="nope")
     model = EAMLP(10, **SMALL)

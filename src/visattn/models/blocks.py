@@ -203,6 +203,26 @@ class MixerOverride:
     mixer: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        def _int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not _int(self.stage):
+            raise TypeError(f"mixer override stage must be an int (0-based stage index), got {self.stage!r}")
+        if self.block is not None and not _int(self.block):
+            raise TypeError(
+                f"mixer override block must be an int (block index in the stage) or None, got {self.block!r}"
+            )
+        if self.mixer is not None and not isinstance(self.mixer, str):
+            raise TypeError(
+                f"mixer override mixer must be a registered mechanism name (a str) or None, got {self.mixer!r}"
+            )
+        if not isinstance(self.kwargs, Mapping) or not all(isinstance(k, str) for k in self.kwargs):
+            raise TypeError(
+                f"mixer override kwargs must be a dict of the mechanism's constructor arguments, got {self.kwargs!r}"
+            )
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
+
     @classmethod
     def coerce(cls, o: MixerOverride | Mapping[str, Any]) -> MixerOverride:
         """A :class:`MixerOverride` from itself or a dict of its fields."""
@@ -282,7 +302,8 @@ def plan_mixers(
         d = depths[o.stage]
         if o.block is not None and not (isinstance(o.block, int) and -d <= o.block < d):
             raise ValueError(
-                f"mixer override block must be in 0..{d - 1} (stage {o.stage} has {d} blocks), got {o.block!r}"
+                f"mixer override block must be in {-d}..{d - 1} (stage {o.stage} has {d} blocks; negative "
+                f"counts from the end), got {o.block!r}"
             )
     plan: list[list[Slot]] = []
     for i, depth in enumerate(depths):
@@ -314,8 +335,14 @@ def plan_mixers(
     return plan
 
 
-def _accepts(cls: type, arg: str) -> bool:
-    return arg in inspect.signature(cls).parameters
+def _parameters(cls: type) -> tuple[set[str], bool]:
+    """The keyword arguments ``cls`` takes (besides dim, dim_out) and whether it takes ``**kwargs``."""
+    params = inspect.signature(cls).parameters
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    names = {
+        n for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+    return names - {"dim", "dim_out"}, var_kw
 
 
 def make_mixer(
@@ -326,22 +353,50 @@ def make_mixer(
     num_heads: int | None = None,
     size: int | None = None,
     dim_out: int | None = None,
+    where: str = "",
 ) -> nn.Module:
     """Mechanism ``name`` (B, dim, H, W) -> (B, dim_out or dim, H, W) for one slot.
 
     Fills, unless ``kwargs`` set them: ``num_heads`` (the layout's head count of the stage, when
     the mechanism takes ``num_heads``) and the mechanism's ``max_resolution_arg`` with ``size``
-    (the side of the slot's map at the model's ``img_size``).
+    (the side of the slot's map at the model's ``img_size``). ``where`` names the slot
+    (``"stage 2 block 1"``) in the errors: an unknown mechanism, an argument the mechanism does not
+    take (the message lists those it takes), or a configuration it refuses (e.g. a head count that
+    does not divide the stage width) is a ValueError / TypeError that starts with it.
     """
     if not isinstance(name, str):
-        raise TypeError(f"a mixer slot needs a registered mechanism name (a str), got {name!r}")
+        raise TypeError(
+            f"{where}: " * bool(where) + f"a mixer slot needs a registered mechanism name (a str), got {name!r}"
+        )
+    slot = f"{where} ({name!r}): " if where else ""
     kw = dict(kwargs)
-    if num_heads is not None and "num_heads" not in kw and _accepts(attention_class(name), "num_heads"):
-        kw["num_heads"] = num_heads
-    arg = attention_info(name).max_resolution_arg
-    if size is not None and arg is not None and arg not in kw:
-        kw[arg] = size
-    return create_attention(name, dim, dim_out, **kw)
+    layout_heads = False
+    try:
+        cls = attention_class(name)
+        takes, var_kw = _parameters(cls)
+        renamed = getattr(cls, "renamed_args", {})
+        unknown = sorted(k for k in kw if k not in takes and k not in renamed)
+        if unknown and not var_kw:
+            raise TypeError(f"unknown argument(s) {unknown} for mechanism {name!r}; it takes {sorted(takes)}")
+        layout_heads = num_heads is not None and "num_heads" not in kw and "num_heads" in takes
+        if layout_heads:
+            kw["num_heads"] = num_heads
+        arg = attention_info(name).max_resolution_arg
+        if size is not None and arg is not None and arg not in kw:
+            kw[arg] = size
+        return create_attention(name, dim, dim_out, **kw)
+    except (ValueError, TypeError) as e:
+        if type(e) not in (ValueError, TypeError):
+            raise
+        msg = str(e)
+        if layout_heads and "num_heads" in msg:
+            msg += (
+                f" (num_heads={num_heads} is the layout's head count here; give the mechanism a num_heads "
+                "argument to choose another)"
+            )
+        if slot or msg != str(e):
+            raise type(e)(slot + msg) from e
+        raise
 
 
 def find_mixers(module: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -44,7 +44,6 @@ Not implemented: loading the authors' checkpoints (their key names and the class
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +59,7 @@ from visattn.models.blocks import (
     Mlp,
     coerce_overrides,
     config_builder,
+    config_from_kwargs,
     init_backbone_weights,
     make_mixer,
     plan_mixers,
@@ -244,10 +244,8 @@ class EAMLP(TokenBlockLevels, VisionModel):
         **config_fields,
     ):
         super().__init__()
-        if cfg is None:
-            cfg = EAMLPConfig(**config_fields)
-        elif config_fields:
-            cfg = dataclasses.replace(cfg, **config_fields)
+        if cfg is None or config_fields:
+            cfg, _ = config_from_kwargs("EAMLP", cfg if cfg is not None else EAMLPConfig(), config_fields)
         if num_classes != 0:
             check_positive_int("num_classes", num_classes)
         self.cfg = cfg
@@ -261,8 +259,13 @@ class EAMLP(TokenBlockLevels, VisionModel):
         grid = T2TStem.grid_size(cfg.img_size, cfg.img_size)[0]
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear rule
         self.blocks = nn.ModuleList(
-            Block(c, make_mixer(name, c, kw, num_heads=cfg.num_heads, size=grid), int(c * cfg.mlp_ratio), drop_path=r)
-            for (name, kw), r in zip(plan, rates)
+            Block(
+                c,
+                make_mixer(name, c, kw, num_heads=cfg.num_heads, size=grid, where=f"stage 0 block {j}"),
+                int(c * cfg.mlp_ratio),
+                drop_path=r,
+            )
+            for j, ((name, kw), r) in enumerate(zip(plan, rates))
         )
         self.norm = nn.LayerNorm(c)
         self.feature_info = FeatureInfo(

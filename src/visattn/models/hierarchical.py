@@ -232,8 +232,9 @@ class HierarchicalTransformer(VisionModel):
                 embed = ConvEmbed(cfg.in_chans if i == 0 else dims[i - 1], dim, patch)
             pos = nn.Parameter(torch.zeros(1, dim, side, side)) if cfg.pos_embed[i] else None
             blocks = []
-            for name, kw in plan[i]:
-                mixer = make_mixer(name, dim, kw, num_heads=cfg.num_heads[i], size=math.ceil(cfg.img_size / red[i]))
+            for j, (name, kw) in enumerate(plan[i]):
+                size = math.ceil(cfg.img_size / red[i])
+                mixer = make_mixer(name, dim, kw, num_heads=cfg.num_heads[i], size=size, where=f"stage {i} block {j}")
                 blocks.append(Block(dim, mixer, int(dim * cfg.mlp_ratios[i]), drop_path=dpr[k]))
                 k += 1
             stages.append(Stage(embed, blocks, pos))

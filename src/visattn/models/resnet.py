@@ -160,7 +160,8 @@ class Bottleneck(nn.Module):
     Shapes: (B, C_in, H, W) -> (B, width * expansion, H / stride, W / stride) (rounded up).
     A mechanism in a strided block runs at stride 1 and is followed by AvgPool2d(3, 2, 1);
     ``dilation`` applies to the 3x3 convolution only; ``size`` (the side of the slot's map at the
-    model's ``img_size``) fills the mechanism's ``max_resolution_arg`` (:func:`~visattn.models.blocks.make_mixer`).
+    model's ``img_size``) fills the mechanism's ``max_resolution_arg`` (:func:`~visattn.models.blocks.make_mixer`);
+    ``where`` names the slot in its errors.
     """
 
     def __init__(
@@ -174,6 +175,7 @@ class Bottleneck(nn.Module):
         dilation: int = 1,
         pos_embed: bool = False,
         size: int | None = None,
+        where: str = "",
     ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
@@ -182,7 +184,7 @@ class Bottleneck(nn.Module):
         if mixer is None:
             self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         else:
-            attn = make_mixer(mixer, width, mixer_kwargs or {}, size=size, dim_out=width)
+            attn = make_mixer(mixer, width, mixer_kwargs or {}, size=size, dim_out=width, where=where)
             if pos_embed:
                 attn = nn.Sequential(ConvPosEmbed(width), attn)
             self.conv2 = attn if stride == 1 else nn.Sequential(attn, nn.AvgPool2d(3, stride, 1))
@@ -299,6 +301,7 @@ class ResNet(VisionModel):
                         dilation=first_dil if j == 0 else dil,
                         pos_embed=cfg.pos_embed,
                         size=size,
+                        where=f"stage {i} block {j}",
                     )
                 )
                 in_ch = out_ch

@@ -153,14 +153,14 @@ class TokenTransformer(TokenBlockLevels, VisionModel):
         self.blocks = nn.ModuleList(
             Block(
                 c,
-                make_mixer(name, c, kw, num_heads=cfg.num_heads, size=grid),
+                make_mixer(name, c, kw, num_heads=cfg.num_heads, size=grid, where=f"stage 0 block {j}"),
                 cfg.mlp_dim,
                 drop=cfg.drop_rate,
                 mixer_proj=cfg.mixer_proj,
                 norm_first=cfg.norm_first,
                 norm_layer=norm,
             )
-            for name, kw in plan
+            for j, (name, kw) in enumerate(plan)
         )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
         self.feature_info = FeatureInfo(
