@@ -64,7 +64,7 @@ def test_every_mechanism_trains_a_step_in_the_small_model(mechanism):
     model = build(
         "fpn_resnet_tiny", num_classes=4, attention=mechanism, attn_kwargs=dict(attention_info(mechanism).test_kwargs)
     ).train()
-    swapped = [m for m in model.backbone.modules() if getattr(type(m), "registry_name", "") == mechanism]
+    swapped = [m for m in model.backbone.model.mixers() if type(m).registry_name == mechanism]
     assert len(swapped) == 4  # one per resnet_tiny stage
     _train_step(model)
 
@@ -76,7 +76,7 @@ def test_eanet_trains_a_step_with_every_mechanism(mechanism):
     model = build(
         "eanet_r50", num_classes=4, attention=mechanism, attn_kwargs=dict(attention_info(mechanism).test_kwargs)
     ).train()
-    swapped = [m for m in model.backbone.modules() if getattr(type(m), "registry_name", "") == mechanism]
+    swapped = [m for m in model.backbone.model.mixers() if type(m).registry_name == mechanism]
     assert len(swapped) == 4  # one block per stage at the test depths, dilated stages included
     _train_step(model)
 
@@ -85,7 +85,7 @@ def test_eanet_trains_a_step_with_every_mechanism(mechanism):
 @pytest.mark.parametrize("mechanism", ["external", "mhsa"])
 def test_other_models_train_a_step_with_a_swapped_mechanism(name, mechanism):
     model = build(name, num_classes=4, attention=mechanism, attn_kwargs=dict(attention_info(mechanism).test_kwargs))
-    assert any(getattr(type(m), "registry_name", "") == mechanism for m in model.backbone.modules())
+    assert any(type(m).registry_name == mechanism for m in model.backbone.model.mixers())
     _train_step(model.train())
 
 
@@ -216,7 +216,7 @@ def test_semantic_fpn_takes_any_backbone_by_name(backbone):
         attn_kwargs=dict(attention_info("external").test_kwargs),
     ).eval()
     assert isinstance(model, SemanticFPN)
-    assert any(getattr(type(m), "registry_name", "") == "external" for m in model.backbone.modules())
+    assert any(type(m).registry_name == "external" for m in model.backbone.model.mixers())
     levels = model.backbone.feature_info
     assert len(levels) == min(4, len(visattn.create_model(backbone, **kw).feature_info))
     size = (30, 22) if backbone == "san_quadratic" else (37, 29)
@@ -279,3 +279,12 @@ def test_safetensors_round_trip(tmp_path):
     visattn.load_weights(b, tmp_path / "seg.safetensors")
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
+
+
+def test_eanet_unknown_option_names_the_model_and_its_options():
+    with pytest.raises(
+        TypeError,
+        match=r"^eanet_r50: unknown option\(s\) \['nope'\]; expected ResNetConfig fields \[.*\] or in_chans, "
+        r"drop_rate, channels, mid_channels, memory_size, tie_memories, dropout$",
+    ):
+        visattn.create_model("eanet_r50", nope=1)

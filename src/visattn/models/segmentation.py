@@ -40,7 +40,7 @@ from torch import nn
 
 from visattn.layers.base import check_positive_int
 from visattn.models.base import check_images
-from visattn.models.blocks import find_mixers
+from visattn.models.blocks import config_from_kwargs, find_mixers
 from visattn.models.features import FeatureExtractor, FeatureInfo
 from visattn.models.heads import ExternalAttentionHead
 from visattn.models.resnet import _DEPTHS, ResNetConfig, _build
@@ -272,13 +272,17 @@ class SemanticFPN(SegmentationModel):
 # ---------------------------------------------------------------------------
 
 
+_HEAD_KEYS = ("channels", "mid_channels", "memory_size", "tie_memories", "dropout")
+
+
 def _eanet_backbone(depth: int, attention, attn_kwargs, **kw) -> FeatureExtractor:
     cfg = ResNetConfig(depths=_DEPTHS[depth], stem_width=128, deep_stem=True, output_stride=8, img_size=512)
+    # the one unknown-option message, naming the model and the head's options too
+    config_from_kwargs(f"eanet_r{depth}", cfg, kw, extra=("in_chans", "drop_rate", *_HEAD_KEYS))
     model = _build(cfg, 0, attention, attn_kwargs, **kw)
     return FeatureExtractor(model, out_indices=(-1,), name=f"resnet{depth} (dilated)")
 
 
-_HEAD_KEYS = ("channels", "mid_channels", "memory_size", "tie_memories", "dropout")
 _EANET_TEST = {
     "depths": (1, 1, 1, 1),
     "widths": (8, 16, 16, 16),
