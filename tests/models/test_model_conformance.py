@@ -156,6 +156,24 @@ def test_published_parameter_count(name):
     assert abs(ours - published) / published <= 0.03, f"{name}: {ours:.2f}M vs published {published}M"
 
 
+#: Exact parameter counts at each builder's defaults, as the tree before issue 11 (c7f259a) built
+#: them: the shared model kit must not change any model's figures (the 3% check above would not see it).
+PINNED_PARAMS = {
+    "eamlp_14": 29799118, "eamlp_19": 54467790, "eamlp_7": 6094926, "eanet_r101": 53839061,
+    "eanet_r50": 34846933, "fpn_pvt_t": 16980886, "fpn_resnet_tiny": 425931, "fpn_slide_pvt_t": 15954252,
+    "lambda_resnet26": 10125672, "lambda_resnet38": 12000104, "lambda_resnet50": 14995592, "pvt_t": 13228264,
+    "resnet26": 15995176, "resnet38": 19626792, "resnet50": 25557032, "resnet_tiny": 565128,
+    "san_learned": 12279482, "san_learned_content": 29602682, "san_quadratic": 12087644,
+    "semantic_fpn": 16980886, "slide_pvt_t": 12201630, "slide_swin_t": 28337314, "swin_t": 28288354,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_PARAMS))
+def test_parameter_count_unchanged(name):
+    model = build_default(name, meta=True)
+    assert sum(p.numel() for p in model.parameters()) == PINNED_PARAMS[name]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_compile_equals_eager(family):
