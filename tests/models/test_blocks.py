@@ -372,3 +372,36 @@ def test_override_errors_through_the_cli(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "visattn train: error: stage 1 block 0 ('mhsa'): dim=32 must be divisible by num_heads=3"
+
+
+@pytest.mark.parametrize(
+    "name,option,match",
+    [
+        ("swin_t", {"depths": 2}, r"^swin_t: depths must be a list or tuple \(tuple\[int, \.\.\.\]\), got 2$"),
+        (
+            "swin_t",
+            {"mixers": "mhsa"},
+            r"^swin_t: mixers must be a list or tuple \(tuple\[str, \.\.\.\]\), got 'mhsa'$",
+        ),
+        ("swin_t", {"mixer_kwargs": ({}, None, {}, {})}, r"^swin_t: mixer_kwargs must hold one dict per stage"),
+        ("resnet26", {"depths": 3}, r"^resnet26: depths must be a list or tuple"),
+        ("lambda_resnet26", {"mixer_stages": 2}, r"^lambda_resnet26: mixer_stages must be a list or tuple"),
+        ("lambda_resnet26", {"mixer_kwargs": None}, r"^lambda_resnet26: mixer_kwargs must be a dict .*got None$"),
+        (
+            "eamlp_7",
+            {"mixer_kwargs": [1]},
+            r"^eamlp_7: mixer_kwargs must be a dict \(dict\[str, Any\] \| None\), got \[1\]$",
+        ),
+        ("san_quadratic", {"mixer_kwargs": None}, r"^san_quadratic: mixer_kwargs must be a dict"),
+    ],
+)
+def test_builder_options_of_the_wrong_kind(name, option, match):
+    with pytest.raises(TypeError, match=match):
+        visattn.create_model(name, **option)
+
+
+def test_san_mixer_kwargs_replace_the_relpos_arguments():
+    # was "_san() got multiple values for argument 'mixer_kwargs'"
+    m = visattn.create_model("san_quadratic", depth=1, mixer_kwargs={"num_heads": 4, "key_dim": 8})
+    (mixer,) = m.mixers()
+    assert (type(mixer).registry_name, mixer.num_heads, mixer.key_dim) == ("relpos", 4, 8)

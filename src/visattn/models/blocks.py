@@ -434,6 +434,20 @@ def init_backbone_weights(model: nn.Module, *, linear: bool = False, conv: bool 
 # ---------------------------------------------------------------------------
 
 
+def _check_field_type(model: str, name: str, ftype: str, v: Any) -> None:
+    """A TypeError naming ``model`` unless ``v`` has the container type of config field ``name``
+    (a list/tuple for a per-stage field, a dict for arguments); the config checks the rest."""
+    if name == "mixer_overrides" or (v is None and ftype.endswith("| None")):
+        return
+    if ftype.startswith("tuple["):
+        if not isinstance(v, (list, tuple)):
+            raise TypeError(f"{model}: {name} must be a list or tuple ({ftype}), got {v!r}")
+        if ftype.startswith("tuple[dict") and not all(isinstance(x, Mapping) for x in v):
+            raise TypeError(f"{model}: {name} must hold one dict per stage ({ftype}), got {v!r}")
+    elif ftype.startswith("dict[") and not isinstance(v, Mapping):
+        raise TypeError(f"{model}: {name} must be a dict ({ftype}), got {v!r}")
+
+
 def config_from_kwargs(model: str, cfg, kw: Mapping[str, Any], extra: Sequence[str] = ()) -> tuple[Any, dict]:
     """``cfg`` (a dataclass) with the config fields in ``kw`` replaced; returns (config, the ``extra`` options).
 
@@ -449,7 +463,9 @@ def config_from_kwargs(model: str, cfg, kw: Mapping[str, Any], extra: Sequence[s
         )
     extras = {k: kw[k] for k in extra if k in kw}
     changes = {k: v for k, v in kw.items() if k in fields}
+    types = {f.name: str(f.type) for f in dataclasses.fields(cfg)}
     for k, v in changes.items():
+        _check_field_type(model, k, types[k], v)
         if isinstance(v, list):
             changes[k] = tuple(v)
     if "mixer_overrides" in changes:

@@ -222,8 +222,9 @@ _SAN_LEARNED = {
 _SAN_TEST = {"depth": 2}
 
 
-def _san(name: str, mixer_kwargs: dict, num_classes, attention, attn_kwargs, **kw) -> TokenTransformer:
-    cfg = replace(_SAN, mixer_kwargs=mixer_kwargs)
+def _san(name: str, relpos_kwargs: dict, num_classes, attention, attn_kwargs, **kw) -> TokenTransformer:
+    # the model's relpos arguments; a mixer_kwargs option replaces them, as in every config
+    cfg = replace(_SAN, mixer_kwargs=relpos_kwargs)
     return build_transformer(cfg, num_classes, attention, attn_kwargs, model_name=name, **kw)
 
 
