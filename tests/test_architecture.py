@@ -5,7 +5,9 @@
 * ``test_every_mechanism_class_is_registered``: a SpatialAttention subclass defined in
   visattn but not registered fails, naming the class;
 * ``test_toy_backbone_from_one_config_and_one_registration``: a backbone added with one config
-  plus one registration passes the model conformance checks.
+  plus one registration builds by name and gives the forward shape, ``features_only`` maps,
+  ``mixers()``, a swap by name and per-block overrides (registered models in src get the whole
+  model conformance suite, which is parametrised over ``list_models()``).
 """
 
 from __future__ import annotations

@@ -405,3 +405,11 @@ def test_san_mixer_kwargs_replace_the_relpos_arguments():
     m = visattn.create_model("san_quadratic", depth=1, mixer_kwargs={"num_heads": 4, "key_dim": 8})
     (mixer,) = m.mixers()
     assert (type(mixer).registry_name, mixer.num_heads, mixer.key_dim) == ("relpos", 4, 8)
+
+
+def test_override_indices_may_be_numpy_ints():
+    import numpy as np
+
+    o = MixerOverride(stage=np.int64(2), block=np.int32(-1), mixer="mhsa")
+    assert (type(o.stage), type(o.block)) == (int, int)
+    assert kinds(build("swin_t", mixer_overrides=[o])) == ["swin", "swin", "swin", "mhsa", "swin"]

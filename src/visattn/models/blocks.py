@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -205,7 +206,7 @@ class MixerOverride:
 
     def __post_init__(self):
         def _int(v) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
         if not _int(self.stage):
             raise TypeError(f"mixer override stage must be an int (0-based stage index), got {self.stage!r}")
@@ -222,6 +223,9 @@ class MixerOverride:
                 f"mixer override kwargs must be a dict of the mechanism's constructor arguments, got {self.kwargs!r}"
             )
         object.__setattr__(self, "kwargs", dict(self.kwargs))
+        object.__setattr__(self, "stage", int(self.stage))  # numpy ints as plain ints
+        if self.block is not None:
+            object.__setattr__(self, "block", int(self.block))
 
     @classmethod
     def coerce(cls, o: MixerOverride | Mapping[str, Any]) -> MixerOverride:
