@@ -413,3 +413,24 @@ def test_override_indices_may_be_numpy_ints():
     o = MixerOverride(stage=np.int64(2), block=np.int32(-1), mixer="mhsa")
     assert (type(o.stage), type(o.block)) == (int, int)
     assert kinds(build("swin_t", mixer_overrides=[o])) == ["swin", "swin", "swin", "mhsa", "swin"]
+
+
+def test_overrides_through_features_only_and_segmentation_models():
+    ovs = [{"stage": 0, "mixer": "mhsa"}, {"stage": 2, "block": -1, "mixer": "local", "kwargs": {"kernel_size": 3}}]
+    ext = build("swin_t", features_only=True, out_indices=(2,), mixer_overrides=ovs)
+    assert kinds(ext.model) == ["mhsa", "swin", "swin", "local"]  # stage 3 pruned
+    fpn = visattn.create_model("fpn_resnet_tiny", backbone_kwargs={"mixer_overrides": [{"stage": 2, "mixer": "mhsa"}]})
+    assert [(n, type(m).registry_name) for n, m in fpn.named_mixers()] == [
+        ("backbone.model.stages.2.0.conv2.0", "mhsa")
+    ]
+    eanet = visattn.create_model(
+        "eanet_r50", mixer_overrides=[{"stage": 3, "mixer": "mhsa"}], **model_entry("eanet_r50").test_kwargs
+    )
+    assert [type(m).registry_name for m in eanet.mixers()] == ["mhsa", "external"]  # backbone slot, EA head
+    with pytest.raises(ValueError, match=r"^stage 1 block 0 \('nope'\): unknown attention mechanism 'nope'"):
+        build("swin_t", features_only=True, mixer_overrides=[{"stage": 1, "mixer": "nope"}])
+    with pytest.raises(TypeError, match=r"^stage 2 block 0 \('mhsa'\): unknown argument\(s\) \['windw'\]"):
+        visattn.create_model(
+            "fpn_resnet_tiny",
+            backbone_kwargs={"mixer_overrides": [{"stage": 2, "mixer": "mhsa", "kwargs": {"windw": 3}}]},
+        )
