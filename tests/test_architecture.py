@@ -13,10 +13,13 @@
 from __future__ import annotations
 
 import ast
+import functools
 import gc
 import importlib
 import pathlib
 import pkgutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -192,15 +195,29 @@ def _all_subclasses(cls: type) -> list[type]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _registered_by_import() -> frozenset[str]:
+    """Qualified names of the mechanism classes that a plain ``import visattn`` registers, in a fresh
+    interpreter (a registered class whose module nothing imports is invisible to users)."""
+    code = (
+        "import visattn\nfrom visattn.registry import attention_class, list_attention\n"
+        "for n in list_attention():\n    c = attention_class(n)\n    print(c.__module__ + '.' + c.__qualname__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    return frozenset(out.stdout.split())
+
+
 def unregistered_mechanisms() -> list[str]:
     """Qualified names of SpatialAttention subclasses defined in visattn that are not registered
-    under a name of their own (and not listed in NOT_CREATED_BY_NAME)."""
+    under a name of their own by ``import visattn`` (and not listed in NOT_CREATED_BY_NAME)."""
     _import_all()
     registered = {attention_class(n) for n in list_attention()}
+    on_import = _registered_by_import()
     out = []
     for cls in _all_subclasses(SpatialAttention):
         qual = f"{cls.__module__}.{cls.__qualname__}"
-        if cls.__module__.startswith("visattn.") and cls not in registered and qual not in NOT_CREATED_BY_NAME:
+        known = cls in registered and qual in on_import
+        if cls.__module__.startswith("visattn.") and not known and qual not in NOT_CREATED_BY_NAME:
             out.append(qual)
     return sorted(set(out))
 
@@ -209,7 +226,8 @@ def _check_registered() -> None:
     missing = unregistered_mechanisms()
     assert not missing, (
         f"SpatialAttention subclasses defined but not registered: {missing}; decorate each with "
-        "@register_attention(NAME, ...) (docs/architecture.md, 'Add a mechanism', step 2)"
+        "@register_attention(NAME, ...) and import its module in layers/__init__.py (docs/architecture.md, "
+        "'Add a mechanism', step 2)"
     )
 
 
