@@ -12,6 +12,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _contract_checks import with_impl
 
 import visattn
 from visattn.flops import count_flops
@@ -346,3 +347,18 @@ def test_onnx_export_takes_the_direct_path_and_refuses_fft():
     m.impl = "fft"
     with pytest.raises(ValueError, match=r"impl='fft' cannot be exported to ONNX.*use impl='direct' or 'auto'"):
         torch.onnx.export(m, (x,), io.BytesIO(), dynamo=False, opset_version=17)
+
+
+@pytest.mark.parametrize("kw", [{"local_scope": None, "max_size": 6}, {"local_scope": 5}])
+def test_reference_reads_the_table_not_the_fast_paths_slice(monkeypatch, kw):
+    # The fast paths convolve with position_kernel(H, W) (the global form's slice of R); the
+    # reference must read R itself, or a wrong slice would pass the implementation sweep.
+    m = randomise(LambdaLayer(8, num_heads=2, key_dim=2, **kw)).double().eval()
+    x = torch.randn(1, 8, 4, 3, dtype=torch.float64)
+    with torch.no_grad():
+        ref = with_impl(m, "reference", x)
+        assert rel_err(with_impl(m, "direct", x), ref) < TOL64
+        good = LambdaLayer.position_kernel
+        monkeypatch.setattr(LambdaLayer, "position_kernel", lambda self, h, w: good(self, h, w).flip(-1))
+        assert rel_err(with_impl(m, "reference", x), ref) == 0  # the reference does not move
+        assert rel_err(with_impl(m, "direct", x), ref) > 1e-3  # the broken fast path is caught

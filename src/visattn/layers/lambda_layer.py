@@ -463,16 +463,20 @@ class LambdaLayer(SpatialAttention):
 
     def relative_embeddings(self, height: int, width: int) -> torch.Tensor:
         """E of shape (k, u, n, m) with E[:, :, n, m] = R[pos_m - pos_n] for an H x W input
-        (row-major positions), zero where the offset lies outside the kernel."""
-        kernel = self.position_kernel(height, width)
-        rh, rw = kernel.shape[-2:]
-        dev = kernel.device
+        (row-major positions), zero where the offset lies outside the kernel.
+
+        Read from the table R itself (offset 0 at its centre), not from the fast paths' slice
+        of it (:meth:`position_kernel`), so the reference checks that slice too."""
+        self.position_kernel(height, width)  # raises for inputs beyond max_size (global form)
+        table = self.pos_kernel  # (k, u, rh, rw): R over the r x r window, or over every offset up to max_size
+        rh, rw = table.shape[-2:]
+        dev = table.device
         ys = torch.arange(height, device=dev).repeat_interleave(width)  # pos_n rows, (n,)
         xs = torch.arange(width, device=dev).repeat(height)
-        iy = ys[None, :] - ys[:, None] + rh // 2  # (n, m): kernel row of offset pos_m - pos_n
+        iy = ys[None, :] - ys[:, None] + rh // 2  # (n, m): table row of offset pos_m - pos_n
         ix = xs[None, :] - xs[:, None] + rw // 2
         inside = (iy >= 0) & (iy < rh) & (ix >= 0) & (ix < rw)
-        e = kernel[:, :, iy.clamp(0, rh - 1), ix.clamp(0, rw - 1)]  # (k, u, n, m)
+        e = table[:, :, iy.clamp(0, rh - 1), ix.clamp(0, rw - 1)]  # (k, u, n, m)
         return e * inside
 
     def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
