@@ -392,3 +392,14 @@ RENAMED = [(n, old, new) for n in NAMES for old, new in attention_class(n).renam
 def test_renamed_argument_names_the_new_one(name, old, new):
     with pytest.raises(TypeError, match=rf"argument '{old}' was renamed to '{new}'; pass {new}=\.\.\. instead"):
         make(name, **{old: None})
+
+
+def test_contract_capability_table_lists_every_mechanism_as_registered():
+    # docs/contract.md's capability table: one row per registered mechanism, cost and receptive
+    # field as the registry says (it listed 5 of the 10).
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "contract.md").read_text()
+    for name in NAMES:
+        info = visattn.attention_info(name)
+        assert f"| `{name}` | {info.cost} | {info.receptive_field}" in text, name
