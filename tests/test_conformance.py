@@ -169,10 +169,22 @@ def test_window_centring_of_the_receptive_field(name):
     x0 = torch.randn(1, DIM, side, side, dtype=torch.float64)
     x1 = x0.clone()
     x1[0, :, c, c] += torch.randn(DIM, dtype=torch.float64)
+    f = m
+    if name == "lambda":
+        # Its content lambda sums over the whole map; the window is the position lambdas'. With the
+        # table R = 0 the layer is content-only (SPEC 1, identity 2): the difference is the position part.
+        content_only = copy.deepcopy(m)
+        with torch.no_grad():
+            content_only.pos_kernel.zero_()
+
+        def f(x):
+            return m(x) - content_only(x)
+
     with torch.no_grad():
-        diff = (m(x1) - m(x0)).abs().sum(1)[0]  # (side, side)
+        diff = (f(x1) - f(x0)).abs().sum(1)[0]  # (side, side)
     support = diff > 1e-9 * diff.max()
     assert support[c, c]
+    assert not support.all(), "the delta moved every output: the test measures no window"
     symmetric = torch.equal(support, support.flip(0, 1))
     assert symmetric == info.window_centred, support.int()
 
@@ -380,3 +392,14 @@ RENAMED = [(n, old, new) for n in NAMES for old, new in attention_class(n).renam
 def test_renamed_argument_names_the_new_one(name, old, new):
     with pytest.raises(TypeError, match=rf"argument '{old}' was renamed to '{new}'; pass {new}=\.\.\. instead"):
         make(name, **{old: None})
+
+
+def test_contract_capability_table_lists_every_mechanism_as_registered():
+    # docs/contract.md's capability table: one row per registered mechanism, cost and receptive
+    # field as the registry says (it listed 5 of the 10).
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "contract.md").read_text()
+    for name in NAMES:
+        info = visattn.attention_info(name)
+        assert f"| `{name}` | {info.cost} | {info.receptive_field}" in text, name

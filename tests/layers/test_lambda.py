@@ -12,6 +12,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _contract_checks import with_impl
 
 import visattn
 from visattn.flops import count_flops
@@ -314,3 +315,50 @@ def test_input_gradient_on_a_one_row_map_in_eval_mode(impl):
     m = visattn.create_attention("lambda", 4, num_heads=2, key_dim=4, local_scope=3, impl=impl).double().eval()
     x = torch.randn(1, 4, 1, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("impl", ["auto", "fft"])
+def test_fft_path_traces(impl):
+    # torch.jit.trace hands the FFT plan 0-d tensors as sizes; the FFT length search changed them in
+    # place (``r //= p``) and the trace crashed. auto picks "fft" here (n = 400, A = 49).
+    m = randomise(LambdaLayer(8, num_heads=2, key_dim=2, local_scope=7, impl=impl)).eval()
+    x = torch.randn(1, 8, 20, 20)
+    assert m.select_impl(x) == "fft"
+    with torch.no_grad():
+        traced = torch.jit.trace(m, (x,), check_trace=False)
+        assert rel_err(traced(x), m(x)) < 1e-6
+
+
+def test_onnx_export_takes_the_direct_path_and_refuses_fft():
+    # auto picks "fft" on this map, whose ONNX graph gives wrong numbers: exporting picks "direct";
+    # an explicit impl="fft" is refused with a message instead.
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import io
+
+    m = randomise(LambdaLayer(8, num_heads=2, key_dim=2, local_scope=7)).eval()
+    x = torch.randn(1, 8, 20, 20)
+    assert m.select_impl(x) == "fft"
+    buf = io.BytesIO()
+    torch.onnx.export(m, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False, opset_version=17)
+    (y,) = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(y), m(x)) < 1e-5
+    m.impl = "fft"
+    with pytest.raises(ValueError, match=r"impl='fft' cannot be exported to ONNX.*use impl='direct' or 'auto'"):
+        torch.onnx.export(m, (x,), io.BytesIO(), dynamo=False, opset_version=17)
+
+
+@pytest.mark.parametrize("kw", [{"local_scope": None, "max_size": 6}, {"local_scope": 5}])
+def test_reference_reads_the_table_not_the_fast_paths_slice(monkeypatch, kw):
+    # The fast paths convolve with position_kernel(H, W) (the global form's slice of R); the
+    # reference must read R itself, or a wrong slice would pass the implementation sweep.
+    m = randomise(LambdaLayer(8, num_heads=2, key_dim=2, **kw)).double().eval()
+    x = torch.randn(1, 8, 4, 3, dtype=torch.float64)
+    with torch.no_grad():
+        ref = with_impl(m, "reference", x)
+        assert rel_err(with_impl(m, "direct", x), ref) < TOL64
+        good = LambdaLayer.position_kernel
+        monkeypatch.setattr(LambdaLayer, "position_kernel", lambda self, h, w: good(self, h, w).flip(-1))
+        assert rel_err(with_impl(m, "reference", x), ref) == 0  # the reference does not move
+        assert rel_err(with_impl(m, "direct", x), ref) > 1e-3  # the broken fast path is caught

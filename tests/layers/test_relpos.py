@@ -382,3 +382,20 @@ def test_folded_positions_with_attention_dropout_count_the_attention_matrix():
     m = RelativePositionAttention(16, num_heads=4, content=True, attn_drop=0.1).train()
     assert m.peak_intermediate_bytes(8, 8, batch=3) == 3 * 4 * 64 * 64 * 4
     assert m.eval().peak_intermediate_bytes(8, 8, batch=3) == 3 * 4 * 64 * 8 * 4
+
+
+@pytest.mark.parametrize("encoding", ["quadratic", "gaussian"])
+def test_auto_picks_mask_while_tracing_and_folded_otherwise(encoding):
+    # The auto rule's other side: tracing / exporting keeps the additive-mask graph.
+    m = RelativePositionAttention(8, num_heads=2, encoding=encoding, content=True).eval()
+    x = torch.randn(1, 8, 3, 4)
+    picked: list[str] = []
+    select = m.select_impl
+    m.select_impl = lambda t: picked.append(select(t)) or picked[-1]  # type: ignore[method-assign]
+    with torch.no_grad():
+        traced = torch.jit.trace(m, (x,), check_trace=False)
+        assert picked == ["mask"]
+        picked.clear()
+        y = m(x)
+        assert picked == ["folded"]
+        assert (traced(x) - y).abs().max().item() < 1e-5

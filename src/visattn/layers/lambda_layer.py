@@ -31,7 +31,8 @@ Implementations (``impl=``):
   ``(n >= 400 and A >= 49) or (n >= 196 and A >= 400)``, else ``"direct"`` (measured on
   CPU, forward+backward, batch 4, C=64: conv3d wins on maps up to ~10 x 10 and on 14 x 14
   with r <= 11; the FFT wins from 20 x 20 up for r >= 7, 1.5-2x at r=7, and on 14 x 14 for
-  r >= 21). The rule does not depend on grad mode or device.
+  r >= 21). The rule does not depend on grad mode or device; while exporting to ONNX it
+  picks ``"direct"`` (the FFT path does not export: ``impl="fft"`` raises ``ValueError`` there).
 
 In "direct" and "fft" the per-position product with the queries runs as k fused
 multiply-adds over (B, h, v, n) instead of n tiny matrix products (with a hand-written
@@ -124,7 +125,7 @@ def _crop_kernel(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def _fast_len(n: int) -> int:
     """Smallest m >= n whose prime factors are 2, 3 and 5 (fast FFT length)."""
-    m = n
+    m = int(n)  # a Python int: under torch.jit.trace a size is a 0-d tensor, which ``r //= p`` would change in place
     while True:
         r = m
         for p in (2, 3, 5):
@@ -148,13 +149,21 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, impl: str = "auto") -> to
 
     v: (B, u, v, H, W) values; weight: (k, u, rh, rw) with odd rh, rw (offset 0 at the centre)
     -> (B, k, v, H, W) with out[b, k, c, y, x] = sum_{u,i,j} weight[k, u, i, j] v[b, u, c, y+i-rh//2, x+j-rw//2]
-    (zero outside the map). ``impl``: "direct" (conv3d), "fft" (real FFT), "auto".
+    (zero outside the map). ``impl``: "direct" (conv3d), "fft" (real FFT), "auto" ("direct"
+    while exporting to ONNX, where "fft" raises ``ValueError``: the FFT path does not export).
     """
     b, u, c, height, width = v.shape
     weight = _crop_kernel(weight, height, width)
     rh, rw = weight.shape[-2:]
+    exporting = torch.onnx.is_in_onnx_export()
     if impl == "auto":
-        impl = "fft" if _use_fft((rh, rw), height, width) else "direct"
+        impl = "fft" if _use_fft((rh, rw), height, width) and not exporting else "direct"
+    if impl == "fft" and exporting:
+        raise ValueError(
+            "LambdaLayer: impl='fft' cannot be exported to ONNX (the real FFTs inside its autograd "
+            "Function export to a graph that computes wrong numbers); use impl='direct' or 'auto', "
+            "which picks it while exporting"
+        )
     if impl == "direct":
         return F.conv3d(v, weight.unsqueeze(2), padding=(0, rh // 2, rw // 2))
     return _FFTLambdaConv.apply(v, weight)
@@ -326,7 +335,8 @@ class LambdaLayer(SpatialAttention):
             "direct" (lambda convolution by conv3d) or "fft" (by real FFTs). (Formerly
             ``conv_impl``.) ``auto``: "fft" when the kernel cropped to the map's offsets
             (area A = min(r, 2H-1) * min(r, 2W-1)) and n = H*W satisfy
-            (n >= 400 and A >= 49) or (n >= 196 and A >= 400), else "direct".
+            (n >= 400 and A >= 49) or (n >= 196 and A >= 400), else "direct"; "direct" while
+            exporting to ONNX (where "fft" raises ``ValueError``).
         device, dtype: factory arguments for the parameters and buffers.
 
     Shapes: (B, C, H, W) -> (B, d_out, H, W) (H/2, W/2 rounded up with stride 2).
@@ -419,6 +429,8 @@ class LambdaLayer(SpatialAttention):
         return "fft" if _use_fft((rh, rw), height, width) else "direct"
 
     def _auto_impl(self, x: torch.Tensor) -> str:
+        if torch.onnx.is_in_onnx_export():  # the FFT path does not export (see lambda_conv)
+            return "direct"
         return self._conv_impl(x.shape[2], x.shape[3])
 
     def _project(self, x: torch.Tensor):
@@ -451,16 +463,20 @@ class LambdaLayer(SpatialAttention):
 
     def relative_embeddings(self, height: int, width: int) -> torch.Tensor:
         """E of shape (k, u, n, m) with E[:, :, n, m] = R[pos_m - pos_n] for an H x W input
-        (row-major positions), zero where the offset lies outside the kernel."""
-        kernel = self.position_kernel(height, width)
-        rh, rw = kernel.shape[-2:]
-        dev = kernel.device
+        (row-major positions), zero where the offset lies outside the kernel.
+
+        Read from the table R itself (offset 0 at its centre), not from the fast paths' slice
+        of it (:meth:`position_kernel`), so the reference checks that slice too."""
+        self.position_kernel(height, width)  # raises for inputs beyond max_size (global form)
+        table = self.pos_kernel  # (k, u, rh, rw): R over the r x r window, or over every offset up to max_size
+        rh, rw = table.shape[-2:]
+        dev = table.device
         ys = torch.arange(height, device=dev).repeat_interleave(width)  # pos_n rows, (n,)
         xs = torch.arange(width, device=dev).repeat(height)
-        iy = ys[None, :] - ys[:, None] + rh // 2  # (n, m): kernel row of offset pos_m - pos_n
+        iy = ys[None, :] - ys[:, None] + rh // 2  # (n, m): table row of offset pos_m - pos_n
         ix = xs[None, :] - xs[:, None] + rw // 2
         inside = (iy >= 0) & (iy < rh) & (ix >= 0) & (ix < rw)
-        e = kernel[:, :, iy.clamp(0, rh - 1), ix.clamp(0, rw - 1)]  # (k, u, n, m)
+        e = table[:, :, iy.clamp(0, rh - 1), ix.clamp(0, rw - 1)]  # (k, u, n, m)
         return e * inside
 
     def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -122,6 +122,7 @@ def _recorded(*tensors) -> bool:
     export=("onnx", "compile", "torchscript"),
     impls=("reference", "shifts", "autograd"),
     test_kwargs={"num_heads": 2, "kernel_size": 3},
+    test_variants=({"deformed": False, "mask_padding": True},),  # the pure-shift loops, the padding mask
     bench_kwargs={"num_heads": 4, "kernel_size": 3},
     bench_variants={
         "slide-reparam": {"num_heads": 4, "kernel_size": 3, "_reparameterize": True},
