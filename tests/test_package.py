@@ -108,3 +108,42 @@ def test_console_script_help_matches_python_m():
     a = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, env=ENV)
     b = _cli("--help")
     assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr) == (0, b.stdout, "")
+
+
+def _unreleased() -> str:
+    text = (ROOT / "CHANGELOG.md").read_text()
+    return text.split("## [Unreleased]", 1)[1].split("\n## [", 1)[0]
+
+
+def test_changelog_unreleased_names_every_rename_of_issue_11():
+    # The renames are data in the code (renamed_args, renamed_keys, Block.LEGACY_KEYS): each old
+    # and new name is in the changelog, on the line of its mechanism's entry.
+    from visattn.models.blocks import Block
+    from visattn.registry import attention_class, list_attention
+
+    section = " ".join(_unreleased().split())  # lines joined: entries wrap
+    for name in list_attention():
+        cls = attention_class(name)
+        for old, new in {**cls.renamed_args, **cls.renamed_keys}.items():
+            assert f"`{old}" in section and f"`{new}" in section, (name, old, new)
+    for old, new in Block.LEGACY_KEYS.items():
+        assert f"`{old}`" in section and f"`{new}`" in section, (old, new)
+    # the other parts of issue 11, each named
+    for item in (
+        "visattn.models.blocks",
+        "mixer_overrides",
+        "EAMLPConfig",
+        "mixers()",
+        'impl="auto"',
+        "tests/layers/test_impls.py",
+        "docs/contract.md",
+        "per head",
+        "reset_parameters()",
+        'device="meta"',
+        "docs/architecture.md",
+        "python -m visattn",
+        "py.typed",
+        "visattn._io",
+        "save_weights",
+    ):
+        assert item in section, item
