@@ -99,3 +99,23 @@ def test_checkpoint_and_run_weights_are_written_by_save_weights(tmp_path):
     m3 = _Tied()
     visattn.load_weights(m3, tmp_path / "old.safetensors")
     assert torch.equal(m3.a.weight, m.a.weight) and torch.equal(m3.b.bias, m.b.bias)
+
+
+def test_checkpoints_and_run_metadata_are_flushed_to_disk(tmp_path, monkeypatch):
+    # fsync where the writers before visattn._io had it: every checkpoint file, the checkpoint
+    # folder and its parent, latest.json and its folder; run metadata (atomic_write_text's default)
+    from visattn.train.checkpoint import save_checkpoint
+
+    files, dirs = [], []
+    monkeypatch.setattr(_io, "fsync_file", lambda p: files.append(os.path.basename(p)))
+    monkeypatch.setattr(_io, "fsync_dir", lambda p: dirs.append(os.path.basename(os.path.normpath(p))))
+    m = _Tied()
+    save_checkpoint(tmp_path, m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1), state={"step": 1})
+    assert sorted(files) == sorted(["model.safetensors", "train_state.safetensors", f".latest.json.tmp-{os.getpid()}"])
+    assert dirs == [f".step-00000001.tmp-{os.getpid()}", "checkpoints", "checkpoints"]
+    files.clear(), dirs.clear()
+    _io.atomic_write_text(tmp_path / "config.json", "{}")
+    assert (files, dirs) == ([f".config.json.tmp-{os.getpid()}"], [tmp_path.name])
+    files.clear(), dirs.clear()
+    _io.atomic_write_text(tmp_path / "bench.json", "{}", fsync=False)  # results: no fsync, as before
+    assert (files, dirs) == ([], [])

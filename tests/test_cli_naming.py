@@ -162,3 +162,24 @@ def test_shared_spellings_of_batch_size_and_output():
     assert p.parse_args(["train", "-o", "runs/x"]).output == "runs/x"
     assert p.parse_args(["compare", "-o", "runs/x"]).output == "runs/x"
     assert p.parse_args(["bench", "-o", "runs/x"]).output == "runs/x"
+
+
+def _subcommands() -> list[str]:
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+def test_the_subcommands_are_the_ones_these_tests_cover():
+    assert _subcommands() == ["bench", "compare", "info", "list", "predict", "train", "viz"]
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_subcommand_help_prints_its_options(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith(f"usage: visattn {command} [-h]")
+    takes_model = {"train", "compare", "viz", "predict", "info"}
+    assert ("--model" in out) == (command in takes_model), out

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -16,17 +17,21 @@ import pytest
 import visattn
 from visattn.cli import main
 
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
+def _pyproject() -> dict:
+    """pyproject.toml parsed (tomllib: Python >= 3.11; only the tests that read it skip on 3.10)."""
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
 def test_version_has_one_source():
     assert visattn.__version__ == importlib.metadata.version("visattn")
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = _pyproject()["project"]
     assert "version" not in project and "version" in project["dynamic"]
-    attr = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["dynamic"]["version"]
+    attr = _pyproject()["tool"]["setuptools"]["dynamic"]["version"]
     assert attr == {"attr": "visattn.__version__"}
 
 
@@ -36,7 +41,7 @@ def test_changelog_has_the_released_version_and_license_matches_pyproject():
     assert f"## [{visattn.__version__}] - " in changelog
     license_text = (ROOT / "LICENSE").read_text()
     assert license_text.startswith("MIT License\n")
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = _pyproject()["project"]
     assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
 
 
@@ -49,7 +54,12 @@ def test_built_wheel_ships_py_typed_and_the_module_entry(tmp_path):
     shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     out = tmp_path / "dist"
     r = subprocess.run(
-        [sys.executable, "-c", f"from setuptools import build_meta as b; print(b.build_wheel({str(out)!r}))"],
+        [
+            sys.executable,
+            "-c",
+            "from setuptools import build_meta as b; "
+            f"s = b.build_sdist({str(out)!r}); w = b.build_wheel({str(out)!r}); print('BUILT', s, w)",
+        ],
         cwd=src,
         capture_output=True,
         text=True,
@@ -57,11 +67,17 @@ def test_built_wheel_ships_py_typed_and_the_module_entry(tmp_path):
         env=ENV,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    wheel = out / r.stdout.strip().splitlines()[-1]
+    sdist_name, wheel_name = next(ln for ln in r.stdout.splitlines() if ln.startswith("BUILT ")).split()[1:]
+    wheel = out / wheel_name
     assert wheel.name.startswith(f"visattn-{visattn.__version__}-")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"visattn/py.typed", "visattn/__main__.py", "visattn/_io.py"} <= names
     assert f"visattn-{visattn.__version__}.dist-info/licenses/LICENSE" in names
+    # the sdist carries them too (a wheel built from it has them)
+    assert sdist_name == f"visattn-{visattn.__version__}.tar.gz"
+    with tarfile.open(out / sdist_name) as tar:
+        top = f"visattn-{visattn.__version__}/"
+        assert {top + "LICENSE", top + "src/visattn/py.typed", top + "src/visattn/__main__.py"} <= set(tar.getnames())
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess:
@@ -108,3 +124,42 @@ def test_console_script_help_matches_python_m():
     a = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, env=ENV)
     b = _cli("--help")
     assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr) == (0, b.stdout, "")
+
+
+def _unreleased() -> str:
+    text = (ROOT / "CHANGELOG.md").read_text()
+    return text.split("## [Unreleased]", 1)[1].split("\n## [", 1)[0]
+
+
+def test_changelog_unreleased_names_every_rename_of_issue_11():
+    # The renames are data in the code (renamed_args, renamed_keys, Block.LEGACY_KEYS): each old
+    # and new name is in the changelog, on the line of its mechanism's entry.
+    from visattn.models.blocks import Block
+    from visattn.registry import attention_class, list_attention
+
+    section = " ".join(_unreleased().split())  # lines joined: entries wrap
+    for name in list_attention():
+        cls = attention_class(name)
+        for old, new in {**cls.renamed_args, **cls.renamed_keys}.items():
+            assert f"`{old}" in section and f"`{new}" in section, (name, old, new)
+    for old, new in Block.LEGACY_KEYS.items():
+        assert f"`{old}`" in section and f"`{new}`" in section, (old, new)
+    # the other parts of issue 11, each named
+    for item in (
+        "visattn.models.blocks",
+        "mixer_overrides",
+        "EAMLPConfig",
+        "mixers()",
+        'impl="auto"',
+        "tests/layers/test_impls.py",
+        "docs/contract.md",
+        "per head",
+        "reset_parameters()",
+        'device="meta"',
+        "docs/architecture.md",
+        "python -m visattn",
+        "py.typed",
+        "visattn._io",
+        "save_weights",
+    ):
+        assert item in section, item
