@@ -204,7 +204,10 @@ def draw_grid(
 
         fig.suptitle("\n".join(textwrap.wrap(title, max(20, int(cols * cell * 14)))), fontsize=7)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=dpi, format="png")
+    from visattn._io import atomic_path
+
+    with atomic_path(out, suffix=".png") as tmp:  # a crash never leaves half a PNG under the final name
+        fig.savefig(tmp, dpi=dpi, format="png")
     return out
 
 

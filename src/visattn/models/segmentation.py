@@ -88,7 +88,7 @@ class SegmentationModel(nn.Module):
         return [m for _, m in self.named_mixers()]
 
     def get_classifier(self) -> nn.Conv2d:
-        return self.decode_head.get_submodule("classifier")  # type: ignore[return-value]
+        return self.decode_head.get_submodule("classifier")  # type: ignore[return-value]  # get_submodule is typed nn.Module; this one is the head's Conv2d
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new 1x1 classifier for ``num_classes`` (fine-tuning on another label set)."""
