@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 
 import pytest
 import torch
@@ -87,6 +88,47 @@ def test_dtypes(name, dtype_name, device):
     assert torch.isfinite(y).all()
     tol = {torch.float32: 1e-5, torch.float64: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}[dtype]
     assert rel_err(y, ref) < tol
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_undeclared_dtype_is_refused(name, monkeypatch):
+    # The forward reads AttentionInfo.dtypes: a dtype outside it is one TypeError naming them.
+    info = visattn.attention_info(name)
+    cls = attention_class(name)
+    assert cls.supported_dtypes == frozenset(getattr(torch, d) for d in info.dtypes)
+    m = make(name).eval()
+    declared = sorted(info.dtypes)
+    msg = re.escape(f"{cls.__name__} supports dtypes {declared} (AttentionInfo.dtypes), got torch.float8_e4m3fn")
+    with pytest.raises(TypeError, match=msg):
+        m(torch.zeros(1, DIM, 3, 3, dtype=torch.float8_e4m3fn))
+    # a mechanism that declares fewer dtypes refuses the others
+    monkeypatch.setattr(cls, "supported_dtypes", frozenset({torch.float32}))
+    with pytest.raises(
+        TypeError, match=re.escape("supports dtypes ['float32'] (AttentionInfo.dtypes), got torch.float64")
+    ):
+        m.double()(torch.zeros(1, DIM, 3, 3, dtype=torch.float64))
+
+
+def test_register_attention_checks_dtypes():
+    from visattn.registry import register_attention
+
+    class Toy(torch.nn.Module):
+        pass
+
+    with pytest.raises(
+        ValueError,
+        match=r"dtypes must be a non-empty subset of \('float32', 'float64', 'bfloat16', 'float16'\), got \('float8',\)",
+    ):
+        register_attention(
+            "toy_dtypes",
+            title="t",
+            paper="p",
+            cost="linear",
+            receptive_field="global",
+            positional="none",
+            dtypes=("float8",),
+        )(Toy)
+    assert "toy_dtypes" not in visattn.list_attention()
 
 
 @pytest.mark.parametrize("name", NAMES)

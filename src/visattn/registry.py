@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 COST_CLASSES = ("linear", "quadratic", "local")
+#: The floating dtypes a mechanism may declare in ``AttentionInfo.dtypes``.
+FLOAT_DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class AttentionInfo:
         any_resolution: accepts any H, W >= 1.
         max_resolution_arg: constructor argument that bounds the resolution, if any.
         export: export paths the mechanism supports ("onnx", "torchscript", "compile").
-        dtypes: floating dtypes it supports.
+        dtypes: floating dtypes it supports (names of torch dtypes). A forward call on any
+            other dtype is refused with a ``TypeError`` naming these.
         impls: the named implementations the constructor's ``impl=`` accepts besides "auto";
             the first is always "reference" (the paper's math, written for reading). Every
             other entry is a fast path that must agree with the reference (tests sweep them).
@@ -75,7 +79,7 @@ class AttentionInfo:
     any_resolution: bool = True
     max_resolution_arg: str | None = None
     export: tuple[str, ...] = ("onnx", "compile")
-    dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16")
+    dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
     impls: tuple[str, ...] = ("reference",)
     window_centred: bool | None = None
     test_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +107,10 @@ def register_attention(name: str, **info_fields) -> Callable[[type], type]:
             raise ValueError(f"impls must start with 'reference' and not name 'auto', got {info.impls!r}")
         setattr(cls, "registry_name", name)  # noqa: B010 (cls is any class: mypy sees `type`)
         setattr(cls, "impls", tuple(info.impls))  # noqa: B010
+        unknown = [d for d in info.dtypes if d not in FLOAT_DTYPES]
+        if not info.dtypes or unknown:
+            raise ValueError(f"dtypes must be a non-empty subset of {FLOAT_DTYPES}, got {info.dtypes!r}")
+        setattr(cls, "supported_dtypes", frozenset(getattr(torch, d) for d in info.dtypes))  # noqa: B010
         _ATTENTION[name] = (cls, info)
         return cls
 

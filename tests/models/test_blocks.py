@@ -362,6 +362,7 @@ def test_layout_heads_that_do_not_divide_the_width_say_so():
         build("resnet_tiny", attention="lambda", attn_kwargs={"conv_impl": "fft"})
 
 
+@pytest.mark.slow  # the CLI loads the digits data before it builds the model (~6 s)
 def test_override_errors_through_the_cli(capsys):
     from visattn.cli import main
 

@@ -210,6 +210,9 @@ class SpatialAttention(nn.Module):
     registry_name: str = ""
     #: Named implementations (``AttentionInfo.impls``), filled in by ``register_attention``.
     impls: tuple[str, ...] = ("reference",)
+    #: Floating dtypes a forward accepts (``AttentionInfo.dtypes``), filled in by ``register_attention``;
+    #: None (an unregistered subclass): any floating dtype.
+    supported_dtypes: frozenset[torch.dtype] | None = None
     #: Renamed constructor arguments, old name -> new name: :func:`visattn.create_attention`
     #: answers an old name with a ``TypeError`` that names the new one.
     renamed_args: dict[str, str] = {}
@@ -308,6 +311,9 @@ class SpatialAttention(nn.Module):
             raise ValueError(f"{name} expects B, H, W >= 1, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"{name} expects a floating-point tensor, got dtype {x.dtype}")
+        if self.supported_dtypes is not None and x.dtype not in self.supported_dtypes:
+            declared = sorted(str(d).replace("torch.", "") for d in self.supported_dtypes)
+            raise TypeError(f"{name} supports dtypes {declared} (AttentionInfo.dtypes), got {x.dtype}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C_out, H, W)."""
