@@ -362,3 +362,45 @@ def test_reference_reads_the_table_not_the_fast_paths_slice(monkeypatch, kw):
         monkeypatch.setattr(LambdaLayer, "position_kernel", lambda self, h, w: good(self, h, w).flip(-1))
         assert rel_err(with_impl(m, "reference", x), ref) == 0  # the reference does not move
         assert rel_err(with_impl(m, "direct", x), ref) > 1e-3  # the broken fast path is caught
+
+
+# -- torch.func ------------------------------------------------------------------------------
+
+
+def _func_layer(impl: str, train: bool):
+    torch.manual_seed(0)
+    m = visattn.create_attention("lambda", 8, num_heads=2, key_dim=4, local_scope=7, impl=impl).double()
+    if train:  # torch.func's documented way for BatchNorm in training mode
+        torch.func.replace_all_batch_norm_modules_(m)
+    return m.train(train)
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("impl", ["reference", "direct", "auto"])
+def test_torch_func_grad_equals_autograd(impl, train):
+    m = _func_layer(impl, train)
+    x = torch.randn(2, 8, 20, 20, dtype=torch.float64)
+    assert m.select_impl(x) == ("fft" if impl == "auto" else impl)  # outside torch.func auto takes the FFT here
+
+    def loss(inp):
+        return m(inp).square().sum()
+
+    g = torch.func.grad(loss)(x)
+    xr = x.clone().requires_grad_()
+    loss(xr).backward()
+    torch.testing.assert_close(g, xr.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["reference", "direct", "auto"])
+def test_torch_func_vmap_equals_the_batched_call(impl):
+    m = _func_layer(impl, False)
+    x = torch.randn(3, 8, 20, 20, dtype=torch.float64)
+    y = torch.func.vmap(lambda a: m(a[None])[0])(x)
+    torch.testing.assert_close(y, m(x), rtol=1e-10, atol=1e-10)
+
+
+def test_fft_under_torch_func_is_refused():
+    m = _func_layer("fft", False)
+    x = torch.randn(1, 8, 20, 20, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"impl='fft' cannot run under torch.func transforms"):
+        torch.func.grad(lambda inp: m(inp).sum())(x)

@@ -22,3 +22,11 @@ def upcast(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def autocast_off(device_type: str):
     """A context that disables autocast on ``device_type`` (so float32 math stays float32)."""
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+def under_functorch(*tensors) -> bool:
+    """True inside torch.func transforms (grad, vmap, jacrev, ...): custom autograd Functions
+    without a vmap rule and data-dependent checks cannot run there, so callers take a plain path."""
+    if torch.compiler.is_compiling():  # dynamo cannot trace the check (and handles torch.func itself)
+        return False
+    return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visattn.layers._ops import _HALF
+from visattn.layers._ops import _HALF, under_functorch
 from visattn.layers.base import SpatialAttention, check_choice, check_divisible, check_odd, check_positive_int
 from visattn.registry import register_attention
 
@@ -103,6 +103,8 @@ def query_contract(q: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 
     q: (B, h, k, n), lam: (B, k, v, n) -> (B, h, v, n) with y = sum_k q * lam.
     """
+    if under_functorch(q, lam):  # torch.func: plain ops (no Function without a vmap rule, no in-place loop)
+        return torch.einsum("bhkn,bkvn->bhvn", q, lam)
     if torch.is_grad_enabled() and (q.requires_grad or lam.requires_grad):
         return _QueryContract.apply(q, lam)
     return _contract_fwd(q, lam)
@@ -156,13 +158,19 @@ def lambda_conv(v: torch.Tensor, weight: torch.Tensor, impl: str = "auto") -> to
     weight = _crop_kernel(weight, height, width)
     rh, rw = weight.shape[-2:]
     exporting = torch.onnx.is_in_onnx_export()
+    functorch = under_functorch(v, weight)
     if impl == "auto":
-        impl = "fft" if _use_fft((rh, rw), height, width) and not exporting else "direct"
+        impl = "fft" if _use_fft((rh, rw), height, width) and not (exporting or functorch) else "direct"
     if impl == "fft" and exporting:
         raise ValueError(
             "LambdaLayer: impl='fft' cannot be exported to ONNX (the real FFTs inside its autograd "
             "Function export to a graph that computes wrong numbers); use impl='direct' or 'auto', "
             "which picks it while exporting"
+        )
+    if impl == "fft" and functorch:
+        raise ValueError(
+            "LambdaLayer: impl='fft' cannot run under torch.func transforms (grad, vmap, jacrev: its "
+            "autograd Function has no vmap rule); use impl='direct' or 'auto', which picks it there"
         )
     if impl == "direct":
         return F.conv3d(v, weight.unsqueeze(2), padding=(0, rh // 2, rw // 2))
@@ -267,7 +275,7 @@ def _bn(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     the running ones are left as they were, and a warning says so. Under autograd the
     gradient reaching BatchNorm is made contiguous (see ``_ContiguousGrad``)."""
     y = _bn_forward(norm, x)
-    if y.requires_grad and not _is_tracing():
+    if y.requires_grad and not _is_tracing() and not under_functorch(y):
         y = _ContiguousGrad.apply(y)
     return y
 
@@ -275,7 +283,13 @@ def _bn(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
 def _bn_forward(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     if norm.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
         return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
-    if norm.training and norm.track_running_stats and not _is_tracing() and not bool(torch.isfinite(x.detach()).all()):
+    if (
+        norm.training
+        and norm.track_running_stats
+        and not _is_tracing()
+        and not under_functorch(x)  # no data-dependent check under vmap
+        and not bool(torch.isfinite(x.detach()).all())
+    ):
         warnings.warn(
             "LambdaLayer: a training batch has non-finite (NaN/inf) queries or values; the "
             "BatchNorm running statistics were not updated with it",
@@ -336,7 +350,7 @@ class LambdaLayer(SpatialAttention):
             ``conv_impl``.) ``auto``: "fft" when the kernel cropped to the map's offsets
             (area A = min(r, 2H-1) * min(r, 2W-1)) and n = H*W satisfy
             (n >= 400 and A >= 49) or (n >= 196 and A >= 400), else "direct"; "direct" while
-            exporting to ONNX (where "fft" raises ``ValueError``).
+            exporting to ONNX or under torch.func transforms (where "fft" raises ``ValueError``).
         device, dtype: factory arguments for the parameters and buffers.
 
     Shapes: (B, C, H, W) -> (B, d_out, H, W) (H/2, W/2 rounded up with stride 2).
@@ -429,7 +443,7 @@ class LambdaLayer(SpatialAttention):
         return "fft" if _use_fft((rh, rw), height, width) else "direct"
 
     def _auto_impl(self, x: torch.Tensor) -> str:
-        if torch.onnx.is_in_onnx_export():  # the FFT path does not export (see lambda_conv)
+        if torch.onnx.is_in_onnx_export() or under_functorch(x):  # the FFT path neither exports nor vmaps
             return "direct"
         return self._conv_impl(x.shape[2], x.shape[3])
 

@@ -62,6 +62,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from visattn.layers._ops import autocast_off, softmax_fp32, upcast
+from visattn.layers._ops import (
+    under_functorch as _under_functorch,
+)  # neither the in-place loop nor the Function runs there
 from visattn.layers.base import SpatialAttention, check_divisible, check_odd, check_positive_int, check_work
 from visattn.layers.local import padding_mask
 from visattn.registry import register_attention
@@ -88,12 +91,6 @@ def one_hot_shift_kernels(channels: int, kernel_size: int, dtype=None, device=No
     kk = kernel_size * kernel_size
     eye = torch.eye(kk, dtype=dtype, device=device).view(1, kk, kernel_size, kernel_size)
     return eye.expand(channels, kk, kernel_size, kernel_size).reshape(channels * kk, 1, kernel_size, kernel_size)
-
-
-def _under_functorch(*tensors) -> bool:
-    """True inside torch.func transforms (grad, vmap, jacrev, ...), which neither the in-place
-    loop nor the custom Function supports: the out-of-place form runs there."""
-    return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 def _is_exporting() -> bool:
