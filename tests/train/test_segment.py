@@ -332,3 +332,19 @@ def test_precise_bn_uses_whole_training_images(tmp_path):
         f = res.model.stem(normalize(x, data.mean, data.std))
     torch.testing.assert_close(res.model.bn.running_mean, f.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(res.model.bn.running_var, f.var((0, 2, 3)), rtol=1e-4, atol=1e-6)
+
+
+def test_resuming_a_segmentation_run_as_classification_names_the_task(tmp_path):
+    """The options are compared before the weights meet a model of another shape (it used to end
+    in an optimizer/weights shape message)."""
+    from visattn.train import TrainConfig, train
+
+    data = load_seg_data(make_seg_folder(tmp_path / "d", n=16), image_size=12)
+    train_segment(_cfg(tmp_path / "run", epochs=1), data=data)
+    cfg = TrainConfig(model="resnet_tiny", data="digits", epochs=1, output=str(tmp_path / "run"), resume=True)
+    cfg.progress, cfg.verbose = False, False
+    with pytest.raises(ValueError) as e:
+        train(cfg)
+    msg = str(e.value)
+    assert msg.startswith("cannot resume: the checkpoint was made with other options model=")
+    assert "task='segment' (now None)" in msg and msg.endswith("(the run was trained with --task segment)")

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -405,10 +406,13 @@ def load_checkpoint(
     scheduler=None,
     scaler=None,
     restore_rng: bool = True,
+    check_state: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state`` dict.
 
     ``path`` is a run folder (its ``latest.json`` is followed) or a checkpoint folder.
+    ``check_state`` is called with the saved ``state`` before anything is restored (e.g. to
+    refuse a run made with other options before its weights meet a model of another shape).
     """
     path = Path(path)
     if not path.is_dir():
@@ -429,6 +433,8 @@ def load_checkpoint(
     where = folder / "train_state.safetensors"
     if not isinstance(meta.get("state", {}), dict):
         raise ValueError(f"{where}: 'state' must be a JSON object, got {type(meta['state']).__name__}")
+    if check_state is not None:
+        check_state(dict(meta.get("state", {})))
     opt_sd = None
     if optimizer is not None and "optimizer" in meta:
         opt_sd = _checked_optimizer_state(tensors, meta["optimizer"], optimizer, where)

@@ -437,6 +437,23 @@ class Trainer:
         D.barrier(self.dist)
         return running if self.dist.is_main else torch.zeros_like(running)
 
+    def _check_same_run(self, st: dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint made with other options (named, with old and new values)."""
+        want, got = self._run_config(), st.get("config")
+        if not isinstance(got, dict):
+            return
+        keys = list(want) + [k for k in got if k not in want]  # e.g. task: a segmentation run
+        diff = {k: (got.get(k), want.get(k)) for k in keys if got.get(k) != want.get(k)}
+        if diff:
+            hint = ""
+            if got.get("task") != want.get("task"):
+                hint = f" (the run was trained with --task {got.get('task') or 'classify'})"
+            raise ValueError(
+                "cannot resume: the checkpoint was made with other options "
+                + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
+                + hint
+            )
+
     def _resume(self) -> tuple[torch.Tensor, float]:
         running, train_time = torch.zeros(3, dtype=torch.float64), 0.0
         self.history: list[dict[str, Any]] = []
@@ -460,17 +477,13 @@ class Trainer:
             if self.cfg.resume:
                 self._log(f"no checkpoint in {self.out}: starting a new run")
             return running, train_time
-        st = load_checkpoint(self.out, self.model, self.optimizer, self.scheduler, self.scaler)
+        # Changed options first, before the weights meet a model of another shape and before the
+        # progress fields are checked (their bounds depend on the options: steps per epoch).
+        st = load_checkpoint(
+            self.out, self.model, self.optimizer, self.scheduler, self.scaler, check_state=self._check_same_run
+        )
         if self.dist.rank != 0:  # RNG saved by rank 0; keep ranks distinct
             torch.manual_seed(self.cfg.seed + 1 + self.dist.rank + 7919 * int(st["step"]))
-        # Changed options first: the progress fields' bounds depend on them (steps per epoch).
-        want, got = self._run_config(), st.get("config")
-        diff = {k: (got.get(k), want[k]) for k in want if got.get(k) != want[k]} if isinstance(got, dict) else {}
-        if diff:
-            raise ValueError(
-                "cannot resume: the checkpoint was made with other options "
-                + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
-            )
         self._check_state(st)
         self.epoch, self.batch_in_epoch, self.step = st["epoch"], st["batch_in_epoch"], st["step"]
         if self.scheduler.last_epoch != self.step:
