@@ -257,6 +257,11 @@ def test_cli_keeps_a_typed_classification_model_or_data(tmp_path, capsys):
     assert (args.model, args.data) == ("resnet_tiny", "digits") and train_cmd.config_from_args(
         args
     ).model == "resnet_tiny"
+    # label smoothing not given: each task's own default (the Python configs'), given: kept
+    assert train_cmd.config_from_args(args).label_smoothing == 0.1
+    assert seg_config_from_args(p.parse_args(["--task", "segment"])).label_smoothing == 0.0
+    assert seg_config_from_args(p.parse_args(["--task", "segment", "--label-smoothing", "0.2"])).label_smoothing == 0.2
+    assert train_cmd.config_from_args(p.parse_args(["--label-smoothing", "0"])).label_smoothing == 0.0
 
 
 def _free_port() -> int:

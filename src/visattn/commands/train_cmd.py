@@ -73,7 +73,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="linear warm-up steps before the cosine decay (default: 5%% of all steps, <= 1 epoch)",
     )
-    p.add_argument("--label-smoothing", type=fraction, default=0.1)
+    p.add_argument(
+        "--label-smoothing",
+        type=fraction,
+        default=None,
+        help="label smoothing of the cross-entropy (default: 0.1 classify, 0 segment)",
+    )
     p.add_argument(
         "--augment",
         default="auto",
@@ -172,7 +177,7 @@ def config_from_args(args):
         lr=args.lr,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps,
-        label_smoothing=args.label_smoothing,
+        **({} if args.label_smoothing is None else {"label_smoothing": args.label_smoothing}),
         augment=args.augment,
         precise_bn=args.precise_bn,
         grad_clip=args.grad_clip,
@@ -267,6 +272,8 @@ def seg_config_from_args(args):
         base["model"] = SEG_DEFAULT_MODEL
     if isinstance(args.data, _ClassifyDefault):
         base["data"] = SEG_DEFAULT_DATA
+    if args.label_smoothing is None:  # not given: the segmentation default (SegTrainConfig), not classification's
+        base["label_smoothing"] = SegTrainConfig.label_smoothing
     return SegTrainConfig(
         **base, ignore_index=args.ignore_index, scale_range=tuple(args.scale_range) if args.scale_range else None
     )
