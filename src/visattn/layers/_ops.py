@@ -24,6 +24,18 @@ def autocast_off(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
 
 
+def is_capturing() -> bool:
+    """True while a TorchScript trace or script, ``torch.compile`` or an ONNX export records the
+    call: paths that need eager Python (in-place loops, data-dependent checks, custom autograd
+    Functions that do not export) step aside there."""
+    return bool(
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
 def under_functorch(*tensors) -> bool:
     """True inside torch.func transforms (grad, vmap, jacrev, ...): custom autograd Functions
     without a vmap rule and data-dependent checks cannot run there, so callers take a plain path."""

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visattn.layers._ops import _HALF, under_functorch
+from visattn.layers._ops import _HALF, is_capturing, under_functorch
 from visattn.layers.base import SpatialAttention, check_choice, check_divisible, check_odd, check_positive_int
 from visattn.registry import register_attention
 
@@ -275,7 +275,7 @@ def _bn(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     the running ones are left as they were, and a warning says so. Under autograd the
     gradient reaching BatchNorm is made contiguous (see ``_ContiguousGrad``)."""
     y = _bn_forward(norm, x)
-    if y.requires_grad and not _is_tracing() and not under_functorch(y):
+    if y.requires_grad and not is_capturing() and not under_functorch(y):
         y = _ContiguousGrad.apply(y)
     return y
 
@@ -286,7 +286,7 @@ def _bn_forward(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     if (
         norm.training
         and norm.track_running_stats
-        and not _is_tracing()
+        and not is_capturing()
         and not under_functorch(x)  # no data-dependent check under vmap
         and not bool(torch.isfinite(x.detach()).all())
     ):
@@ -298,15 +298,6 @@ def _bn_forward(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
         )
         return F.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
     return norm(x)
-
-
-def _is_tracing() -> bool:
-    return bool(
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    )
 
 
 @register_attention(

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visattn.layers._ops import upcast
+from visattn.layers._ops import is_capturing, upcast
 from visattn.layers.base import SpatialAttention, check_choice, check_divisible, check_positive_int
 from visattn.registry import register_attention
 
@@ -332,13 +332,7 @@ class RelativePositionAttention(SpatialAttention):
     def _auto_rule(self) -> str:
         if not self.content:
             return "shared"
-        exporting = (
-            torch.jit.is_tracing()
-            or torch.jit.is_scripting()
-            or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export()
-        )
-        return "mask" if self.encoding == "learned" or exporting else "folded"
+        return "mask" if self.encoding == "learned" or is_capturing() else "folded"
 
     def _auto_impl(self, x: torch.Tensor) -> str:
         return self._auto_rule()

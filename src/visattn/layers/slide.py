@@ -61,10 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visattn.layers._ops import autocast_off, softmax_fp32, upcast
-from visattn.layers._ops import (
-    under_functorch as _under_functorch,
-)  # neither the in-place loop nor the Function runs there
+from visattn.layers._ops import autocast_off, is_capturing, softmax_fp32, under_functorch, upcast
 from visattn.layers.base import SpatialAttention, check_divisible, check_odd, check_positive_int, check_work
 from visattn.layers.local import padding_mask
 from visattn.registry import register_attention
@@ -93,17 +90,9 @@ def one_hot_shift_kernels(channels: int, kernel_size: int, dtype=None, device=No
     return eye.expand(channels, kk, kernel_size, kernel_size).reshape(channels * kk, 1, kernel_size, kernel_size)
 
 
-def _is_exporting() -> bool:
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    if torch.compiler.is_compiling():
-        return True
-    return bool(torch.onnx.is_in_onnx_export())
-
-
 def _recorded(*tensors) -> bool:
     """True when a trace, export, torch.compile or a torch.func transform records the call."""
-    return _is_exporting() or _under_functorch(*tensors)
+    return is_capturing() or under_functorch(*tensors)
 
 
 @register_attention(
