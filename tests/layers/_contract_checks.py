@@ -60,6 +60,21 @@ def assert_impls_match_reference(
                 assert _max_err(y, y_ref) < tol, (impl, "output", _max_err(y, y_ref))
 
 
+def assert_low_precision_matches_reference(m64: nn.Module, m: nn.Module, x: torch.Tensor, tol: float) -> None:
+    """Module ``m`` (built in a lower precision, with its impl) loads float64 ``m64``'s weights and,
+    grad off and on, gives its dtype and stays within relative L2 error ``tol`` of ``m64``'s
+    reference on float64 ``x``."""
+    ref = with_impl(m64, "reference", x)
+    m.load_state_dict(m64.state_dict())
+    dtype = next(m.parameters()).dtype
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            y = m(x.to(dtype))
+        assert y.dtype == dtype
+        err = ((y.double() - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+        assert err < tol, (grad, err)
+
+
 def assert_meta_build_equals_normal_build(factory: Callable[..., nn.Module], x: torch.Tensor, seed: int = 7) -> None:
     """``factory(device=..., dtype=...)`` built on "meta", moved with ``to_empty`` and reset under a
     seed equals a CPU build reset under the same seed: state dicts exactly equal, non-persistent

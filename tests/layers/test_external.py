@@ -19,9 +19,9 @@ import torch
 from _contract_checks import (
     assert_factory_dtype,
     assert_impls_match_reference,
+    assert_low_precision_matches_reference,
     assert_meta_build_equals_normal_build,
     assert_old_state_dict_loads,
-    with_impl,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -282,15 +282,8 @@ def test_every_impl_equals_reference(batch, h, w, config, train, grad, seed):
 def test_every_impl_in_low_precision_against_float64_reference(dtype, tol, impl):
     torch.manual_seed(0)
     m64 = ExternalAttention(8, memory_size=16, num_heads=2, expansion=2, dtype=torch.float64)
-    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
-    ref = with_impl(m64, "reference", x)
     m = ExternalAttention(8, memory_size=16, num_heads=2, expansion=2, impl=impl, dtype=dtype)
-    m.load_state_dict(m64.state_dict())
-    for grad in (False, True):
-        with torch.set_grad_enabled(grad):
-            y = m(x.to(dtype))
-        assert y.dtype == dtype
-        assert ((y.double() - ref).norm() / ref.norm()).item() < tol
+    assert_low_precision_matches_reference(m64, m, torch.randn(2, 8, 5, 7, dtype=torch.float64), tol)
 
 
 def test_auto_rule_is_always_bmm():

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from _contract_checks import (
     assert_factory_dtype,
     assert_impls_match_reference,
+    assert_low_precision_matches_reference,
     assert_meta_build_equals_normal_build,
     assert_old_state_dict_loads,
     with_impl,
@@ -586,15 +587,8 @@ def test_every_impl_in_low_precision_against_float64_reference(dtype, tol, impl)
     with torch.no_grad():
         m64.offset_bias.normal_()
         m64.deform.weight.normal_(0, 0.2)
-    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
-    ref = with_impl(m64, "reference", x)
     m = SlideAttention(8, num_heads=2, kernel_size=3, impl=impl, dtype=dtype).eval()
-    m.load_state_dict(m64.state_dict())
-    for grad in (False, True):
-        with torch.set_grad_enabled(grad):
-            y = m(x.to(dtype))
-        assert y.dtype == dtype
-        assert _rel(y, ref) < tol, (grad, _rel(y, ref))
+    assert_low_precision_matches_reference(m64, m, torch.randn(2, 8, 5, 7, dtype=torch.float64), tol)
 
 
 def _frozen(m):
