@@ -336,6 +336,72 @@ class Trainer:
     def _complete_record(self, rec: dict[str, Any]) -> None:
         """Add task-specific figures to an epoch's metrics record, in place, before it is logged."""
 
+    def _build_model(self, b: DataBundle) -> nn.Module:
+        """The model to train (seeded by the caller), before it moves to the device."""
+        cfg = self.cfg
+        return create_model(
+            cfg.model,
+            num_classes=b.num_classes,
+            attention=cfg.attention,
+            attn_kwargs=cfg.attn_kwargs,
+            **(cfg.model_kwargs or {}),
+        )
+
+    def _distribute(self, model: nn.Module) -> nn.Module:
+        """Under torchrun: what ``self.net`` is (the model in DistributedDataParallel)."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW, no weight decay on biases and norm parameters."""
+        cfg = self.cfg
+        return torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, batch: int, num_batches: int) -> torch.Tensor:
+        """One optimizer step on batch ``batch`` of ``num_batches`` (x, y on the device); returns
+        this process's running sums of the batch (see :meth:`_batch_sums`). The scheduler step and
+        the step count are the loop's."""
+        cfg = self.cfg
+        with self._autocast():
+            logits = self.fwd(x)
+            loss = self.criterion(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self._call("after_backward")
+        self._stop_if_not_finite(float(loss.detach()), batch, num_batches)
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return self._batch_sums(loss, logits, y)
+
+    def _train_fields(self, tot: torch.Tensor) -> dict[str, Any]:
+        """An epoch record's training figures from the running sums over every process."""
+        return {"train_loss": float(tot[0] / tot[2]), "train_acc": float(tot[1] / tot[2])}
+
+    def _bar_fields(self, running: torch.Tensor) -> dict[str, object]:
+        """The progress bar's figures from this process's running sums."""
+        return {"loss": f"{running[0] / running[2]:.3f}", "acc": f"{running[1] / running[2]:.3f}"}
+
+    def _eval_fields(self) -> dict[str, Any]:
+        """An epoch record's evaluation figures (classification: test loss and accuracy)."""
+        test_loss, test_acc = self.evaluate()
+        return {"test_loss": test_loss, "test_acc": test_acc}
+
+    def _epoch_line(self, rec: dict[str, Any]) -> str:
+        """The log line of a finished epoch."""
+        return (
+            f"epoch {rec['epoch']}/{self.cfg.epochs}: train loss {rec['train_loss']:.4f} "
+            f"acc {100 * rec['train_acc']:.2f}% | test loss {rec['test_loss']:.4f} acc {100 * rec['test_acc']:.2f}% | "
+            f"{rec['images_per_s']:.0f} img/s"
+        )
+
+    def _plot(self, path: Path, title: str) -> None:
+        """The run's curves (``curves.png``) from ``self.history``."""
+        plot_curves(self.history, path, title)
+
     def _bundle(self) -> DataBundle:
         """The run's data (given to the constructor, or loaded by ``_setup``)."""
         if self.data is None:
@@ -354,28 +420,16 @@ class Trainer:
         self.crop_pad = cfg.crop_pad if cfg.crop_pad is not None else max(1, b.image_size // 8)
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = create_model(
-            cfg.model,
-            num_classes=b.num_classes,
-            attention=cfg.attention,
-            attn_kwargs=cfg.attn_kwargs,
-            **(cfg.model_kwargs or {}),
-        ).to(self.device)
+        self.model = self._build_model(b).to(self.device)
         torch.manual_seed(cfg.seed + 1 + self.dist.rank)  # dropout etc. differ per rank
         if cfg.sync_bn and self.dist.distributed:
             if self.device.type != "cuda":
                 raise ValueError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.net: nn.Module = self.model
-        if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net: nn.Module = self._distribute(self.model) if self.dist.distributed else self.model
         self.fwd = torch.compile(self.net) if cfg.compile else self.net
 
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8
-        )
+        self.optimizer = self._build_optimizer()
         self.steps_per_epoch = len(self._batches(0))
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup = (
@@ -660,32 +714,17 @@ class Trainer:
             for i, x, y in batches.iter_from(self.batch_in_epoch):
                 D.heartbeat(self.dist, self.step + 1)  # working on optimizer step step + 1
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                with self._autocast():
-                    logits = self.fwd(x)
-                    loss = self.criterion(logits.float(), y)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self._call("after_backward")
-                loss_value = float(loss.detach())
-                self._stop_if_not_finite(loss_value, i, len(batches))
-                if cfg.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                sums = self._train_step(x, y, i, len(batches))
                 self.scheduler.step()
                 self.step += 1
                 self.batch_in_epoch = i + 1
-                running += self._batch_sums(loss, logits, y)
+                running += sums
                 seen_this_session += x.shape[0]
                 if show:
                     elapsed = time.perf_counter() - t0
-                    bar.set_postfix(
-                        loss=f"{running[0] / running[2]:.3f}",
-                        acc=f"{running[1] / running[2]:.3f}",
-                        img_s=f"{seen_this_session * world / max(elapsed, 1e-9):.0f}",
-                        refresh=False,
-                    )
+                    fields = self._bar_fields(running)
+                    fields["img_s"] = f"{seen_this_session * world / max(elapsed, 1e-9):.0f}"
+                    bar.set_postfix(fields, refresh=False)
                     bar.update(1)
                 self._call("after_step")
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < len(batches):
@@ -695,26 +734,19 @@ class Trainer:
             tot = self._reduce(running)
             if cfg.precise_bn:
                 self.recompute_bn_stats(cfg.precise_bn)
-            test_loss, test_acc = self.evaluate()
             rec = {
                 "epoch": self.epoch + 1,
                 "step": self.step,
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "train_loss": float(tot[0] / tot[2]),
-                "train_acc": float(tot[1] / tot[2]),
-                "test_loss": test_loss,
-                "test_acc": test_acc,
+                **self._train_fields(tot),
+                **self._eval_fields(),
                 "images_per_s": float(tot[2]) / max(train_time, 1e-9),
                 "train_time_s": train_time,
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             self._complete_record(rec)
             self.history.append(rec)
-            self._log(
-                f"epoch {rec['epoch']}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
-                f"acc {100 * rec['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
-                f"{rec['images_per_s']:.0f} img/s"
-            )
+            self._log(self._epoch_line(rec))
             if self.out is not None and self.dist.is_main:
                 path = self.out / "metrics.jsonl"
                 try:
@@ -761,7 +793,7 @@ class Trainer:
             atomic_write_text(self.out / "config.json", json.dumps(_strict(info), indent=2, allow_nan=False))
             if cfg.plot and self.history:
                 title = cfg.model + (f" + {cfg.attention}" if cfg.attention else "") + f" on {b.name}"
-                plot_curves(self.history, self.out / "curves.png", title)
+                self._plot(self.out / "curves.png", title)
         D.barrier(self.dist)
         self.model.eval()
         return TrainResult(
