@@ -241,6 +241,12 @@ class _GANBase(nn.Module):
     def mixers(self) -> list[nn.Module]:
         return [m for _, m in self.named_mixers()]
 
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """A random input of this network: z (batch, z_dim) for G, images (batch, 3, S, S) for D."""
+        if isinstance(self, SAGANGenerator):
+            return torch.randn(batch, self.cfg.z_dim)
+        return torch.randn(batch, 3, self.cfg.img_size, self.cfg.img_size)
+
     @property
     def attention_resolution(self) -> int:
         """Side of the feature map the attention block runs on."""

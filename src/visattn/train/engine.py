@@ -336,6 +336,9 @@ class Trainer:
     def _complete_record(self, rec: dict[str, Any]) -> None:
         """Add task-specific figures to an epoch's metrics record, in place, before it is logged."""
 
+    #: Which of the 3 running sums may be negative (a checkpoint's are checked against it).
+    _signed_running: tuple[bool, bool, bool] = (False, False, False)
+
     def _build_model(self, b: DataBundle) -> nn.Module:
         """The model to train (seeded by the caller), before it moves to the device."""
         cfg = self.cfg
@@ -580,9 +583,12 @@ class Trainer:
         if not (
             isinstance(r, list)
             and len(r) == 3
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in r)
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 or signed)
+                for v, signed in zip(r, self._signed_running)
+            )
         ):
-            raise bad("running", "a list of 3 finite numbers >= 0")
+            raise bad("running", "a list of 3 finite numbers" + " >= 0" * (not any(self._signed_running)))
         t = st.get("train_time", 0.0)
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise bad("train_time", "a finite number >= 0")

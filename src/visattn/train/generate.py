@@ -279,6 +279,7 @@ class GanTrainer(Trainer):
 
     cfg: GenTrainConfig
     model: GAN
+    _signed_running = (False, True, False)  # [D loss sum, G loss sum (hinge: any sign), images]
 
     def __init__(
         self, cfg: GenTrainConfig, data: DataBundle | None = None, callbacks: Sequence[Any] = (), bar_position: int = 0
