@@ -52,7 +52,7 @@ from visattn.errors import TrainingDiverged
 from visattn.models.gan import discriminator_for, hinge_d_loss, hinge_g_loss
 from visattn.registry import create_model, list_models, model_entry
 from visattn.train.engine import TrainConfig, Trainer, TrainResult
-from visattn.train.gan_metrics import FEATURE_NOTE, generation_metrics
+from visattn.train.gan_metrics import FEATURE_NOTE, ClassifierFeatures, generation_metrics
 
 __all__ = [
     "GenTrainConfig",
@@ -65,6 +65,8 @@ __all__ = [
     "sample_images",
     "save_grid",
     "GEN_DEFAULT_DATA",
+    "train_fallback_features",
+    "build_gan",
 ]
 
 GEN_DEFAULT_DATA = "digitpairs"
@@ -282,11 +284,19 @@ class GanTrainer(Trainer):
     _signed_running = (False, True, False)  # [D loss sum, G loss sum (hinge: any sign), images]
 
     def __init__(
-        self, cfg: GenTrainConfig, data: DataBundle | None = None, callbacks: Sequence[Any] = (), bar_position: int = 0
+        self,
+        cfg: GenTrainConfig,
+        data: DataBundle | None = None,
+        callbacks: Sequence[Any] = (),
+        bar_position: int = 0,
+        features: nn.Module | None = None,
     ):
+        """``features``: a feature network module for FID / KID (overrides ``cfg.fid_features``;
+        e.g. one :func:`train_fallback_features` network shared by the runs of a comparison)."""
         if not isinstance(cfg, GenTrainConfig):
             raise TypeError(f"GanTrainer needs a GenTrainConfig, got {type(cfg).__name__}")
         super().__init__(cfg, data, callbacks, bar_position)
+        self.feature_module = features
         self._high_g = 0  # G steps in a row with the loss above diverge_g_loss
         self._real_images: torch.Tensor | None = None
 
@@ -460,6 +470,8 @@ class GanTrainer(Trainer):
     def features(self) -> str | nn.Module:
         """The FID / KID feature network (the fallback classifier is trained on first use)."""
         cfg = self.cfg
+        if self.feature_module is not None:
+            return self.feature_module
         if cfg.fid_features is not None:
             return cfg.fid_features
         if self.out is None:
@@ -467,7 +479,9 @@ class GanTrainer(Trainer):
         folder = self.out / "feature_net"
         if not (folder / "model.safetensors").is_file():
             self._log(f"training the fallback FID feature network (resnet_tiny) into {folder}")
-            _train_feature_net(cfg, self.source_data, folder)
+            train_fallback_features(
+                self.source_data, cfg.feature_epochs, cfg.seed, folder, cfg.device, cfg.progress, cfg.verbose
+            )
         return f"run:{folder}"
 
     def metrics(self) -> dict[str, Any]:
@@ -490,8 +504,8 @@ class GanTrainer(Trainer):
                 generator=g_name,
                 discriminator=d_name,
                 gan_kwargs=_gan_kwargs(self.cfg, self._bundle().num_classes),
-                fid_features=self.cfg.fid_features or f"run:{self.out / 'feature_net'}",
-                fid_note=None if (self.cfg.fid_features or "").startswith("inception:") else FEATURE_NOTE,
+                fid_features=_feature_name(self),
+                fid_note=None if _feature_name(self).startswith("inception:") else FEATURE_NOTE,
             )
             from visattn._io import atomic_write_text
             from visattn._strict_json import strict
@@ -511,27 +525,49 @@ def _cached_features(trainer: GanTrainer, spec: str | nn.Module) -> nn.Module:
     return cache[key]
 
 
-def _train_feature_net(cfg: GenTrainConfig, data: DataBundle, folder: Path) -> None:
+def _feature_name(trainer: GanTrainer) -> str:
+    if trainer.feature_module is not None:
+        return str(getattr(trainer.feature_module, "name", type(trainer.feature_module).__name__))
+    if trainer.cfg.fid_features is not None or trainer.out is None:
+        return trainer.cfg.fid_features or "none"
+    return f"run:{trainer.out / 'feature_net'}"
+
+
+def train_fallback_features(
+    data: DataBundle,
+    epochs: int = 4,
+    seed: int = 0,
+    output: str | os.PathLike | None = None,
+    device: str = "auto",
+    progress: bool = False,
+    verbose: bool = False,
+) -> ClassifierFeatures:
+    """Train the fallback FID / KID feature network: ``resnet_tiny`` on ``data``'s classes with
+    ``visattn train``'s engine (into ``output``, resumable, or in memory with ``output=None``), and
+    return it as a :class:`~visattn.train.gan_metrics.ClassifierFeatures` (images in [0, 1] ->
+    pooled features)."""
     from visattn.train.engine import train
 
-    train(
+    res = train(
         TrainConfig(
             model="resnet_tiny",
             data=data.name,
-            image_size=cfg.image_size,
-            epochs=cfg.feature_epochs,
+            image_size=data.image_size,
+            epochs=epochs,
             batch_size=64,
-            seed=cfg.seed,
-            output=str(folder),
-            resume=True,
-            device=cfg.device,
-            progress=cfg.progress,
-            verbose=cfg.verbose,
+            seed=seed,
+            output=None if output is None else str(output),
+            resume=output is not None,
+            device=device,
+            progress=progress,
+            verbose=verbose,
             plot=False,
             keep=1,
         ),
         data=data,
     )
+    name = f"run:{output}" if output is not None else f"resnet_tiny trained {epochs} epochs on {data.name}"
+    return ClassifierFeatures(res.model, data.image_size, data.mean, data.std, name=name)
 
 
 def plot_gan_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
