@@ -111,7 +111,9 @@ def main(argv=None) -> int:
                 "attention_share": statistics.median(ratios),
             }
             rows.append(row)
-            print(f"{side} px {mech:>10}: step {row['median_step_s']:.3f} s, attention {100 * row['attention_share']:.1f}%")
+            print(
+                f"{side} px {mech:>10}: step {row['median_step_s']:.3f} s, attention {100 * row['attention_share']:.1f}%"
+            )
     meta = {
         "width": args.width,
         "batch": args.batch,
