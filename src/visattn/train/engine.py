@@ -290,6 +290,15 @@ def _json_line(rec: dict) -> str:
 class Trainer:
     """One training run (see module docstring). Use :func:`train` unless you need hooks.
 
+    A task is a subclass that overrides task hooks, never the loop: ``_setup`` (data),
+    ``_build_model``, ``_distribute`` (DDP wrapping), ``_build_optimizer``, ``_batches``,
+    ``_train_step`` (one optimizer step, returns the 3 running sums; ``_signed_running`` says
+    which may be negative), ``_batch_sums``, ``_train_fields``, ``_eval_fields`` / ``evaluate``,
+    ``_complete_record``, ``_epoch_line``, ``_bar_fields``, ``_plot``, ``_run_config`` (options a
+    resume must match) and ``_finish``. :class:`~visattn.train.segment.SegTrainer` (one network)
+    and :class:`~visattn.train.generate.GanTrainer` (G, D, an EMA of G, two learning rates) are
+    the examples.
+
     ``callbacks`` are objects with any of ``after_backward(trainer)``,
     ``after_step(trainer)``, ``after_checkpoint(trainer, folder)``; during those calls
     ``trainer.model`` (unwrapped), ``trainer.epoch``, ``trainer.batch_in_epoch`` (batches
