@@ -492,7 +492,9 @@ class GanTrainer(Trainer):
             n = min(cfg.fid_samples, len(b.test))
             self._real_images = b.test.batch(torch.arange(n))[0]
         fake = sample_images(self.model.sampler, cfg.fid_samples, seed=cfg.seed + 1)
-        return generation_metrics(self._real_images, fake, features, seed=cfg.seed)
+        # KID's subsets: half of the smaller set, so the subsets differ and kid_std means something
+        half = max(2, min(len(self._real_images), len(fake)) // 2)
+        return generation_metrics(self._real_images, fake, features, kid_subset_size=half, seed=cfg.seed)
 
     def _finish(self) -> TrainResult:
         res = super()._finish()
