@@ -80,6 +80,7 @@ def toy_task(tmp_path, monkeypatch):
                 scale=1.0,
                 digits=3,
                 higher_is_better=False,
+                values_key="losses",
             ),
             Metric("acc", "acc", "test accuracy", source="test_acc"),
         )
@@ -131,7 +132,7 @@ def test_a_task_plugin_written_in_a_test_runs_through_compare(toy_task, tmp_path
         st = rows[mech]
         mine = [r for r in doc["runs"] if r["mechanism"] == mech]
         losses = [r["loss"] for r in mine]
-        assert losses == [r["history"][-1]["test_loss"] for r in mine] and st["losss"] == losses
+        assert losses == [r["history"][-1]["test_loss"] for r in mine] and st["losses"] == losses
         assert st["mean"] == pytest.approx(sum(losses) / 2) and st["spread"] == pytest.approx(
             abs(losses[0] - losses[1]) / 2
         )
@@ -202,3 +203,12 @@ def test_an_option_of_another_task_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["predict", "--task", "classify", "--weights", "w", "--image", "i"])
     assert e.value.code == 2 and "invalid choice: 'classify' (choose from 'segment')" in capsys.readouterr().err
+
+
+def test_every_task_is_in_the_task_table_of_docs_compare():
+    import pathlib
+
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "compare.md").read_text(encoding="utf-8")
+    table = doc[doc.index("## Tasks") :]
+    missing = [n for n in list_tasks() if f"| `--task {n}`" not in table]
+    assert not missing, f"docs/compare.md 'Tasks' has no row for {missing}"

@@ -76,7 +76,7 @@ def add_parser(sub) -> None:
         default=None,
         choices=list(dict.fromkeys(d for n in names for d in get_task(n).datasets)),
         metavar="TASK",
-        help=f"built-in data sets of the --task ({sets}; default: all of classify's)",
+        help=f"built-in data sets of the --task ({sets}; default: the task's, see --task)",
     )
     p.add_argument(
         "--seeds",

@@ -45,7 +45,6 @@ from visattn.compare.core import (
 )
 from visattn.compare.segment import SEG_TASKS, SegmentTask  # each task module registers its plug-in on import
 
-
 __all__ = [
     "COST_KEYS",
     "CORE_DEFAULTS",

@@ -491,11 +491,13 @@ def _resolve_tasks(
     if data is not None:
         if tasks is not None:
             raise ValueError(f"give either tasks {list(tasks)} or a data spec {data!r}, not both")
-        base = plugin.custom_data
-        if base is None and (image_size is None or epochs is None):
-            raise ValueError(f"a custom data spec ({data!r}) needs image_size and epochs")
-        size = image_size if image_size is not None else base.image_size  # type: ignore[union-attr]
-        e = epochs if epochs is not None else base.epochs  # type: ignore[union-attr]
+        size, e = image_size, epochs
+        if size is None or e is None:
+            base = plugin.custom_data
+            if base is None:
+                raise ValueError(f"a custom data spec ({data!r}) needs image_size and epochs")
+            size = base.image_size if size is None else size
+            e = base.epochs if e is None else e
         picked = [Task(data.partition(":")[0], data, size, e, e, 0.0, f"data {data}")]
     else:
         names = list(tasks) if tasks is not None else list(plugin.default("tasks"))
@@ -685,8 +687,9 @@ def compare(
         model_kwargs["pos_embed"] = True
     pos_embed = bool(model_kwargs.get("pos_embed"))  # given in model_kwargs too: the position column says so
     seed_list = [seed + i for i in range(seeds)]
-    folder = task_folder(output, task) if output is not None else None
-    if output is not None and folder is not None:
+    folder = None
+    if output is not None:
+        folder = task_folder(output, task)
         runs = [_run_dir(folder, t.name, n, s) for t in task_list for n in names for s in seed_list]
         _check_output(Path(output), folder, runs)
     cfg = {

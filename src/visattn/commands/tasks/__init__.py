@@ -119,7 +119,7 @@ def add_task_argument(
         if adder is not None:
             rec = _Recorder(p.add_argument_group(f"{name} (--task {name})"))
             adder(rec)
-            own[name] = [(a.option_strings[0], a.dest) for a in rec.actions]
+            own[name] = [((a.option_strings or [a.dest])[0], a.dest) for a in rec.actions]
         for dest in t.defaults(command):
             d = p.get_default(dest)
             if isinstance(d, str) and not isinstance(d, _ClassifyDefault):
