@@ -7,6 +7,7 @@ import torch
 
 import visattn
 import visattn.compare.core as core
+import visattn.compare.plugin as plugin_api
 from _seg_fixtures import make_seg_folder
 from _tiny_model import ensure_registered, make_color_folder, unregister
 from _tiny_seg_model import ensure_registered as ensure_seg_registered
@@ -102,7 +103,7 @@ def toy_task(tmp_path, monkeypatch):
     plugin = register_task(LossTask())
     monkeypatch.setitem(cli_tasks.table(), plugin.name, cli_tasks.CliTask(plugin.name, plugin.about, compare=True))
     yield plugin
-    core._PLUGINS.pop(plugin.name, None)
+    plugin_api._PLUGINS.pop(plugin.name, None)
 
 
 def test_a_task_plugin_written_in_a_test_runs_through_compare(toy_task, tmp_path, capsys):
@@ -165,7 +166,7 @@ def test_the_cli_table_and_the_compare_plugins_agree(capsys, monkeypatch):
         main(["compare", "--help"])
     text = capsys.readouterr().out
     for name in list_tasks():  # `--task` choices and help come from the table and the plug-ins
-        assert f"{name}: {core.get_task(name).about}" in text
+        assert f"{name}: {plugin_api.get_task(name).about}" in text
     assert "--task {classify,segment}" in text
     with pytest.raises(SystemExit) as e:
         main(["compare", "--task", "nope"])
@@ -190,7 +191,7 @@ def test_an_incomplete_plugin_is_refused_naming_what_is_missing():
     )
     assert "half" not in list_tasks()
     with pytest.raises(ValueError, match="a task 'segment' is already registered; folder 'segment' is the folder"):
-        register_task(type("Again", (type(core.get_task("segment")),), {})())
+        register_task(type("Again", (type(plugin_api.get_task("segment")),), {})())
 
 
 def test_an_option_of_another_task_is_refused(tmp_path, capsys):

@@ -18,7 +18,7 @@ directions:
 
 Per run: ``top1``, test accuracy after the last epoch (BatchNorm statistics recomputed over a
 few training batches first, ``precise_bn``). Costs: random images and a cross-entropy step on
-random labels (:mod:`visattn.compare.core` measures and reports them).
+random labels (:mod:`visattn.compare.core` measures them).
 
 "Trained enough": each data set's epochs are chosen so that every mechanism is near its own
 plateau at the default budget (docs/compare.md records the check: accuracy within about a
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from visattn.compare.core import Metric, Task, TaskPlugin, register_task
+from visattn.compare.plugin import Metric, Task, TaskPlugin, register_task
 
 __all__ = ["ClassifyTask", "TASKS", "SHALLOW_TINY", "DEFAULTS"]
 

@@ -1,10 +1,11 @@
 """The one ``visattn compare``: the same model trained per mechanism, data set and seed, for any task.
 
-A task (classification, segmentation, ...) is a :class:`TaskPlugin` registered with
-:func:`register_task`; it says what only it knows: its data sets (:class:`Task`), how to load
-them, the training call, the metrics it reports (:class:`Metric`, the first one primary), its
-defaults, and the input and loss of its cost measurement (or a stated reason to leave a cost
-out). Everything else is written once here, for every task:
+A task (classification, segmentation, ...) is a :class:`~visattn.compare.plugin.TaskPlugin`
+registered with :func:`~visattn.compare.plugin.register_task`; it says what only it knows: its
+data sets (``Task``), how to load them, the training call, the metrics it reports (``Metric``,
+the first one primary), its defaults, and the input and loss of its cost measurement (or a
+stated reason to leave a cost out). Everything else is written once, here and in
+:mod:`visattn.compare.report`, for every task:
 
 * the run folders: ``runs/<data set>/<mechanism>/seed<k>/`` inside the task's folder (the main
   task's is the output folder itself, every other task's ``OUT/<task>/``, so tasks never
@@ -19,38 +20,26 @@ out). Everything else is written once here, for every task:
   ``torch.utils.flop_counter``), ``latency_ms`` (median eval-mode forward at ``latency_batch``),
   ``peak_mib`` (peak memory of one training step at the training batch size), and the training
   throughput (``train_img_s``, from the engine's history);
-* the table (:func:`format_table`), strict ``compare.json`` (:func:`write_json`) and
-  ``compare.png`` (:func:`write_plot`: the primary metric per data set with error bars).
+* the table, strict ``compare.json`` and ``compare.png`` (:mod:`visattn.compare.report`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from visattn._io import atomic_path, atomic_write_text
+from visattn.compare.plugin import CORE_DEFAULTS, DEFAULT_TASK, Task, TaskPlugin, get_task
 
 __all__ = [
-    "Task",
-    "Metric",
-    "TaskPlugin",
-    "register_task",
-    "get_task",
-    "list_tasks",
-    "DEFAULT_TASK",
-    "CORE_DEFAULTS",
-    "COST_KEYS",
     "RUN_MARKER",
     "RunResult",
     "Score",
@@ -59,9 +48,6 @@ __all__ = [
     "CompareReport",
     "compare",
     "summarize",
-    "format_table",
-    "write_json",
-    "write_plot",
     "sees_position",
     "reach",
     "REACH_OVERRIDES",
@@ -72,209 +58,6 @@ __all__ = [
 
 #: File compare writes into every run folder it creates; only folders holding it are ever removed.
 RUN_MARKER = ".visattn-compare-run"
-
-#: The task ``compare`` runs when none is named (the main job; its results sit at the top of the output).
-DEFAULT_TASK = "classify"
-
-#: Defaults every task shares (a plug-in's ``defaults`` may override any of them).
-CORE_DEFAULTS: dict[str, Any] = {"seed": 0, "seeds": 1, "latency_batch": 1, "precise_bn": 5, "threads": 1}
-
-#: The measured cost columns, as keys of :class:`TaskStats` (``TaskPlugin.skip_costs`` names them).
-COST_KEYS = ("params", "flops", "latency_ms", "peak_mib")
-
-
-@dataclass(frozen=True)
-class Task:
-    """One data set of a comparison (a column group of the table; ``runs/<name>/``).
-
-    Attributes:
-        name: short name (table column, ``runs/<name>/``).
-        data: data spec the task plug-in loads.
-        image_size: input side.
-        epochs: training epochs of the default run.
-        quick_epochs: epochs under ``--quick``.
-        chance: the primary metric of guessing (the plot's dashed line; 0: none drawn).
-        about: one line saying what the data set tests.
-    """
-
-    name: str
-    data: str
-    image_size: int
-    epochs: int
-    quick_epochs: int
-    chance: float
-    about: str
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A metric of a task: one table column per data set, one entry per run in ``compare.json``.
-
-    Attributes:
-        key: its name in each run of ``compare.json`` (``runs[i][key]``).
-        name: column header (with ``unit``): ``"top-1"``, ``"mIoU"``.
-        about: what it measures (the table's note, the plot's axis): ``"test accuracy"``.
-        unit: shown after the name (``"%"``; ``""`` for none).
-        source: the key of :attr:`visattn.train.TrainResult.final` it is read from (default: ``key``).
-        scale: shown as ``scale * value`` (100: a fraction shown in percent).
-        digits: decimals shown.
-        higher_is_better: which end is best (the ``*`` marks and the best row).
-        values_key: the JSON key of the per-seed values of the primary metric in each row
-            (default: ``key + "s"``).
-    """
-
-    key: str
-    name: str
-    about: str
-    unit: str = "%"
-    source: str = ""
-    scale: float = 100.0
-    digits: int = 1
-    higher_is_better: bool = True
-    values_key: str = ""
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} {self.unit}".strip()
-
-    def show(self, v: float) -> str:
-        return f"{self.scale * v:.{self.digits}f}"
-
-
-class TaskPlugin:
-    """One task of ``visattn compare``. Subclass it, set the class attributes, implement
-    :meth:`load_data`, :meth:`train` and :meth:`cost_step` (or skip ``peak_mib``), and
-    :func:`register_task` an instance. docs/architecture.md "Add a task" walks through it.
-
-    Class attributes:
-        name: ``--task NAME``; the results go to ``OUT/<folder>/`` (``folder`` defaults to ``name``;
-            ``""``: the output folder itself, the main task's place).
-        about: one line for ``--help``.
-        metrics: what a run reports, the first one primary (plot, ``*`` marks).
-        datasets: the built-in data sets by name (``--tasks`` picks among them).
-        defaults: ``model``, ``tasks`` (data set names run by default), ``seeds``, ``batch_size``,
-            ``lr``, and any of :data:`CORE_DEFAULTS` to override.
-        custom_data: the image size and epochs a custom data spec (``--data``) takes when they are
-            not given (None: both must be given).
-        skip_costs: cost column (from :data:`COST_KEYS`) -> why it is not measured for this task.
-    """
-
-    name: ClassVar[str] = ""
-    about: ClassVar[str] = ""
-    metrics: ClassVar[tuple[Metric, ...]] = ()
-    datasets: ClassVar[Mapping[str, Task]] = {}
-    defaults: ClassVar[Mapping[str, Any]] = {}
-    custom_data: ClassVar[Task | None] = None
-    skip_costs: ClassVar[Mapping[str, str]] = {}
-    folder: ClassVar[str | None] = None
-
-    @property
-    def out_folder(self) -> str:
-        return self.name if self.folder is None else self.folder
-
-    def default(self, key: str) -> Any:
-        """The task's default for ``key`` (its ``defaults``, else :data:`CORE_DEFAULTS`)."""
-        return self.defaults[key] if key in self.defaults else CORE_DEFAULTS[key]
-
-    def model_kwargs(self, model: str) -> dict[str, Any]:
-        """Model options used when none are given (e.g. a cut-down backbone)."""
-        return {}
-
-    def check_model(self, model: str) -> None:
-        """Raise ``ValueError`` before anything runs if ``model`` cannot do this task."""
-
-    def load_data(self, data: Task, seed: int) -> Any:
-        """The data bundle of ``data`` at ``data.image_size`` for ``seed`` (``.train``, ``.test``, ...)."""
-        raise NotImplementedError
-
-    def data_info(self, bundle: Any) -> dict[str, Any]:
-        """What ``compare.json`` records about a loaded data set."""
-        info: dict[str, Any] = {"train_size": len(bundle.train), "test_size": len(bundle.test)}
-        for key in ("num_classes", "image_size"):
-            if hasattr(bundle, key):
-                info[key] = getattr(bundle, key)
-        return info
-
-    def train(self, config: dict[str, Any], bundle: Any):
-        """Train one run on ``bundle`` and return its :class:`visattn.train.TrainResult`.
-        ``config`` holds :class:`visattn.train.TrainConfig` fields (model, attention, data,
-        image_size, epochs, seed, output, ``checkpoints=False``, ...)."""
-        raise NotImplementedError
-
-    def scores(self, result) -> dict[str, float | None]:
-        """Each metric's value from a finished run (default: ``result.final[metric.source]``)."""
-        return {m.key: result.final.get(m.source or m.key) for m in self.metrics}
-
-    def cost_input(self, data: Task, batch: int, device: torch.device) -> Any:
-        """The input of one eval forward for the FLOPs (``batch`` 1) and latency columns
-        (default: random images (batch, 3, image_size, image_size))."""
-        return torch.randn(batch, 3, data.image_size, data.image_size, device=device)
-
-    def cost_step(
-        self, model: torch.nn.Module, data: Task, info: dict[str, Any], batch: int, device: torch.device
-    ) -> Callable[[], torch.Tensor]:
-        """Random inputs and targets of one training batch, made now, and a function computing
-        the training loss on them (the core runs it with ``backward()`` for ``peak_mib``).
-        ``info``: :meth:`data_info` of the data set."""
-        raise NotImplementedError
-
-
-_PLUGINS: dict[str, TaskPlugin] = {}
-_RESERVED = {"runs", "compare.json", "compare.png", ".lock"}
-
-
-def register_task(plugin: TaskPlugin) -> TaskPlugin:
-    """Add a task plug-in (an instance) by its ``name``; checks that it is complete."""
-    cls = type(plugin)
-    name = plugin.name
-    problems = []
-    if not name or not name.replace("_", "").isalnum():
-        problems.append(f"name must be letters, digits and '_', got {name!r}")
-    if name in _PLUGINS:
-        problems.append(f"a task {name!r} is already registered")
-    if plugin.out_folder in _RESERVED or "/" in plugin.out_folder:
-        problems.append(f"folder {plugin.out_folder!r} is not a plain sub-folder name")
-    taken = [p.name for p in _PLUGINS.values() if p.out_folder == plugin.out_folder]
-    if taken:
-        problems.append(f"folder {plugin.out_folder!r} is the folder of task {taken[0]!r}")
-    if not plugin.metrics:
-        problems.append("metrics is empty (the first one is the primary metric)")
-    reserved_keys = {"task", "mechanism", "seed", "train_img_s", "time_s", "history", "error"}
-    bad = [m.key for m in plugin.metrics if m.key in reserved_keys]
-    if bad or len({m.key for m in plugin.metrics}) != len(plugin.metrics):
-        problems.append(f"metric keys must be unique and not one of {sorted(reserved_keys)}, got {bad or 'repeats'}")
-    missing = [k for k in ("model", "tasks", "batch_size", "lr") if k not in plugin.defaults]
-    unknown = [k for k in plugin.defaults if k not in {"model", "tasks", "batch_size", "lr", *CORE_DEFAULTS}]
-    if missing or unknown:
-        problems.append(f"defaults lack {missing} / have unknown keys {unknown}")
-    elif [t for t in plugin.defaults["tasks"] if t not in plugin.datasets] or not plugin.defaults["tasks"]:
-        problems.append(
-            f"defaults['tasks'] {plugin.defaults['tasks']!r} must name data sets of {list(plugin.datasets)}"
-        )
-    for meth in ("load_data", "train"):
-        if getattr(cls, meth) is getattr(TaskPlugin, meth):
-            problems.append(f"{meth}() is not implemented")
-    if cls.cost_step is TaskPlugin.cost_step and "peak_mib" not in plugin.skip_costs:
-        problems.append("cost_step() is not implemented (or say why in skip_costs['peak_mib'])")
-    odd = [k for k in plugin.skip_costs if k not in COST_KEYS]
-    if odd:
-        problems.append(f"skip_costs keys must be from {COST_KEYS}, got {odd}")
-    if problems:
-        raise ValueError(f"task plug-in {cls.__name__}: " + "; ".join(problems))
-    _PLUGINS[name] = plugin
-    return plugin
-
-
-def get_task(name: str) -> TaskPlugin:
-    """The registered task plug-in ``name``."""
-    if not isinstance(name, str) or name not in _PLUGINS:
-        raise ValueError(f"unknown task {name!r}; expected one of {list_tasks()}")
-    return _PLUGINS[name]
-
-
-def list_tasks() -> list[str]:
-    """Names of the registered task plug-ins, in registration order."""
-    return list(_PLUGINS)
 
 
 def task_folder(output: str | os.PathLike, task: str = DEFAULT_TASK) -> Path:
@@ -800,6 +583,8 @@ def _compare(
         summarize(runs, costs, names, tasks, cfg["pos_embed"], plugin), runs, tasks, config, total, plugin
     )
     if out is not None:
+        from visattn.compare.report import write_json, write_plot
+
         write_json(report, out / "compare.json")
         write_plot(report, out / "compare.png")
     return report
@@ -863,11 +648,6 @@ def summarize(
     return rows
 
 
-# ---------------------------------------------------------------------------
-# Reporting
-# ---------------------------------------------------------------------------
-
-
 def failure_text(e: BaseException) -> str:
     """The error column of a failed run: the exception's first line (the traceback too on stderr
     when ``VISATTN_DEBUG`` is set)."""
@@ -876,159 +656,6 @@ def failure_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0][:300]
 
 
-def _f(v, fmt: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
-
-
-def _score_cell(m: Metric, s: TaskStats, mean: float | None, spread: float | None, n: int, mark: bool) -> str:
-    if s.error:
-        return "failed"
-    if mean is None:
-        return "-"
-    cell = f"{m.show(mean)} ± {m.show(spread or 0.0)}" if n > 1 else m.show(mean)
-    return cell + (" *" if mark else "")
-
-
 def cost_task(tasks: Sequence[Task]) -> Task:
     """The data set whose costs are measured and fill the table's cost columns: the one with the largest images."""
     return max(tasks, key=lambda t: t.image_size)
-
-
-def format_table(report: CompareReport) -> str:
-    """The comparison as a GitHub-style table, a line per mechanism, then what ``*`` means."""
-    from tabulate import tabulate
-
-    plugin = report.task
-    primary, *secondary = plugin.metrics
-    ct = cost_task(report.tasks)
-    lb = report.config.get("latency_batch", 1)
-    headers = ["mechanism", "reach", "sees position"]
-    headers += [f"{t.name} {m.label}" for t in report.tasks for m in plugin.metrics]
-    headers += [
-        f"params ({ct.name})",
-        "MFLOPs/img",
-        "train img/s",
-        f"latency ms (batch {lb})",
-        "peak MiB",
-        "time s",
-        "error",
-    ]
-    rows = []
-    for r in report.rows:
-        c = r.tasks[ct.name]
-        errors = "; ".join(f"{t}: {s.error}" for t, s in r.tasks.items() if s.error)
-        cells = []
-        for t in report.tasks:
-            s = r.tasks[t.name]
-            cells.append(_score_cell(primary, s, s.mean, s.spread, len(s.values), s.near_best))
-            for m in secondary:
-                o = s.others.get(m.key, Score())
-                cells.append(_score_cell(m, s, o.mean, o.spread, len(o.values), False))
-        rows.append(
-            [r.mechanism, r.receptive_field, r.sees_position]
-            + cells
-            + [
-                _f(None if c.params is None else c.params / 1e3, "{:.1f}k"),
-                _f(None if c.flops is None else c.flops / 1e6, "{:.2f}"),
-                _f(c.train_img_s, "{:.0f}"),
-                _f(c.latency_ms, "{:.2f}"),
-                _f(c.peak_mib, "{:.1f}"),
-                f"{r.time_s:.0f}",
-                errors,
-            ]
-        )
-    table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-    n = len(report.config.get("seeds", [])) or 1
-    sizes = ", ".join(f"{t.name} {t.image_size}x{t.image_size} {t.epochs} epochs" for t in report.tasks)
-    best = "best" if primary.higher_is_better else "best (lowest)"
-    notes = [
-        f"{primary.name}: {primary.about}, mean ± half the range over {n} seed(s); * = the {best} on that task, "
-        "or its interval overlaps the best one's (this run does not tell them apart)."
-        if n > 1
-        else f"{primary.name}: {primary.about} of one seed (no spread: run --seeds 2 or more); * = the {best} "
-        "on that task.",
-    ]
-    notes += [f"{m.name}: {m.about}." for m in secondary]
-    notes.append(f"Costs (params to peak MiB) on {ct.name} at {ct.image_size}x{ct.image_size}; {sizes}.")
-    if plugin.skip_costs:
-        notes.append("Not measured: " + "; ".join(f"{k} ({why})" for k, why in plugin.skip_costs.items()) + ".")
-    return table + "\n\n" + "\n".join(notes)
-
-
-def write_json(report: CompareReport, path: str | os.PathLike) -> Path:
-    """``report`` with the environment, as indented JSON, written atomically."""
-    from visattn._strict_json import strict as _strict
-    from visattn.bench.report import environment
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"environment": environment(), **report.as_dict()}
-    atomic_write_text(path, json.dumps(_strict(doc), indent=2, allow_nan=False))  # strict JSON: NaN -> null
-    return path
-
-
-def write_plot(report: CompareReport, path: str | os.PathLike) -> Path:
-    """The primary metric per data set, one panel per data set: mean with an error bar over the
-    seeds (min..max), each seed as a dot, local mechanisms in one colour and global ones in
-    another, chance dashed. Drawn on a ``matplotlib.figure.Figure`` (no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    m = report.task.metrics[0]
-    tasks = report.tasks
-    fig = Figure(figsize=(4.2 * len(tasks) + 1.0, 4.4))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
-    colors = {"local": "tab:blue", "global": "tab:orange"}
-    names = [r.mechanism for r in report.rows]
-    for ax, task in zip(axes, tasks):
-        for i, r in enumerate(report.rows):
-            s = r.tasks[task.name]
-            if s.mean is None:
-                ax.annotate(
-                    "failed",
-                    (i, 0.04),
-                    xycoords=("data", "axes fraction"),
-                    rotation=90,
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                    color="red",
-                )  # in view whatever the y range
-                continue
-            col = colors.get(r.receptive_field, "tab:gray")
-            lo, hi = m.scale * (s.mean - min(s.values)), m.scale * (max(s.values) - s.mean)
-            ax.errorbar(
-                [i],
-                [m.scale * s.mean],
-                yerr=[[lo], [hi]],
-                fmt="o",
-                color=col,
-                capsize=4,
-                ms=6,
-                mfc="white" if r.sees_position == "no" else col,
-            )
-            ax.scatter([i] * len(s.values), [m.scale * a for a in s.values], s=9, color=col, alpha=0.6, zorder=3)
-        if task.chance:
-            ax.axhline(m.scale * task.chance, ls="--", color="gray", lw=1)  # out of view when every run is far above
-        lows = [m.scale * min(r.tasks[task.name].values) for r in report.rows if r.tasks[task.name].values]
-        if lows and m.unit == "%":
-            ax.set_ylim(max(0.0, min(lows) - 3), 101)
-        ax.set_xticks(range(len(names)))
-        ax.set_xlim(-0.6, len(names) - 0.4)  # the first and last mechanisms' markers whole, not cut at the frame
-        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(f"{task.name} ({task.image_size}x{task.image_size}, {task.epochs} epochs)", fontsize=10)
-        ax.set_ylabel(f"{m.about} ({m.unit})" if m.unit else m.about)
-        ax.grid(True, axis="y", alpha=0.3)
-    handles = [Line2D([], [], marker="o", ls="", color=c, label=f"{k} reach") for k, c in colors.items()]
-    handles.append(Line2D([], [], marker="o", ls="", color="gray", mfc="white", label="sees no position"))
-    axes[-1].legend(handles=handles, fontsize=7, loc="center right")
-    n = len(report.config.get("seeds", [])) or 1
-    fig.suptitle(f"{report.config.get('model', '')}: mean and range over {n} seed(s)", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    return path

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from visattn.compare.core import Metric, Task, TaskPlugin, register_task
+from visattn.compare.plugin import Metric, Task, TaskPlugin, register_task
 from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL
 
 __all__ = ["SegmentTask", "SEG_TASKS"]
