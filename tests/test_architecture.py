@@ -49,7 +49,6 @@ LAYER_OF = {
     "train": "train",
     "bench": "bench",
     "compare": "apps",
-    "compare_segment": "apps",
     "predict": "apps",
     "viz": "apps",
     "docs_models": "apps",

@@ -433,8 +433,6 @@ def test_device_and_amp_mistakes_fail_first_with_one_line(task, argv, message, t
 
 
 def test_a_bare_string_for_names_is_a_type_error(tmp_path):
-    from visattn.compare_segment import compare_segment
-
     with pytest.raises(
         TypeError, match=re.escape("mechanisms must be a list of names, got the string 'conv' (write ['conv'])")
     ):
@@ -442,32 +440,34 @@ def test_a_bare_string_for_names_is_a_type_error(tmp_path):
     with pytest.raises(TypeError, match=re.escape("tasks must be a list of names, got the string 'digits'")):
         compare(["conv"], tasks="digits", output=None, progress=False)
     with pytest.raises(TypeError, match=re.escape("mechanisms must be a list of names, got the string 'conv'")):
-        compare_segment("conv", output=None, progress=False)
+        compare("conv", task="segment", output=None, progress=False)
 
 
 @pytest.mark.parametrize("task", ["classify", "segment"])
 def test_a_second_compare_on_the_same_output_refuses_and_removes_nothing(task, tmp_path, capsys, monkeypatch):
     import visattn.train
     import visattn.train.segment
-    from visattn.compare import _run_dir
+    from visattn.compare import task_folder
+    from visattn.compare.core import _run_dir
     from visattn.train.checkpoint import RunLock
 
     monkeypatch.setattr(visattn.train, "train", lambda *a, **k: pytest.fail("trained into a locked output"))
     monkeypatch.setattr(visattn.train.segment, "train_segment", lambda *a, **k: pytest.fail("trained"))
     out = tmp_path / "o"
+    folder = task_folder(out, task)  # classify: out itself; segment: out/segment
     # the first compare's run in progress: a marked run folder with its files
-    run = _run_dir(out, "digits" if task == "classify" else "segment", "conv", 0)
+    run = _run_dir(folder, "digits" if task == "classify" else "digitscenes", "conv", 0)
     run.mkdir(parents=True)
     (run / RUN_MARKER).write_text("")
     (run / "metrics.jsonl").write_text("{}\n")
-    with RunLock(out):  # held by the first compare for its whole run
+    with RunLock(folder):  # held by the first compare for its whole run
         rc = main(
             ["compare", "--task", task, "-m", "conv", "--output", str(out), "--no-progress"]
             + (["--tasks", "digits"] if task == "classify" else [])
         )
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert err.startswith(f"visattn compare: error: run folder {str(out)!r} is in use by another visattn process")
+    assert err.startswith(f"visattn compare: error: run folder {str(folder)!r} is in use by another visattn process")
     assert (run / "metrics.jsonl").read_text() == "{}\n"
 
 
@@ -475,11 +475,11 @@ def test_a_second_compare_on_the_same_output_refuses_and_removes_nothing(task, t
     "kw", [{"pos_embed": True}, {"model_kwargs": {"depths": [1, 1], "widths": [16, 32], "pos_embed": True}}]
 )
 def test_position_column_follows_pos_embed_however_given(kw, monkeypatch):
-    import visattn.compare as c
+    import visattn.compare.core as c
 
     seen = {}
 
-    def fake(names, tasks, seeds, cfg, device, out, progress):
+    def fake(plugin, names, tasks, seeds, cfg, device, out, progress):
         seen.update(cfg)
         runs = [RunResult(t.name, n, s, top1=0.5) for t in tasks for n in names for s in seeds]
         return CompareReport(summarize(runs, {}, names, tasks, cfg["pos_embed"]), runs, tasks, cfg, 0.0)

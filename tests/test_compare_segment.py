@@ -1,4 +1,4 @@
-"""visattn compare --task segment: one segmentation model per mechanism, mIoU table, JSON and plot."""
+"""visattn compare --task segment: one segmentation model per mechanism through the one compare: mIoU table, JSON, plot."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 from _seg_fixtures import make_seg_folder
 from _tiny_seg_model import ensure_registered, unregister
 from visattn.cli import main
-from visattn.compare_segment import compare_segment, format_seg_table
+from visattn.compare import compare, format_table
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,28 +47,38 @@ def test_compare_task_segment_cli(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     header = text.splitlines()[0]
-    assert "mIoU %" in header and "pixel acc %" in header and "top-1" not in header
-    doc = json.loads((out / "compare.json").read_text())
-    assert doc["config"]["task"] == "segment" and doc["config"]["num_classes"] == 3
-    rows = {r["mechanism"]: r for r in doc["results"]}
-    assert set(rows) == {"conv", "external"}
-    for r in rows.values():
+    assert " segfolder mIoU % " in header and " segfolder pixel acc % " in header and "top-1" not in header
+    assert not (out / "compare.json").exists()  # the main job's place stays free
+    folder = out / "segment"
+    assert f"wrote {folder / 'compare.json'} and {folder / 'compare.png'}" in text
+    doc = json.loads((folder / "compare.json").read_text())
+    assert doc["config"]["task"] == "segment" and doc["config"]["seeds"] == [0]
+    assert doc["config"]["data"]["segfolder"]["num_classes"] == 3
+    assert doc["config"]["data"]["segfolder"]["ignore_index"] == 255
+    runs = {r["mechanism"]: r for r in doc["runs"]}
+    rows = {r["mechanism"]: r["tasks"]["segfolder"] for r in doc["rows"]}
+    assert set(runs) == set(rows) == {"conv", "external"}
+    for mech, r in runs.items():
         assert r["error"] == "" and 0.0 <= r["miou"] <= 1.0 and "top1" not in r
-        assert r["miou"] == r["history"][-1]["test_miou"] and r["params"] > 0 and r["flops"] > 0
-        assert r["peak_mib"] > 0 and r["latency_ms"] > 0
-        assert f"{100 * r['miou']:.1f}" in text
+        assert r["miou"] == r["history"][-1]["test_miou"] and r["pixel_acc"] == r["history"][-1]["test_pixel_acc"]
+        st = rows[mech]
+        assert st["mious"] == [r["miou"]] and st["mean"] == r["miou"] and st["spread"] == 0.0
+        assert st["others"]["pixel_acc"] == {"values": [r["pixel_acc"]], "mean": r["pixel_acc"], "spread": 0.0}
+        assert st["params"] > 0 and st["flops"] > 0 and st["peak_mib"] > 0 and st["latency_ms"] > 0
+        assert f"| {100 * r['miou']:.1f}" in text and f"| {100 * r['pixel_acc']:.1f} " in text
     # stem 3x3 (3 -> 8), conv mixer 3x3 (8 -> 8), 1x1 classifier (8 -> 3), all with biases
     assert rows["conv"]["params"] == (3 * 8 * 9 + 8) + (8 * 8 * 9 + 8) + (8 * 3 + 3)
-    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "runs" / "segment" / "external" / "seed0" / "metrics.jsonl").is_file()
-    assert (out / "runs" / "segment" / "external" / "seed0" / ".visattn-compare-run").is_file()
+    assert (folder / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert (folder / "runs" / "segfolder" / "external" / "seed0" / "metrics.jsonl").is_file()
+    assert (folder / "runs" / "segfolder" / "external" / "seed0" / ".visattn-compare-run").is_file()
     # A folder compare did not create is refused before any training, and left alone.
-    mine = out / "runs" / "segment" / "conv" / "seed0"
+    mine = folder / "runs" / "segfolder" / "conv" / "seed0"
     (mine / ".visattn-compare-run").unlink()
     (mine / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="compare did not create it"):
-        compare_segment(
+        compare(
             ["conv"],
+            task="segment",
             model=ensure_registered(),
             data=spec,
             image_size=12,
@@ -82,8 +92,9 @@ def test_compare_task_segment_cli(tmp_path, capsys):
 
 def test_compare_segment_failure_row_and_errors(tmp_path):
     spec = make_seg_folder(tmp_path / "d", n=12)
-    res = compare_segment(
+    rep = compare(
         ["conv"],
+        task="segment",
         model=ensure_registered(),
         data=spec,
         image_size=12,
@@ -93,21 +104,21 @@ def test_compare_segment_failure_row_and_errors(tmp_path):
         output=None,
         progress=False,
     )
-    assert res[0].error.startswith("ValueError") and res[0].miou is None
-    assert "| conv " in format_seg_table(res)
+    (run,) = rep.runs
+    assert run.error.startswith("ValueError") and run.scores == {"miou": None, "pixel_acc": None}
+    assert rep.rows[0].tasks["segfolder"].error == run.error
+    assert "| conv " in format_table(rep) and "| failed " in format_table(rep)
     with pytest.raises(ValueError, match="unknown mechanism\\(s\\) \\['nope'\\]"):
-        compare_segment(["nope"], model=ensure_registered(), data=spec, output=None)
+        compare(["nope"], task="segment", model=ensure_registered(), data=spec, output=None)
+    with pytest.raises(ValueError, match="segmentation needs a segmentation model; 'resnet_tiny' is a classify model"):
+        compare(["conv"], task="segment", model="resnet_tiny", output=None)
 
 
-def test_classification_only_options_are_refused_with_task_segment(capsys):
-    rc = main(["compare", "--task", "segment", "--seeds", "3", "--quick", "--no-progress"])
+def test_data_sets_of_another_task_are_refused(capsys):
+    rc = main(["compare", "--task", "segment", "--tasks", "digits", "--no-progress", "--output", "/nonexistent/x"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert err.strip() == (
-        "visattn compare: error: --seeds, --quick belong(s) to the classification comparison; "
-        "--task segment trains one seed of one segmentation model per mechanism (choose it with "
-        "--model, its data with --data)"
-    )
+    assert err.strip() == "visattn compare: error: unknown task(s) ['digits']; expected names from ['digitscenes']"
 
 
 class _Captured(Exception):
@@ -117,19 +128,21 @@ class _Captured(Exception):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        ([], {"model": "fpn_resnet_tiny", "batch_size": 16, "lr": 5e-3}),
+        ([], {"task": "segment", "model": "fpn_resnet_tiny", "batch_size": 16, "lr": 5e-3, "seeds": None}),
         # given options are used as given, even when they equal the classification defaults (resnet_tiny, 64, 3e-3)
         (["--batch-size", "64", "--lr", "0.003"], {"batch_size": 64, "lr": 3e-3}),
         (["--batch-size", "8", "--lr", "0.01"], {"batch_size": 8, "lr": 0.01}),
+        # the core's options hold for every task: seeds, quick, model options
+        (["--seeds", "3", "--quick", "--model-kwargs", "{}"], {"seeds": 3, "quick": True, "model_kwargs": {}}),
     ],
 )
 def test_segment_options_given_are_used_as_given(argv, expected, monkeypatch):
-    import visattn.compare_segment as cs
+    import visattn.compare as c
 
     def fake(mechanisms, **kw):
         raise _Captured(kw)
 
-    monkeypatch.setattr(cs, "compare_segment", fake)
+    monkeypatch.setattr(c, "compare", fake)
     with pytest.raises(_Captured) as e:
         main(["compare", "--task", "segment", "--no-progress", *argv])
     kw = e.value.args[0]
@@ -147,14 +160,7 @@ def test_classification_defaults_unchanged(monkeypatch):
         main(["compare", "--no-progress"])
     kw = e.value.args[0]
     assert (
-        (kw["model"], kw["batch_size"], kw["lr"])
-        == (c.DEFAULTS["model"], c.DEFAULTS["batch_size"], c.DEFAULTS["lr"])
-        == ("resnet_tiny", 64, 3e-3)
+        (kw["task"], kw["model"], kw["batch_size"], kw["lr"])
+        == ("classify", c.DEFAULTS["model"], c.DEFAULTS["batch_size"], c.DEFAULTS["lr"])
+        == ("classify", "resnet_tiny", 64, 3e-3)
     )
-
-
-def test_empty_model_kwargs_is_refused_with_task_segment_too(capsys):
-    rc = main(["compare", "--task", "segment", "--model-kwargs", "{}", "--no-progress"])
-    err = capsys.readouterr().err
-    assert rc == 2 and "Traceback" not in err
-    assert err.startswith("visattn compare: error: --model-kwargs belong(s) to the classification comparison")

@@ -239,7 +239,7 @@ def test_cli_train_task_segment(tmp_path, capsys):
 def test_cli_keeps_a_typed_classification_model_or_data(tmp_path, capsys):
     # --model resnet_tiny / --data digits typed with --task segment used to be silently replaced by
     # fpn_resnet_tiny / digitscenes (a whole run of another model); only the untyped defaults are.
-    from visattn.commands.train_cmd import seg_config_from_args
+    from visattn.commands.tasks.segment import config_from_args as seg_config_from_args
 
     p = __import__("argparse").ArgumentParser()
     train_cmd.add_train_arguments(p)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from visattn.commands._args import fraction, int_range, nonneg_float, nonneg_int, positive_float, positive_int
+from visattn.commands.tasks import add_task_argument, chosen, with_defaults
 from visattn.data.datasets import MAX_IMAGE_SIZE
 
 __all__ = ["add_parser", "add_train_arguments", "config_from_args", "run", "main"]
@@ -142,13 +142,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="under torchrun: give up (and name the silent rank where possible) when a peer process "
         "does not answer a collective within this time (default: %(default)s)",
     )
-    p.add_argument(
-        "--task",
-        default="classify",
-        choices=("classify", "segment"),
-        help="segment: semantic segmentation (data digitscenes | segfolder:PATH; docs/segmentation.md)",
-    )
-    add_segment_arguments(p)
+    add_task_argument(p, "train", default="classify")
 
 
 def add_parser(sub) -> None:
@@ -197,17 +191,9 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    if args.task == "segment":
-        return run_segment(args)
-    from visattn.train import train
-
-    res = train(config_from_args(args))
-    if res.final and res.output is not None and os.environ.get("RANK", "0") == "0":
-        print(
-            f"test accuracy {100 * res.final['test_acc']:.2f}% after {res.final['epoch']} epochs; "
-            f"weights, metrics and curves in {res.output}"
-        )
-    return 0
+    task = chosen(args, "train")
+    assert task.train is not None  # chosen() returns a task that trains
+    return task.train(with_defaults(args, task.train_defaults))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,74 +208,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-
-
-# ---------------------------------------------------------------------------
-# --task segment
-# ---------------------------------------------------------------------------
-
-
-class _ClassifyDefault(str):
-    """A classification default of ``visattn train`` (``--model``, ``--data``) that was not given
-    on the command line: ``--task segment`` replaces it; a value the user typed is kept (and
-    refused with a clear error if it cannot segment)."""
-
-
-def add_segment_arguments(p: argparse.ArgumentParser) -> None:
-    """The options ``visattn train`` gains for ``--task segment``."""
-    from visattn.data.segmentation import IGNORE_INDEX
-
-    for dest in ("model", "data"):
-        default = p.get_default(dest)
-        if isinstance(default, str) and not isinstance(default, _ClassifyDefault):
-            p.set_defaults(**{dest: _ClassifyDefault(default)})
-    g = p.add_argument_group("segmentation (--task segment)")
-    g.add_argument(
-        "--ignore-index",
-        type=int,
-        default=IGNORE_INDEX,
-        help="mask value of unlabelled pixels, left out of loss and metrics (default: %(default)s)",
-    )
-    g.add_argument(
-        "--scale-range",
-        type=float,
-        nargs=2,
-        default=None,
-        metavar=("MIN", "MAX"),
-        help="random scale of the crop augmentation (default: digitscenes 0.75 1.33, segfolder 0.5 2)",
-    )
-
-
-def seg_config_from_args(args):
-    """A :class:`SegTrainConfig` from ``visattn train`` arguments. The classification defaults
-    ``--model resnet_tiny`` and ``--data digits`` (which cannot segment) become
-    :data:`SEG_DEFAULT_MODEL` and ``digitscenes`` when they were not given; typed on the
-    command line they are kept (and refused: they cannot segment)."""
-    from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL, SegTrainConfig
-
-    base = config_from_args(args).as_dict()
-    if isinstance(args.model, _ClassifyDefault):
-        base["model"] = SEG_DEFAULT_MODEL
-    if isinstance(args.data, _ClassifyDefault):
-        base["data"] = SEG_DEFAULT_DATA
-    if args.label_smoothing is None:  # not given: the segmentation default (SegTrainConfig), not classification's
-        base["label_smoothing"] = SegTrainConfig.label_smoothing
-    return SegTrainConfig(
-        **base, ignore_index=args.ignore_index, scale_range=tuple(args.scale_range) if args.scale_range else None
-    )
-
-
-def run_segment(args) -> int:
-    """``visattn train --task segment``: train and print the final mIoU."""
-    import os
-
-    from visattn.train.segment import train_segment
-
-    res = train_segment(seg_config_from_args(args))
-    if res.final and res.output is not None and os.environ.get("RANK", "0") == "0":
-        f = res.final
-        print(
-            f"test mIoU {100 * f['test_miou']:.2f}% (pixel accuracy {100 * f['test_pixel_acc']:.2f}%) "
-            f"after {res.final['epoch']} epochs; weights, metrics and curves in {res.output}"
-        )
-    return 0
