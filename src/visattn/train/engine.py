@@ -347,6 +347,8 @@ class Trainer:
 
     #: Which of the 3 running sums may be negative (a checkpoint's are checked against it).
     _signed_running: tuple[bool, bool, bool] = (False, False, False)
+    #: Leave out an epoch's last, smaller batch.
+    _drop_last: bool = False
 
     def _build_model(self, b: DataBundle) -> nn.Module:
         """The model to train (seeded by the caller), before it moves to the device."""
@@ -468,6 +470,7 @@ class Trainer:
             pad=self.crop_pad,
             mean=b.mean,
             std=b.std,
+            drop_last=self._drop_last,
         )
 
     def _run_config(self) -> dict[str, Any]:

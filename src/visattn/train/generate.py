@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from visattn._io import atomic_path
-from visattn.data import DataBundle, EpochBatches
+from visattn.data import DataBundle
 from visattn.data.generation import load_gen_data
 from visattn.errors import TrainingDiverged
 from visattn.models.gan import discriminator_for, hinge_d_loss, hinge_g_loss
@@ -284,6 +284,7 @@ class GanTrainer(Trainer):
     cfg: GenTrainConfig
     model: GAN
     _signed_running = (False, True, False)  # [D loss sum, G loss sum (hinge: any sign), images]
+    _drop_last = True  # equal-sized D batches: the hinge terms of real and fake weigh alike
 
     def __init__(
         self,
@@ -341,22 +342,6 @@ class GanTrainer(Trainer):
             ],
             betas=cfg.betas,
             eps=1e-8,
-        )
-
-    def _batches(self, epoch: int) -> EpochBatches:
-        b = self._bundle()
-        return EpochBatches(
-            b.train,
-            self.cfg.batch_size,
-            epoch,
-            self.cfg.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            augment=self.augment,
-            pad=self.crop_pad,
-            mean=_HALF,
-            std=_HALF,
-            drop_last=True,  # equal-sized D batches: the hinge terms of real and fake weigh alike
         )
 
     def _run_config(self) -> dict[str, Any]:
