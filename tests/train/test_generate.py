@@ -16,7 +16,13 @@ import visattn.train.generate as gen
 from visattn.cli import main as cli_main
 from visattn.data.generation import PAIR_COLOURS, load_digit_pairs, load_gen_data
 from visattn.errors import NonFiniteLoss, TrainingDiverged
-from visattn.train.gan_metrics import ClassifierFeatures, InceptionFeatures, _Features, generation_metrics
+from visattn.train.gan_metrics import (
+    ClassifierFeatures,
+    InceptionFeatures,
+    _Features,
+    feature_network,
+    generation_metrics,
+)
 from visattn.train.generate import GenTrainConfig, ema_decay_at, sample_images, train_generate, update_ema
 
 # ---------------------------------------------------------------------------
@@ -86,6 +92,7 @@ def test_metrics_refuse_too_few_samples_and_bad_specs():
         generation_metrics(x, x, "inception:/nonexistent/weights.pth")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_inception_weights_that_are_not_tensors_are_refused(tmp_path):
     import pickle
 
@@ -328,7 +335,7 @@ def test_run_with_fallback_features_then_sample_cli(tmp_path, tiny_pairs, capsys
     assert all(h["fid"] is not None and h["fid"] > 0 and h["kid"] is not None for h in res.history)
     info = json.loads((out / "config.json").read_text())
     assert info["fid_features"] == f"run:{out / 'feature_net'}" and "not comparable" in info["fid_note"]
-    net = gen._cached_features(gen.GanTrainer(_cfg(tmp_path / "unused"), tiny_pairs), info["fid_features"])
+    net = feature_network(info["fid_features"])
     assert isinstance(net, ClassifierFeatures) and net(torch.rand(2, 3, 32, 32)).shape == (2, net.num_features)
     for name in ("one.png", "two.png"):
         assert cli_main(["sample", str(out), "-n", "9", "--out", str(tmp_path / name), "--seed", "5"]) == 0
