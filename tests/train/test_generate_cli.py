@@ -46,6 +46,16 @@ def test_train_generate_options_and_defaults():
     assert (c.lr, c.epochs) == (2e-3, 10)
 
 
+def test_the_cli_defaults_are_the_library_defaults():
+    """`visattn train --task generate` with nothing typed is GenTrainConfig() (the recorded run's
+    command and the Python API agree)."""
+    from visattn.commands.tasks.generate import config_from_args
+    from visattn.train.generate import GenTrainConfig
+
+    cli = config_from_args(build_parser().parse_args(["train", "--task", "generate"])).as_dict()
+    assert cli == GenTrainConfig(output="runs/train").as_dict()
+
+
 def test_a_generate_option_with_another_task_is_refused(capsys, tmp_path):
     assert cli_main(["train", "--n-critic", "2", "--output", str(tmp_path / "r"), "--no-progress"]) == 2
     assert "--n-critic belong(s) to --task generate, not --task classify" in capsys.readouterr().err

@@ -99,7 +99,10 @@ def config_from_args(args: argparse.Namespace) -> GenTrainConfig:
     }
     base.update({k: v for k, v in own.items() if v is not None})
     base["conditional"] = bool(args.conditional)
-    base["weight_decay"] = 0.0  # Adam without decay (SAGAN)
+    base["weight_decay"] = GenTrainConfig.weight_decay  # Adam without decay (SAGAN)
+    base["min_lr_ratio"] = GenTrainConfig.min_lr_ratio  # constant learning rates
+    if args.warmup_steps is None:
+        base["warmup_steps"] = GenTrainConfig.warmup_steps
     base.pop("task", None)
     return GenTrainConfig(**base)
 
