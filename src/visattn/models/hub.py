@@ -11,7 +11,7 @@
   in the cache and downloads nothing;
 * ``hf-hub:ORG/REPO[:FILE]``: ``huggingface_hub.hf_hub_download`` (the ``hub`` extra), which keeps
   its own cache and checks its own hashes; without ``FILE``, ``model.safetensors`` and then
-  ``pytorch_model.bin``.
+  ``pytorch_model.bin``; ``HF_ENDPOINT`` names a mirror (read at each call).
 
 Every failure is one ``ValueError`` / ``OSError`` line that names the source: a missing file, an
 unreachable URL, an HTTP error, a short download, a sha256 mismatch, a repository or file the hub
@@ -167,7 +167,8 @@ def download_hub(spec: str) -> Path:
     names = [filename] if filename else ["model.safetensors", "pytorch_model.bin"]
     for i, name in enumerate(names):
         try:
-            return Path(hf_hub_download(repo, name, cache_dir=hf_cache))
+            # HF_ENDPOINT (a mirror) is read at each call, not only when huggingface_hub is imported
+            return Path(hf_hub_download(repo, name, cache_dir=hf_cache, endpoint=os.environ.get("HF_ENDPOINT") or None))
         except errors.RepositoryNotFoundError:
             raise ValueError(
                 f"hf-hub:{repo}: no such repository on the Hugging Face Hub (or it is private or gated)"

@@ -397,6 +397,7 @@ def _load_state(
     expected = module.state_dict()
     name = getattr(module, "name", None) or type(module).__name__
     head = _classifier_prefix(module)
+    fresh: set[str] = set()  # the model's classifier keys left at their initialisation
     if head is not None:
         file_head = sorted(k for k in sd if k.startswith(head))
         model_head = sorted(k for k in expected if k.startswith(head))
@@ -407,6 +408,7 @@ def _load_state(
             for k in file_head:
                 del sd[k]
             if model_head:
+                fresh.update(model_head)
                 report.reinitialized += model_head
                 report.note(
                     f"{head.rstrip('.')}: the weights have {n_file} classes, the model {n_model}: the classifier keeps "
@@ -427,7 +429,7 @@ def _load_state(
     optional = {
         f"{n}.{k}" if n else k for n, m in module.named_modules() for k in getattr(m, "_optional_state_keys", ())
     }
-    missing = sorted(set(expected) - set(sd) - optional)
+    missing = sorted(set(expected) - set(sd) - optional - fresh)
     unexpected = sorted(set(sd) - set(expected))
     wrong = [
         f"{k}: file {tuple(sd[k].shape)}, model {tuple(expected[k].shape)}"
@@ -607,8 +609,18 @@ def create_pretrained(
     if bk is not None:
         load_backbone_pretrained(model, bk, progress=progress)
     # the options the weights set, so that a run folder or a converted file rebuilds the same model
-    getattr(model, "pretrained_cfg")["model_kwargs"] = options  # noqa: B009
+    cfg = getattr(model, "pretrained_cfg")  # noqa: B009
+    cfg["model_kwargs"] = options
+    _own_input_size(cfg, name)
     return model
+
+
+def _own_input_size(cfg: dict[str, Any], name: str) -> None:
+    """A visattn file's assumed preprocessing takes the model's own input size (not ImageNet's 224)."""
+    from visattn.registry import model_entry
+
+    if cfg.get("assumed") and cfg.get("format") == "visattn":
+        cfg["input_size"] = list(model_entry(name).default_input)
 
 
 def convert_checkpoint(
@@ -647,6 +659,7 @@ def convert_checkpoint(
     _load_state(net, ck.state_dict, source=ck.source, what=ck.describe(), backbone=False, strict=True, report=report)
     _check_options(ck, net, report)
     cfg = {**ck.pretrained_cfg, "model": model, "model_kwargs": kwargs}
+    _own_input_size(cfg, model)
     meta = {
         "format": "visattn-model",
         META_MODEL: model,
