@@ -168,7 +168,7 @@ def test_slide_swin_authors(tmp_path):
     # Negative control: the qkv rows kept in the authors' per-head order.
     wrong = visattn.create_model("slide_swin_t", pretrained=path).eval()
     for i in range(2):
-        p = "layers.{}.blocks.0.attn.qkv.".format(i)
+        p = f"layers.{i}.blocks.0.attn.qkv."
         mixer = wrong.stages[i].blocks[0].mixer
         mixer.qkv.weight.copy_(sd[p + "weight"])
         mixer.qkv.bias.copy_(sd[p + "bias"])

@@ -54,7 +54,7 @@ def test_tiered_stem_silu_and_2x2_pool():
 def test_norm_eps_applies_to_the_blocks_and_the_final_norm():
     m = visattn.create_model("pvt_t", norm_eps=1e-6, **PVT_TINY)
     eps = {n: mod.eps for n, mod in m.named_modules() if isinstance(mod, nn.LayerNorm)}
-    block = {n for n in eps if ".blocks." in n and (n.endswith("norm1") or n.endswith("norm2"))}
+    block = {n for n in eps if ".blocks." in n and (n.endswith(("norm1", "norm2")))}
     assert block and all(eps[n] == 1e-6 for n in block) and eps["norm"] == 1e-6
     assert all(v == 1e-5 for n, v in eps.items() if n not in block and n != "norm")  # embeddings, SR norms
     with pytest.raises(ValueError, match="norm_eps must be a number > 0, got 0"):
@@ -92,7 +92,7 @@ def test_class_token_needs_a_position_agnostic_mechanism():
     ):
         visattn.create_model("swin_t", class_token=True)
     with pytest.raises(ValueError, match=r"stage 3 block 0: class_token=True.*'sra'.*sr_ratio=8"):
-        visattn.create_model("pvt_t", class_token=True, mixer_kwargs=({"sr_ratio": 8},) * 4, **{**PVT_TINY})
+        visattn.create_model("pvt_t", class_token=True, mixer_kwargs=({"sr_ratio": 8},) * 4, **PVT_TINY)
     with pytest.raises(ValueError, match=r"stage 0 block 0: class_token=True.*'lambda'"):
         visattn.create_model("eamlp_7", class_token=True, attention="lambda", **EAMLP_TINY)
     visattn.create_model("eamlp_7", class_token=True, attention="mhsa", **EAMLP_TINY)  # content-only: fine
