@@ -103,6 +103,7 @@ class Format:
         preprocess: the preprocessing to assume for a file the source table does not name.
         required: config fields the weights were trained with (checked against a built model:
             a different value loads but computes another function; a warning says so).
+        verified: the figure ``tests/weights`` measures for this converter and the test.
     """
 
     name: str
@@ -114,6 +115,7 @@ class Format:
     dropped: str = ""
     preprocess: Preprocess = Preprocess()
     required: Callable[[StateDict], dict[str, Any]] = lambda sd: {}
+    verified: str = ""
 
     def matches(self, keys) -> bool:
         keys = list(keys)
@@ -646,6 +648,26 @@ def _infer_visattn(sd: StateDict) -> Target:
 
 _TIMM_BICUBIC = Preprocess(interpolation="bicubic")
 
+# How each converter is verified (tests/weights: the source model with random weights that move every
+# tensor against visattn after conversion, float32; the figures measured there).
+_V_RESNET = "bit-exact (tests/weights/test_timm_torchvision.py::test_resnet_matches_timm)"
+_V_RESNET_S = (
+    "bit-exact at output stride 8 (tests/weights/test_timm_torchvision.py::test_deep_stem_resnet_is_the_eanet_backbone)"
+)
+_V_SWIN = "bit-exact (tests/weights/test_timm_torchvision.py::test_swin_matches_timm)"
+_V_SWIN_MS = "bit-exact (tests/weights/test_timm_torchvision.py::test_swin_original_layout)"
+_V_LAMBDA = "relative error 3e-6 to 6e-7 in float32, 1e-14 in float64 (tests/weights/test_timm_torchvision.py::test_lambda_resnet_matches_timm)"
+_V_TV = "bit-exact (tests/weights/test_timm_torchvision.py::test_torchvision_resnet50)"
+_V_DET = "relative error 7e-7 on the body's maps (FrozenBatchNorm2d rounds differently; tests/weights/test_timm_torchvision.py::test_torchvision_maskrcnn_body)"
+_V_PVT = "relative error 6e-7 (classifier, 224 and 128 px), 7e-7 (backbone maps) (tests/weights/test_authors.py::test_pvt_classifier_and_backbone)"
+_V_EAMLP = "relative error 5e-7 (tests/weights/test_authors.py::test_eamlp_authors)"
+_V_EANET = "relative error 1e-7 (tests/weights/test_authors.py::test_eanet_authors)"
+_V_SLIDE = (
+    "relative error 1e-6 against the authors' forward at reduced widths, 224 px; > 1e-2 without the qkv row "
+    "permutation (tests/weights/test_authors.py::test_slide_swin_authors); no weights published yet"
+)
+_V_VISATTN = "round trip (tests/weights/test_sources.py::test_convert_command_round_trip)"
+
 #: Every layout visattn reads, in detection order (the first whose signature matches wins).
 FORMATS: dict[str, Format] = {
     f.name: f
@@ -656,6 +678,7 @@ FORMATS: dict[str, Format] = {
             (r"^layers\.0\.blocks\.0\.attn\.dep_conv\.weight$",),
             convert_slide_swin,
             infer_slide_swin,
+            verified=_V_SLIDE,
             dropped="relative_position_index buffers; the fixed shift kernel (visattn holds it as a buffer)",
             preprocess=Preprocess(crop_pct=0.875, interpolation="bicubic"),
         ),
@@ -665,6 +688,7 @@ FORMATS: dict[str, Format] = {
             (r"^layers\.0\.downsample\.reduction\.weight$", r"^layers\.0\.blocks\.0\.attn\.qkv\.weight$"),
             convert_swin_original,
             infer_swin,
+            verified=_V_SWIN_MS,
             dropped="relative_position_index, attn_mask (buffers visattn computes)",
             preprocess=Preprocess(crop_pct=0.9, interpolation="bicubic"),
         ),
@@ -674,6 +698,7 @@ FORMATS: dict[str, Format] = {
             (r"^layers\.1\.downsample\.reduction\.weight$", r"^layers\.0\.blocks\.0\.attn\.qkv\.weight$"),
             convert_timm_swin,
             infer_swin,
+            verified=_V_SWIN,
             exclude=(r"^layers\.0\.downsample\.",),
             dropped="relative_position_index, attn_mask (buffers visattn computes)",
             preprocess=Preprocess(crop_pct=0.9, interpolation="bicubic"),
@@ -684,6 +709,7 @@ FORMATS: dict[str, Format] = {
             (r"^patch_embed1\.proj\.weight$", r"^block1\.0\.attn\.q\.weight$", r"^pos_embed1$"),
             convert_pvt,
             infer_pvt,
+            verified=_V_PVT,
             dropped="none (the class token's position entry is folded into cls_token)",
             preprocess=Preprocess(crop_pct=0.875, interpolation="bicubic"),
             required=lambda sd: {"norm_eps": 1e-6},
@@ -694,6 +720,7 @@ FORMATS: dict[str, Format] = {
             (r"^tokens_to_token\.attention1\.attn\.q_linear\.weight$",),
             convert_eamlp,
             infer_eamlp,
+            verified=_V_EAMLP,
             dropped="M_k biases (cancel in the softmax over positions); the fixed sinusoid pos_embed (checked)",
             preprocess=Preprocess(crop_pct=0.9, interpolation="bicubic"),
         ),
@@ -703,6 +730,7 @@ FORMATS: dict[str, Format] = {
             (r"^extractor\.0\.0\.weight$", r"^linu\.linear_0\.weight$"),
             convert_eanet,
             infer_eanet,
+            verified=_V_EANET,
             preprocess=Preprocess(input_size=513, crop_pct=1.0),
             required=_eanet_required,
         ),
@@ -712,6 +740,7 @@ FORMATS: dict[str, Format] = {
             (r"^stem\.conv1\.conv\.weight$", r"^stages\.\d+\.\d+\.self_attn\.qkv\.weight$"),
             convert_timm_lambda,
             infer_timm_lambda,
+            verified=_V_LAMBDA,
             preprocess=Preprocess(input_size=256, crop_pct=0.94, interpolation="bicubic"),
         ),
         Format(
@@ -720,6 +749,7 @@ FORMATS: dict[str, Format] = {
             (r"^backbone\.body\.layer1\.0\.conv1\.weight$",),
             convert_torchvision_detector,
             infer_torchvision_detector,
+            verified=_V_DET,
             dropped="the FPN, RPN and RoI heads (torchvision's own modules; see split_detector)",
             preprocess=Preprocess(input_size=800, crop_pct=1.0),
         ),
@@ -729,6 +759,7 @@ FORMATS: dict[str, Format] = {
             (r"^layer1\.0\.conv1\.weight$", r"^conv1\.(\d\.)?weight$"),
             convert_resnet,
             infer_resnet,
+            verified=_V_RESNET + "; torchvision: " + _V_TV,
         ),
         Format(
             "visattn",
@@ -736,6 +767,7 @@ FORMATS: dict[str, Format] = {
             (r"^(stem|stages|blocks|backbone|decode_head|patch_embed)\.",),
             _identity,
             _infer_visattn,
+            verified=_V_VISATTN,
         ),
     )
 }
@@ -760,18 +792,6 @@ def detect_format(keys, metadata: Mapping[str, str] | None = None) -> Format:
 
 # -- the sources -------------------------------------------------------------------------------
 
-_V_RESNET = "bit-exact (tests/weights/test_timm_torchvision.py::test_resnet_matches_timm)"
-_V_RESNET_S = (
-    "bit-exact at output stride 8 (tests/weights/test_timm_torchvision.py::test_deep_stem_resnet_is_the_eanet_backbone)"
-)
-_V_SWIN = "bit-exact (tests/weights/test_timm_torchvision.py::test_swin_matches_timm)"
-_V_SWIN_MS = "bit-exact (tests/weights/test_timm_torchvision.py::test_swin_original_layout)"
-_V_LAMBDA = "relative error 3e-6 to 6e-7 in float32, 1e-14 in float64 (tests/weights/test_timm_torchvision.py::test_lambda_resnet_matches_timm)"
-_V_TV = "bit-exact (tests/weights/test_timm_torchvision.py::test_torchvision_resnet50)"
-_V_DET = "relative error 7e-7 on the body's maps (FrozenBatchNorm2d rounds differently; tests/weights/test_timm_torchvision.py::test_torchvision_maskrcnn_body)"
-_V_PVT = "relative error 6e-7 (classifier, 224 and 128 px), 7e-7 (backbone maps) (tests/weights/test_authors.py::test_pvt_classifier_and_backbone)"
-_V_EAMLP = "relative error 5e-7 (tests/weights/test_authors.py::test_eamlp_authors)"
-_V_EANET = "relative error 1e-7 (tests/weights/test_authors.py::test_eanet_authors)"
 
 #: timm's resnet50 tags: (tag, input side, crop_pct, interpolation, licence).
 _RESNET50_TAGS = (
