@@ -173,6 +173,9 @@ def test_swin_matches_timm(tmp_path):
     assert model.cfg.embed_dims == (32, 64, 128, 256)
     x = torch.randn(2, 3, 224, 224)
     assert torch.equal(model(x), src(x))  # bit-exact
+    # a features_only backbone from the same file takes the same layout (depths, widths, heads)
+    feats = visattn.create_model("swin_t", features_only=True, pretrained=path).eval()
+    assert all(torch.equal(a, b) for a, b in zip(feats(x), model.forward_intermediates(x, intermediates_only=True)))
     # Negative control: Microsoft's layout rule (merging at the end of a stage) on timm's keys.
     with pytest.raises(ValueError, match="do not fit"):
         visattn.create_model("swin_t", pretrained=path, source_format="swin-original")

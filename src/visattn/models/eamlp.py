@@ -20,8 +20,8 @@ Implemented, following the structure of the authors' released EAMLP code (read f
 
 Deliberate differences from the authors' code, each with its reason:
 
-* **No class token; mean pooling.** The spatial mixer is swappable for any registered
-  mechanism, and the mechanism contract is a (B, C, H, W) grid: a class token has no place on
+* **No class token; mean pooling** (by default; ``class_token=True`` below). The spatial mixer
+  is swappable for any registered mechanism, and the mechanism contract is a (B, C, H, W) grid: a class token has no place on
   the grid (a local or positional mechanism could not see it), so the head pools the final
   tokens instead (and ``forward_features`` returns a real feature map). With external
   attention the class token is the only thing that would differ: the tokens' updates are

@@ -210,12 +210,18 @@ class Checkpoint:
         return any(k.startswith("decode_head.") for k in self.state_dict)
 
     def options_for(self, name: str, backbone: bool = False) -> dict[str, Any]:
-        """Builder options the weights need in model ``name`` (the caller's options override them)."""
-        if self.entry is not None and self.entry.model == name and self.entry.part == "model" and not backbone:
-            return _copy(self.entry.model_kwargs)
-        if self.target.model == name:
-            return _copy(self.target.backbone_kwargs if backbone else self.target.kwargs)
-        return {}
+        """Builder options the weights need in model ``name`` (the caller's options override them):
+        the table entry's, else what the keys say, when they describe ``name``; a backbone
+        (``backbone=True``) runs without a class token, as the authors' dense-prediction code does."""
+        if self.entry is not None and self.entry.model == name and self.entry.part == "model":
+            kw = _copy(self.entry.model_kwargs)
+        elif self.target.model == name:
+            kw = _copy(self.target.kwargs)
+        else:
+            return {}
+        if backbone:
+            kw.pop("class_token", None)
+        return kw
 
     def describe(self) -> str:
         what = self.target.describe() or "a visattn model"
