@@ -3,7 +3,9 @@
 :func:`load_segmenter` builds a registered segmentation model and loads trained weights;
 when the weights come from ``visattn train --task segment`` (a run folder, or a
 ``model.safetensors`` next to its ``config.json``) the class names, normalisation and
-mechanism are read from that ``config.json``. :func:`predict_mask` gives the per-pixel
+mechanism are read from that ``config.json`` (its ``pretrained_cfg`` too, for a run fine-tuned from
+published weights); a file written by ``visattn convert`` carries its normalisation, class count
+and model options in its metadata. :func:`predict_mask` gives the per-pixel
 class, :func:`draw_prediction` a :class:`matplotlib.figure.Figure` (no pyplot, no global
 state): the image, the ground truth when known, and the prediction blended over the image,
 with a legend of the classes present.
