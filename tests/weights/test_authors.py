@@ -27,6 +27,7 @@ def _save(path, obj) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_eamlp_authors(tmp_path):
     # The timm-0.3 checkpoint of the release: EMA weights under state_dict_ema (the 71.7% ones),
@@ -76,6 +77,7 @@ def test_eamlp_refuses_a_changed_position_table(tmp_path):
         visattn.create_model("eamlp_7", pretrained=path)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_eanet_authors(tmp_path, caplog):
     sd = A.eanet_state(layers=(3, 4, 6, 3))

@@ -35,6 +35,7 @@ __all__ = [
     "detect_format",
     "find_source",
     "sources_for",
+    "split_detector",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -202,10 +203,6 @@ def _blocks(sd: Mapping[str, torch.Tensor], pattern: str) -> list[int]:
         if m:
             found.setdefault(int(m[1]), set()).add(int(m[2]))
     return [len(found[i]) for i in sorted(found)]
-
-
-def _num_classes(sd: Mapping[str, torch.Tensor], key: str) -> int:
-    return int(sd[key].shape[0]) if key in sd else 0
 
 
 def _square(n: int) -> int | None:

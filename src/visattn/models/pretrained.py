@@ -591,9 +591,7 @@ def create_pretrained(
     options: dict[str, Any] = {}
     if ck is not None:
         options = ck.options_for(name, backbone=features_only)
-        if num_classes is None and not features_only and not segment:
-            num_classes = ck.num_classes()
-        if num_classes is None and segment:
+        if num_classes is None and not features_only:  # the weights' class count
             num_classes = ck.num_classes()
     if bk is not None:
         back = bk.target.backbone_kwargs if bk.target.model else {}
