@@ -31,6 +31,7 @@ _COMMAND_MODULES = [
     "visattn.commands.train_cmd",  # train
     "visattn.commands.compare_cmd",  # compare
     "visattn.commands.predict_cmd",  # predict
+    "visattn.commands.convert_cmd",  # convert (published weights)
 ]
 
 

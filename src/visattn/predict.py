@@ -3,7 +3,9 @@
 :func:`load_segmenter` builds a registered segmentation model and loads trained weights;
 when the weights come from ``visattn train --task segment`` (a run folder, or a
 ``model.safetensors`` next to its ``config.json``) the class names, normalisation and
-mechanism are read from that ``config.json``. :func:`predict_mask` gives the per-pixel
+mechanism are read from that ``config.json`` (its ``pretrained_cfg`` too, for a run fine-tuned from
+published weights); a file written by ``visattn convert`` carries its normalisation, class count
+and model options in its metadata. :func:`predict_mask` gives the per-pixel
 class, :func:`draw_prediction` a :class:`matplotlib.figure.Figure` (no pyplot, no global
 state): the image, the ground truth when known, and the prediction blended over the image,
 with a legend of the classes present.
@@ -66,6 +68,14 @@ def load_segmenter(
     run = _run_info(wpath)
     model_kwargs: dict = {}
     info: dict[str, Any] = {"mean": (0.5,) * 3, "std": (0.5,) * 3, "image_size": None, "data": None, "seed": 0}
+    from visattn.models.pretrained import read_pretrained_cfg
+
+    pcfg = (run or {}).get("pretrained_cfg") or (read_pretrained_cfg(wpath) if run is None else None)
+    if pcfg:  # published / converted weights: their normalisation and the options they need
+        info.update(mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]))
+        model_kwargs = dict(pcfg.get("model_kwargs") or {})
+        if run is None and num_classes is None and classes is None and pcfg.get("num_classes"):
+            num_classes = int(pcfg["num_classes"])
     if run is not None:
         cfg = run["config"]
         if cfg.get("model") != model:
@@ -74,7 +84,7 @@ def load_segmenter(
             )
         attention = attention if attention is not None else cfg.get("attention")
         attn_kwargs = attn_kwargs if attn_kwargs is not None else cfg.get("attn_kwargs")
-        model_kwargs = dict(cfg.get("model_kwargs") or {})
+        model_kwargs = {**model_kwargs, **(cfg.get("model_kwargs") or {})}
         classes = classes if classes is not None else run.get("classes")
         info.update(
             mean=tuple(run.get("mean", info["mean"])),

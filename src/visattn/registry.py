@@ -276,8 +276,32 @@ def create_model(
             gives the feature maps of the levels ``out_indices`` (timm's convention; classifier
             and unused levels removed). Not for segmentation models.
         out_indices: feature levels for ``features_only`` (None: all; see ``model.feature_info``).
+        pretrained: published or converted weights to load (a path, an http(s) URL,
+            ``hf-hub:ORG/REPO[:FILE]`` or a name from ``visattn convert --list``); the model is built
+            with the options the weights need and, unless ``num_classes`` is given, their class count
+            (docs/weights.md, :mod:`visattn.models.pretrained`).
+        backbone_pretrained: a backbone's weights for a segmentation model's backbone.
+        source_format: the layout of ``pretrained`` when its detection from the keys is wrong.
         **kwargs: model-specific options.
     """
+    pretrained = kwargs.pop("pretrained", None)
+    backbone_pretrained = kwargs.pop("backbone_pretrained", None)
+    source_format = kwargs.pop("source_format", None)
+    if pretrained is not None or backbone_pretrained is not None:
+        from visattn.models.pretrained import create_pretrained
+
+        return create_pretrained(
+            name,
+            pretrained,
+            backbone_pretrained,
+            num_classes=num_classes,
+            attention=attention,
+            attn_kwargs=attn_kwargs,
+            source_format=source_format,
+            **kwargs,
+        )
+    if source_format is not None:
+        raise ValueError("source_format is only used with pretrained=")
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", None)
     entry = model_entry(name)

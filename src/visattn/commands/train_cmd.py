@@ -52,6 +52,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="extra model constructor arguments, a JSON object",
     )
     p.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="SOURCE",
+        help="start from published or converted weights (a file, an http(s) URL, hf-hub:ORG/REPO[:FILE] or a name "
+        "from `visattn convert --list`); a new classifier for the data's classes, the weights' normalisation "
+        "(docs/weights.md)",
+    )
+    p.add_argument(
         "--data",
         default="digits",
         metavar="SPEC",
@@ -187,6 +195,7 @@ def config_from_args(args):
         device=args.device,
         progress=not args.no_progress,
         dist_timeout=args.dist_timeout,
+        pretrained=args.pretrained,
     )
 
 

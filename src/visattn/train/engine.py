@@ -75,6 +75,7 @@ _RESUME_KEYS = (
     "crop_pad",
     "seed",
     "precise_bn",
+    "pretrained",
 )
 
 
@@ -115,6 +116,9 @@ class TrainConfig:
     eval_batch_size: int | None = None
     precise_bn: int = 0
     dist_timeout: float = 600.0
+    #: Published or converted weights to start from (fine-tuning; docs/weights.md): a path, a URL,
+    #: hf-hub:ORG/REPO[:FILE] or a source name. Images are then normalised with their mean / std.
+    pretrained: str | None = None
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "keep"):
@@ -175,6 +179,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, dict):
                 raise TypeError(f"{name} must be a dict, got {type(v).__name__}")
+        if self.pretrained is not None and (not isinstance(self.pretrained, str) or not self.pretrained):
+            raise TypeError(f"pretrained must be a weights source (a non-empty str) or None, got {self.pretrained!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -360,7 +366,12 @@ class Trainer:
             attention=cfg.attention,
             attn_kwargs=cfg.attn_kwargs,
             **(cfg.model_kwargs or {}),
+            **({"pretrained": cfg.pretrained} if cfg.pretrained else {}),
         ).to(self.device)
+        pcfg = getattr(self.model, "pretrained_cfg", None)
+        if pcfg:  # fine-tuning: normalise as the weights were trained
+            self.data = b = dataclasses.replace(b, mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]))
+            self._log(f"normalising with the weights' mean {b.mean} and std {b.std} ({cfg.pretrained})")
         torch.manual_seed(cfg.seed + 1 + self.dist.rank)  # dropout etc. differ per rank
         if cfg.sync_bn and self.dist.distributed:
             if self.device.type != "cuda":
@@ -755,6 +766,7 @@ class Trainer:
                 "image_size": b.image_size,
                 "mean": list(b.mean),
                 "std": list(b.std),
+                "pretrained_cfg": getattr(self.model, "pretrained_cfg", None),
                 "world_size": self.dist.world_size,
                 "final": final,
             }
