@@ -10,8 +10,18 @@ import argparse
 import json
 import os
 
-from visattn.commands._args import fraction, int_range, nonneg_float, nonneg_int, positive_float, positive_int
+from visattn.commands._args import (
+    float_range,
+    folder_name,
+    fraction,
+    int_range,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 from visattn.data.datasets import MAX_IMAGE_SIZE
+from visattn.train.engine import DIST_TIMEOUT_RANGE
 
 __all__ = ["add_parser", "add_train_arguments", "config_from_args", "run", "main"]
 
@@ -115,14 +125,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output",
         "-o",
+        type=folder_name,
         default="runs/train",
         metavar="DIR",
-        help="checkpoints, metrics.jsonl, curves.png, model.safetensors, config.json",
+        help="checkpoints, metrics.jsonl, curves.png, model.safetensors, config.json, train.log",
     )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --output from its latest checkpoint (starts fresh if none)",
+        help="continue the run in --output from its latest checkpoint (starts fresh if the folder holds no run)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --output (its results, log and checkpoints; other files stay); "
+        "without it a folder holding a run is refused",
     )
     p.add_argument(
         "--save-every",
@@ -136,7 +153,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--dist-timeout",
-        type=positive_float,
+        type=float_range(*DIST_TIMEOUT_RANGE, "a number of seconds in 1..2592000 (30 days)"),
         default=600.0,
         metavar="SECONDS",
         help="under torchrun: give up (and name the silent rank where possible) when a peer process "
@@ -188,6 +205,7 @@ def config_from_args(args):
         seed=args.seed,
         output=args.output,
         resume=args.resume,
+        overwrite=args.overwrite,
         save_every=args.save_every,
         keep=args.keep,
         device=args.device,
@@ -203,11 +221,32 @@ def run(args) -> int:
 
     res = train(config_from_args(args))
     if res.final and res.output is not None and os.environ.get("RANK", "0") == "0":
-        print(
-            f"test accuracy {100 * res.final['test_acc']:.2f}% after {res.final['epoch']} epochs; "
+        _say(
+            f"test accuracy {_pct(res.final['test_acc'])} after {res.final['epoch']} epochs; "
             f"weights, metrics and curves in {res.output}"
         )
     return 0
+
+
+def _pct(v) -> str:
+    return "n/a (nothing to measure)" if v is None or v != v else f"{100 * v:.2f}%"
+
+
+def _say(msg: str) -> None:
+    """Print the run's summary; a reader that went away (``| head``) does not fail a finished run."""
+    import sys
+
+    from visattn.cli import silence_stdout
+
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        silence_stdout()
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # pragma: no cover - flushed above
+        silence_stdout()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,8 +327,8 @@ def run_segment(args) -> int:
     res = train_segment(seg_config_from_args(args))
     if res.final and res.output is not None and os.environ.get("RANK", "0") == "0":
         f = res.final
-        print(
-            f"test mIoU {100 * f['test_miou']:.2f}% (pixel accuracy {100 * f['test_pixel_acc']:.2f}%) "
+        _say(
+            f"test mIoU {_pct(f['test_miou'])} (pixel accuracy {_pct(f['test_pixel_acc'])}) "
             f"after {res.final['epoch']} epochs; weights, metrics and curves in {res.output}"
         )
     return 0

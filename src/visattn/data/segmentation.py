@@ -248,9 +248,19 @@ class SegEpochBatches(EpochBatches):
         scale_range: tuple[float, float] = (0.5, 2.0),
         mean=(0.0,) * 3,
         std=(1.0,) * 3,
+        merge_single_last: bool = False,
     ):
         super().__init__(
-            data, batch_size, epoch, seed, rank=rank, world_size=world_size, augment="none", mean=mean, std=std
+            data,
+            batch_size,
+            epoch,
+            seed,
+            rank=rank,
+            world_size=world_size,
+            augment="none",
+            mean=mean,
+            std=std,
+            merge_single_last=merge_single_last,
         )
         self.crop_size = crop_size
         on = augment != "none"
@@ -260,7 +270,7 @@ class SegEpochBatches(EpochBatches):
 
     def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``i``: normalised images (B, 3, S, S) float32 and masks (B, S, S) int64."""
-        idx = self.indices[i * self.batch_size : (i + 1) * self.batch_size]
+        idx = self.batch_indices(i)
         a, d = self.seg_aug, self.data
         xs, ms = [], []
         for j in idx.tolist():

@@ -161,6 +161,7 @@ class GlobalPixelCrossEntropy(nn.Module):
 class SegTrainer(Trainer):
     """One segmentation run (see module docstring); the engine's :class:`Trainer` with task hooks."""
 
+    task = "segment"
     cfg: SegTrainConfig
     criterion: GlobalPixelCrossEntropy
 
@@ -212,6 +213,7 @@ class SegTrainer(Trainer):
             scale_range=self.scale_range,
             mean=b.mean,
             std=b.std,
+            merge_single_last=self.merge_single_last,
         )
 
     def _run_config(self) -> dict[str, Any]:
