@@ -802,7 +802,7 @@ class Trainer:
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             self._complete_record(rec)
-            self.history.append(rec)
+            self.history.append(_strict(rec))  # a measurement that could not be made is None, as in the file
             self._log(
                 f"epoch {rec['epoch']}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
                 f"acc {100 * rec['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
