@@ -25,6 +25,7 @@ import dataclasses
 import errno
 import json
 import math
+import numbers
 import os
 import re
 import shutil
@@ -45,6 +46,7 @@ from visattn.data import DataBundle, EpochBatches, load_data, normalize
 from visattn.data.datasets import MAX_IMAGE_SIZE
 from visattn.data.transforms import eval_indices
 from visattn.errors import NonFiniteLoss, VisattnError
+from visattn.models.info import check_model_size
 from visattn.models.io import save_weights
 from visattn.registry import create_model, model_entry
 from visattn.train import distributed as D
@@ -126,6 +128,10 @@ class TrainConfig:
     dist_timeout: float = 600.0
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):  # numpy integers work as ints (and stay JSON-able)
+            v = getattr(self, f.name)
+            if isinstance(v, numbers.Integral) and not isinstance(v, (int, bool)):
+                setattr(self, f.name, int(v))
         for name in ("epochs", "batch_size", "keep"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -421,6 +427,8 @@ class Trainer:
         self.augment = b.augment if cfg.augment == "auto" else cfg.augment
         self.crop_pad = cfg.crop_pad if cfg.crop_pad is not None else max(1, b.image_size // 8)
 
+        kw = dict(attention=cfg.attention, attn_kwargs=cfg.attn_kwargs, **(cfg.model_kwargs or {}))
+        check_model_size(cfg.model, b.num_classes, **kw)  # options that would allocate terabytes: refused
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = create_model(
             cfg.model,
