@@ -264,6 +264,27 @@ def test_an_absurd_dist_timeout_is_refused_by_argparse(tmp_path, data, capsys, v
         TrainConfig(dist_timeout=float(value)).validate()
 
 
+@pytest.mark.slow  # a process that waits --dist-timeout for a peer that never comes
+def test_a_process_group_that_does_not_form_within_dist_timeout_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = (
+        "import sys; from visattn.cli import run_command; from visattn.train import distributed as D; "
+        "sys.exit(run_command('train', lambda _: D.setup('cpu', 1.0), None))"
+    )
+    env = dict(_env(), WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr  # was a DistStoreError traceback from init_process_group
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(
+        f"visattn train: error: rank 0: the 2 processes did not all join the process group at 127.0.0.1:{port} "
+        "within 1 s (--dist-timeout): "
+    )
+
+
 def test_a_last_batch_of_one_image_under_batchnorm_is_merged_into_the_one_before(tmp_path, data):
     # 39 training images in batches of 38: the last batch holds one image, and resnet_tiny's last
     # BatchNorm at 8x8 input sees a 1x1 map: "Expected more than 1 value per channel when training"
