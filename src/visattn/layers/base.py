@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import itertools
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -369,16 +368,19 @@ class SpatialAttention(nn.Module):
         return self._forward(x)
 
     def _check_device(self, x: torch.Tensor) -> None:
-        """Refuse parameters or buffers on another device than the input (a meta-device build that
-        was never materialised would otherwise compute on uninitialised memory)."""
-        for t in itertools.chain(self.parameters(), self.buffers()):
-            if t.device != x.device:
-                where = (
-                    "the meta device (never materialised: call .to_empty(device=...) and then reset_parameters())"
-                    if t.is_meta
-                    else str(t.device)
-                )
-                raise ValueError(f"{type(self).__name__}: its parameters are on {where}, the input on {x.device}")
+        """Refuse parameters on another device than the input (a meta-device build that was never
+        materialised would otherwise compute on uninitialised memory). The first parameter (or
+        buffer) stands for the module: one look per call."""
+        t = next(self.parameters(), None)
+        if t is None:
+            t = next(self.buffers(), None)
+        if t is not None and t.device != x.device:
+            where = (
+                "the meta device (never materialised: call .to_empty(device=...) and then reset_parameters())"
+                if t.is_meta
+                else str(t.device)
+            )
+            raise ValueError(f"{type(self).__name__}: its parameters are on {where}, the input on {x.device}")
 
     def _check_cost(self, x: torch.Tensor) -> None:
         """Refuse an input whose estimated cost is beyond :func:`work_limit` (see ``check_work``)."""
