@@ -371,7 +371,7 @@ class SpatialAttention(nn.Module):
         """Refuse parameters on another device than the input (a meta-device build that was never
         materialised would otherwise compute on uninitialised memory). The first parameter (or
         buffer) stands for the module: one look per call."""
-        t = next(self.parameters(), None)
+        t: torch.Tensor | None = next(self.parameters(), None)
         if t is None:
             t = next(self.buffers(), None)
         if t is not None and t.device != x.device:
