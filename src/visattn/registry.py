@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,6 +151,18 @@ def attention_class(name: str) -> type:
     return _ATTENTION[name][0]
 
 
+def _plain_ints(v: Any) -> Any:
+    """numpy integers (any integral number that is not an int or a bool) as Python ints, inside
+    plain dicts, lists and tuples too, so a constructor argument ``np.int64(64)`` works like ``64``."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, (int, bool)):
+        return int(v)
+    if type(v) is dict:
+        return {k: _plain_ints(x) for k, x in v.items()}
+    if type(v) in (list, tuple):
+        return type(v)(_plain_ints(x) for x in v)
+    return v
+
+
 def create_attention(name: str, dim: int, dim_out: int | None = None, **kwargs) -> nn.Module:
     """Create mechanism ``name`` mapping (B, dim, H, W) -> (B, dim_out or dim, H, W).
 
@@ -158,6 +171,7 @@ def create_attention(name: str, dim: int, dim_out: int | None = None, **kwargs) 
     """
     if not isinstance(name, str):
         raise TypeError(f"attention name must be a str, got {type(name).__name__}")
+    dim, dim_out, kwargs = _plain_ints(dim), _plain_ints(dim_out), _plain_ints(kwargs)
     cls = attention_class(name)
     renamed = getattr(cls, "renamed_args", {})
     for old in kwargs:
@@ -284,6 +298,7 @@ def create_model(
         source_format: the layout of ``pretrained`` when its detection from the keys is wrong.
         **kwargs: model-specific options.
     """
+    num_classes, attn_kwargs, kwargs = _plain_ints(num_classes), _plain_ints(attn_kwargs), _plain_ints(kwargs)
     pretrained = kwargs.pop("pretrained", None)
     backbone_pretrained = kwargs.pop("backbone_pretrained", None)
     source_format = kwargs.pop("source_format", None)

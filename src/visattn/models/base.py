@@ -29,11 +29,27 @@ from visattn.models.features import FeatureInfo
 __all__ = ["VisionModel", "TokenBlockLevels", "resolve_mixer", "check_images"]
 
 
-def check_images(owner: str, x, channels: int) -> None:
-    """Raise a ValueError naming ``owner`` unless ``x`` is a (B, channels, H, W) tensor."""
+def check_images(owner: str, x, channels: int, module: nn.Module | None = None) -> None:
+    """Raise an error naming ``owner`` unless ``x`` is a (B, channels, H, W) floating-point tensor
+    with H, W >= 1 (and, given ``module``, of its parameters' dtype, or under autocast)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{owner} expects images (B, {channels}, H, W), got {shape}")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{owner} expects images (B, {channels}, H, W) with H, W >= 1, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{owner} expects floating-point images (B, {channels}, H, W), got dtype {x.dtype}; convert "
+            f"{str(x.dtype).replace('torch.', '')} images with x.float() / 255 (and normalise them as in training)"
+        )
+    if module is None or torch.is_autocast_enabled(x.device.type):
+        return
+    p = next((t for t in module.parameters() if t.is_floating_point()), None)
+    if p is not None and p.dtype != x.dtype:
+        raise TypeError(
+            f"{owner} holds {p.dtype} parameters but got {x.dtype} images; convert the images with "
+            f"x.to({p.dtype}), or the model with model.to({x.dtype})"
+        )
 
 
 class VisionModel(nn.Module):
@@ -71,7 +87,7 @@ class VisionModel(nn.Module):
         self.head = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _check_image(self, x: torch.Tensor, channels: int = 3) -> None:
-        check_images(type(self).__name__, x, channels)
+        check_images(type(self).__name__, x, channels, self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> final feature map (B, num_features, h, w)."""

@@ -76,7 +76,7 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_chans, H, W) -> logits (B, num_classes, H, W)."""
-        check_images(type(self).__name__, x, self.in_chans)
+        check_images(type(self).__name__, x, self.in_chans, self)
         logits = self.decode_head(self.backbone(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
