@@ -52,6 +52,7 @@ LAYER_OF = {
     "predict": "apps",
     "viz": "apps",
     "docs_models": "apps",
+    "docs_weights": "apps",
     "commands": "commands",
     "cli": "cli",
     "__main__": "cli",

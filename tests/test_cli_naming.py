@@ -40,6 +40,7 @@ def test_every_model_taking_command_parses_dash_dash_model():
         ["viz", "--model", "resnet_tiny"],
         ["predict", "--model", "resnet_tiny", "--weights", "w", "--image", "i"],
         ["info", "--model", "resnet_tiny"],
+        ["convert", "w.pth", "o.safetensors", "--model", "resnet_tiny"],
     ):
         assert p.parse_args(argv).model == "resnet_tiny", argv
 
@@ -172,7 +173,7 @@ def _subcommands() -> list[str]:
 
 
 def test_the_subcommands_are_the_ones_these_tests_cover():
-    assert _subcommands() == ["bench", "compare", "info", "list", "predict", "sample", "train", "viz"]
+    assert _subcommands() == ["bench", "compare", "convert", "info", "list", "predict", "sample", "train", "viz"]
 
 
 @pytest.mark.parametrize("command", _subcommands())
@@ -181,5 +182,5 @@ def test_every_subcommand_help_prints_its_options(capsys, command):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and out.startswith(f"usage: visattn {command} [-h]")
-    takes_model = {"train", "compare", "viz", "predict", "info"}
+    takes_model = {"train", "compare", "viz", "predict", "info", "convert"}
     assert ("--model" in out) == (command in takes_model), out

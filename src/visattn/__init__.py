@@ -12,6 +12,7 @@ from visattn.layers import SpatialAttention, TokenAdapter
 from visattn.layers.base import work_limit
 from visattn.layers.relpos import attention_from_conv
 from visattn.models.io import load_weights, save_weights
+from visattn.models.pretrained import load_backbone_pretrained, load_pretrained
 from visattn.registry import (
     attention_info,
     create_attention,
@@ -33,6 +34,8 @@ __all__ = [
     "create_model",
     "list_attention",
     "list_models",
+    "load_backbone_pretrained",
+    "load_pretrained",
     "load_weights",
     "register_attention",
     "register_model",

@@ -39,9 +39,25 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no such folder (yet), or no pathconf
+        return 255
+
+
 def tmp_name(path: Path, suffix: str = "") -> Path:
-    """The temporary name an atomic write of ``path`` uses in this process."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    """The temporary name an atomic write of ``path`` uses in this process: ``.NAME.tmp-PID`` plus
+    ``suffix``; for a name near the file-name limit, ``NAME`` is cut short (``.NAM~.tmp-PID``) so
+    the temporary name fits where the final one does."""
+    tail = f".tmp-{os.getpid()}{suffix}"
+    name, limit = f".{path.name}{tail}", _name_max(path.parent)
+    if len(os.fsencode(name)) > limit:
+        keep = path.name
+        while keep and len(os.fsencode(f".{keep}~{tail}")) > limit:
+            keep = keep[:-1]
+        name = f".{keep}~{tail}"
+    return path.with_name(name)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from typing import Any
 
 from visattn.errors import VisattnError
 
-__all__ = ["main", "build_parser", "run_command", "error_message"]
+__all__ = ["main", "build_parser", "run_command", "error_message", "silence_stdout"]
 
 _COMMAND_MODULES = [
     "visattn.commands.registry_cmds",  # list, info
@@ -31,6 +31,7 @@ _COMMAND_MODULES = [
     "visattn.commands.train_cmd",  # train
     "visattn.commands.compare_cmd",  # compare
     "visattn.commands.predict_cmd",  # predict
+    "visattn.commands.convert_cmd",  # convert (published weights)
     "visattn.commands.sample_cmd",  # sample
 ]
 
@@ -58,6 +59,15 @@ def error_message(e: BaseException) -> str:
     return " ".join(msg.split())  # one line
 
 
+def silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null once the reader of stdout has gone away, so that
+    Python's flush at exit raises no second ``BrokenPipeError``."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+        pass
+
+
 def run_command(name: str, func: Callable[[Any], Any], args: Any) -> int:
     """Run ``func(args)`` for ``visattn <name>``, turning user-facing errors into one line + exit code."""
     try:
@@ -66,10 +76,7 @@ def run_command(name: str, func: Callable[[Any], Any], args: Any) -> int:
         print(f"visattn {name}: error: {error_message(e)}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # `visattn list | head`: the reader is gone; nothing to report
-        try:  # and no second BrokenPipeError when Python flushes stdout at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
-            pass
+        silence_stdout()
         return 141  # 128 + SIGPIPE, as a shell reports a command ended by a closed pipe
     except (ValueError, TypeError, OSError) as e:
         print(f"visattn {name}: error: {error_message(e)}", file=sys.stderr)

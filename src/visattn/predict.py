@@ -3,7 +3,9 @@
 :func:`load_segmenter` builds a registered segmentation model and loads trained weights;
 when the weights come from ``visattn train --task segment`` (a run folder, or a
 ``model.safetensors`` next to its ``config.json``) the class names, normalisation and
-mechanism are read from that ``config.json``. :func:`predict_mask` gives the per-pixel
+mechanism are read from that ``config.json`` (its ``pretrained_cfg`` too, for a run fine-tuned from
+published weights); a file written by ``visattn convert`` carries its normalisation, class count
+and model options in its metadata. :func:`predict_mask` gives the per-pixel
 class, :func:`draw_prediction` a :class:`matplotlib.figure.Figure` (no pyplot, no global
 state): the image, the ground truth when known, and the prediction blended over the image,
 with a legend of the classes present.
@@ -12,6 +14,7 @@ with a legend of the classes present.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +39,72 @@ def _run_info(weights: Path) -> dict[str, Any] | None:
         raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from e
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise ValueError(f"{str(path)!r} is not a visattn run config (no 'config' object)")
+    _check_fields(info, path)
     return info
+
+
+def _check_fields(info: dict[str, Any], path: Path) -> None:
+    """Refuse ``config.json`` fields of the wrong type, naming the file and the field."""
+
+    def bad(field: str, expected: str, v: Any) -> ValueError:
+        return ValueError(f"{str(path)!r}: field {field!r} must be {expected}, got {type(v).__name__} {v!r}"[:400])
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    cfg = info["config"]
+    checks = [
+        ("config.model", cfg.get("model"), "a model name (string)", lambda v: isinstance(v, str)),
+        (
+            "config.attention",
+            cfg.get("attention"),
+            "a mechanism name or null",
+            lambda v: v is None or isinstance(v, str),
+        ),
+        (
+            "config.attn_kwargs",
+            cfg.get("attn_kwargs"),
+            "a JSON object or null",
+            lambda v: v is None or isinstance(v, dict),
+        ),
+        (
+            "config.model_kwargs",
+            cfg.get("model_kwargs"),
+            "a JSON object or null",
+            lambda v: v is None or isinstance(v, dict),
+        ),
+        ("config.data", cfg.get("data"), "a data spec (string) or null", lambda v: v is None or isinstance(v, str)),
+        ("config.seed", cfg.get("seed", 0), "an int >= 0", lambda v: is_int(v) and v >= 0),
+        (
+            "config.ignore_index",
+            cfg.get("ignore_index"),
+            "an int >= 0 or null",
+            lambda v: v is None or is_int(v) and v >= 0,
+        ),
+        (
+            "classes",
+            info.get("classes"),
+            "a list of class names (strings)",
+            lambda v: v is None or isinstance(v, list) and all(isinstance(c, str) for c in v),
+        ),
+        ("image_size", info.get("image_size"), "an int >= 1 or null", lambda v: v is None or is_int(v) and v >= 1),
+    ]
+    for key in ("mean", "std"):
+        checks.append(
+            (
+                key,
+                info.get(key, [0.5] * 3),
+                "a list of 3 finite numbers",
+                lambda v: (
+                    isinstance(v, list)
+                    and len(v) == 3
+                    and all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in v)
+                ),
+            )
+        )
+    for field, value, expected, ok in checks:
+        if not ok(value):
+            raise bad(field, expected, value)
 
 
 def load_segmenter(
@@ -54,6 +122,7 @@ def load_segmenter(
     ``data`` and ``seed`` (from the run's ``config.json`` when present, else ``num_classes``
     must be given and images are normalised with mean = std = 0.5).
     """
+    from visattn.models.info import check_model_size
     from visattn.registry import create_model
     from visattn.train.checkpoint import load_weights
 
@@ -66,6 +135,14 @@ def load_segmenter(
     run = _run_info(wpath)
     model_kwargs: dict = {}
     info: dict[str, Any] = {"mean": (0.5,) * 3, "std": (0.5,) * 3, "image_size": None, "data": None, "seed": 0}
+    from visattn.models.pretrained import read_pretrained_cfg
+
+    pcfg = (run or {}).get("pretrained_cfg") or (read_pretrained_cfg(wpath) if run is None else None)
+    if pcfg:  # published / converted weights: their normalisation and the options they need
+        info.update(mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]))
+        model_kwargs = dict(pcfg.get("model_kwargs") or {})
+        if run is None and num_classes is None and classes is None and pcfg.get("num_classes"):
+            num_classes = int(pcfg["num_classes"])
     if run is not None:
         cfg = run["config"]
         if cfg.get("model") != model:
@@ -74,7 +151,7 @@ def load_segmenter(
             )
         attention = attention if attention is not None else cfg.get("attention")
         attn_kwargs = attn_kwargs if attn_kwargs is not None else cfg.get("attn_kwargs")
-        model_kwargs = dict(cfg.get("model_kwargs") or {})
+        model_kwargs = {**model_kwargs, **(cfg.get("model_kwargs") or {})}
         classes = classes if classes is not None else run.get("classes")
         info.update(
             mean=tuple(run.get("mean", info["mean"])),
@@ -92,6 +169,7 @@ def load_segmenter(
         classes = [str(i) for i in range(num_classes)]
     if len(classes) != num_classes:
         raise ValueError(f"{len(classes)} class names for {num_classes} classes")
+    check_model_size(model, num_classes, attention=attention, attn_kwargs=attn_kwargs, **model_kwargs)
     net = create_model(model, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs, **model_kwargs)
     load_weights(net, wpath)
     net.eval()
@@ -116,7 +194,9 @@ def read_input_image(spec: str, info: dict[str, Any]) -> tuple[torch.Tensor, tor
             info.get("image_size") or 64, n_test=max(500, k + 1), seed=int(info.get("seed") or 0), **kw
         )
         return b.test.images[k], b.test.masks[k], f"digit scenes, test scene {k}"
-    return read_image(spec), None, Path(spec).name
+    # a file name that is not UTF-8 (surrogate escapes) is shown with replacement characters
+    name = Path(spec).name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return read_image(spec), None, name
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,6 +151,18 @@ def attention_class(name: str) -> type:
     return _ATTENTION[name][0]
 
 
+def _plain_ints(v: Any) -> Any:
+    """numpy integers (any integral number that is not an int or a bool) as Python ints, inside
+    plain dicts, lists and tuples too, so a constructor argument ``np.int64(64)`` works like ``64``."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, (int, bool)):
+        return int(v)
+    if type(v) is dict:
+        return {k: _plain_ints(x) for k, x in v.items()}
+    if type(v) in (list, tuple):
+        return type(v)(_plain_ints(x) for x in v)
+    return v
+
+
 def create_attention(name: str, dim: int, dim_out: int | None = None, **kwargs) -> nn.Module:
     """Create mechanism ``name`` mapping (B, dim, H, W) -> (B, dim_out or dim, H, W).
 
@@ -158,6 +171,7 @@ def create_attention(name: str, dim: int, dim_out: int | None = None, **kwargs) 
     """
     if not isinstance(name, str):
         raise TypeError(f"attention name must be a str, got {type(name).__name__}")
+    dim, dim_out, kwargs = _plain_ints(dim), _plain_ints(dim_out), _plain_ints(kwargs)
     cls = attention_class(name)
     renamed = getattr(cls, "renamed_args", {})
     for old in kwargs:
@@ -278,8 +292,33 @@ def create_model(
             gives the feature maps of the levels ``out_indices`` (timm's convention; classifier
             and unused levels removed). Not for segmentation models.
         out_indices: feature levels for ``features_only`` (None: all; see ``model.feature_info``).
+        pretrained: published or converted weights to load (a path, an http(s) URL,
+            ``hf-hub:ORG/REPO[:FILE]`` or a name from ``visattn convert --list``); the model is built
+            with the options the weights need and, unless ``num_classes`` is given, their class count
+            (docs/weights.md, :mod:`visattn.models.pretrained`).
+        backbone_pretrained: a backbone's weights for a segmentation model's backbone.
+        source_format: the layout of ``pretrained`` when its detection from the keys is wrong.
         **kwargs: model-specific options.
     """
+    num_classes, attn_kwargs, kwargs = _plain_ints(num_classes), _plain_ints(attn_kwargs), _plain_ints(kwargs)
+    pretrained = kwargs.pop("pretrained", None)
+    backbone_pretrained = kwargs.pop("backbone_pretrained", None)
+    source_format = kwargs.pop("source_format", None)
+    if pretrained is not None or backbone_pretrained is not None:
+        from visattn.models.pretrained import create_pretrained
+
+        return create_pretrained(
+            name,
+            pretrained,
+            backbone_pretrained,
+            num_classes=num_classes,
+            attention=attention,
+            attn_kwargs=attn_kwargs,
+            source_format=source_format,
+            **kwargs,
+        )
+    if source_format is not None:
+        raise ValueError("source_format is only used with pretrained=")
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", None)
     entry = model_entry(name)

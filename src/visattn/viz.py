@@ -72,14 +72,30 @@ def load_image(path: str | None = None) -> np.ndarray:
         raise ValueError(f"cannot read {path!r} as an image with Pillow: {e}") from e
 
 
-def _to_input(img: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+def _to_input(img: np.ndarray, size: tuple[int, int], mean=_MEAN, std=_STD) -> torch.Tensor:
     """uint8 (H, W, 3) -> normalised float (1, 3, size[0], size[1]) (bilinear resize with Pillow)."""
     from PIL import Image
 
     im = Image.fromarray(img).resize((size[1], size[0]), Image.Resampling.BILINEAR)
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    x = (x - torch.tensor(_MEAN)[:, None, None]) / torch.tensor(_STD)[:, None, None]
+    x = (x - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / torch.tensor(std, dtype=torch.float32)[
+        :, None, None
+    ]
     return x[None]
+
+
+def _published(weights: str | None) -> bool:
+    """Whether ``weights`` is a published / converted source (loaded with ``pretrained=``) rather than
+    a plain visattn weights file (loaded strictly into a model of ``num_classes``)."""
+    if weights is None:
+        return False
+    from visattn.models.convert import find_source
+    from visattn.models.hub import is_remote
+    from visattn.models.pretrained import read_pretrained_cfg
+
+    if os.path.isfile(weights):
+        return not weights.endswith(".safetensors") or read_pretrained_cfg(weights) is not None
+    return is_remote(weights) or find_source(weights) is not None
 
 
 def collect_mixers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -247,7 +263,10 @@ def visualize(
         out: PNG path, or a directory (the file is then ``out/viz.png``).
         image: image file (any format Pillow reads); default: scikit-image's astronaut photograph.
         query: (y, x) pixel of the original image; default: its centre.
-        weights: safetensors file with the model's state dict.
+        weights: safetensors file with the model's state dict, or published / converted weights (a
+            ``pretrained=`` source: a URL, ``hf-hub:...``, a table name, a checkpoint file, a ``visattn
+            convert`` output): then the model takes their class count and options, and the image is
+            resized to their input size and normalised with their mean / std (``pretrained_cfg``).
         attention, attn_kwargs: swap the model's mixer (see ``visattn.create_model``).
         num_classes: classifier size of the built model (must match ``weights``).
         dim, size: channels and side for a bare mechanism.
@@ -272,11 +291,17 @@ def visualize(
         if target in list_models():
             from visattn.registry import create_model
 
-            model = create_model(target, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs)
-            if weights is not None:
-                _load_weights(model, weights)
             size_hw = model_entry(target).default_input[1:]
-            x = _to_input(img, size_hw)
+            if _published(weights):
+                model = create_model(target, attention=attention, attn_kwargs=attn_kwargs, pretrained=weights)
+                cfg = getattr(model, "pretrained_cfg", {})
+                side = int(cfg["input_size"][-1])
+                x = _to_input(img, (side, side), cfg["mean"], cfg["std"])
+            else:
+                model = create_model(target, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs)
+                if weights is not None:
+                    _load_weights(model, weights)
+                x = _to_input(img, size_hw)
         elif target in list_attention():
             if weights is not None:
                 raise ValueError("--weights applies to models; a bare mechanism is drawn with fresh weights")

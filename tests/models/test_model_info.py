@@ -37,7 +37,11 @@ def test_info_prints_ours_next_to_published_and_mechanisms_by_stage(capsys):
     assert out[7] == "  mechanisms by stage:"
     assert out[8].split()[:3] == ["stem", "external", "x2:"] and "memory_size=128" in out[8]
     assert out[9].split()[:3] == ["blocks", "external", "x7:"] and "num_heads=16, expansion=4" in out[9]
-    assert len(out) == 10
+    assert out[10] == "  published weights (docs/weights.md):"
+    assert (
+        out[11] == "    pretrained='eamlp/EAMLP_7_384': 1000 classes, not stated (the code is Clear BSD, from T2T-ViT)"
+    )
+    assert len(out) == 12
 
 
 def test_info_json_through_the_command(capsys):

@@ -213,7 +213,7 @@ def test_stale_tmp_folders_are_removed_and_a_failed_save_removes_its_own(tmp_pat
         ("--weight-decay", "-0.1", "expected a finite number >= 0, got '-0.1'"),
         ("--save-every", "-1", "expected an integer >= 0, got '-1'"),
         ("--image-size", "8192", "expected an integer in 1..1024 (images are held in memory), got '8192'"),
-        ("--dist-timeout", "0", "expected a finite number > 0, got '0'"),
+        ("--dist-timeout", "0", "expected a number of seconds in 1..2592000 (30 days), got '0'"),
         ("--label-smoothing", "1", "expected a number in [0, 1), got '1'"),
         ("--seed", "-1", "expected an integer in 0..4294967295, got '-1'"),  # was "expected non-negative integer"
         ("--seed", "99999999999999999999", "expected an integer in 0..4294967295"),  # was "Overflow when unpacking"

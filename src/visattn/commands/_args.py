@@ -13,6 +13,8 @@ __all__ = [
     "nonneg_float",
     "fraction",
     "int_range",
+    "float_range",
+    "folder_name",
     "device_name",
     "add_model_option",
     "given_model",
@@ -60,6 +62,18 @@ fraction = _checked(_float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 def int_range(lo: int, hi: int, why: str = ""):
     """An integer in ``lo..hi`` (``why`` explains the upper bound in the message)."""
     return _checked(_int, lambda v: lo <= v <= hi, f"an integer in {lo}..{hi}{why}")
+
+
+def float_range(lo: float, hi: float, expected: str):
+    """A finite number in ``lo..hi``; ``expected`` says what it is ("a number of seconds in 1..60")."""
+    return _checked(_float, lambda v: lo <= v <= hi, expected)
+
+
+def folder_name(text: str) -> str:
+    """A non-empty path (an empty one would silently mean "write nothing")."""
+    if not text:
+        raise argparse.ArgumentTypeError(f"expected a folder name, got {text!r}")
+    return text
 
 
 def device_name(text: str) -> str:

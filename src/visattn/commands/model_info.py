@@ -15,9 +15,12 @@ def _fmt(v, unit: str = "", digits: int = 2) -> str:
 
 
 def run(name: str, as_json: bool = False) -> int:
+    from visattn.commands.convert_cmd import source_rows
+
     s = summarize(name)
+    weights = source_rows(name)
     if as_json:
-        print(json.dumps(s, indent=2))
+        print(json.dumps({**s, "weights": weights}, indent=2))
         return 0
     pub = s["published"]
     print(f"{name} ({s['family']}), input {tuple(s['input'])}, {s['num_classes']} classes")
@@ -37,4 +40,8 @@ def run(name: str, as_json: bool = False) -> int:
         for i, g in enumerate(groups):
             label = stage if i == 0 else ""
             print(f"    {label:<12} {g['mechanism']} x{g['count']}: {g['config']}")
+    print("  published weights (docs/weights.md):" if weights else "  published weights: none known")
+    for w in weights:
+        how = "backbone_pretrained" if w["part"] == "backbone" or name in w["backbone_of"] else "pretrained"
+        print(f"    {how}={w['name']!r}: {w['num_classes']} classes, {w['license']}")
     return 0

@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
+    from visattn.commands.tasks import say
     from visattn.train.generate import load_generator, sample_images, save_grid
 
     g = load_generator(args.run, ema=not args.no_ema)
@@ -48,5 +49,5 @@ def run(args) -> int:
         labels = torch.full((args.n,), args.label, dtype=torch.int64)
     images = sample_images(g, args.n, seed=args.seed, labels=labels)
     path = save_grid(images, args.out, nrow=args.nrow, scale=args.scale)
-    print(f"{args.n} samples (seed {args.seed}) written to {path}")
+    say(f"{args.n} samples (seed {args.seed}) written to {path}")
     return 0

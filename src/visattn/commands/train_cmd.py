@@ -9,9 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from visattn.commands._args import fraction, int_range, nonneg_float, nonneg_int, positive_float, positive_int
+from visattn.commands._args import (
+    float_range,
+    folder_name,
+    fraction,
+    int_range,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 from visattn.commands.tasks import add_task_argument, chosen, with_defaults
 from visattn.data.datasets import MAX_IMAGE_SIZE
+from visattn.train.engine import DIST_TIMEOUT_RANGE
 
 __all__ = ["add_parser", "add_train_arguments", "config_from_args", "run", "main"]
 
@@ -50,6 +60,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="JSON",
         help="extra model constructor arguments, a JSON object",
+    )
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="SOURCE",
+        help="start from published or converted weights (a file, an http(s) URL, hf-hub:ORG/REPO[:FILE] or a name "
+        "from `visattn convert --list`); a new classifier for the data's classes, the weights' normalisation "
+        "(docs/weights.md)",
     )
     p.add_argument(
         "--data",
@@ -120,14 +138,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output",
         "-o",
+        type=folder_name,
         default="runs/train",
         metavar="DIR",
-        help="checkpoints, metrics.jsonl, curves.png, model.safetensors, config.json",
+        help="checkpoints, metrics.jsonl, curves.png, model.safetensors, config.json, train.log",
     )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --output from its latest checkpoint (starts fresh if none)",
+        help="continue the run in --output from its latest checkpoint (starts fresh if the folder holds no run)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --output (its results, log and checkpoints; other files stay); "
+        "without it a folder holding a run is refused",
     )
     p.add_argument(
         "--save-every",
@@ -141,7 +166,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--dist-timeout",
-        type=positive_float,
+        type=float_range(*DIST_TIMEOUT_RANGE, "a number of seconds in 1..2592000 (30 days)"),
         default=600.0,
         metavar="SECONDS",
         help="under torchrun: give up (and name the silent rank where possible) when a peer process "
@@ -187,11 +212,13 @@ def config_from_args(args):
         seed=args.seed,
         output=args.output,
         resume=args.resume,
+        overwrite=args.overwrite,
         save_every=args.save_every,
         keep=args.keep,
         device=args.device,
         progress=not args.no_progress,
         dist_timeout=args.dist_timeout,
+        pretrained=args.pretrained,
     )
 
 

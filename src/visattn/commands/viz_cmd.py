@@ -34,7 +34,13 @@ def add_parser(sub) -> None:
         metavar=("Y", "X"),
         help="query pixel in the image (default: the centre)",
     )
-    p.add_argument("--weights", default=None, metavar="PATH", help="safetensors state dict of the model")
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="SOURCE",
+        help="safetensors state dict of the model, or published / converted weights (a URL, hf-hub:..., a name from "
+        "`visattn convert --list`, a checkpoint file): then their classes, input size and normalisation",
+    )
     p.add_argument(
         "--out",
         default="viz.png",

@@ -20,8 +20,13 @@ Spec strings (:func:`load_data`):
   are skipped; 16-bit greyscale images are converted by value (0..65535 -> 0..255); a file
   Pillow cannot read (corrupt, truncated) stops loading with an error naming every such file.
 
-Image sides are bounded by ``MAX_IMAGE_SIZE`` and a loader refuses data that would take
-over half the machine's memory, with a message giving the estimate.
+Every image read from a file (here, in segmentation folders, ``visattn predict`` and ``visattn
+viz``) is turned upright first: its EXIF orientation is applied, as viewers and labelling tools
+do (a phone's JPEG is stored sideways with a tag saying so).
+
+Image sides are bounded by ``MAX_IMAGE_SIZE`` and every loader (the built-in data sets too)
+refuses data that would take over half the machine's memory before building it, with a message
+giving the estimate.
 
 CIFAR-10's batch files are Python pickles. They are read with a restricted unpickler
 (:class:`_CifarUnpickler`) that resolves only the few globals numpy needs to rebuild an
@@ -203,15 +208,34 @@ def _physical_memory() -> int | None:
         return None
 
 
-def _check_memory(n: int, size: int, itemsize: int, what: str) -> None:
-    """Refuse to hold ``n`` images of 3 x size x size in memory when that needs over half the RAM."""
-    need, ram = n * 3 * size * size * itemsize, _physical_memory()
+def _fmt_size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_memory_bytes(need: int, what: str, hint: str) -> None:
+    """Refuse data that needs ``need`` bytes when that is over half the machine's memory:
+    "``what`` in memory needs <need>, over half of this machine's <RAM>; ``hint``"."""
+    ram = _physical_memory()
     if ram is not None and need > ram // 2:
         raise ValueError(
-            f"{what}: holding {n} images of 3x{size}x{size} ({itemsize} byte(s) per value) in memory "
-            f"needs {need / 2**30:.1f} GiB, over half of this machine's {ram / 2**30:.1f} GiB; "
-            "choose a smaller --image-size"
+            f"{what} in memory needs {_fmt_size(need)}, over half of this machine's {_fmt_size(ram)}; {hint}"
         )
+
+
+def _check_memory(n: int, size: int, itemsize: int, what: str) -> None:
+    """Refuse to hold ``n`` images of 3 x size x size in memory when that needs over half the RAM."""
+    check_memory_bytes(
+        n * 3 * size * size * itemsize,
+        f"{what}: holding {n} images of 3x{size}x{size} ({itemsize} byte(s) per value)",
+        "choose a smaller --image-size",
+    )
+
+
+def not_a_folder(path: Path, what: str, expected: str) -> OSError:
+    """The error for a data path that does not exist, or is a file where a folder is expected."""
+    if path.exists() and not path.is_dir():
+        return NotADirectoryError(f"{what} {str(path)!r} is a file, not a folder; {expected}")
+    return FileNotFoundError(f"{what} {str(path)!r} does not exist; {expected}")
 
 
 # ---------------------------------------------------------------------------
@@ -315,9 +339,10 @@ def _read_cifar_pickle(path: Path) -> dict:
 def _cifar_root(path: str | os.PathLike) -> Path:
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"CIFAR-10 directory {str(root)!r} does not exist; expected a folder holding "
-            f"{', '.join(CIFAR10_FILES)} (the extracted cifar-10-python.tar.gz)"
+        raise not_a_folder(
+            root,
+            "CIFAR-10 directory",
+            f"expected a folder holding {', '.join(CIFAR10_FILES)} (the extracted cifar-10-python.tar.gz)",
         )
     if not (root / "data_batch_1").exists() and (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
@@ -402,11 +427,25 @@ def _scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
+def upright(im):
+    """A Pillow image as displayed: its EXIF orientation applied (``ImageOps.exif_transpose``);
+    an image without one (or with an unreadable EXIF block) as it is."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: the pixels are still the image
+        return im
+    return im if orientation in (None, 1) else ImageOps.exif_transpose(im)
+
+
 def _to_rgb_uint8(im):
-    """Any Pillow image -> 8-bit RGB, converting by value: 16-bit and 32-bit integer greyscale
-    (modes I;16*, I) scale 0..65535 to 0..255; float greyscale (F) is taken as 0..1."""
+    """Any Pillow image -> upright (:func:`upright`) 8-bit RGB, converting by value: 16-bit and
+    32-bit integer greyscale (modes I;16*, I) scale 0..65535 to 0..255; float greyscale (F) is
+    taken as 0..1."""
     from PIL import Image
 
+    im = upright(im)
     if im.mode.startswith("I;16") or im.mode == "I":
         a = np.asarray(im, dtype=np.float64) / 65535.0
     elif im.mode == "F":
@@ -454,7 +493,7 @@ def load_image_folder(
         f"or {str(root)!r}/train/<class_name>/... with {str(root)!r}/test/<class_name>/..."
     )
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist; {layout}")
+        raise not_a_folder(root, "image folder", layout)
     size = image_size or 64
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:

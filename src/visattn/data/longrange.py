@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from visattn.data.datasets import DataBundle, ImageDataset, _channel_stats
+from visattn.data.datasets import DataBundle, ImageDataset, _channel_stats, _check_memory
 
 __all__ = [
     "PALETTE",
@@ -162,6 +162,8 @@ def load_longrange_dataset(
     ``seed + 1_000_003``). No augmentation by default: a random crop could push a mark
     closer to the other one's side, and a flip only swaps the two marks.
     """
+    _check(image_size, mark, num_colors)
+    _check_memory(train_size + test_size, image_size, 1, "longrange")
     tr_x, tr_y, tr_t = make_same_different(train_size, image_size, seed, num_colors=num_colors, mark=mark)
     te_x, te_y, te_t = make_same_different(test_size, image_size, seed + 1_000_003, num_colors=num_colors, mark=mark)
     train, test = ImageDataset(tr_x, tr_y), ImageDataset(te_x, te_y)

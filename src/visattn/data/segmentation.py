@@ -24,13 +24,18 @@ Spec strings (:func:`load_seg_data`):
   - ``PATH/train/{images,masks}`` and ``PATH/val/{images,masks}`` (or ``test``).
   - ``PATH/{images,masks}``: a seeded 80/20 split.
 
-  Image and mask share a stem (``a.jpg`` <-> ``a.png``). Class names come from
-  ``PATH/classes.txt`` (one per line) if present, else VOC's for the VOC layout, else
-  ``0..max`` from the largest mask value.
+  Image and mask share a stem (``a.jpg`` <-> ``a.png``). Images are turned upright by their
+  EXIF orientation (masks are drawn on the displayed image). Class names come from
+  ``PATH/classes.txt`` (one per line, unique) if present, else VOC's for the VOC layout, else
+  ``0..max`` from the largest mask value (``extra["classes_from"]`` names the mask); a largest
+  value that leaves over half of ``0..max`` unused (one anti-aliased or 16-bit stray pixel) is
+  refused, naming the mask and the value.
 
 Bad input is refused with a ``ValueError`` naming the file: an image without a mask (or a
 mask without an image), image and mask of different sizes, a mask value that is neither a
-class nor the ignore index, a colour (RGB) mask, an unreadable file.
+class nor the ignore index, a colour (RGB) mask, an unreadable file, duplicate class names.
+Both loaders estimate the memory the data needs before building it and refuse over half the
+machine's memory.
 """
 
 from __future__ import annotations
@@ -44,7 +49,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from visattn.data.datasets import IMAGE_EXTENSIONS, RGB, DataBundle, _rgb, _to_rgb_uint8, stratified_split
+from visattn.data.datasets import (
+    IMAGE_EXTENSIONS,
+    RGB,
+    DataBundle,
+    _rgb,
+    _to_rgb_uint8,
+    check_memory_bytes,
+    not_a_folder,
+    stratified_split,
+)
 from visattn.data.transforms import EpochBatches, normalize
 
 __all__ = [
@@ -248,9 +262,19 @@ class SegEpochBatches(EpochBatches):
         scale_range: tuple[float, float] = (0.5, 2.0),
         mean=(0.0,) * 3,
         std=(1.0,) * 3,
+        merge_single_last: bool = False,
     ):
         super().__init__(
-            data, batch_size, epoch, seed, rank=rank, world_size=world_size, augment="none", mean=mean, std=std
+            data,
+            batch_size,
+            epoch,
+            seed,
+            rank=rank,
+            world_size=world_size,
+            augment="none",
+            mean=mean,
+            std=std,
+            merge_single_last=merge_single_last,
         )
         self.crop_size = crop_size
         on = augment != "none"
@@ -260,7 +284,7 @@ class SegEpochBatches(EpochBatches):
 
     def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``i``: normalised images (B, 3, S, S) float32 and masks (B, S, S) int64."""
-        idx = self.indices[i * self.batch_size : (i + 1) * self.batch_size]
+        idx = self.batch_indices(i)
         a, d = self.seg_aug, self.data
         xs, ms = [], []
         for j in idx.tolist():
@@ -346,6 +370,13 @@ def load_digit_scenes(
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover - optional extra
         raise ImportError("the built-in digit scenes need scikit-learn: pip install 'visattn[data]'") from e
+    # uint8 images and int64 masks: 3 + 8 bytes per pixel (1024x1024 scenes: 26.9 GiB)
+    check_memory_bytes(
+        (n_train + n_test) * image_size * image_size * 11,
+        f"digit scenes: holding {n_train + n_test} images of {image_size}x{image_size} with their masks "
+        "(11 bytes per pixel)",
+        "choose a smaller --image-size",
+    )
     d = load_digits()
     scans = d.images.astype(np.float32) / 16.0
     tr, te = stratified_split(d.target, 0.2, seed)
@@ -460,6 +491,67 @@ def _voc_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _check_pairs_memory(root: Path, pairs: list[tuple[Path, Path]]) -> None:
+    """Estimate, from the image headers, the memory the pairs take once read (3 + 8 bytes per pixel)."""
+    from PIL import Image
+
+    pixels = 0
+    for img_path, _ in pairs:
+        try:
+            with Image.open(img_path) as im:
+                pixels += im.size[0] * im.size[1]
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            pass  # reading it names the file
+    check_memory_bytes(
+        pixels * 11,
+        f"segmentation folder {str(root)!r}: holding {len(pairs)} images of {pixels:,} pixels in all with their "
+        "masks (11 bytes per pixel)",
+        "use fewer or smaller images",
+    )
+
+
+def _read_classes(path: Path) -> list[str]:
+    """``classes.txt``: one unique class name per non-empty line."""
+    classes: list[str] = []
+    seen: dict[str, int] = {}
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in seen:
+            raise ValueError(
+                f"{str(path)!r}: class names must be unique, but {name!r} is on lines {seen[name]} and {i}"
+            )
+        seen[name] = i
+        classes.append(name)
+    return classes
+
+
+def _derive_classes(root: Path, datasets: list[SegDataset], ignore_index: int) -> tuple[list[str], str]:
+    """Classes ``0..max`` from the largest mask value (no classes.txt, not VOC), and where that
+    value is; refused when over half of ``0..max`` occurs in no mask (a stray value)."""
+    found: dict[int, tuple[int, str]] = {}  # value -> (pixels, first mask holding it)
+    for d in datasets:
+        for m, name in zip(d.masks, d.names or [""] * len(d)):
+            values, counts = torch.unique(m[(m != ignore_index) & (m >= 0)], return_counts=True)
+            for v, c in zip(values.tolist(), counts.tolist()):
+                pixels, first = found.get(v, (0, name))
+                found[v] = (pixels + c, first)
+    if not found:
+        return ["0"], "no labelled pixel"
+    top = max(found)
+    pixels, where = found[top]
+    if top + 1 - len(found) > (top + 1) // 2:
+        shown = ", ".join(str(v) for v in sorted(found)[:12]) + (", ..." if len(found) > 12 else "")
+        raise ValueError(
+            f"{str(root)!r}: without classes.txt the classes are 0..largest mask value, and the largest value "
+            f"{top} ({pixels} pixel{'s' if pixels != 1 else ''} of mask {where!r}) would make {top + 1} classes "
+            f"of which only {len(found)} values occur ({shown}): a stray value (an anti-aliased resize?) rather "
+            f"than classes; fix the mask or list the class names, one per line, in {str(root / 'classes.txt')!r}"
+        )
+    return [str(i) for i in range(top + 1)], f"largest mask value {top} (in {where!r})"
+
+
 def _read_pairs(pairs: list[tuple[Path, Path]], ignore_index: int) -> SegDataset:
     images, masks = [], []
     for img_path, mask_path in pairs:
@@ -500,7 +592,7 @@ def load_seg_folder(
         "{train,val}.txt (VOC), train/{images,masks}/ + val/{images,masks}/, or images/ + masks/"
     )
     if not root.is_dir():
-        raise FileNotFoundError(f"segmentation folder {str(root)!r} does not exist; {layouts}")
+        raise not_a_folder(root, "segmentation folder", layouts)
     classes: list[str] | None = None
     if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
         tr_pairs, te_pairs = _voc_pairs(root, "train"), _voc_pairs(root, "val")
@@ -523,12 +615,13 @@ def load_seg_folder(
         raise FileNotFoundError(f"no segmentation layout found; {layouts}")
     if not tr_pairs or not te_pairs:
         raise ValueError(f"{str(root)!r}: the train or test split has no image/mask pairs; {layouts}")
+    classes_from = "VOC" if classes is not None else None
     if (root / "classes.txt").is_file():
-        classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
+        classes, classes_from = _read_classes(root / "classes.txt"), str(root / "classes.txt")
+    _check_pairs_memory(root, tr_pairs + te_pairs)
     train, test = _read_pairs(tr_pairs, ignore_index), _read_pairs(te_pairs, ignore_index)
     if classes is None:
-        top = max(int(m[m != ignore_index].max()) if (m != ignore_index).any() else 0 for m in train.masks + test.masks)
-        classes = [str(i) for i in range(top + 1)]
+        classes, classes_from = _derive_classes(root, [train, test], ignore_index)
     if len(classes) < 2:
         raise ValueError(f"{str(root)!r}: need >= 2 classes, got {classes}")
     for ds in (train, test):
@@ -546,6 +639,7 @@ def load_seg_folder(
         mean,
         std,
         augment="crop+flip",
+        extra={"classes_from": classes_from},
         ignore_index=ignore_index,
         scale_range=(0.5, 2.0),
     )

@@ -75,6 +75,8 @@ class EpochBatches:
     (seeded with ``seed + epoch``; ``num_replicas=1`` in a single process), so a
     single process with batch ``B * N`` sees the union of what N processes with batch
     ``B`` see, step by step. ``start`` skips batches already consumed (resume).
+    ``merge_single_last=True`` (models with BatchNorm, which cannot train on one value per
+    channel) joins a last batch of one example to the batch before it.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class EpochBatches:
         mean=(0.0,) * 3,
         std=(1.0,) * 3,
         drop_last: bool = False,
+        merge_single_last: bool = False,
     ):
         self.data, self.batch_size = data, batch_size
         sampler: DistributedSampler[int] = DistributedSampler(
@@ -105,6 +108,9 @@ class EpochBatches:
         self.indices = torch.tensor(list(iter(sampler)), dtype=torch.int64)
         n = len(self.indices)
         self.num_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
+        self.merged_last = merge_single_last and not drop_last and n > 1 and n % batch_size == 1
+        if self.merged_last:
+            self.num_batches -= 1
         self.mean, self.std = mean, std
         self.aug = None
         if augment != "none":
@@ -113,9 +119,14 @@ class EpochBatches:
     def __len__(self) -> int:
         return self.num_batches
 
+    def batch_indices(self, i: int) -> torch.Tensor:
+        """Example indices of batch ``i`` (the last one holds one more when ``merged_last``)."""
+        end = len(self.indices) if self.merged_last and i == self.num_batches - 1 else (i + 1) * self.batch_size
+        return self.indices[i * self.batch_size : end]
+
     def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``i``: normalised images (B, 3, H, W) float32 and labels (B,)."""
-        idx = self.indices[i * self.batch_size : (i + 1) * self.batch_size]
+        idx = self.batch_indices(i)
         x, y = self.data.batch(idx)
         if self.aug is not None:
             x = random_crop_flip(x, self.aug.offsets[idx], self.aug.flips[idx], self.aug.pad)

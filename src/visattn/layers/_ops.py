@@ -42,3 +42,25 @@ def under_functorch(*tensors) -> bool:
     if torch.compiler.is_compiling():  # dynamo cannot trace the check (and handles torch.func itself)
         return False
     return any(t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+#: Work (FLOPs) of one chunk of query rows when a long attention call on the CPU is split: a
+#: fraction of a second, so Ctrl-C (seen by Python between chunks) stops the call promptly.
+CHUNK_FLOPS = 4 * 10**9
+
+
+def sdpa_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``scaled_dot_product_attention(q, k, v)`` for q (..., n, d), k (..., m, d), v (..., m, e).
+
+    On the CPU, outside a trace, export or compile, a call whose work exceeds
+    :data:`CHUNK_FLOPS` runs over blocks of query rows (each row's softmax is over all keys, so
+    the result is the same), which keeps a long call interruptible.
+    """
+    import torch.nn.functional as F
+
+    n = q.shape[-2]
+    per_row = 2 * k.shape[-2] * (q.shape[-1] + v.shape[-1]) * (q.numel() // max(1, n * q.shape[-1]))
+    rows = max(1, CHUNK_FLOPS // max(1, per_row))
+    if rows >= n or q.device.type != "cpu" or is_capturing():
+        return F.scaled_dot_product_attention(q, k, v)
+    return torch.cat([F.scaled_dot_product_attention(q[..., i : i + rows, :], k, v) for i in range(0, n, rows)], -2)

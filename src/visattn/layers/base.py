@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import time
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -31,6 +33,8 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_FLOPS",
     "DEFAULT_MAX_PARAMS",
+    "DEFAULT_MAX_SECONDS",
+    "cpu_flop_rate",
     "to_tokens",
     "rename_state_keys",
     "from_tokens",
@@ -83,15 +87,37 @@ DEFAULT_MAX_BYTES = 16 * 2**30
 DEFAULT_MAX_FLOPS = 2 * 10**13
 #: Largest parameter count one mechanism may build.
 DEFAULT_MAX_PARAMS = 10**8
+#: Longest estimated time (seconds) of one call on a CPU tensor: its FLOPs over this machine's
+#: measured matrix-product rate (:func:`cpu_flop_rate`), a lower bound of the real time.
+DEFAULT_MAX_SECONDS = 60
+# No CPU that runs torch is slower than this (FLOP/s): below it no measurement is needed.
+_SLOWEST_RATE = 1e9
 
-_LIMITS: contextvars.ContextVar[tuple[int | None, int | None, int | None]] = contextvars.ContextVar(
-    "visattn_work_limits", default=(DEFAULT_MAX_BYTES, DEFAULT_MAX_FLOPS, DEFAULT_MAX_PARAMS)
+_LIMITS: contextvars.ContextVar[tuple[int | None, int | None, int | None, int | None]] = contextvars.ContextVar(
+    "visattn_work_limits", default=(DEFAULT_MAX_BYTES, DEFAULT_MAX_FLOPS, DEFAULT_MAX_PARAMS, DEFAULT_MAX_SECONDS)
 )
 _UNSET = object()
 
 
+@functools.cache
+def _measured_rate(threads: int) -> float:
+    a = torch.full((256, 256), 0.5)  # no random numbers: the caller's RNG stays as it was
+    torch.mm(a, a)  # warm-up
+    reps, t0 = 0, time.perf_counter()
+    while reps < 3 or time.perf_counter() - t0 < 0.02:
+        torch.mm(a, a)
+        reps += 1
+    return 2 * 256**3 * reps / (time.perf_counter() - t0)
+
+
+def cpu_flop_rate() -> float:
+    """FLOP/s of a float32 matrix product on this machine's CPU with torch's current thread count
+    (measured once per thread count, in about 20 ms)."""
+    return _measured_rate(torch.get_num_threads())
+
+
 @contextlib.contextmanager
-def work_limit(max_bytes=_UNSET, max_flops=_UNSET, max_params=_UNSET) -> Iterator[None]:
+def work_limit(max_bytes=_UNSET, max_flops=_UNSET, max_params=_UNSET, max_seconds=_UNSET) -> Iterator[None]:
     """Change the work bounds inside a ``with`` block (``None`` or ``float("inf")`` lifts a bound).
 
     Example::
@@ -101,16 +127,22 @@ def work_limit(max_bytes=_UNSET, max_flops=_UNSET, max_params=_UNSET) -> Iterato
 
     The bounds live in a context variable: they apply to this thread / task only and are
     restored on exit. Defaults: :data:`DEFAULT_MAX_BYTES`, :data:`DEFAULT_MAX_FLOPS`,
-    :data:`DEFAULT_MAX_PARAMS`.
+    :data:`DEFAULT_MAX_PARAMS`, :data:`DEFAULT_MAX_SECONDS` (estimated seconds of one CPU call).
     """
     cur = list(_LIMITS.get())
-    for i, (name, v) in enumerate((("max_bytes", max_bytes), ("max_flops", max_flops), ("max_params", max_params))):
+    named = (
+        ("max_bytes", max_bytes),
+        ("max_flops", max_flops),
+        ("max_params", max_params),
+        ("max_seconds", max_seconds),
+    )
+    for i, (name, v) in enumerate(named):
         if v is _UNSET:
             continue
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):  # NaN too
             raise ValueError(f"work_limit: {name} must be a positive number or None, got {v!r}")
         cur[i] = None if v is None or v == float("inf") else int(v)  # inf: no bound, like None
-    token = _LIMITS.set((cur[0], cur[1], cur[2]))
+    token = _LIMITS.set((cur[0], cur[1], cur[2], cur[3]))
     try:
         yield
     finally:
@@ -133,19 +165,21 @@ def check_work(
     flops: float = 0,
     params: float = 0,
     device: torch.device | str | None = None,
+    nbytes_what: str = "for one intermediate",
 ) -> None:
     """Raise ``ValueError`` when an estimated cost exceeds the current :func:`work_limit`.
 
     ``owner`` names the module, ``what`` the work ("a 1024x1024 input", ...). ``flops`` is
-    bounded on CPU only; ``nbytes`` and ``params`` everywhere.
+    bounded on CPU only, as a count and as estimated time on this machine (``flops`` over
+    :func:`cpu_flop_rate`); ``nbytes`` and ``params`` everywhere.
     """
-    max_bytes, max_flops, max_params = _LIMITS.get()
+    max_bytes, max_flops, max_params, max_seconds = _LIMITS.get()
     lift = "run it inside `with visattn.work_limit(...)` with a larger bound or None to proceed"
     if max_params is not None and params > max_params:
         raise ValueError(f"{owner}: {what} builds {params:.3g} parameters, above the bound of {max_params:.3g}; {lift}")
     if max_bytes is not None and nbytes > max_bytes:
         raise ValueError(
-            f"{owner}: {what} needs an estimated {_fmt_bytes(nbytes)} for one intermediate, above "
+            f"{owner}: {what} needs an estimated {_fmt_bytes(nbytes)} {nbytes_what}, above "
             f"the bound of {_fmt_bytes(max_bytes)}; {lift}"
         )
     dev_type = torch.device(device).type if device is not None else "cpu"
@@ -154,6 +188,16 @@ def check_work(
             f"{owner}: {what} needs an estimated {flops:.3g} FLOPs on the CPU, above the bound "
             f"of {max_flops:.3g} (hours of work); {lift}"
         )
+    if max_seconds is not None and dev_type == "cpu" and flops > _SLOWEST_RATE * max_seconds:
+        rate = cpu_flop_rate()
+        if flops / rate > max_seconds:
+            t = flops / rate
+            took = f"{t / 3600:.1f} hours" if t >= 3600 else f"{t / 60:.1f} minutes" if t >= 60 else f"{t:.0f} s"
+            raise ValueError(
+                f"{owner}: {what} needs an estimated {flops:.3g} FLOPs, at least {took} on this machine's CPU "
+                f"({torch.get_num_threads()} thread(s), {rate / 1e9:.0f} GFLOP/s in a float32 matrix product), "
+                f"above the bound of {max_seconds:g} s; {lift}"
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -319,8 +363,24 @@ class SpatialAttention(nn.Module):
         """x: (B, C, H, W) -> (B, C_out, H, W)."""
         self._check_input(x)
         if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+            self._check_device(x)
             self._check_cost(x)
         return self._forward(x)
+
+    def _check_device(self, x: torch.Tensor) -> None:
+        """Refuse parameters on another device than the input (a meta-device build that was never
+        materialised would otherwise compute on uninitialised memory). The first parameter (or
+        buffer) stands for the module: one look per call."""
+        t: torch.Tensor | None = next(self.parameters(), None)
+        if t is None:
+            t = next(self.buffers(), None)
+        if t is not None and t.device != x.device:
+            where = (
+                "the meta device (never materialised: call .to_empty(device=...) and then reset_parameters())"
+                if t.is_meta
+                else str(t.device)
+            )
+            raise ValueError(f"{type(self).__name__}: its parameters are on {where}, the input on {x.device}")
 
     def _check_cost(self, x: torch.Tensor) -> None:
         """Refuse an input whose estimated cost is beyond :func:`work_limit` (see ``check_work``)."""

@@ -5,16 +5,16 @@ positions of a feature map as in ViT. Content-only (no positional term). Two
 implementations (``impl=``): ``"reference"`` writes out softmax_keys(Q K^T / sqrt(d)) V
 with the (B, h, n, n) attention matrix; ``"sdpa"`` (what ``"auto"`` always picks) is
 ``torch.nn.functional.scaled_dot_product_attention``, whose fused CPU and GPU kernels keep
-memory O(n d). Cost O(n^2 d) time either way.
+memory O(n d). Cost O(n^2 d) time either way. A long call on the CPU runs over blocks of query
+rows (:func:`visattn.layers._ops.sdpa_in_chunks`, the same result), so Ctrl-C stops it promptly.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from visattn.layers._ops import softmax_fp32
+from visattn.layers._ops import sdpa_in_chunks, softmax_fp32
 from visattn.layers.base import SpatialAttention, check_divisible, check_positive_int
 from visattn.registry import register_attention
 
@@ -97,7 +97,7 @@ class MultiHeadSelfAttention(SpatialAttention):
 
     def _forward_sdpa(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
-        o = F.scaled_dot_product_attention(q, k, v)  # softmax_keys(q k^T / sqrt(d)) v
+        o = sdpa_in_chunks(q, k, v)  # softmax_keys(q k^T / sqrt(d)) v; long CPU calls in chunks of query rows
         return self._output(o, x.shape[2], x.shape[3])
 
     def peak_intermediate_bytes(self, height: int, width: int, batch: int = 1, itemsize: int = 4) -> int:

@@ -229,6 +229,12 @@ class SlideAttention(SpatialAttention):
         W = W_fixed + W_learned, b = b_fixed + b_learned (b_fixed = 0). Idempotent; a no-op
         without deformed shifting. After the merge the state dict holds the merged kernel
         (load such a checkpoint into a module on which ``reparameterize()`` was called).
+
+        The merged kernel is frozen (``deform.weight.requires_grad`` False; un-merging, by
+        ``reset_parameters()`` or loading training weights, thaws it): an optimizer leaves it
+        alone, so weight decay cannot shrink the fixed shifts inside it while the rest trains on.
+        Thawed by hand it trains with the un-merged module's gradients (the fixed part is a
+        constant), but weight decay then also acts on the fixed shifts.
         """
         if self.deform is not None and not self.reparameterized:
             self.deform.weight.add_(self.shift_weight.to(self.deform.weight.dtype))
@@ -236,6 +242,8 @@ class SlideAttention(SpatialAttention):
         return self
 
     def _set_merged(self, merged: bool) -> None:
+        if self.deform is not None and merged != self.reparameterized:
+            self.deform.weight.requires_grad_(not merged)  # the merged kernel is frozen (see reparameterize)
         self.reparameterized = merged
         if self.deform is not None:
             with torch.no_grad():

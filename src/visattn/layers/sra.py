@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visattn.layers._ops import softmax_fp32
+from visattn.layers._ops import sdpa_in_chunks, softmax_fp32
 from visattn.layers.base import SpatialAttention, check_divisible, check_positive_int
 from visattn.registry import register_attention
 
@@ -107,7 +107,7 @@ class SpatialReductionAttention(SpatialAttention):
 
     def _forward_sdpa(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
-        return self._out(F.scaled_dot_product_attention(q, k, v), x.shape[2], x.shape[3])
+        return self._out(sdpa_in_chunks(q, k, v), x.shape[2], x.shape[3])  # long CPU calls in chunks of rows
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (B, h, n, d) from every position; k, v (B, h, m, d) from the reduced map."""

@@ -3,11 +3,18 @@
 Every registered model is a :class:`VisionModel`:
 
 * ``forward_features(x)``: (B, 3, H, W) -> final feature map (B, num_features, h, w);
-* ``forward_head(f, pre_logits=False)``: global average pool, optional norm, classifier;
+* ``forward_head(f, pre_logits=False)``: global average pool (or, in class-token mode, the
+  token), optional norm, classifier;
 * ``forward(x) = forward_head(forward_features(x))``;
 * ``reset_classifier(num_classes)``: new head (0 gives pooled features);
 * ``feature_info`` and ``forward_intermediates(x, indices, ...)``: the model's feature levels
   in timm's convention (see :mod:`visattn.models.features`).
+
+Class-token mode (``global_pool == "token"``; EAMLP's and the hierarchical family's
+``class_token=True``): a learned token at position 0 runs through the blocks with the map's
+tokens, as a 1 x (1 + h w) strip, and is read out for the head. Feature levels stay (B, C, h, w)
+maps of the patch tokens; ``forward_features`` returns the final strip (B, C, 1, 1 + h w), token
+first, so that ``forward_head(forward_features(x)) == forward(x)`` still holds.
 """
 
 from __future__ import annotations
@@ -22,11 +29,27 @@ from visattn.models.features import FeatureInfo
 __all__ = ["VisionModel", "TokenBlockLevels", "resolve_mixer", "check_images"]
 
 
-def check_images(owner: str, x, channels: int) -> None:
-    """Raise a ValueError naming ``owner`` unless ``x`` is a (B, channels, H, W) tensor."""
+def check_images(owner: str, x, channels: int, module: nn.Module | None = None) -> None:
+    """Raise an error naming ``owner`` unless ``x`` is a (B, channels, H, W) floating-point tensor
+    with H, W >= 1 (and, given ``module``, of its parameters' dtype, or under autocast)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{owner} expects images (B, {channels}, H, W), got {shape}")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{owner} expects images (B, {channels}, H, W) with H, W >= 1, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{owner} expects floating-point images (B, {channels}, H, W), got dtype {x.dtype}; convert "
+            f"{str(x.dtype).replace('torch.', '')} images with x.float() / 255 (and normalise them as in training)"
+        )
+    if module is None or torch.is_autocast_enabled(x.device.type):
+        return
+    p = next((t for t in module.parameters() if t.is_floating_point()), None)
+    if p is not None and p.dtype != x.dtype:
+        raise TypeError(
+            f"{owner} holds {p.dtype} parameters but got {x.dtype} images; convert the images with "
+            f"x.to({p.dtype}), or the model with model.to({x.dtype})"
+        )
 
 
 class VisionModel(nn.Module):
@@ -43,6 +66,8 @@ class VisionModel(nn.Module):
     num_features: int = 0
     in_chans: int = 3
     feature_info: FeatureInfo | None = None
+    #: "avg" (mean over the final map) or "token" (class-token mode: the strip's first position).
+    global_pool: str = "avg"
     norm: nn.Module
     head: nn.Module
     head_norm: nn.Module
@@ -62,12 +87,12 @@ class VisionModel(nn.Module):
         self.head = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _check_image(self, x: torch.Tensor, channels: int = 3) -> None:
-        check_images(type(self).__name__, x, channels)
+        check_images(type(self).__name__, x, channels, self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> final feature map (B, num_features, h, w)."""
         last = len(self._info()) - 1
-        return self._finish(self._levels(x, (last,), last)[last])
+        return self._finish_levels(self._levels(x, (last,), last), last)
 
     def _levels(self, x: torch.Tensor, take, stop: int) -> list:  # pragma: no cover - abstract
         """Run levels 0..stop; a list of stop + 1 entries: (B, C_i, H_i, W_i) for the levels in
@@ -77,6 +102,16 @@ class VisionModel(nn.Module):
     def _finish(self, f: torch.Tensor) -> torch.Tensor:
         """Last level map -> ``forward_features`` output (the final norm, if any)."""
         return f
+
+    def _finish_levels(self, levels: list, last: int) -> torch.Tensor:
+        """``forward_features`` output from ``_levels``' list: ``_finish`` of the last level. In
+        class-token mode ``_levels`` appends the token's output (B, C) after the levels; this
+        then returns the normed strip (B, C, 1, 1 + h w), token first."""
+        if len(levels) > last + 1 and levels[last + 1] is not None:
+            token, f = levels[last + 1], levels[last]
+            strip = torch.cat([token[:, :, None], f.flatten(2)], dim=2)[:, :, None]  # (B, C, 1, 1 + h w)
+            return self._finish(strip)
+        return self._finish(levels[last])
 
     def _prune_levels(self, keep: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -110,12 +145,12 @@ class VisionModel(nn.Module):
         last = len(info) - 1
         stop = take[-1] if intermediates_only else last
         levels = self._levels(x, take, stop)
-        final = None if intermediates_only else self._finish(levels[last])
+        final = None if intermediates_only else self._finish_levels(levels, last)
         feats = []
         for i in take:
             f = levels[i]
             if norm and i == last:
-                f = final if final is not None else self._finish(f)
+                f = final if final is not None else self._finish_levels(levels, last)
             feats.append(f.permute(0, 2, 3, 1) if output_fmt == "NHWC" else f)
         return feats if intermediates_only else (final, feats)
 
@@ -144,8 +179,10 @@ class VisionModel(nn.Module):
         return [m for _, m in self.named_mixers()]
 
     def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """f: (B, num_features, h, w) -> logits (B, num_classes), or pooled (B, num_features)."""
-        f = f.mean(dim=(2, 3))
+        """f: (B, num_features, h, w) -> logits (B, num_classes), or pooled (B, num_features).
+
+        Pooling: the mean over (h, w), or in class-token mode the token at (0, 0) of the strip."""
+        f = f[:, :, 0, 0] if self.global_pool == "token" else f.mean(dim=(2, 3))
         f = self.head_norm(f)
         f = self.head_drop(f)
         return f if pre_logits else self.head(f)

@@ -52,6 +52,7 @@ __all__ = [
     "config_from_kwargs",
     "config_builder",
     "remap_legacy_keys",
+    "check_token_mixer",
 ]
 
 
@@ -431,6 +432,30 @@ def init_backbone_weights(model: nn.Module, *, linear: bool = False, conv: bool 
                 nn.init.zeros_(m.bias)
         if conv and isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+def check_token_mixer(mixer: nn.Module, where: str) -> None:
+    """Refuse a mixer that cannot carry a class token (ValueError naming ``where``).
+
+    Class-token mode runs the blocks on a 1 x (1 + h w) strip of tokens, which only means the
+    same thing as the (h, w) map for a mechanism that sees no position and does not reduce over
+    the grid: a registered ``positional="none (content only)"`` mechanism without a spatial
+    reduction (``sr``, e.g. SRA with ``sr_ratio`` 1).
+    """
+    bad = [n for n, m in find_mixers(mixer) if not _content_only(m)]
+    if bad or not find_mixers(mixer):
+        name = getattr(type(mixer), "registry_name", type(mixer).__name__)
+        raise ValueError(
+            f"{where}: class_token=True needs a mechanism that sees no position and does not reduce over the "
+            f"grid (the token runs with the map as a 1 x (1 + h w) strip); {name!r} ({mixer.extra_repr()}) does"
+        )
+
+
+def _content_only(m: nn.Module) -> bool:
+    name = getattr(type(m), "registry_name", None)
+    return (
+        name is not None and attention_info(name).positional == "none (content only)" and getattr(m, "sr", None) is None
+    )
 
 
 # ---------------------------------------------------------------------------

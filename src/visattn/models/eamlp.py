@@ -20,8 +20,8 @@ Implemented, following the structure of the authors' released EAMLP code (read f
 
 Deliberate differences from the authors' code, each with its reason:
 
-* **No class token; mean pooling.** The spatial mixer is swappable for any registered
-  mechanism, and the mechanism contract is a (B, C, H, W) grid: a class token has no place on
+* **No class token; mean pooling** (by default; ``class_token=True`` below). The spatial mixer
+  is swappable for any registered mechanism, and the mechanism contract is a (B, C, H, W) grid: a class token has no place on
   the grid (a local or positional mechanism could not see it), so the head pools the final
   tokens instead (and ``forward_features`` returns a real feature map). With external
   attention the class token is the only thing that would differ: the tokens' updates are
@@ -39,7 +39,11 @@ Deliberate differences from the authors' code, each with its reason:
   size >= 3 pixels (the authors' table is fixed at the training resolution). At a resolution
   other than the default the 1-D encoding indexes tokens in row-major order.
 
-Not implemented: loading the authors' checkpoints (their key names and the class token differ).
+``class_token=True`` is the authors' readout: a learned token plus the position-0 sinusoid, put
+before the tokens and run through the blocks with them as a 1 x (1 + N) strip (external attention
+sees no position, so the strip is the same set of tokens), read out after the final norm. It
+loads the released EAMLP-7 weights exactly (docs/weights.md); the mean-pooled default differs
+from it by the token's effect on every other token through the softmax over positions.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from visattn.models.blocks import (
     Block,
     MixerOverride,
     Mlp,
+    check_token_mixer,
     coerce_overrides,
     config_builder,
     config_from_kwargs,
@@ -181,6 +186,8 @@ class EAMLPConfig:
         in_chans: image channels.
         img_size: input side the model is built for; fills ``max_resolution_arg`` of mechanisms
             that declare one (the token grid side at img_size) when not given.
+        class_token: the authors' class token (module docstring); needs position-agnostic
+            mechanisms (``positional="none (content only)"``) in every block.
     """
 
     embed_dim: int = 256
@@ -198,9 +205,12 @@ class EAMLPConfig:
     drop_path_rate: float = 0.0
     in_chans: int = 3
     img_size: int = 224
+    class_token: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "mixer_overrides", coerce_overrides(self.mixer_overrides))
+        if not isinstance(self.class_token, bool):
+            raise TypeError(f"class_token must be a bool, got {type(self.class_token).__name__} {self.class_token!r}")
         for name in ("embed_dim", "depth", "num_heads", "memory_size", "token_dim", "t2t_memory_size", "in_chans"):
             check_positive_int(name, getattr(self, name))
         check_divisible("embed_dim", self.embed_dim, "num_heads", self.num_heads)
@@ -274,6 +284,13 @@ class EAMLP(TokenBlockLevels, VisionModel):
         self._init_head(c, num_classes, cfg.drop_rate)
         # Authors: truncated normal (std 0.02) for every Linear; mechanisms keep their own init.
         init_backbone_weights(self, linear=True)
+        self.cls_token: nn.Parameter | None = None
+        if cfg.class_token:
+            for j, blk in enumerate(self.blocks):
+                check_token_mixer(blk.get_submodule("mixer"), f"stage 0 block {j}")
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+            self.global_pool = "token"
 
     def _levels(self, x: torch.Tensor, take, stop: int) -> list:
         self._check_image(x, self.in_chans)
@@ -281,7 +298,21 @@ class EAMLP(TokenBlockLevels, VisionModel):
             raise ValueError(f"EAMLP needs images of at least 3 x 3 pixels, got {tuple(x.shape[-2:])}")
         t, hw = self.stem(x)  # (B, N, C)
         t = t + sinusoid_positions(t.shape[1], self.embed_dim, device=t.device, dtype=t.dtype)
-        return self._run_blocks(t, hw, take, stop)
+        if self.cls_token is None:
+            return self._run_blocks(t, hw, take, stop)
+        # Class-token mode: the token (position 0 of the sinusoid) first, the blocks on the strip;
+        # levels are the patch tokens' maps, the token's output follows them.
+        token = self.cls_token + sinusoid_positions(1, self.embed_dim, offset=0, device=t.device, dtype=t.dtype)
+        t = torch.cat([token.expand(t.shape[0], -1, -1), t], dim=1)
+        out: list = [None] * (stop + 1)
+        for i, blk in enumerate(self.blocks):
+            if i > stop:
+                break
+            t = blk(t, (1, t.shape[1]))
+            if i in take or i == stop:
+                out[i] = from_tokens(t[:, 1:], hw)
+        out.append(t[:, 0])
+        return out
 
 
 def _eamlp(name: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, **published):

@@ -33,13 +33,18 @@ Registered configs (224 x 224, 1000 classes):
   published 12.2M parameters exactly, while dropping the stage 1-2 embeddings gives 11.9M).
 * ``pvt_t`` - PVT-T: SRA with R = 8, 4, 2, 1 and position embeddings in every stage.
 
-Not implemented: PVT's class token (the head pools tokens instead; 512 parameters), Swin's
-absolute position embedding option (off in Swin-T), dropout inside blocks.
+Options for loading the authors' weights exactly (docs/weights.md): ``norm_eps`` (PVT v1's blocks
+and final norm use LayerNorm eps 1e-6) and ``class_token`` (PVT v1's classifier: a learned token
+joins the last stage's tokens at position 0 and is read out for the head; the default pools the
+tokens instead).
+
+Not implemented: Swin's absolute position embedding option (off in Swin-T), dropout inside blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +58,7 @@ from visattn.models.base import VisionModel
 from visattn.models.blocks import (
     Block,
     MixerOverride,
+    check_token_mixer,
     coerce_overrides,
     config_builder,
     init_backbone_weights,
@@ -93,6 +99,13 @@ class HierarchicalConfig:
         in_chans: image channels.
         img_size: input side the model is built for; fills ``max_resolution_arg`` of mechanisms
             that declare one (stage i: ceil(img_size / (patch_size * 2^i))) when not given.
+        norm_eps: epsilon of the blocks' LayerNorms and the final norm (PVT v1: 1e-6); the patch
+            embedding and merging norms keep 1e-5, as in Swin and PVT.
+        class_token: a learned token (1, 1, C) joins the last stage's tokens at position 0 (after
+            its position embedding), runs through its blocks with them as a 1 x (1 + h w) strip,
+            and is read out for the head after the final norm (PVT v1's classifier). Needs
+            position-agnostic mechanisms in that stage (e.g. SRA with ``sr_ratio`` 1); see
+            :class:`~visattn.models.base.VisionModel` for the feature shapes.
     """
 
     embed_dims: tuple[int, ...]
@@ -109,9 +122,15 @@ class HierarchicalConfig:
     in_chans: int = 3
     img_size: int = 224
     mixer_overrides: tuple[MixerOverride, ...] = ()
+    norm_eps: float = 1e-5
+    class_token: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "mixer_overrides", coerce_overrides(self.mixer_overrides))
+        if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be a number > 0, got {self.norm_eps!r}")
+        if not isinstance(self.class_token, bool):
+            raise TypeError(f"class_token must be a bool, got {type(self.class_token).__name__} {self.class_token!r}")
         n = len(self.embed_dims)
         for name in ("depths", "num_heads", "mixers", "mlp_ratios", "pos_embed"):
             if len(getattr(self, name)) != n:
@@ -175,7 +194,8 @@ class Stage(nn.Module):
         self.pos_embed = pos_embed  # (1, C, h0, w0) at pos_embed_size, or None
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, token: torch.Tensor | None = None):
+        """``token`` (1, 1, C): class-token mode; then returns (map, token output (B, C))."""
         x = self.embed(x)  # (B, H, W, C)
         if self.pos_embed is not None:
             pe: torch.Tensor = self.pos_embed
@@ -184,8 +204,13 @@ class Stage(nn.Module):
             x = x + pe.permute(0, 2, 3, 1)
         b, h, w, c = x.shape
         t = x.reshape(b, h * w, c)  # tokens in row-major order
+        hw = (h, w)
+        if token is not None:  # the token first, then the map, as one 1 x (1 + h w) strip
+            t, hw = torch.cat([token.expand(b, -1, -1), t], dim=1), (1, 1 + h * w)
         for blk in self.blocks:
-            t = blk(t, (h, w))
+            t = blk(t, hw)
+        if token is not None:
+            return t[:, 1:].reshape(b, h, w, c), t[:, 0]
         return t.reshape(b, h, w, c)
 
 
@@ -223,6 +248,7 @@ class HierarchicalTransformer(VisionModel):
         stages, k, side = [], 0, cfg.pos_embed_size
         red = [cfg.patch_size * 2**i for i in range(len(dims))]
         plan = plan_mixers(cfg.depths, cfg.mixers, cfg.mixer_kwargs, cfg.mixer_overrides, attention, attn_kwargs)
+        norm_layer = functools.partial(nn.LayerNorm, eps=cfg.norm_eps)
         for i, dim in enumerate(dims):
             patch = cfg.patch_size if i == 0 else 2
             side = side // patch
@@ -235,14 +261,20 @@ class HierarchicalTransformer(VisionModel):
             for j, (name, kw) in enumerate(plan[i]):
                 size = math.ceil(cfg.img_size / red[i])
                 mixer = make_mixer(name, dim, kw, num_heads=cfg.num_heads[i], size=size, where=f"stage {i} block {j}")
-                blocks.append(Block(dim, mixer, int(dim * cfg.mlp_ratios[i]), drop_path=dpr[k]))
+                if cfg.class_token and i == len(dims) - 1:
+                    check_token_mixer(mixer, f"stage {i} block {j}")
+                blocks.append(Block(dim, mixer, int(dim * cfg.mlp_ratios[i]), drop_path=dpr[k], norm_layer=norm_layer))
                 k += 1
             stages.append(Stage(embed, blocks, pos))
         self.stages = nn.ModuleList(stages)
         self.feature_info = FeatureInfo(
             [{"num_chs": d, "reduction": cfg.patch_size * 2**i, "module": f"stages.{i}"} for i, d in enumerate(dims)]
         )
-        self.norm = nn.LayerNorm(dims[-1])
+        self.norm = norm_layer(dims[-1])
+        self.cls_token: nn.Parameter | None = None
+        if cfg.class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dims[-1]))
+            self.global_pool = "token"
         self._init_head(dims[-1], num_classes)
         self._init_weights()
 
@@ -254,17 +286,25 @@ class HierarchicalTransformer(VisionModel):
         for st in self.modules():
             if isinstance(st, Stage) and st.pos_embed is not None:
                 nn.init.trunc_normal_(st.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def _levels(self, x: torch.Tensor, take, stop: int) -> list:
-        # Level i: stage i's output, channels-last inside, returned as a (B, C, H, W) view.
+        # Level i: stage i's output, channels-last inside, returned as a (B, C, H, W) view; in
+        # class-token mode the token's output (B, C) follows when the last stage ran.
         self._check_image(x, self.cfg.in_chans)
         out: list = [None] * (stop + 1)
+        last = len(self.stages) - 1
         for i, st in enumerate(self.stages):
             if i > stop:
                 break
             if i > 0 and self.cfg.stem == "pvt":
                 x = x.permute(0, 3, 1, 2)  # the conv embedding takes (B, C, H, W)
-            x = st(x)
+            if i == last and self.cls_token is not None:
+                x, token = st(x, self.cls_token)
+                out.append(token)
+            else:
+                x = st(x)
             if i in take or i == stop:
                 out[i] = x.permute(0, 3, 1, 2)
         return out
@@ -274,6 +314,8 @@ class HierarchicalTransformer(VisionModel):
         return self.norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def _prune_levels(self, keep: int) -> None:
+        if keep < len(self.stages):  # the class token's stage is gone
+            self.cls_token = None
         self.stages = nn.ModuleList(list(self.stages)[:keep])
 
 

@@ -13,7 +13,10 @@ from visattn.flops import count_flops
 from visattn.models.blocks import find_mixers
 from visattn.registry import model_entry
 
-__all__ = ["build_default", "stage_of", "mechanisms_by_stage", "summarize", "named_mixers"]
+__all__ = ["build_default", "stage_of", "mechanisms_by_stage", "summarize", "named_mixers", "check_model_size"]
+
+# A class count above this is checked like a model option (the head grows with it).
+_MANY_CLASSES = 100_000
 
 
 def build_default(name: str, meta: bool = False) -> nn.Module:
@@ -32,6 +35,38 @@ def build_default(name: str, meta: bool = False) -> nn.Module:
         except (NotImplementedError, RuntimeError):
             pass
     return builder().eval()
+
+
+def check_model_size(
+    name: str,
+    num_classes: int | None = None,
+    attention: str | None = None,
+    attn_kwargs: dict | None = None,
+    **kwargs,
+) -> None:
+    """Refuse, before anything is allocated, options that make model ``name`` hold more parameter
+    bytes than :func:`visattn.work_limit`'s ``max_bytes`` (16 GiB by default), as mechanisms are bounded.
+
+    The model is built on the meta device (no memory) to count its parameters; that is done only
+    when options or mechanism arguments are given (or over 100,000 classes): the registered
+    defaults have known sizes. A model that cannot be built on the meta device is not checked.
+    """
+    from visattn.layers.base import check_work
+    from visattn.registry import create_model
+
+    if not kwargs and not attn_kwargs and (num_classes or 0) <= _MANY_CLASSES:
+        return
+    try:
+        with torch.device("meta"):
+            model = create_model(name, num_classes=num_classes, attention=attention, attn_kwargs=attn_kwargs, **kwargs)
+    except (NotImplementedError, RuntimeError):
+        return
+    n = sum(p.numel() for p in model.parameters())
+    opts = {**kwargs, **({"attn_kwargs": attn_kwargs} if attn_kwargs else {})}
+    if num_classes is not None and num_classes > _MANY_CLASSES:
+        opts["num_classes"] = num_classes
+    itemsize = torch.empty((), dtype=torch.get_default_dtype()).element_size()
+    check_work(name, f"building it with {opts} ({n:.3g} parameters)", nbytes=n * itemsize, nbytes_what="of parameters")
 
 
 def named_mixers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -7,13 +7,21 @@ name). It is the one weights writer: training runs and checkpoints write through
 parameters (one tensor reachable under several names, e.g. ``tie_memories=True``) are stored
 once and the other names recorded as aliases in the file's metadata; tensors that merely
 overlap in memory are stored as copies. :func:`load_weights` checks names and shapes before
-copying anything and says exactly what is missing, unexpected or of the wrong shape.
+copying anything and says exactly what is missing, unexpected or of the wrong shape, and refuses
+a tensor whose kind differs from the model's (floating-point weights stored as integers are not
+cast silently) and malformed ``visattn.aliases`` metadata, naming the file.
+
+Writing errors of the ``safetensors`` library (disk full, read-only file system) are raised as
+``OSError`` with their errno and the file's name (:func:`safetensors_os_errors`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -21,7 +29,7 @@ from torch import nn
 
 from visattn._io import atomic_path
 
-__all__ = ["save_weights", "load_weights", "LoadResult"]
+__all__ = ["save_weights", "load_weights", "LoadResult", "safetensors_os_errors"]
 
 _ALIASES = "visattn.aliases"
 
@@ -44,6 +52,20 @@ def _safetensors():
             "`pip install 'visattn[cli]'` (or `pip install safetensors`)"
         ) from e
     return save_file, load_file, safe_open
+
+
+@contextlib.contextmanager
+def safetensors_os_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an I/O failure inside ``safetensors`` (its ``SafetensorError`` "... (os error 28)")
+    into the ``OSError`` it is, with that errno and ``path``; other errors pass unchanged."""
+    try:
+        yield
+    except Exception as e:
+        m = re.search(r"\(os error (\d+)\)", str(e)) if type(e).__name__ == "SafetensorError" else None
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), os.fspath(path)) from e
 
 
 def _check_module(model) -> None:
@@ -98,8 +120,31 @@ def save_weights(
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
         meta[k] = v
-    with atomic_path(path, fsync=fsync) as tmp:
+    with atomic_path(path, fsync=fsync) as tmp, safetensors_os_errors(tmp):
         save_file(tensors, str(tmp), metadata=meta)
+
+
+def _kind(dtype: torch.dtype) -> str:
+    """floating, complex, bool or integer: a load may cast within a kind (float16 -> float32), not across."""
+    if dtype.is_floating_point:
+        return "floating"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "integer"
+
+
+def _aliases(meta: dict[str, str], path: str) -> dict[str, str]:
+    """The file's ``visattn.aliases`` metadata: a JSON object of tensor name -> stored name."""
+    text = meta.get(_ALIASES, "{}")
+    try:
+        aliases = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{path}: metadata {_ALIASES!r} is not valid JSON ({e}): {text[:100]!r}") from None
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise ValueError(
+            f"{path}: metadata {_ALIASES!r} must be a JSON object of tensor name -> stored name, got {text[:100]!r}"
+        )
+    return aliases
 
 
 def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
@@ -128,7 +173,7 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
 
     loaded = remap_legacy_keys(model, loaded)
     expected = model.state_dict()
-    aliases = json.loads(meta.get(_ALIASES, "{}"))
+    aliases = _aliases(meta, path)
     # ``safetensors.torch.save_model`` (used by visattn.train checkpoints) records each dropped
     # duplicate name as a top-level metadata entry {dropped: kept}.
     aliases.update({k: v for k, v in meta.items() if k in expected and k not in loaded and v in loaded})
@@ -158,6 +203,16 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> LoadResult:
     name = type(model).__name__
     if wrong:
         raise ValueError(f"{path}: shape mismatch for {len(wrong)} tensor(s) of {name}: " + "; ".join(wrong))
+    kinds = [
+        f"{k}: file {loaded[k].dtype}, model {expected[k].dtype}"
+        for k in expected
+        if k in loaded and _kind(loaded[k].dtype) != _kind(expected[k].dtype)
+    ]
+    if kinds:
+        raise ValueError(
+            f"{path}: {len(kinds)} tensor(s) of {name} are stored as another kind of number than the model "
+            f"holds (a cast would change their values): " + "; ".join(kinds[:10]) + (" ..." if len(kinds) > 10 else "")
+        )
     if strict and (missing or unexpected):
         parts = []
         if missing:

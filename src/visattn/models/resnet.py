@@ -19,7 +19,13 @@ Registered models:
   ``attn_kwargs={"intra_depth": 4, "local_scope": 7}`` 16.0M (paper: 16.0M);
 * ``resnet_tiny``: a 4-stage bottleneck network for 32 x 32 inputs (3x3 stem, no
   max-pool, one block per stage, 0.31M parameters for 10 classes) whose slot ``visattn compare`` fills
-  with each mechanism in turn.
+  with each mechanism in turn;
+* ``lambda_resnet26t`` / ``lambda_resnet50ts`` / ``lambda_resnet26rpt_256``: the layouts of timm's
+  LambdaResNets, whose ImageNet weights load exactly (docs/weights.md): tiered 3x3 stem 24-32-64,
+  lambda layers (k=16, h=4, u=1) only in the blocks timm puts them (26t/26rpt: stage 3 block 2,
+  stage 4; 50ts: stage 2 block 4, stage 3 blocks 2, 4, 6, stage 4 block 2), a 2x2 average pool
+  after the strided one, SiLU throughout in 50ts; a lambda convolution r=9 with a bias (26t,
+  50ts) or a global relative table over 256 x 256 inputs (26rpt).
 
 Not implemented: the LambdaResNet-101...420 scaling family (its deeper stages, image sizes
 and the conv stages they keep), squeeze-excitation, stochastic depth.
@@ -35,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from visattn.layers.base import check_positive_int
+from visattn.layers.base import check_choice, check_positive_int
 from visattn.models.base import VisionModel
 from visattn.models.blocks import (
     MixerOverride,
@@ -49,7 +55,7 @@ from visattn.models.features import FeatureInfo
 from visattn.models.pos_embed import ConvPosEmbed
 from visattn.registry import register_model
 
-__all__ = ["ResNetConfig", "ResNet", "Bottleneck", "LAMBDA_DEFAULTS"]
+__all__ = ["ResNetConfig", "ResNet", "Bottleneck", "LAMBDA_DEFAULTS", "LAMBDA_TIMM", "LAMBDA_TIMM_RPT"]
 
 #: The paper's ImageNet lambda layer: k=16, h=4, u=1, r=23.
 LAMBDA_DEFAULTS: dict[str, Any] = {"num_heads": 4, "key_dim": 16, "intra_depth": 1, "local_scope": 23}
@@ -58,6 +64,14 @@ _LAMBDA_PAPER = (
     "Bello, LambdaNetworks: Modeling Long-Range Interactions Without Attention (ICLR 2021, arXiv 2102.08602)"
 )
 _RESNET_PAPER = "He et al., Deep Residual Learning for Image Recognition (arXiv 1512.03385)"
+_TIMM_LAMBDA_PAPER = _LAMBDA_PAPER + "; layout of timm's lambda ResNets (Wightman, pytorch-image-models, byoanet.py)"
+
+#: Activations of the ``act`` option.
+_ACTS = ("relu", "silu")
+
+
+def _act(name: str) -> nn.Module:
+    return nn.SiLU(inplace=True) if name == "silu" else nn.ReLU(inplace=True)
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,16 @@ class ResNetConfig:
             that stage's slots whether or not it is in ``mixer_stages``.
         pos_embed: put a depthwise-conv position encoding (:class:`~visattn.models.pos_embed.ConvPosEmbed`,
             CPVT / PVTv2) before every mechanism in the slot; gives content-only mechanisms position.
+        multi_grid: DeepLab's multi-grid for the last stage, one factor per block: block j's
+            dilation is multiplied by ``multi_grid[j]`` (block 0's is the dilation it keeps from the
+            previous stage). The EANet authors' code: (1, 2, 4) at output stride 8 gives dilations
+            2, 8, 16 instead of 2, 4, 4.
+        stem_widths: the three widths of a 3x3-conv stem (each conv + BatchNorm + activation,
+            then the max-pool), e.g. timm's tiered stem (24, 32, 64); the last is ``stem_width``.
+            Implies the three-conv stem (``deep_stem``'s, with these widths).
+        act: the activation everywhere: "relu" or "silu" (timm's lambda_resnet50ts).
+        mixer_downsample: the pool after a mechanism in a strided block: "avg3x3" (3x3, stride 2,
+            padding 1: the LambdaNetworks paper) or "avg2x2" (2x2, stride 2: timm).
     """
 
     depths: tuple[int, ...] = (3, 4, 6, 3)
@@ -106,9 +130,30 @@ class ResNetConfig:
     img_size: int = 224
     pos_embed: bool = False
     mixer_overrides: tuple[MixerOverride, ...] = ()
+    multi_grid: tuple[int, ...] | None = None
+    stem_widths: tuple[int, ...] | None = None
+    act: str = "relu"
+    mixer_downsample: str = "avg3x3"
 
     def __post_init__(self):
         object.__setattr__(self, "mixer_overrides", coerce_overrides(self.mixer_overrides))
+        check_choice("act", self.act, _ACTS)
+        check_choice("mixer_downsample", self.mixer_downsample, ("avg3x3", "avg2x2"))
+        if self.multi_grid is not None:
+            grid = tuple(self.multi_grid)
+            if len(grid) != self.depths[-1] or not all(isinstance(g, int) and g >= 1 for g in grid):
+                raise ValueError(
+                    f"multi_grid needs one int >= 1 per block of the last stage ({self.depths[-1]}), "
+                    f"got {self.multi_grid!r}"
+                )
+        if self.stem_widths is not None:
+            widths = tuple(self.stem_widths)
+            if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
+                raise ValueError(f"stem_widths needs three ints >= 1, got {self.stem_widths!r}")
+            if widths[-1] != self.stem_width:
+                raise ValueError(f"stem_widths must end with stem_width={self.stem_width}, got {self.stem_widths!r}")
+            if self.small_stem:
+                raise ValueError("stem_widths describes the large (stride 4) stem; it cannot go with small_stem=True")
         if len(self.depths) != len(self.widths):
             raise ValueError(
                 f"depths and widths need one entry per stage, got {len(self.depths)} depths "
@@ -158,7 +203,8 @@ class Bottleneck(nn.Module):
     """1x1 -> 3x3 slot (conv or mechanism) -> 1x1, BatchNorm + ReLU, identity/projection shortcut.
 
     Shapes: (B, C_in, H, W) -> (B, width * expansion, H / stride, W / stride) (rounded up).
-    A mechanism in a strided block runs at stride 1 and is followed by AvgPool2d(3, 2, 1);
+    A mechanism in a strided block runs at stride 1 and is followed by AvgPool2d(3, 2, 1)
+    (``downsample="avg2x2"``: AvgPool2d(2, 2)); ``act`` names the activation;
     ``dilation`` applies to the 3x3 convolution only; ``size`` (the side of the slot's map at the
     model's ``img_size``) fills the mechanism's ``max_resolution_arg`` (:func:`~visattn.models.blocks.make_mixer`);
     ``where`` names the slot in its errors.
@@ -176,6 +222,8 @@ class Bottleneck(nn.Module):
         pos_embed: bool = False,
         size: int | None = None,
         where: str = "",
+        act: str = "relu",
+        downsample: str = "avg3x3",
     ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
@@ -187,11 +235,12 @@ class Bottleneck(nn.Module):
             attn = make_mixer(mixer, width, mixer_kwargs or {}, size=size, dim_out=width, where=where)
             if pos_embed:
                 attn = nn.Sequential(ConvPosEmbed(width), attn)
-            self.conv2 = attn if stride == 1 else nn.Sequential(attn, nn.AvgPool2d(3, stride, 1))
+            pool = nn.AvgPool2d(3, stride, 1) if downsample == "avg3x3" else nn.AvgPool2d(stride, stride)
+            self.conv2 = attn if stride == 1 else nn.Sequential(attn, pool)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
-        self.act = nn.ReLU(inplace=True)
+        self.act = _act(act)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(
@@ -244,25 +293,24 @@ class ResNet(VisionModel):
         if cfg.small_stem:
             s = cfg.small_stem_stride
             self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, w, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)
+                nn.Conv2d(in_chans, w, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(w), _act(cfg.act)
             )
             reduction = s
         else:
-            if cfg.deep_stem:
+            if cfg.deep_stem or cfg.stem_widths is not None:
+                w0, w1, _ = cfg.stem_widths if cfg.stem_widths is not None else (w // 2, w // 2, w)
                 convs = [
-                    nn.Conv2d(in_chans, w // 2, 3, stride=2, padding=1, bias=False),
-                    nn.BatchNorm2d(w // 2),
-                    nn.ReLU(inplace=True),
-                    nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(w // 2),
-                    nn.ReLU(inplace=True),
-                    nn.Conv2d(w // 2, w, 3, padding=1, bias=False),
+                    nn.Conv2d(in_chans, w0, 3, stride=2, padding=1, bias=False),
+                    nn.BatchNorm2d(w0),
+                    _act(cfg.act),
+                    nn.Conv2d(w0, w1, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(w1),
+                    _act(cfg.act),
+                    nn.Conv2d(w1, w, 3, padding=1, bias=False),
                 ]
             else:
                 convs = [nn.Conv2d(in_chans, w, 7, stride=2, padding=3, bias=False)]
-            self.stem = nn.Sequential(
-                *convs, nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)
-            )
+            self.stem = nn.Sequential(*convs, nn.BatchNorm2d(w), _act(cfg.act), nn.MaxPool2d(3, stride=2, padding=1))
             reduction = 2
         size = math.ceil(cfg.img_size / (cfg.small_stem_stride if cfg.small_stem else 4))
         info = [
@@ -290,6 +338,9 @@ class ResNet(VisionModel):
             for j in range(depth):
                 stride = stage_stride if j == 0 else 1
                 mixer, mixer_kwargs = mixers[i][j]
+                dilation = first_dil if j == 0 else dil
+                if cfg.multi_grid is not None and i == n - 1:
+                    dilation *= cfg.multi_grid[j]
                 blocks.append(
                     Bottleneck(
                         in_ch,
@@ -298,10 +349,12 @@ class ResNet(VisionModel):
                         stride,
                         mixer,
                         mixer_kwargs,
-                        dilation=first_dil if j == 0 else dil,
+                        dilation=dilation,
                         pos_embed=cfg.pos_embed,
                         size=size,
                         where=f"stage {i} block {j}",
+                        act=cfg.act,
+                        downsample=cfg.mixer_downsample,
                     )
                 )
                 in_ch = out_ch
@@ -424,3 +477,66 @@ def resnet_tiny(num_classes: int = 1000, attention: str | None = None, attn_kwar
     slot widths 16-32-64-128, outputs 32-64-128-256, feature map 4 x 4 at 32 x 32 input.
     ``attention=NAME`` puts any registered mechanism in every slot."""
     return _build(_TINY, num_classes, attention, attn_kwargs, "resnet_tiny", **kw)
+
+
+# ---------------------------------------------------------------------------
+# timm's lambda ResNets (ByobNet layouts), whose ImageNet weights load exactly
+# ---------------------------------------------------------------------------
+
+#: timm's LambdaLayer: k=16, h=4, u=1; a lambda convolution r=9 with a bias per key channel.
+LAMBDA_TIMM: dict[str, Any] = {
+    "num_heads": 4,
+    "key_dim": 16,
+    "intra_depth": 1,
+    "local_scope": 9,
+    "lambda_conv_bias": True,
+}
+#: ... its "rpt" form: a global relative table (max_size: the slot's map at img_size), no bias.
+LAMBDA_TIMM_RPT: dict[str, Any] = {**LAMBDA_TIMM, "local_scope": None, "lambda_conv_bias": False}
+
+
+def _timm_lambda(depths: tuple[int, ...], blocks: tuple[tuple[int, int], ...], lam: dict, act: str) -> ResNetConfig:
+    """The config of a timm lambda ResNet: lambda layers in ``blocks`` ((stage, block) pairs), 3x3 convs elsewhere."""
+    return ResNetConfig(
+        depths=depths,
+        stem_widths=(24, 32, 64),
+        act=act,
+        mixer_downsample="avg2x2",
+        mixer_stages=tuple(sorted({s for s, _ in blocks})),
+        mixer_overrides=tuple(MixerOverride(s, b, "lambda", dict(lam)) for s, b in blocks),
+        img_size=256,
+    )
+
+
+_TIMM_26 = ((2, 1), (3, 0), (3, 1))
+_TIMM_LAMBDA: dict[str, tuple[ResNetConfig, dict]] = {
+    "lambda_resnet26t": (_timm_lambda(_DEPTHS[26], _TIMM_26, LAMBDA_TIMM, "relu"), {"params_m": 10.96}),
+    "lambda_resnet50ts": (
+        _timm_lambda(_DEPTHS[50], ((1, 3), (2, 1), (2, 3), (2, 5), (3, 1)), LAMBDA_TIMM, "silu"),
+        {"params_m": 21.54},
+    ),
+    "lambda_resnet26rpt_256": (_timm_lambda(_DEPTHS[26], _TIMM_26, LAMBDA_TIMM_RPT, "relu"), {"params_m": 10.99}),
+}
+_TIMM_LAMBDA_TEST = {"widths": (8, 8, 16, 16), "stem_widths": (4, 4, 8), "stem_width": 8, "img_size": 64}
+
+
+def _register_timm_lambda(name: str, cfg: ResNetConfig, published: dict) -> None:
+    build = config_builder(name, ResNet, cfg, extra=("in_chans", "drop_rate"))
+    build.__doc__ = (
+        f"{name}: timm's layout (tiered stem 24-32-64, {cfg.act}, lambda in stage/block "
+        f"{[(o.stage, o.block) for o in cfg.mixer_overrides]}, 2x2 pool after a strided lambda); "
+        "see the module docstring and docs/weights.md."
+    )
+    register_model(
+        name,
+        family="resnet",
+        default_input=(3, 256, 256),
+        test_input=(3, 64, 64),
+        test_kwargs=_TIMM_LAMBDA_TEST,
+        published=published,
+        paper=_TIMM_LAMBDA_PAPER,
+    )(build)
+
+
+for _name, (_cfg, _published) in _TIMM_LAMBDA.items():
+    _register_timm_lambda(_name, _cfg, _published)

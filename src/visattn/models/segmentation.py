@@ -11,8 +11,9 @@ so ``attention=NAME`` swaps the mechanism of the backbone exactly as in classifi
   2048 -> 512 -> the external-attention module (:class:`~visattn.models.heads.ExternalAttentionHead`,
   S = 64) -> 3x3 conv-BN-ReLU 512 -> 256 -> Dropout2d(0.1) -> 1x1 classifier -> bilinear
   upsampling (align_corners=True, as the authors). Registered: ``eanet_r50``, ``eanet_r101``
-  (21 classes: PASCAL VOC). Differences from the authors' code: stage 4 has no multi-grid
-  (their blocks 2-3 use dilation 8 and 16, ours 4; parameters are the same), M_k and M_v are two
+  (21 classes: PASCAL VOC). Differences from the authors' code: stage 4 has no multi-grid by
+  default (their blocks 2-3 use dilation 8 and 16, ours 4; parameters are the same;
+  ``multi_grid=(1, 2, 4)`` gives theirs and their VOC weights load with it), M_k and M_v are two
   memories (``tie_memories=True`` for the code's tied ones), no auxiliary loss (neither has one).
   The paper publishes no parameter count; ours: 34.85M (R-50) and 53.84M (R-101) at 21 classes
   (tests/models/test_segmentation.py re-derives them by arithmetic).
@@ -75,7 +76,7 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_chans, H, W) -> logits (B, num_classes, H, W)."""
-        check_images(type(self).__name__, x, self.in_chans)
+        check_images(type(self).__name__, x, self.in_chans, self)
         logits = self.decode_head(self.backbone(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 

@@ -11,7 +11,10 @@ A checkpoint is written into a temporary folder, flushed (fsync), renamed into p
 (:func:`visattn._io.atomic_folder`), and only then does ``latest.json`` (itself written to a temporary file
 and renamed) point at it. A kill at any instant leaves either the previous checkpoint
 or the new one, never a half-written one. Older step folders are deleted after the
-pointer moves (the newest ``keep`` stay). An existing step folder is never overwritten.
+pointer moves (the newest ``keep`` stay); only the step folders the run itself wrote are
+deleted: ``latest.json`` records them (``"written"``), and any other folder in ``checkpoints/``
+(a user's ``step-00000020.bak``, a step folder of another run) is left alone. An existing step
+folder is never overwritten.
 Temporary folders ``.step-*.tmp-PID`` left by a failed or killed save are removed by the
 next save (those of this process or of a process that no longer runs), and a save that
 fails removes its own. Without ``latest.json`` the newest *complete* step folder (both
@@ -19,7 +22,9 @@ files present, readable safetensors headers) is the latest checkpoint; so is a c
 step folder newer than the one ``latest.json`` names (a kill between the rename and the pointer).
 
 :class:`RunLock` is an exclusive lock on a run folder (``DIR/.lock``, ``fcntl.flock``) that
-``visattn train`` holds for the whole run, so a second run on the same folder refuses.
+``visattn train`` holds for the whole run, so a second run on the same folder refuses. The lock
+file is opened without following a symbolic link (``O_NOFOLLOW``) and must be a regular file, so a
+planted link cannot make the lock truncate another file.
 
 Loading reads only safetensors (a JSON header plus raw tensor bytes) and JSON:
 no ``pickle``, no ``torch.load``. A file that is not safetensors is refused with a
@@ -34,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +49,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from visattn._io import atomic_folder, atomic_write_text, tmp_name
+from visattn.models.io import safetensors_os_errors
 
 __all__ = [
     "save_checkpoint",
@@ -128,7 +135,21 @@ class RunLock:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no advisory locks, run unlocked
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        refuse = f"the run folder's lock {str(self.path)!r} is a {{}}, not a regular file; refusing to {{}} it " + (
+            "(remove it if no run uses the folder)"
+        )
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EMLINK) and self.path.is_symlink():
+                raise ValueError(refuse.format("symbolic link", "follow")) from None
+            raise
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device or special file"
+            raise ValueError(refuse.format(kind, "use"))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -264,24 +285,39 @@ def save_checkpoint(
                 meta["scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
             if scaler is not None and scaler.is_enabled():
                 meta["scaler"] = scaler.state_dict()
-            save_file(tensors, str(tmp / "train_state.safetensors"), metadata={"json": json.dumps(meta)})
+            with safetensors_os_errors(tmp / "train_state.safetensors"):
+                save_file(tensors, str(tmp / "train_state.safetensors"), metadata={"json": json.dumps(meta)})
         # final did not exist (checked above; the run lock keeps it so): the rename never replaces a step
     except BaseException as e:
         if isinstance(e, OSError) and not isinstance(e, FileExistsError):
             where = e.filename or tmp_name(final)
             raise OSError(e.errno, f"cannot write checkpoint {name} ({e.strerror or e})", str(where)) from e
         raise
-    atomic_write_text(
-        root / "latest.json",
-        json.dumps(
-            {"dir": name, "format": FORMAT, **{k: state[k] for k in ("epoch", "step", "batch_in_epoch") if k in state}}
-        ),
-    )
-
-    olds = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name != name)
-    for p in olds[: max(0, len(olds) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
+    olds = sorted({n for n in _written(root) if n != name}, key=lambda n: int(n[5:]))
+    drop = olds[: max(0, len(olds) - (keep - 1))]
+    progress = {k: state[k] for k in ("epoch", "step", "batch_in_epoch") if k in state}
+    written = [n for n in olds if n not in drop] + [name]
+    atomic_write_text(root / "latest.json", json.dumps({"dir": name, "format": FORMAT, **progress, "written": written}))
+    for n in drop:  # only folders this run recorded (a step-* name inside checkpoints/, never a link)
+        p = root / n
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def _written(root: Path) -> list[str]:
+    """The step folders the run recorded in ``latest.json`` (``"written"``; a pointer written before
+    that record existed names one: its ``"dir"``). Names that are not ``step-<digits>`` are dropped."""
+    try:
+        info = json.loads((root / "latest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(info, dict):
+        return []
+    names = info.get("written", [info.get("dir")])
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and re.fullmatch(r"step-\d+", n)]
 
 
 def _complete(folder: Path) -> bool:

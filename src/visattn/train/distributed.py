@@ -72,7 +72,17 @@ def setup(device: str = "auto", timeout: float | None = 600.0) -> DistContext:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         td = None if timeout is None else datetime.timedelta(seconds=float(timeout))  # None: torch's default
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=td)
+        try:
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=td)
+        except RuntimeError as e:  # DistStoreError, DistNetworkError...: the others never came (in time)
+            from visattn.errors import PeerLost
+
+            limit = f"{timeout:g} s (--dist-timeout)" if timeout is not None else "torch's default timeout"
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            raise PeerLost(
+                f"rank {os.environ.get('RANK', '?')}: the {world} processes did not all join the process group "
+                f"at {where} within {limit}: {' '.join(str(e).split())[:300]}"
+            ) from None
         here = True
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, here, timeout)
 

@@ -25,7 +25,11 @@ import dataclasses
 import errno
 import json
 import math
+import numbers
 import os
+import re
+import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,8 +46,9 @@ from visattn.data import DataBundle, EpochBatches, load_data, normalize
 from visattn.data.datasets import MAX_IMAGE_SIZE
 from visattn.data.transforms import eval_indices
 from visattn.errors import NonFiniteLoss, VisattnError
+from visattn.models.info import check_model_size
 from visattn.models.io import save_weights
-from visattn.registry import create_model
+from visattn.registry import create_model, model_entry
 from visattn.train import distributed as D
 from visattn.train.checkpoint import (
     RunLock,
@@ -56,6 +61,11 @@ from visattn.train.checkpoint import (
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "lr_factor", "plot_curves"]
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+#: Bounds of ``dist_timeout`` (seconds): below 1 s the process group cannot even form; timedelta
+#: and the backends overflow on absurd values.
+DIST_TIMEOUT_RANGE = (1.0, 30 * 86400.0)
+# Files that hold a started or finished run's results (metrics.jsonl only when not empty).
+_RUN_FILES = ("config.json", "curves.png", "metrics.jsonl", "model.safetensors")
 AUGMENT_CHOICES = ("auto", "none", "crop", "crop+flip")
 # Options that must match for a resumed run to continue the same run.
 _RESUME_KEYS = (
@@ -75,6 +85,7 @@ _RESUME_KEYS = (
     "crop_pad",
     "seed",
     "precise_bn",
+    "pretrained",
 )
 
 
@@ -105,6 +116,7 @@ class TrainConfig:
     seed: int = 0
     output: str | None = "runs/train"
     resume: bool = False
+    overwrite: bool = False
     save_every: int = 0
     keep: int = 2
     checkpoints: bool = True
@@ -115,8 +127,15 @@ class TrainConfig:
     eval_batch_size: int | None = None
     precise_bn: int = 0
     dist_timeout: float = 600.0
+    #: Published or converted weights to start from (fine-tuning; docs/weights.md): a path, a URL,
+    #: hf-hub:ORG/REPO[:FILE] or a source name. Images are then normalised with their mean / std.
+    pretrained: str | None = None
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):  # numpy integers work as ints (and stay JSON-able)
+            v = getattr(self, f.name)
+            if isinstance(v, numbers.Integral) and not isinstance(v, (int, bool)):
+                setattr(self, f.name, int(v))
         for name in ("epochs", "batch_size", "keep"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -169,12 +188,24 @@ class TrainConfig:
             raise ValueError(f"save_every must be >= 0 (0: once per epoch), got {self.save_every}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.output is not None and (not isinstance(self.output, (str, os.PathLike)) or not os.fspath(self.output)):
+            raise ValueError(f"output must be None (write nothing) or a folder name, got {self.output!r}")
         if self.resume and not self.output:
             raise ValueError("resume needs an output directory holding the checkpoints")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other; give one")
+        t_lo, t_hi = DIST_TIMEOUT_RANGE
+        if not t_lo <= self.dist_timeout <= t_hi:
+            raise ValueError(
+                f"dist_timeout must be a number of seconds in {t_lo:.0f}..{t_hi:.0f} (30 days), "
+                f"got {self.dist_timeout!r}"
+            )
         for name in ("attn_kwargs", "model_kwargs"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, dict):
                 raise TypeError(f"{name} must be a dict, got {type(v).__name__}")
+        if self.pretrained is not None and (not isinstance(self.pretrained, str) or not self.pretrained):
+            raise TypeError(f"pretrained must be a weights source (a non-empty str) or None, got {self.pretrained!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -287,6 +318,24 @@ def _json_line(rec: dict) -> str:
     return json.dumps(_strict(rec), allow_nan=False)
 
 
+def _empty_file(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size == 0
+
+
+def _remove_run(out: Path) -> None:
+    """``overwrite``: remove the previous run's results, log and checkpoint folders; other files stay."""
+    for name in (*_RUN_FILES, "train.log"):
+        if (out / name).is_file() or (out / name).is_symlink():
+            (out / name).unlink()
+    root = out / "checkpoints"
+    if root.is_dir():
+        for p in root.iterdir():
+            if re.fullmatch(r"step-\d+", p.name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+        if (root / "latest.json").is_file():
+            (root / "latest.json").unlink()
+
+
 class Trainer:
     """One training run (see module docstring). Use :func:`train` unless you need hooks.
 
@@ -303,7 +352,13 @@ class Trainer:
     ``after_step(trainer)``, ``after_checkpoint(trainer, folder)``; during those calls
     ``trainer.model`` (unwrapped), ``trainer.epoch``, ``trainer.batch_in_epoch`` (batches
     done in the running epoch) and ``trainer.step`` (optimizer steps done) are current.
+
+    Rank 0 appends every message it logs to ``DIR/train.log`` as well as printing it; a
+    standard output that goes away (``visattn train ... | head``) stops the printing, not the run.
     """
+
+    #: The registry task of the models this trainer trains (a task plug-in sets its own).
+    task = "classify"
 
     def __init__(
         self, cfg: TrainConfig, data: DataBundle | None = None, callbacks: Sequence[Any] = (), bar_position: int = 0
@@ -317,6 +372,8 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.step = 0
+        self.out: Path | None = None
+        self._stdout_gone = False
 
     # -- small helpers -------------------------------------------------------
     def _call(self, event: str, *args) -> None:
@@ -326,10 +383,24 @@ class Trainer:
                 fn(self, *args)
 
     def _log(self, msg: str) -> None:
-        if self.cfg.verbose and self.dist.is_main:
+        """Append ``msg`` to ``DIR/train.log`` (rank 0) and print it (``verbose``) while stdout is open."""
+        if not self.dist.is_main:
+            return
+        if self.out is not None and self.out.is_dir():
+            path = self.out / "train.log"
+            try:
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(msg + "\n")
+            except OSError as e:
+                raise OSError(e.errno, f"cannot append to the run log ({e.strerror or e})", str(path)) from e
+        if self.cfg.verbose and not self._stdout_gone:
             from tqdm.auto import tqdm
 
-            tqdm.write(msg)
+            try:
+                tqdm.write(msg)
+                sys.stdout.flush()
+            except (BrokenPipeError, ValueError):  # the reader went away (or stdout was closed): keep training
+                self._stdout_gone = True
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -359,6 +430,7 @@ class Trainer:
             attention=cfg.attention,
             attn_kwargs=cfg.attn_kwargs,
             **(cfg.model_kwargs or {}),
+            **({"pretrained": cfg.pretrained} if cfg.pretrained else {}),
         )
 
     def _distribute(self, model: nn.Module) -> nn.Module:
@@ -423,8 +495,17 @@ class Trainer:
         return self.data
 
     # -- setup ---------------------------------------------------------------
+    def _check_task(self) -> None:
+        """Refuse, before any data is loaded, a model of another task (a segmentation model here)."""
+        task = model_entry(self.cfg.model).task
+        if task != self.task:
+            raise ValueError(
+                f"{self.cfg.model!r} is a {task} model, not a {self.task} model; train it with --task {task}"
+            )
+
     def _setup(self) -> None:
         cfg = self.cfg
+        self._check_task()
         self.device = self.dist.device
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         if self.data is None:
@@ -433,8 +514,16 @@ class Trainer:
         self.augment = b.augment if cfg.augment == "auto" else cfg.augment
         self.crop_pad = cfg.crop_pad if cfg.crop_pad is not None else max(1, b.image_size // 8)
 
+        kw = dict(attention=cfg.attention, attn_kwargs=cfg.attn_kwargs, **(cfg.model_kwargs or {}))
+        check_model_size(cfg.model, b.num_classes, **kw)  # options that would allocate terabytes: refused
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = self._build_model(b).to(self.device)
+        pcfg = getattr(self.model, "pretrained_cfg", None)
+        if pcfg:  # fine-tuning: normalise as the weights were trained
+            self.data = b = dataclasses.replace(b, mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]))
+            self._log(f"normalising with the weights' mean {b.mean} and std {b.std} ({cfg.pretrained})")
+        # BatchNorm cannot train on one value per channel: a last batch of one image joins the one before
+        self.merge_single_last = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         torch.manual_seed(cfg.seed + 1 + self.dist.rank)  # dropout etc. differ per rank
         if cfg.sync_bn and self.dist.distributed:
             if self.device.type != "cuda":
@@ -471,6 +560,7 @@ class Trainer:
             mean=b.mean,
             std=b.std,
             drop_last=self._drop_last,
+            merge_single_last=self.merge_single_last,
         )
 
     def _run_config(self) -> dict[str, Any]:
@@ -531,7 +621,7 @@ class Trainer:
         ck_root = self.out / "checkpoints"
         existing = latest_checkpoint(self.out) if ck_root.is_dir() else None
         if existing is None and ck_root.is_dir():
-            partial = sorted(p.name for p in ck_root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+            partial = sorted(p.name for p in ck_root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name))
             if partial:
                 raise ValueError(
                     f"{ck_root} holds step folders but none is a complete checkpoint "
@@ -540,7 +630,7 @@ class Trainer:
         if existing is not None and not self.cfg.resume:
             raise ValueError(
                 f"{self.out} already holds a checkpoint ({existing.name}); pass --resume to continue "
-                "that run or choose another --output"
+                "that run, --overwrite to replace it, or choose another --output"
             )
         if existing is None:
             if self.cfg.resume:
@@ -636,8 +726,11 @@ class Trainer:
             m.train()
         bs = self.cfg.batch_size
         n = min(len(b.train), num_batches * bs)
-        for i in range(0, n, bs):
-            x, _ = b.train.batch(torch.arange(i, min(i + bs, n)))
+        starts = list(range(0, n, bs))
+        if len(starts) > 1 and n - starts[-1] == 1:  # a last batch of one image joins the one before
+            starts.pop()
+        for i, j in zip(starts, starts[1:] + [n]):
+            x, _ = b.train.batch(torch.arange(i, j))
             with self._autocast():
                 self.model(normalize(x, b.mean, b.std).to(self.device))
         for m, mom in zip(bns, saved):
@@ -690,6 +783,8 @@ class Trainer:
                     raise NotADirectoryError(errno.ENOTDIR, "--output must be a directory, but it is a file", str(out))
                 out.mkdir(parents=True, exist_ok=True)
                 self._lock = RunLock(out).acquire()
+                if self.cfg.overwrite:
+                    _remove_run(out)
                 remove_stale_tmp(out)
             except (OSError, VisattnError) as e:
                 err = e
@@ -699,10 +794,27 @@ class Trainer:
         if float(failed) > 0:
             raise VisattnError(f"rank 0 could not open the run folder {str(out)!r}; see its message")
 
+    def _check_run_folder(self, out: Path) -> None:
+        """Refuse, before any work, a folder that holds a started or finished run's results but no
+        checkpoint (a checkpoint is for :meth:`_resume` to continue or refuse), unless ``overwrite``."""
+        if self.cfg.overwrite or not out.is_dir():
+            return
+        root = out / "checkpoints"
+        if root.is_dir() and any(p.is_dir() and re.fullmatch(r"step-\d+", p.name) for p in root.iterdir()):
+            return
+        found = [n for n in _RUN_FILES if (out / n).exists() and not (n == "metrics.jsonl" and _empty_file(out / n))]
+        if found:
+            raise ValueError(
+                f"{str(out)!r} holds a finished or started run ({', '.join(found)}) and no checkpoint to "
+                "resume; pass --overwrite to replace it or choose another --output"
+            )
+
     def _run(self) -> TrainResult:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        if cfg.output:
+            self._check_run_folder(Path(cfg.output))
         self._setup()
         self.out = Path(cfg.output) if cfg.output else None
         if self.out is not None:
@@ -763,7 +875,7 @@ class Trainer:
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             self._complete_record(rec)
-            self.history.append(rec)
+            self.history.append(_strict(rec))  # a measurement that could not be made is None, as in the file
             self._log(self._epoch_line(rec))
             if self.out is not None and self.dist.is_main:
                 path = self.out / "metrics.jsonl"
@@ -805,6 +917,7 @@ class Trainer:
                 "image_size": b.image_size,
                 "mean": list(b.mean),
                 "std": list(b.std),
+                "pretrained_cfg": getattr(self.model, "pretrained_cfg", None),
                 "world_size": self.dist.world_size,
                 "final": final,
             }

@@ -142,6 +142,10 @@ class GenTrainConfig(TrainConfig):
                     f"--task generate needs a generate model for {name}; {v!r} is a {model_entry(v).task} model "
                     f"(generate models: {', '.join(list_models('generate'))})"
                 )
+        if self.pretrained is not None:
+            raise ValueError(
+                f"--pretrained is not used by --task generate (G and D start from scratch), got {self.pretrained!r}"
+            )
         if self.precise_bn:
             raise ValueError(f"precise_bn is a classification option; --task generate takes 0, got {self.precise_bn}")
         if self.fid_features is not None and not isinstance(self.fid_features, str):

@@ -12,8 +12,10 @@ AdamW + warm-up/cosine schedule, mixed precision, ``torch.compile``, DDP under
 Each line of ``metrics.jsonl`` (strict JSON: no NaN) holds the engine's fields, where
 ``train_acc``/``test_acc`` are pixel accuracies over labelled pixels and
 ``images_per_s`` counts images, plus ``test_miou`` (mean IoU over the classes that occur
-in the test labels or predictions), ``test_pixel_acc`` and ``test_iou`` (class name ->
-IoU, null for a class absent from both).
+in the test labels or predictions), ``test_pixel_acc``, ``test_iou`` (class name ->
+IoU, null for a class absent from both) and ``test_iou_by_index`` (the same IoUs as a list,
+index = class). A test split without a labelled pixel has nothing to measure: its loss,
+accuracies and mIoU are null, and a warning says so.
 """
 
 from __future__ import annotations
@@ -105,18 +107,25 @@ def segmentation_metrics(conf: torch.Tensor, classes: Sequence[str] | None = Non
 
     IoU_c = TP / (TP + FP + FN); a class with TP + FP + FN = 0 (absent from labels and
     predictions) has IoU None and is left out of the mean. Pixel accuracy = trace / total.
+    ``iou`` keys the IoUs by class name, ``iou_by_index`` lists them by class index; class names
+    must be unique. With no labelled pixel at all, mIoU and pixel accuracy are None.
     """
     conf = conf.double()
     tp = conf.diag()
     union = conf.sum(0) + conf.sum(1) - tp
     names = list(classes) if classes is not None else [str(i) for i in range(conf.shape[0])]
-    iou = {n: (float(tp[i] / union[i]) if union[i] > 0 else None) for i, n in enumerate(names)}
-    present = [v for v in iou.values() if v is not None]
+    if len(names) != conf.shape[0]:
+        raise ValueError(f"{len(names)} class names for a {conf.shape[0]}x{conf.shape[0]} confusion matrix")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names must be unique, got {names!r}"[:300])
+    ious = [float(tp[i] / union[i]) if union[i] > 0 else None for i in range(len(names))]
+    present = [v for v in ious if v is not None]
     total = float(conf.sum())
     return {
-        "miou": sum(present) / len(present) if present else 0.0,
-        "pixel_acc": float(tp.sum()) / total if total > 0 else 0.0,
-        "iou": iou,
+        "miou": sum(present) / len(present) if present else None,
+        "pixel_acc": float(tp.sum()) / total if total > 0 else None,
+        "iou": dict(zip(names, ious)),
+        "iou_by_index": ious,
     }
 
 
@@ -161,6 +170,7 @@ class GlobalPixelCrossEntropy(nn.Module):
 class SegTrainer(Trainer):
     """One segmentation run (see module docstring); the engine's :class:`Trainer` with task hooks."""
 
+    task = "segment"
     cfg: SegTrainConfig
     criterion: GlobalPixelCrossEntropy
 
@@ -212,6 +222,7 @@ class SegTrainer(Trainer):
             scale_range=self.scale_range,
             mean=b.mean,
             std=b.std,
+            merge_single_last=self.merge_single_last,
         )
 
     def _run_config(self) -> dict[str, Any]:
@@ -228,12 +239,20 @@ class SegTrainer(Trainer):
 
     def _complete_record(self, rec: dict[str, Any]) -> None:
         ev = self._last_eval
-        rec.update(test_miou=ev["miou"], test_pixel_acc=ev["pixel_acc"], test_iou=ev["iou"])
+        rec.update(
+            test_miou=ev["miou"],
+            test_pixel_acc=ev["pixel_acc"],
+            test_iou=ev["iou"],
+            test_iou_by_index=ev["iou_by_index"],
+        )
         images = len(self._batches(self.epoch).indices) * self.dist.world_size
         rec["images_per_s"] = images / max(rec["train_time_s"], 1e-9)
+
+        def pct(v):
+            return "null" if v is None else f"{100 * v:.2f}%"
+
         self._log(
-            f"epoch {rec['epoch']}/{self.cfg.epochs}: test mIoU {100 * ev['miou']:.2f}% "
-            f"pixel accuracy {100 * ev['pixel_acc']:.2f}%"
+            f"epoch {rec['epoch']}/{self.cfg.epochs}: test mIoU {pct(ev['miou'])} pixel accuracy {pct(ev['pixel_acc'])}"
         )
 
     @torch.no_grad()
@@ -258,7 +277,13 @@ class SegTrainer(Trainer):
         conf = sums[1:].view(k, k)
         self._last_eval = segmentation_metrics(conf, b.classes)
         n = float(conf.sum())
-        return float(sums[0]) / max(n, 1.0), self._last_eval["pixel_acc"]
+        if n == 0:  # nothing to measure: null in metrics.jsonl, not 0
+            self._log(
+                f"warning: the test split has no labelled pixels (every mask pixel is the ignore index "
+                f"{self.cfg.ignore_index}): test loss, pixel accuracy and mIoU are null"
+            )
+            return math.nan, math.nan
+        return float(sums[0]) / n, float(self._last_eval["pixel_acc"])
 
 
 def train_segment(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CliTask", "COMMANDS", "table", "choices", "add_task_argument", "chosen", "with_defaults"]
+__all__ = ["CliTask", "COMMANDS", "table", "choices", "add_task_argument", "chosen", "with_defaults", "say", "percent"]
 
 #: One module per task; each defines ``TASK``. A new task adds its line here.
 _TASK_MODULES = [
@@ -148,3 +148,25 @@ def with_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> argp
         if current is None or isinstance(current, _ClassifyDefault):
             setattr(out, dest, value)
     return out
+
+
+def percent(v) -> str:
+    """A fraction as a percentage for a summary line; a metric with nothing to measure (None, NaN) says so."""
+    return "n/a (nothing to measure)" if v is None or v != v else f"{100 * v:.2f}%"
+
+
+def say(msg: str) -> None:
+    """Print the run's summary; a reader that went away (``| head``) does not fail a finished run."""
+    import sys
+
+    from visattn.cli import silence_stdout
+
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        silence_stdout()
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # pragma: no cover - flushed above
+        silence_stdout()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from visattn.commands.tasks import CliTask
+from visattn.commands.tasks import CliTask, percent, say
 
 __all__ = ["TASK", "train"]
 
@@ -17,8 +17,8 @@ def train(args: argparse.Namespace) -> int:
 
     res = run_training(config_from_args(args))
     if res.final and res.output is not None and os.environ.get("RANK", "0") == "0":
-        print(
-            f"test accuracy {100 * res.final['test_acc']:.2f}% after {res.final['epoch']} epochs; "
+        say(
+            f"test accuracy {percent(res.final['test_acc'])} after {res.final['epoch']} epochs; "
             f"weights, metrics and curves in {res.output}"
         )
     return 0

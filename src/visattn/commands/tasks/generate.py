@@ -6,7 +6,7 @@ import argparse
 import os
 
 from visattn.commands._args import int_range, nonneg_int, positive_float, positive_int
-from visattn.commands.tasks import CliTask, with_defaults
+from visattn.commands.tasks import CliTask, say, with_defaults
 from visattn.train.generate import GEN_DEFAULT_DATA, GenTrainConfig
 
 __all__ = ["TASK", "TRAIN_DEFAULTS", "train_options", "config_from_args", "train"]
@@ -119,7 +119,7 @@ def train(args: argparse.Namespace) -> int:
             if f.get("fid") is not None
             else "no FID"
         )
-        print(f"{fid} after {f.get('epoch', 0)} epochs; samples, weights and metrics in {res.output}")
+        say(f"{fid} after {f.get('epoch', 0)} epochs; samples, weights and metrics in {res.output}")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from visattn.commands.tasks import CliTask, with_defaults
+from visattn.commands.tasks import CliTask, percent, say, with_defaults
 from visattn.train.segment import SEG_DEFAULT_DATA, SEG_DEFAULT_MODEL, SegTrainConfig
 
 __all__ = ["TASK", "TRAIN_DEFAULTS", "train_options", "config_from_args", "train", "predict"]
@@ -61,8 +61,8 @@ def train(args: argparse.Namespace) -> int:
     res = train_segment(config_from_args(args))
     if res.final and res.output is not None and os.environ.get("RANK", "0") == "0":
         f = res.final
-        print(
-            f"test mIoU {100 * f['test_miou']:.2f}% (pixel accuracy {100 * f['test_pixel_acc']:.2f}%) "
+        say(
+            f"test mIoU {percent(f['test_miou'])} (pixel accuracy {percent(f['test_pixel_acc'])}) "
             f"after {f['epoch']} epochs; weights, metrics and curves in {res.output}"
         )
     return 0
