@@ -289,6 +289,11 @@ class GanTrainer(Trainer):
     model: GAN
     _signed_running = (False, True, False)  # [D loss sum, G loss sum (hinge: any sign), images]
     _drop_last = True  # equal-sized D batches: the hinge terms of real and fake weigh alike
+    task = "generate"
+
+    def _check_task(self) -> None:
+        """The generator and discriminator names are checked by :meth:`GenTrainConfig.validate`
+        (``"auto"`` picks them from the data's size)."""
 
     def __init__(
         self,
