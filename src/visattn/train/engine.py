@@ -58,7 +58,7 @@ from visattn.train.checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "lr_factor", "plot_curves"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "lr_factor", "plot_curves", "plot_panels"]
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 #: Bounds of ``dist_timeout`` (seconds): below 1 s the process group cannot even form; timedelta
@@ -283,35 +283,46 @@ def _deterministic(on: bool, device: torch.device):
         torch.backends.cudnn.deterministic = prev_det
 
 
-def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Loss and accuracy per epoch (train and test) as a PNG (a ``matplotlib.figure.Figure``:
-    no pyplot, no backend switch). Missing (non-finite) values are left out."""
+def plot_panels(
+    history: Sequence[dict],
+    path: str | os.PathLike,
+    panels: Sequence[tuple[str, Sequence[tuple[str, str, float]]]],
+    title: str = "",
+) -> None:
+    """Per-epoch curves as a PNG, one panel per ``(y label, [(record key, legend label, scale)])``
+    (a ``matplotlib.figure.Figure``: no pyplot, no backend switch). Missing values are left out."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    def col(key, scale=1.0):
-        return [math.nan if h.get(key) is None else scale * h[key] for h in history]
-
     ep = [h["epoch"] for h in history]
-    fig = Figure(figsize=(9, 3.6))
-    a1, a2 = fig.subplots(1, 2)
-    a1.plot(ep, col("train_loss"), "o-", label="train")
-    a1.plot(ep, col("test_loss"), "s-", label="test")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("loss")
-    a1.legend()
-    a2.plot(ep, col("train_acc", 100), "o-", label="train")
-    a2.plot(ep, col("test_acc", 100), "s-", label="test")
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("accuracy (%)")
-    a2.legend()
-    for a in (a1, a2):
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig = Figure(figsize=(4.5 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (ylabel, curves) in zip(axes, panels):
+        for (key, label, scale), marker in zip(curves, ("o-", "s-", "^-", "v-")):
+            ax.plot(ep, [math.nan if h.get(key) is None else scale * h[key] for h in history], marker, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if len(curves) > 1:
+            ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
+
+
+def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Loss and accuracy per epoch (train and test) as a PNG (see :func:`plot_panels`)."""
+    plot_panels(
+        history,
+        path,
+        [
+            ("loss", [("train_loss", "train", 1.0), ("test_loss", "test", 1.0)]),
+            ("accuracy (%)", [("train_acc", "train", 100.0), ("test_acc", "test", 100.0)]),
+        ],
+        title,
+    )
 
 
 def _json_line(rec: dict) -> str:

@@ -51,7 +51,7 @@ from visattn.data.generation import load_gen_data
 from visattn.errors import TrainingDiverged
 from visattn.models.gan import discriminator_for, hinge_d_loss, hinge_g_loss
 from visattn.registry import create_model, list_models, model_entry
-from visattn.train.engine import TrainConfig, Trainer, TrainResult
+from visattn.train.engine import TrainConfig, Trainer, TrainResult, plot_panels
 from visattn.train.gan_metrics import FEATURE_NOTE, ClassifierFeatures, generation_metrics
 
 __all__ = [
@@ -569,31 +569,16 @@ def train_fallback_features(
 
 
 def plot_gan_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """D and G losses and FID per epoch as a PNG (a ``matplotlib.figure.Figure``)."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    def col(key):
-        return [math.nan if h.get(key) is None else h[key] for h in history]
-
-    ep = [h["epoch"] for h in history]
-    fig = Figure(figsize=(9, 3.6))
-    a1, a2 = fig.subplots(1, 2)
-    a1.plot(ep, col("d_loss"), "o-", label="D (hinge)")
-    a1.plot(ep, col("g_loss"), "s-", label="G (hinge)")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("loss")
-    a1.legend()
-    a2.plot(ep, col("fid"), "o-")
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("FID (see config.json fid_features)")
-    for a in (a1, a2):
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    """D and G losses and FID per epoch as a PNG (see :func:`~visattn.train.engine.plot_panels`)."""
+    plot_panels(
+        history,
+        path,
+        [
+            ("hinge loss", [("d_loss", "D", 1.0), ("g_loss", "G", 1.0)]),
+            ("FID (see config.json fid_features)", [("fid", "FID", 1.0)]),
+        ],
+        title,
+    )
 
 
 def train_generate(
