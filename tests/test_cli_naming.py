@@ -173,7 +173,7 @@ def _subcommands() -> list[str]:
 
 
 def test_the_subcommands_are_the_ones_these_tests_cover():
-    assert _subcommands() == ["bench", "compare", "convert", "info", "list", "predict", "train", "viz"]
+    assert _subcommands() == ["bench", "compare", "convert", "info", "list", "predict", "sample", "train", "viz"]
 
 
 @pytest.mark.parametrize("command", _subcommands())

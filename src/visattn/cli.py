@@ -32,6 +32,7 @@ _COMMAND_MODULES = [
     "visattn.commands.compare_cmd",  # compare
     "visattn.commands.predict_cmd",  # predict
     "visattn.commands.convert_cmd",  # convert (published weights)
+    "visattn.commands.sample_cmd",  # sample
 ]
 
 

@@ -20,7 +20,7 @@ from visattn.flops import count_flops
 from visattn.models.info import build_default, mechanisms_by_stage
 from visattn.registry import list_models, model_entry
 
-__all__ = ["model_rows", "render", "main", "HEADER"]
+__all__ = ["model_rows", "render", "main", "HEADER", "documented_models"]
 
 HEADER = [
     "model",
@@ -49,7 +49,8 @@ takes `attention=NAME` to put another registered mechanism in its spatial-mixer 
 `visattn.create_model("eamlp_7", attention="mhsa")`. Published figures: see each model's
 `published` entry and the paper named in its registry entry; a top-1 measured at another
 resolution says so. Segmentation models (families `eanet` and `semantic_fpn`; see
-docs/segmentation.md) output per-pixel logits; their published figure is a mIoU.
+docs/segmentation.md) output per-pixel logits; their published figure is a mIoU. The GAN
+generators and discriminators (`visattn.list_models(task="generate")`) are in docs/generation.md.
 
 Every backbone family (ResNet, hierarchical, token transformer, EAMLP) is a config dataclass
 built from one kit (`visattn.models.blocks`; docs/architecture.md), and every config takes the
@@ -90,10 +91,15 @@ def _num(v, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def documented_models() -> list[str]:
+    """The models of the table: classification and segmentation (the GANs are in docs/generation.md)."""
+    return sorted(list_models("classify") + list_models("segment"))
+
+
 def model_rows(flops: bool = True) -> list[list[str]]:
-    """One row per registered model (see ``HEADER``); MACs are "?" when ``flops`` is False."""
+    """One row per model of :func:`documented_models` (see ``HEADER``); MACs are "?" when ``flops`` is False."""
     rows = []
-    for name in list_models():
+    for name in documented_models():
         e = model_entry(name)
         model = build_default(name, meta=True)
         params = sum(p.numel() for p in model.parameters()) / 1e6

@@ -8,7 +8,7 @@ held by another process, and a training run that stopped because its loss diverg
 
 from __future__ import annotations
 
-__all__ = ["VisattnError", "RunFolderLocked", "NonFiniteLoss", "PeerLost"]
+__all__ = ["VisattnError", "RunFolderLocked", "NonFiniteLoss", "TrainingDiverged", "PeerLost"]
 
 
 class VisattnError(Exception):
@@ -23,6 +23,12 @@ class RunFolderLocked(VisattnError):
 
 class NonFiniteLoss(VisattnError):
     """The training loss became NaN or infinite; the run stopped before the optimizer step."""
+
+    exit_code = 1
+
+
+class TrainingDiverged(VisattnError):
+    """A GAN run stopped because the discriminator won for good (G's loss stayed above a bound)."""
 
     exit_code = 1
 

@@ -202,7 +202,9 @@ class ModelEntry:
         published: published figures, e.g. {"params_m": 15.0, "macs_g": 4.6, "top1": 78.4}
             (segmentation models: "miou" and the data set in ``paper``).
         paper: citation.
-        task: "classify" (logits (B, num_classes)) or "segment" (logits (B, num_classes, H, W)).
+        task: "classify" (logits (B, num_classes)), "segment" (logits (B, num_classes, H, W)) or
+            "generate" (a GAN generator, z (B, z_dim) -> images, whose ``default_input`` is
+            (z_dim, 1, 1), or its discriminator, images -> logits (B,)).
     """
 
     name: str
@@ -216,7 +218,7 @@ class ModelEntry:
     task: str = "classify"
 
 
-TASKS = ("classify", "segment")
+TASKS = ("classify", "segment", "generate")
 _MODELS: dict[str, ModelEntry] = {}
 
 
@@ -255,7 +257,7 @@ def register_model(
 
 
 def list_models(task: str | None = None) -> list[str]:
-    """Names of every registered model (or of those for ``task``: "classify" / "segment"), sorted."""
+    """Names of every registered model (or of those for ``task``: "classify" / "segment" / "generate"), sorted."""
     _ensure_loaded()
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS} or None, got {task!r}")

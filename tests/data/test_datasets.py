@@ -48,7 +48,7 @@ def test_digits_at_native_size_are_the_scans():
 
 
 def test_bad_spec_errors():
-    with pytest.raises(ValueError, match="'digits', 'cifar10:PATH' or 'folder:PATH', got 'mnist'"):
+    with pytest.raises(ValueError, match="'digits', 'cifar10:PATH', 'folder:PATH' or 'tinyimagenet:PATH', got 'mnist'"):
         load_data("mnist")
     with pytest.raises(
         ValueError,

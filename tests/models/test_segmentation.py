@@ -29,8 +29,11 @@ def n_params(model):
 def test_registered_segmentation_models():
     assert SEG == ["eanet_r101", "eanet_r50", "fpn_pvt_t", "fpn_resnet_tiny", "fpn_slide_pvt_t", "semantic_fpn"]
     assert not set(SEG) & set(visattn.list_models(task="classify"))
-    assert sorted(SEG + visattn.list_models(task="classify")) == visattn.list_models()
-    with pytest.raises(ValueError, match=r"task must be one of \('classify', 'segment'\) or None, got 'detect'"):
+    gen = visattn.list_models(task="generate")
+    assert sorted(SEG + visattn.list_models(task="classify") + gen) == visattn.list_models()
+    with pytest.raises(
+        ValueError, match=r"task must be one of \('classify', 'segment', 'generate'\) or None, got 'detect'"
+    ):
         visattn.list_models(task="detect")
 
 

@@ -10,6 +10,8 @@ small plug-in per task (:class:`TaskPlugin` in :mod:`visattn.compare.plugin`, re
   top of the output folder.
 * ``segment`` (:mod:`visattn.compare.segment`): ``fpn_resnet_tiny`` on digit scenes, test mIoU
   and pixel accuracy; writes into ``OUT/segment/``.
+* ``generate`` (:mod:`visattn.compare.generate`): a SAGAN per mechanism on mirrored digit pairs,
+  FID and KID on one shared fallback feature network; writes into ``OUT/generate/``.
 
 ``compare(mechanisms, task="segment", ...)`` runs any of them; docs/architecture.md "Add a
 task" shows how to add one.
@@ -54,6 +56,8 @@ __all__ = [
     "REACH_OVERRIDES",
     "RUN_MARKER",
     "SEG_TASKS",
+    "GEN_TASKS",
+    "GenerateTask",
     "SHALLOW_TINY",
     "TASKS",
     "ClassifyTask",
@@ -80,3 +84,6 @@ __all__ = [
     "write_json",
     "write_plot",
 ]
+
+# After segment: the plug-ins register in this order (compare's --task choices).
+from visattn.compare.generate import GEN_TASKS, GenerateTask

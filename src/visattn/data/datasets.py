@@ -13,6 +13,7 @@ Spec strings (:func:`load_data`):
 * ``cifar10:PATH`` — CIFAR-10 in its standard "python version" layout: ``PATH`` holds
   ``data_batch_1`` ... ``data_batch_5``, ``test_batch`` and ``batches.meta`` (or the
   ``cifar-10-batches-py`` folder inside ``PATH``).
+* ``tinyimagenet:PATH`` — Tiny ImageNet's own layout (:mod:`visattn.data.tinyimagenet`).
 * ``folder:PATH`` — ``PATH/<class_name>/*.png|jpg|jpeg|bmp|webp`` read with Pillow; if
   ``PATH/train`` and ``PATH/test`` (or ``PATH/val``) exist they are the split, otherwise a
   seeded stratified split is drawn. Hidden files and folders (``.x``, macOS ``._x.png``)
@@ -547,8 +548,14 @@ def load_data(spec: str, image_size: int | None = None, seed: int = 0) -> DataBu
         return load_cifar10(path, image_size)
     if kind == "folder" and path:
         return load_image_folder(path, image_size, seed=seed)
+    if kind == "tinyimagenet" and path:  # Tiny ImageNet's own layout, see visattn.data.tinyimagenet
+        from visattn.data.tinyimagenet import load_tiny_imagenet
+
+        return load_tiny_imagenet(path, image_size)
     if kind == "longrange" and not path:  # built-in long-range task, see visattn.data.longrange
         from visattn.data.longrange import load_longrange_dataset
 
         return load_longrange_dataset(image_size or 16, seed=seed)
-    raise ValueError(f"data spec must be 'longrange', 'digits', 'cifar10:PATH' or 'folder:PATH', got {spec!r}")
+    raise ValueError(
+        f"data spec must be 'longrange', 'digits', 'cifar10:PATH', 'folder:PATH' or 'tinyimagenet:PATH', got {spec!r}"
+    )

@@ -117,7 +117,8 @@ def summarize(name: str) -> dict:
     entry = model_entry(name)
     model = build_default(name)
     params = sum(p.numel() for p in model.parameters())
-    x = torch.randn(1, *entry.default_input)
+    example = getattr(model, "example_input", None)  # a generator takes noise, not images
+    x = example(1) if callable(example) else torch.randn(1, *entry.default_input)
     with torch.no_grad():
         flops = count_flops(model, x)
     return {

@@ -58,7 +58,7 @@ from visattn.train.checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "lr_factor", "plot_curves"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "lr_factor", "plot_curves", "plot_panels"]
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")
 #: Bounds of ``dist_timeout`` (seconds): below 1 s the process group cannot even form; timedelta
@@ -283,35 +283,46 @@ def _deterministic(on: bool, device: torch.device):
         torch.backends.cudnn.deterministic = prev_det
 
 
-def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Loss and accuracy per epoch (train and test) as a PNG (a ``matplotlib.figure.Figure``:
-    no pyplot, no backend switch). Missing (non-finite) values are left out."""
+def plot_panels(
+    history: Sequence[dict],
+    path: str | os.PathLike,
+    panels: Sequence[tuple[str, Sequence[tuple[str, str, float]]]],
+    title: str = "",
+) -> None:
+    """Per-epoch curves as a PNG, one panel per ``(y label, [(record key, legend label, scale)])``
+    (a ``matplotlib.figure.Figure``: no pyplot, no backend switch). Missing values are left out."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    def col(key, scale=1.0):
-        return [math.nan if h.get(key) is None else scale * h[key] for h in history]
-
     ep = [h["epoch"] for h in history]
-    fig = Figure(figsize=(9, 3.6))
-    a1, a2 = fig.subplots(1, 2)
-    a1.plot(ep, col("train_loss"), "o-", label="train")
-    a1.plot(ep, col("test_loss"), "s-", label="test")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("loss")
-    a1.legend()
-    a2.plot(ep, col("train_acc", 100), "o-", label="train")
-    a2.plot(ep, col("test_acc", 100), "s-", label="test")
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("accuracy (%)")
-    a2.legend()
-    for a in (a1, a2):
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig = Figure(figsize=(4.5 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (ylabel, curves) in zip(axes, panels):
+        for (key, label, scale), marker in zip(curves, ("o-", "s-", "^-", "v-")):
+            ax.plot(ep, [math.nan if h.get(key) is None else scale * h[key] for h in history], marker, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if len(curves) > 1:
+            ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
+
+
+def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Loss and accuracy per epoch (train and test) as a PNG (see :func:`plot_panels`)."""
+    plot_panels(
+        history,
+        path,
+        [
+            ("loss", [("train_loss", "train", 1.0), ("test_loss", "test", 1.0)]),
+            ("accuracy (%)", [("train_acc", "train", 100.0), ("test_acc", "test", 100.0)]),
+        ],
+        title,
+    )
 
 
 def _json_line(rec: dict) -> str:
@@ -338,6 +349,15 @@ def _remove_run(out: Path) -> None:
 
 class Trainer:
     """One training run (see module docstring). Use :func:`train` unless you need hooks.
+
+    A task is a subclass that overrides task hooks, never the loop: ``_setup`` (data),
+    ``_build_model``, ``_distribute`` (DDP wrapping), ``_build_optimizer``, ``_batches``,
+    ``_train_step`` (one optimizer step, returns the 3 running sums; ``_signed_running`` says
+    which may be negative), ``_batch_sums``, ``_train_fields``, ``_eval_fields`` / ``evaluate``,
+    ``_complete_record``, ``_epoch_line``, ``_bar_fields``, ``_plot``, ``_run_config`` (options a
+    resume must match) and ``_finish``. :class:`~visattn.train.segment.SegTrainer` (one network)
+    and :class:`~visattn.train.generate.GanTrainer` (G, D, an EMA of G, two learning rates) are
+    the examples.
 
     ``callbacks`` are objects with any of ``after_backward(trainer)``,
     ``after_step(trainer)``, ``after_checkpoint(trainer, folder)``; during those calls
@@ -407,6 +427,78 @@ class Trainer:
     def _complete_record(self, rec: dict[str, Any]) -> None:
         """Add task-specific figures to an epoch's metrics record, in place, before it is logged."""
 
+    #: Which of the 3 running sums may be negative (a checkpoint's are checked against it).
+    _signed_running: tuple[bool, bool, bool] = (False, False, False)
+    #: Leave out an epoch's last, smaller batch.
+    _drop_last: bool = False
+
+    def _build_model(self, b: DataBundle) -> nn.Module:
+        """The model to train (seeded by the caller), before it moves to the device."""
+        cfg = self.cfg
+        return create_model(
+            cfg.model,
+            num_classes=b.num_classes,
+            attention=cfg.attention,
+            attn_kwargs=cfg.attn_kwargs,
+            **(cfg.model_kwargs or {}),
+            **({"pretrained": cfg.pretrained} if cfg.pretrained else {}),
+        )
+
+    def _distribute(self, model: nn.Module) -> nn.Module:
+        """Under torchrun: what ``self.net`` is (the model in DistributedDataParallel)."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW, no weight decay on biases and norm parameters."""
+        cfg = self.cfg
+        return torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, batch: int, num_batches: int) -> torch.Tensor:
+        """One optimizer step on batch ``batch`` of ``num_batches`` (x, y on the device); returns
+        this process's running sums of the batch (see :meth:`_batch_sums`). The scheduler step and
+        the step count are the loop's."""
+        cfg = self.cfg
+        with self._autocast():
+            logits = self.fwd(x)
+            loss = self.criterion(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self._call("after_backward")
+        self._stop_if_not_finite(float(loss.detach()), batch, num_batches)
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return self._batch_sums(loss, logits, y)
+
+    def _train_fields(self, tot: torch.Tensor) -> dict[str, Any]:
+        """An epoch record's training figures from the running sums over every process."""
+        return {"train_loss": float(tot[0] / tot[2]), "train_acc": float(tot[1] / tot[2])}
+
+    def _bar_fields(self, running: torch.Tensor) -> dict[str, object]:
+        """The progress bar's figures from this process's running sums."""
+        return {"loss": f"{running[0] / running[2]:.3f}", "acc": f"{running[1] / running[2]:.3f}"}
+
+    def _eval_fields(self) -> dict[str, Any]:
+        """An epoch record's evaluation figures (classification: test loss and accuracy)."""
+        test_loss, test_acc = self.evaluate()
+        return {"test_loss": test_loss, "test_acc": test_acc}
+
+    def _epoch_line(self, rec: dict[str, Any]) -> str:
+        """The log line of a finished epoch."""
+        return (
+            f"epoch {rec['epoch']}/{self.cfg.epochs}: train loss {rec['train_loss']:.4f} "
+            f"acc {100 * rec['train_acc']:.2f}% | test loss {rec['test_loss']:.4f} acc {100 * rec['test_acc']:.2f}% | "
+            f"{rec['images_per_s']:.0f} img/s"
+        )
+
+    def _plot(self, path: Path, title: str) -> None:
+        """The run's curves (``curves.png``) from ``self.history``."""
+        plot_curves(self.history, path, title)
+
     def _bundle(self) -> DataBundle:
         """The run's data (given to the constructor, or loaded by ``_setup``)."""
         if self.data is None:
@@ -436,14 +528,7 @@ class Trainer:
         kw = dict(attention=cfg.attention, attn_kwargs=cfg.attn_kwargs, **(cfg.model_kwargs or {}))
         check_model_size(cfg.model, b.num_classes, **kw)  # options that would allocate terabytes: refused
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = create_model(
-            cfg.model,
-            num_classes=b.num_classes,
-            attention=cfg.attention,
-            attn_kwargs=cfg.attn_kwargs,
-            **(cfg.model_kwargs or {}),
-            **({"pretrained": cfg.pretrained} if cfg.pretrained else {}),
-        ).to(self.device)
+        self.model = self._build_model(b).to(self.device)
         pcfg = getattr(self.model, "pretrained_cfg", None)
         if pcfg:  # fine-tuning: normalise as the weights were trained
             self.data = b = dataclasses.replace(b, mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]))
@@ -455,16 +540,10 @@ class Trainer:
             if self.device.type != "cuda":
                 raise ValueError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.net: nn.Module = self.model
-        if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net: nn.Module = self._distribute(self.model) if self.dist.distributed else self.model
         self.fwd = torch.compile(self.net) if cfg.compile else self.net
 
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8
-        )
+        self.optimizer = self._build_optimizer()
         self.steps_per_epoch = len(self._batches(0))
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup = (
@@ -491,6 +570,7 @@ class Trainer:
             pad=self.crop_pad,
             mean=b.mean,
             std=b.std,
+            drop_last=self._drop_last,
             merge_single_last=self.merge_single_last,
         )
 
@@ -616,9 +696,12 @@ class Trainer:
         if not (
             isinstance(r, list)
             and len(r) == 3
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in r)
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 or signed)
+                for v, signed in zip(r, self._signed_running)
+            )
         ):
-            raise bad("running", "a list of 3 finite numbers >= 0")
+            raise bad("running", "a list of 3 finite numbers" + " >= 0" * (not any(self._signed_running)))
         t = st.get("train_time", 0.0)
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise bad("train_time", "a finite number >= 0")
@@ -772,32 +855,17 @@ class Trainer:
             for i, x, y in batches.iter_from(self.batch_in_epoch):
                 D.heartbeat(self.dist, self.step + 1)  # working on optimizer step step + 1
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                with self._autocast():
-                    logits = self.fwd(x)
-                    loss = self.criterion(logits.float(), y)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self._call("after_backward")
-                loss_value = float(loss.detach())
-                self._stop_if_not_finite(loss_value, i, len(batches))
-                if cfg.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                sums = self._train_step(x, y, i, len(batches))
                 self.scheduler.step()
                 self.step += 1
                 self.batch_in_epoch = i + 1
-                running += self._batch_sums(loss, logits, y)
+                running += sums
                 seen_this_session += x.shape[0]
                 if show:
                     elapsed = time.perf_counter() - t0
-                    bar.set_postfix(
-                        loss=f"{running[0] / running[2]:.3f}",
-                        acc=f"{running[1] / running[2]:.3f}",
-                        img_s=f"{seen_this_session * world / max(elapsed, 1e-9):.0f}",
-                        refresh=False,
-                    )
+                    fields = self._bar_fields(running)
+                    fields["img_s"] = f"{seen_this_session * world / max(elapsed, 1e-9):.0f}"
+                    bar.set_postfix(fields, refresh=False)
                     bar.update(1)
                 self._call("after_step")
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < len(batches):
@@ -807,26 +875,19 @@ class Trainer:
             tot = self._reduce(running)
             if cfg.precise_bn:
                 self.recompute_bn_stats(cfg.precise_bn)
-            test_loss, test_acc = self.evaluate()
             rec = {
                 "epoch": self.epoch + 1,
                 "step": self.step,
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "train_loss": float(tot[0] / tot[2]),
-                "train_acc": float(tot[1] / tot[2]),
-                "test_loss": test_loss,
-                "test_acc": test_acc,
+                **self._train_fields(tot),
+                **self._eval_fields(),
                 "images_per_s": float(tot[2]) / max(train_time, 1e-9),
                 "train_time_s": train_time,
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             self._complete_record(rec)
             self.history.append(_strict(rec))  # a measurement that could not be made is None, as in the file
-            self._log(
-                f"epoch {rec['epoch']}/{cfg.epochs}: train loss {rec['train_loss']:.4f} "
-                f"acc {100 * rec['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% | "
-                f"{rec['images_per_s']:.0f} img/s"
-            )
+            self._log(self._epoch_line(rec))
             if self.out is not None and self.dist.is_main:
                 path = self.out / "metrics.jsonl"
                 try:
@@ -874,7 +935,7 @@ class Trainer:
             atomic_write_text(self.out / "config.json", json.dumps(_strict(info), indent=2, allow_nan=False))
             if cfg.plot and self.history:
                 title = cfg.model + (f" + {cfg.attention}" if cfg.attention else "") + f" on {b.name}"
-                plot_curves(self.history, self.out / "curves.png", title)
+                self._plot(self.out / "curves.png", title)
         D.barrier(self.dist)
         self.model.eval()
         return TrainResult(
