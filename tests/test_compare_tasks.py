@@ -160,9 +160,9 @@ def test_a_task_plugin_written_in_a_test_runs_through_compare(toy_task, tmp_path
 def test_the_cli_table_and_the_compare_plugins_agree(capsys, monkeypatch):
     """Every compare plug-in has its CLI entry and every entry that compares names a plug-in."""
     monkeypatch.setenv("COLUMNS", "10000")  # help lines unwrapped
-    assert cli_tasks.choices("compare") == list_tasks() == ["classify", "segment", "generate"]
-    assert cli_tasks.choices("train") == ["classify", "segment", "generate"]
-    assert cli_tasks.choices("predict") == ["segment"]
+    assert cli_tasks.choices("compare") == list_tasks() == ["classify", "segment", "detect", "generate"]
+    assert cli_tasks.choices("train") == ["classify", "segment", "detect", "generate"]
+    assert cli_tasks.choices("predict") == ["segment", "detect"]
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     text = capsys.readouterr().out

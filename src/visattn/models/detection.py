@@ -284,7 +284,7 @@ TINY_PRESET: dict[str, Any] = {
 _TINY_RCNN: dict[str, Any] = {
     "anchor_sizes": ((12,), (24,), (48,), (96,)),
     "representation_size": 128,
-    "mask_layers": (64, 64),
+    "mask_layers": (32, 32),
     "canonical_scale": 32,
     "canonical_level": 3,
     "rpn_pre_nms_top_n_train": 300,
@@ -292,7 +292,7 @@ _TINY_RCNN: dict[str, Any] = {
     "rpn_pre_nms_top_n_test": 150,
     "rpn_post_nms_top_n_test": 75,
     "rpn_batch_size_per_image": 64,
-    "box_batch_size_per_image": 64,
+    "box_batch_size_per_image": 32,
 }
 _TINY_DENSE: dict[str, dict[str, Any]] = {
     "retinanet": {"anchor_sizes": tuple((s, round(s * 1.26), round(s * 1.59)) for s in (10, 20, 40, 80, 160))},
