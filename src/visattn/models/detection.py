@@ -199,7 +199,10 @@ def build_detector(
 # Registered models
 # ---------------------------------------------------------------------------
 
-_TINY_BACKBONE = {"backbone": "resnet_tiny", "backbone_kwargs": {"widths": (8, 8, 16, 16), "stem_width": 8}}
+_TINY_BACKBONE = {
+    "backbone": "resnet_tiny",
+    "backbone_kwargs": {"widths": (8, 8, 16, 16), "stem_width": 8, "small_stem_stride": 2},
+}
 _TEST_RCNN = {
     **_TINY_BACKBONE,
     "fpn_channels": 16,
