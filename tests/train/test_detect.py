@@ -13,10 +13,11 @@ import torch
 pytest.importorskip("torchvision")
 pytest.importorskip("pycocotools")
 
-import visattn  # noqa: E402
-from visattn.data.detection import DetDataset, coco_ground_truth, load_digit_instances  # noqa: E402
-from visattn.train.coco_eval import coco_evaluate, coco_results  # noqa: E402
-from visattn.train.detect import evaluate_detector  # noqa: E402
+import visattn
+from visattn.data.detection import DetDataset, coco_ground_truth, load_digit_instances
+from visattn.train.coco_eval import coco_evaluate, coco_results
+from visattn.train.detect import evaluate_detector
+
 
 @pytest.fixture
 def one_thread():
@@ -87,7 +88,9 @@ def test_category_ids_and_xywh():
     swapped = [dict(r, category_id=7 if r["category_id"] == 3 else 3) for r in res]
     assert coco_evaluate(gt, swapped, ("bbox",))["box"]["ap"] == 0.0  # right boxes, wrong categories
     xyxy = [dict(r, bbox=[10.0, 20.0, 30.0, 50.0]) if r["category_id"] == 3 else r for r in res]
-    assert coco_evaluate(gt, xyxy, ("bbox",))["box"]["ap50"] == pytest.approx(0.5, abs=1e-9)  # xyxy read as xywh: a miss, silently
+    assert coco_evaluate(gt, xyxy, ("bbox",))["box"]["ap50"] == pytest.approx(
+        0.5, abs=1e-9
+    )  # xyxy read as xywh: a miss, silently
 
 
 def test_false_positives_on_images_without_objects_count():
@@ -190,7 +193,10 @@ def test_cli_train_resume_and_predict(tmp_path, monkeypatch, capsys, one_thread)
     assert main([*args, "--output", str(tmp_path / "full")]) == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "test box AP" in out
-    a, c = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    a, c = (
+        load_file(str(tmp_path / "full" / "model.safetensors")),
+        load_file(str(tmp_path / "cut" / "model.safetensors")),
+    )
     assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
     lines = [json.loads(s) for s in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]

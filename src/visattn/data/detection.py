@@ -61,7 +61,7 @@ __all__ = [
     "DIGIT_CATEGORIES",
 ]
 
-DIGIT_CATEGORIES = [{"id": d + 1, "name": f"digit {d}"} for d in range(10)]
+DIGIT_CATEGORIES: list[dict[str, Any]] = [{"id": d + 1, "name": f"digit {d}"} for d in range(10)]
 _TARGET_KEYS = ("boxes", "labels", "masks", "area", "iscrowd")
 
 
@@ -131,8 +131,8 @@ class DetDataBundle(DataBundle):
     """A detection train/test pair: ``classes[0]`` is ``"background"``, label k >= 1 is category
     ``cat_ids[k - 1]`` (its COCO id)."""
 
-    train: DetDataset  # narrows DataBundle's splits
-    test: DetDataset
+    train: DetDataset  # type: ignore[assignment]  # narrows DataBundle's splits (lists, not tensors)
+    test: DetDataset  # type: ignore[assignment]
     cat_ids: list[int] = field(default_factory=list)
 
     @property
@@ -185,10 +185,10 @@ class DetEpochBatches(EpochBatches):
     """The training batches of one epoch for one process (order as :class:`EpochBatches`): two
     :class:`DetBatch` lists (images in 0..1, targets), augmented per example (module docstring)."""
 
-    data: DetDataset
+    data: DetDataset  # type: ignore[assignment]  # lists, not tensors
 
     def __init__(self, data: DetDataset, batch_size: int, epoch: int, seed: int, *, augment: str = "none", **kw):
-        super().__init__(data, batch_size, epoch, seed, augment="none", **kw)
+        super().__init__(data, batch_size, epoch, seed, augment="none", **kw)  # type: ignore[arg-type]
         self.tf = _v2_pipeline(augment) if augment != "none" else None
         self.key = int(seed) * 1_000_003 + int(epoch) * 7919
 
@@ -510,7 +510,8 @@ def coco_ground_truth(ds: DetDataset, cat_ids: Sequence[int], classes: Sequence[
     from pycocotools import mask as mask_util
     from pycocotools.coco import COCO
 
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for x, t, iid in zip(ds.images, ds.targets, ds.image_ids):
         h, w = int(x.shape[1]), int(x.shape[2])
         images.append({"id": int(iid), "width": w, "height": h})

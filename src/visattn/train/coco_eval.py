@@ -40,9 +40,8 @@ def coco_results(
         boxes = out["boxes"].detach().float().cpu()
         labels = out["labels"].cpu().tolist()
         scores = out["scores"].detach().float().cpu().tolist()
-        masks = out.get("masks")
-        if masks is not None:
-            masks = (masks.detach().cpu()[:, 0] > 0.5).numpy().astype(np.uint8)
+        soft = out.get("masks")
+        masks = None if soft is None else (soft.detach().cpu()[:, 0] > 0.5).numpy().astype(np.uint8)
         for k in range(boxes.shape[0]):
             lab = int(labels[k])
             if not 1 <= lab <= len(cat_ids):

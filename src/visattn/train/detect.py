@@ -167,10 +167,11 @@ class DetTrainer(Trainer):
         )
         pcfg = getattr(model, "pretrained_cfg", None)
         if pcfg and "image_mean" not in (cfg.model_kwargs or {}):  # normalise as the weights were trained
-            model.transform.image_mean, model.transform.image_std = list(pcfg["mean"]), list(pcfg["std"])
+            tf: Any = model.transform
+            tf.image_mean, tf.image_std = list(pcfg["mean"]), list(pcfg["std"])
         return model
 
-    def _batches(self, epoch: int) -> DetEpochBatches:  # type: ignore[override]  # lists of images
+    def _batches(self, epoch: int) -> DetEpochBatches:
         b = self._bundle()
         return DetEpochBatches(
             b.train,
@@ -188,7 +189,7 @@ class DetTrainer(Trainer):
         d.update(task="detect")
         return d
 
-    def _train_step(self, x, y, batch: int, num_batches: int) -> torch.Tensor:  # type: ignore[override]
+    def _train_step(self, x, y, batch: int, num_batches: int) -> torch.Tensor:
         cfg = self.cfg
         with self._autocast():
             losses = self.fwd(list(x), list(y))
