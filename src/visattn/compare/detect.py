@@ -22,7 +22,7 @@ from visattn.train.detect import DET_DEFAULT_DATA, DET_DEFAULT_MODEL
 __all__ = ["DetectTask", "DET_TASKS", "DET_SCENES"]
 
 #: Train and test scenes of the built-in compare data (a cut of ``digitscenes``).
-DET_SCENES = (480, 120)
+DET_SCENES = (256, 64)
 
 DET_TASKS: dict[str, Task] = {
     DET_DEFAULT_DATA: Task(
@@ -54,8 +54,8 @@ class DetectTask(TaskPlugin):
         "model": DET_DEFAULT_MODEL,
         "tasks": (DET_DEFAULT_DATA,),
         "seeds": 2,
-        "batch_size": 8,
-        "lr": 2e-3,
+        "batch_size": 4,
+        "lr": 3e-3,
         "precise_bn": 0,
     }
 
