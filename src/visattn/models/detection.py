@@ -185,14 +185,21 @@ def build_detector(
                 kw.setdefault("mask_head", MaskRCNNHeads(c, layers, 1))
                 kw.setdefault("mask_predictor", MaskRCNNPredictor(layers[-1], layers[-1], num_classes))
             k = None if "mask_predictor" in kw or "box_predictor" in kw else num_classes
-            return tvd.MaskRCNN(back, k, rpn_anchor_generator=anchors, **kw)
-        k = None if "box_predictor" in kw else num_classes
-        return tvd.FasterRCNN(back, k, rpn_anchor_generator=anchors, **kw)
-    if kind == "retinanet":
-        return tvd.RetinaNet(back, num_classes, anchor_generator=anchors, **kw)
-    if len(ratios) != 1 or any(len(s) != 1 for s in sizes):
-        raise ValueError(f"fcos takes one anchor per location; got sizes {sizes} and ratios {ratios}")
-    return tvd.FCOS(back, num_classes, anchor_generator=anchors, **kw)
+            det: nn.Module = tvd.MaskRCNN(back, k, rpn_anchor_generator=anchors, **kw)
+        else:
+            k = None if "box_predictor" in kw else num_classes
+            det = tvd.FasterRCNN(back, k, rpn_anchor_generator=anchors, **kw)
+    elif kind == "retinanet":
+        det = tvd.RetinaNet(back, num_classes, anchor_generator=anchors, **kw)
+    else:
+        if len(ratios) != 1 or any(len(s) != 1 for s in sizes):
+            raise ValueError(f"fcos takes one anchor per location; got sizes {sizes} and ratios {ratios}")
+        det = tvd.FCOS(back, num_classes, anchor_generator=anchors, **kw)
+    tf: Any = det.transform
+    side = int(tf.min_size[-1])
+    setattr(det, "num_classes", num_classes)  # noqa: B010  (what `visattn info` reads; nn.Module's typed setattr)
+    setattr(det, "example_input", lambda n: [torch.rand(3, side, side) for _ in range(n)])  # noqa: B010  (a list of images)
+    return det
 
 
 # ---------------------------------------------------------------------------
