@@ -360,10 +360,12 @@ def predict_detect(
     out_png: str | os.PathLike,
     results: str | os.PathLike | None = None,
     score_thresh: float = 0.5,
+    model_name: str | None = None,
 ) -> tuple[Path, Path, list[dict[str, Any]]]:
     """Run a trained detector on ``image`` (a file, or ``digitscenes:K``: test scene K of the run's
     data): the PNG with the detections at score >= ``score_thresh`` drawn, and a COCO results
-    JSON (every detection; default: ``out_png`` with ``.json``). Returns (png, json, results)."""
+    JSON (every detection; default: ``out_png`` with ``.json``). ``model_name``, when given, must be
+    the run's model. Returns (png, json, results)."""
     from PIL import Image
 
     from visattn._io import atomic_path
@@ -372,6 +374,10 @@ def predict_detect(
     if not 0.0 <= score_thresh <= 1.0:
         raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh!r}")
     model, info = load_detector(weights)
+    if model_name is not None and model_name != info["config"]["model"]:
+        raise ValueError(
+            f"the weights were trained as model {info['config']['model']!r} (see their config.json), not {model_name!r}"
+        )
     image_id = 1
     if image.startswith("digitscenes:"):
         k_text = image.partition(":")[2]

@@ -65,6 +65,7 @@ def predict_options(g) -> None:
 
 def predict(args: argparse.Namespace) -> int:
     """``visattn predict --task detect``: boxes, masks and scores drawn; the COCO results JSON written."""
+    from visattn.commands._args import given_model
     from visattn.train.detect import predict_detect
 
     png, js, res = predict_detect(
@@ -73,6 +74,7 @@ def predict(args: argparse.Namespace) -> int:
         args.out,
         results=args.results,
         score_thresh=0.5 if args.score_thresh is None else args.score_thresh,
+        model_name=given_model(args),
     )
     shown = [r for r in res if r["score"] >= (0.5 if args.score_thresh is None else args.score_thresh)]
     print(f"{len(shown)} detections drawn ({len(res)} in the results file)")
