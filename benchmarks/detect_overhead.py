@@ -10,7 +10,7 @@
 Alternating rounds, median of the per-round ratios (ours / torchvision, slide / pvt), threads as
 given. Writes ``benchmarks/results/detect_overhead.{json,md}``.
 
-    python benchmarks/detect_overhead.py --threads 2 [--rounds 5]
+    python benchmarks/detect_overhead.py --threads 2 --rounds 3
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 RUN_ALL = {
-    "args": ["--threads", "2"],
-    "minutes": 6,
+    "args": ["--threads", "2", "--rounds", "3"],
+    "minutes": 3,
     "results": ["detect_overhead.json", "detect_overhead.md"],
     "check": ["ratio"],
 }
