@@ -92,7 +92,8 @@ def _num(v, digits: int = 2) -> str:
 
 
 def documented_models() -> list[str]:
-    """The models of the table: classification and segmentation (the GANs are in docs/generation.md)."""
+    """The models of the table: classification and segmentation (the GANs are in docs/generation.md,
+    the detectors in docs/detection.md)."""
     return sorted(list_models("classify") + list_models("segment"))
 
 

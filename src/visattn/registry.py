@@ -204,7 +204,8 @@ class ModelEntry:
         paper: citation.
         task: "classify" (logits (B, num_classes)), "segment" (logits (B, num_classes, H, W)) or
             "generate" (a GAN generator, z (B, z_dim) -> images, whose ``default_input`` is
-            (z_dim, 1, 1), or its discriminator, images -> logits (B,)).
+            (z_dim, 1, 1), or its discriminator, images -> logits (B,)) or "detect" (a torchvision
+            detector: a list of images -> losses in training, boxes/labels/scores/masks in eval).
     """
 
     name: str
@@ -218,7 +219,7 @@ class ModelEntry:
     task: str = "classify"
 
 
-TASKS = ("classify", "segment", "generate")
+TASKS = ("classify", "segment", "generate", "detect")
 _MODELS: dict[str, ModelEntry] = {}
 
 
@@ -257,7 +258,7 @@ def register_model(
 
 
 def list_models(task: str | None = None) -> list[str]:
-    """Names of every registered model (or of those for ``task``: "classify" / "segment" / "generate"), sorted."""
+    """Names of every registered model (or of those for ``task``: "classify" / "segment" / "generate" / "detect"), sorted."""
     _ensure_loaded()
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS} or None, got {task!r}")

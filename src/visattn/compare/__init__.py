@@ -57,6 +57,8 @@ __all__ = [
     "RUN_MARKER",
     "SEG_TASKS",
     "GEN_TASKS",
+    "DET_TASKS",
+    "DetectTask",
     "GenerateTask",
     "SHALLOW_TINY",
     "TASKS",
@@ -86,4 +88,5 @@ __all__ = [
 ]
 
 # After segment: the plug-ins register in this order (compare's --task choices).
+from visattn.compare.detect import DET_TASKS, DetectTask
 from visattn.compare.generate import GEN_TASKS, GenerateTask

@@ -323,14 +323,23 @@ def _seg_stats(images: list[torch.Tensor]) -> tuple[RGB, RGB]:
 
 
 def _compose_scenes(
-    scans: np.ndarray, labels: np.ndarray, n: int, size: int, rng: np.random.Generator, ignore_index: int
+    scans: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    size: int,
+    rng: np.random.Generator,
+    ignore_index: int,
+    instances: list | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``n`` scenes; ``instances`` (a list) receives, per scene, the digits placed as
+    ``(y, x, side, digit, resized scan)`` (visattn.data.detection builds boxes and masks from them)."""
     images, masks = [], []
     lo, hi = max(4, round(size * 12 / 64)), max(5, round(size * 26 / 64))
     for _ in range(n):
         canvas = torch.zeros(size, size)
         mask = torch.zeros(size, size, dtype=torch.int64)
         boxes: list[tuple[int, int, int]] = []
+        placed = []
         for _ in range(int(rng.integers(2, 6))):
             for _attempt in range(20):  # rejection sampling of a free square
                 s = int(rng.integers(lo, hi + 1))
@@ -347,6 +356,9 @@ def _compose_scenes(
             sub[digit >= 0.5] = int(labels[k]) + 1
             sub[(digit >= 0.3) & (digit < 0.5)] = ignore_index
             boxes.append((y, x, s))
+            placed.append((y, x, s, int(labels[k]), digit))
+        if instances is not None:
+            instances.append(placed)
         images.append((canvas * 255).round_().to(torch.uint8)[None].repeat(3, 1, 1))
         masks.append(mask)
     return images, masks

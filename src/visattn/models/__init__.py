@@ -1,6 +1,7 @@
 """Models built from the registered mechanisms. Importing registers them."""
 
 from visattn.models import (
+    detection,  # noqa: F401  (registers maskrcnn, fasterrcnn, retinanet, fcos and their presets)
     gan,  # noqa: F401  (registers sagan32_g, sagan32_d, sagan64_g, sagan64_d)
     hierarchical,  # noqa: F401  (registers slide_swin_t, swin_t, slide_pvt_t, pvt_t)
     resnet,  # noqa: F401  (registers the ResNet family)

@@ -585,7 +585,7 @@ def create_pretrained(
         ck, bk = None, ck
     if bk is not None and not segment and not features_only:
         raise ValueError(
-            f"backbone_pretrained= is for segmentation models and features_only backbones; {name!r} is a classifier: "
+            f"backbone_pretrained= is for segmentation and detection models and features_only backbones; {name!r} is a classifier: "
             "use pretrained="
         )
     options: dict[str, Any] = {}
@@ -596,7 +596,7 @@ def create_pretrained(
     if bk is not None:
         back = bk.target.backbone_kwargs if bk.target.model else {}
         if segment and back:
-            options = _merge(options, {"backbone_kwargs": back} if entry.family == "semantic_fpn" else back)
+            options = _merge(options, {"backbone_kwargs": back} if entry.family in ("semantic_fpn", "detect") else back)
         elif features_only:
             options = _merge(options, bk.options_for(name, backbone=True))
     model = create_model(

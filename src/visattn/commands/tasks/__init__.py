@@ -22,6 +22,7 @@ __all__ = ["CliTask", "COMMANDS", "table", "choices", "add_task_argument", "chos
 _TASK_MODULES = [
     "visattn.commands.tasks.classify",
     "visattn.commands.tasks.segment",
+    "visattn.commands.tasks.detect",
     "visattn.commands.tasks.generate",
 ]
 
