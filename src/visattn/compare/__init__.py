@@ -58,6 +58,8 @@ __all__ = [
     "SEG_TASKS",
     "GEN_TASKS",
     "GenerateTask",
+    "POINT_TASKS",
+    "PointsTask",
     "SHALLOW_TINY",
     "TASKS",
     "ClassifyTask",
@@ -87,3 +89,4 @@ __all__ = [
 
 # After segment: the plug-ins register in this order (compare's --task choices).
 from visattn.compare.generate import GEN_TASKS, GenerateTask
+from visattn.compare.points import POINT_TASKS, PointsTask

@@ -166,7 +166,7 @@ class PointTrainer(Trainer):
         ):
             if have < need:
                 raise PointDataError(
-                    f"{b.name}: its clouds (index 0 on) hold {n} points, too few for {cfg_model(self.cfg)}: {what} is {need} "
+                    f"{b.name}: cloud 0 (as every cloud) holds {n} points, too few for {cfg_model(self.cfg)}: {what} is {need} "
                     f"but only {have} points reach that stage; give more points (--num-points) or smaller samples/k"
                 )
 
@@ -273,6 +273,8 @@ class PartSegTrainer(PointTrainer):
 
     def _complete_record(self, rec: dict[str, Any]) -> None:
         ev = self._last_eval
+        clouds = len(self._batches(self.epoch).indices) * self.dist.world_size  # the running sums count points
+        rec["images_per_s"] = clouds / max(rec["train_time_s"], 1e-9)
         rec.update(
             test_instance_miou=ev.get("instance_miou"),
             test_category_miou=ev.get("category_miou"),
