@@ -30,9 +30,11 @@ def test_registered_segmentation_models():
     assert SEG == ["eanet_r101", "eanet_r50", "fpn_pvt_t", "fpn_resnet_tiny", "fpn_slide_pvt_t", "semantic_fpn"]
     assert not set(SEG) & set(visattn.list_models(task="classify"))
     gen = visattn.list_models(task="generate")
-    assert sorted(SEG + visattn.list_models(task="classify") + gen) == visattn.list_models()
+    pts = visattn.list_models(task="points") + visattn.list_models(task="partseg")
+    assert sorted(SEG + visattn.list_models(task="classify") + gen + pts) == visattn.list_models()
     with pytest.raises(
-        ValueError, match=r"task must be one of \('classify', 'segment', 'generate'\) or None, got 'detect'"
+        ValueError,
+        match=r"task must be one of \('classify', 'segment', 'generate', 'points', 'partseg'\) or None, got 'detect'",
     ):
         visattn.list_models(task="detect")
 
