@@ -37,11 +37,14 @@ def main() -> None:
     p.add_argument("--model", default="pct")
     p.add_argument("--num-points", type=int, default=256)
     p.add_argument("--model-kwargs", default='{"k": 16, "samples": [64, 32]}')
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--data-size", type=int, default=200)
     p.add_argument("--budget-s", type=float, default=300.0, help="the time the run must stay within")
+    p.add_argument("--augment", default="none", choices=("auto", "none"))
+    p.add_argument("--label-smoothing", type=float, default=0.2)
+    p.add_argument("--name", default="points_shapes", help="result files benchmarks/results/NAME.{json,md}")
     p.add_argument("--note", default="", help="recorded as is (e.g. 'measured under load')")
     args = p.parse_args()
 
@@ -59,6 +62,8 @@ def main() -> None:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        augment=args.augment,
+        label_smoothing=args.label_smoothing,
         output=str(out / "run"),
         progress=False,
         plot=False,
@@ -71,7 +76,8 @@ def main() -> None:
     command = (
         f"OMP_NUM_THREADS={args.threads} visattn train --task points --model {args.model} --data shapes "
         f"--num-points {args.num_points} --data-size {args.data_size} --model-kwargs '{args.model_kwargs}' "
-        f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g} --output runs/points-shapes"
+        f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g} --augment {args.augment} "
+        f"--label-smoothing {args.label_smoothing:g} --output runs/points-shapes"
     )
     env = environment()
     doc = {
@@ -96,7 +102,7 @@ def main() -> None:
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "points_shapes.json").write_text(json.dumps(doc, indent=2))
+    (results / f"{args.name}.json").write_text(json.dumps(doc, indent=2))
     rows = "\n".join(
         f"| {h['epoch']} | {100 * h['train_acc']:.1f} | {100 * h['test_acc']:.1f} | {100 * h['test_mean_class_acc']:.1f} "
         f"| {h['images_per_s']:.0f} |"
@@ -115,7 +121,7 @@ def main() -> None:
         + rows
         + "\n"
     )
-    (results / "points_shapes.md").write_text(md)
+    (results / f"{args.name}.md").write_text(md)
     print(md)
 
 

@@ -79,7 +79,7 @@ def load_part_segmenter(
 
 def read_part_cloud(spec: str, info: dict[str, Any]) -> tuple[torch.Tensor, int, torch.Tensor | None, str]:
     """(points (N, 3), category, true parts (N,) or None, title) of ``parts:K`` or ``FILE.h5:K``."""
-    from visattn.data.points import PointDataError, _read_h5, check_clouds, load_point_data
+    from visattn.data.points import PointDataError, PointSet, _read_h5, check_clouds, load_point_data
 
     src, _, k_text = spec.rpartition(":")
     if not src or not k_text.isdigit():
@@ -91,9 +91,11 @@ def read_part_cloud(spec: str, info: dict[str, Any]) -> tuple[torch.Tensor, int,
         b = load_point_data(
             "parts", info.get("num_points"), seed=info["seed"], task="partseg", size=info.get("data_size")
         )
-        if k >= len(b.test):
-            raise ValueError(f"parts:{k}: the built-in test split holds clouds 0..{len(b.test) - 1}")
-        return b.test.points[k], int(b.test.labels[k]), b.test.parts[k], f"built-in parts, test object {k}"  # type: ignore[index]
+        test = b.test
+        assert isinstance(test, PointSet) and test.parts is not None
+        if k >= len(test):
+            raise ValueError(f"parts:{k}: the built-in test split holds clouds 0..{len(test) - 1}")
+        return test.points[k], int(test.labels[k]), test.parts[k], f"built-in parts, test object {k}"
     names = ("data", "label", "pid")
     import h5py
 

@@ -50,7 +50,7 @@ def test_external_attention_model_swaps_every_layer():
 def test_farthest_point_sampling_matches_its_definition():
     torch.manual_seed(0)
     xyz = torch.randn(3, 50, 3)
-    idx = farthest_point_sample(xyz, 12)
+    idx = farthest_point_sample(xyz, 12, impl="torch")
     for b in range(3):
         p = xyz[b].double()
         picked = [int(((p - p.mean(0)) ** 2).sum(1).argmax())]
@@ -59,6 +59,14 @@ def test_farthest_point_sampling_matches_its_definition():
             picked.append(int(d.argmax()))
         assert idx[b].tolist() == picked
     assert len(set(idx[0].tolist())) == 12
+
+
+def test_the_fpsample_kernel_picks_what_the_torch_loop_picks():
+    pytest.importorskip("fpsample")
+    torch.manual_seed(3)
+    xyz = torch.randn(4, 300, 3)
+    assert torch.equal(farthest_point_sample(xyz, 64, impl="fpsample"), farthest_point_sample(xyz, 64, impl="torch"))
+    assert torch.equal(farthest_point_sample(xyz, 64), farthest_point_sample(xyz, 64, impl="torch"))
 
 
 def test_knn_matches_brute_force():
