@@ -207,7 +207,7 @@ def test_an_option_of_another_task_is_refused(tmp_path, capsys):
     # a task without a predict runner is not a choice of predict
     with pytest.raises(SystemExit) as e:
         main(["predict", "--task", "classify", "--weights", "w", "--image", "i"])
-    assert e.value.code == 2 and "invalid choice: 'classify' (choose from 'segment')" in capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice: 'classify' (choose from 'segment', 'partseg')" in capsys.readouterr().err
 
 
 def test_every_task_is_in_the_task_table_of_docs_compare():

@@ -218,6 +218,10 @@ class PointCloudTransformer(nn.Module):
             nn.Linear(256, num_classes),
         )
 
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """A random (batch, 3, 1024) cloud (``visattn info``'s FLOPs at the paper's size)."""
+        return torch.randn(batch, 3, 1024)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, N) coordinates -> (B, num_classes)."""
         _check_cloud(x, type(self).__name__)
@@ -260,8 +264,21 @@ class PCTPartSeg(nn.Module):
             nn.Conv1d(256, num_classes, 1),
         )
 
-    def forward(self, x: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, N) coordinates, category: (B,) shape-category indices -> (B, num_classes, N)."""
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """A random (batch, 4, 2048) input: coordinates and category 0 (``visattn info``'s FLOPs)."""
+        return torch.cat([torch.randn(batch, 3, 2048), torch.zeros(batch, 1, 2048)], dim=1)
+
+    def forward(self, x: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, 3, N) coordinates, category: (B,) shape-category indices -> (B, num_classes, N).
+        Without ``category``, x is (B, 4, N) with the category as the fourth channel (the training
+        batches' layout, :func:`visattn.data.points.split_part_input`)."""
+        if category is None:
+            if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] != 4:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ValueError(
+                    f"PCTPartSeg without a category expects (B, 4, N): coordinates and category, got {shape}"
+                )
+            x, category = x[:, :3], x[:, 3, 0].round().long()
         _check_cloud(x, type(self).__name__)
         b, _, n = x.shape
         if not isinstance(category, torch.Tensor) or category.shape != (b,) or category.is_floating_point():
