@@ -113,6 +113,8 @@ def test_part_logits_are_permutation_equivariant(attention):
         y = m(x, cat)
         assert y.shape == (2, 6, N)
         torch.testing.assert_close(m(x[:, :, perm], cat), y[:, :, perm], atol=1e-4, rtol=1e-4)
+        packed = torch.cat([x, cat.float()[:, None, None].expand(-1, 1, N)], dim=1)  # the training batches' layout
+        torch.testing.assert_close(m(packed), y)
 
 
 @pytest.mark.parametrize("attention", [None, *SETS])
