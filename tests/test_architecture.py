@@ -50,6 +50,7 @@ LAYER_OF = {
     "bench": "bench",
     "compare": "apps",
     "predict": "apps",
+    "predict_points": "apps",
     "viz": "apps",
     "docs_models": "apps",
     "docs_weights": "apps",

@@ -160,20 +160,20 @@ def test_a_task_plugin_written_in_a_test_runs_through_compare(toy_task, tmp_path
 def test_the_cli_table_and_the_compare_plugins_agree(capsys, monkeypatch):
     """Every compare plug-in has its CLI entry and every entry that compares names a plug-in."""
     monkeypatch.setenv("COLUMNS", "10000")  # help lines unwrapped
-    assert cli_tasks.choices("compare") == list_tasks() == ["classify", "segment", "detect", "generate"]
-    assert cli_tasks.choices("train") == ["classify", "segment", "detect", "generate"]
-    assert cli_tasks.choices("predict") == ["segment", "detect"]
+    assert cli_tasks.choices("compare") == list_tasks() == ["classify", "segment", "detect", "generate", "points"]
+    assert cli_tasks.choices("train") == ["classify", "segment", "detect", "generate", "points", "partseg"]
+    assert cli_tasks.choices("predict") == ["segment", "detect", "partseg"]
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     text = capsys.readouterr().out
     for name in list_tasks():  # `--task` choices and help come from the table and the plug-ins
         assert f"{name}: {plugin_api.get_task(name).about}" in text
-    assert "--task {classify,segment,detect,generate}" in text
+    assert "--task {classify,segment,detect,generate,points}" in text
     with pytest.raises(SystemExit) as e:
         main(["compare", "--task", "nope"])
     assert e.value.code == 2
     assert (
-        "argument --task: invalid choice: 'nope' (choose from 'classify', 'segment', 'detect', 'generate')"
+        "argument --task: invalid choice: 'nope' (choose from 'classify', 'segment', 'detect', 'generate', 'points')"
         in capsys.readouterr().err
     )
 
@@ -208,7 +208,8 @@ def test_an_option_of_another_task_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["predict", "--task", "classify", "--weights", "w", "--image", "i"])
     assert (
-        e.value.code == 2 and "invalid choice: 'classify' (choose from 'segment', 'detect')" in capsys.readouterr().err
+        e.value.code == 2
+        and "invalid choice: 'classify' (choose from 'segment', 'detect', 'partseg')" in capsys.readouterr().err
     )
 
 

@@ -11,6 +11,7 @@ from visattn import flops as _flops  # noqa: F401  (registers FLOP formulas)
 from visattn.layers import SpatialAttention, TokenAdapter
 from visattn.layers.base import work_limit
 from visattn.layers.relpos import attention_from_conv
+from visattn.layers.sets import create_set_attention
 from visattn.models.io import load_weights, save_weights
 from visattn.models.pretrained import load_backbone_pretrained, load_pretrained
 from visattn.registry import (
@@ -32,6 +33,7 @@ __all__ = [
     "attention_info",
     "create_attention",
     "create_model",
+    "create_set_attention",
     "list_attention",
     "list_models",
     "load_backbone_pretrained",

@@ -68,6 +68,10 @@ class AttentionInfo:
             implementations ``test_kwargs`` cannot (``supported_impls`` of a module).
         bench_kwargs: arguments the benchmark uses at C=64 (the default comparison).
         bench_variants: extra named benchmark cases: label -> constructor kwargs.
+        sets: runs on an unordered set of tokens (B, C, N) with no grid and is
+            permutation-equivariant there (:func:`visattn.create_set_attention`, docs/points.md).
+        set_kwargs: constructor arguments the set form needs (e.g. ``{"sr_ratio": 1}``: no spatial
+            reduction); ``create_set_attention`` sets them and refuses other values.
     """
 
     name: str
@@ -87,6 +91,8 @@ class AttentionInfo:
     test_variants: tuple[dict[str, Any], ...] = ()
     bench_kwargs: dict[str, Any] = field(default_factory=dict)
     bench_variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sets: bool = False
+    set_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -204,8 +210,10 @@ class ModelEntry:
         paper: citation.
         task: "classify" (logits (B, num_classes)), "segment" (logits (B, num_classes, H, W)) or
             "generate" (a GAN generator, z (B, z_dim) -> images, whose ``default_input`` is
-            (z_dim, 1, 1), or its discriminator, images -> logits (B,)) or "detect" (a torchvision
-            detector: a list of images -> losses in training, boxes/labels/scores/masks in eval).
+            (z_dim, 1, 1), or its discriminator, images -> logits (B,)), "detect" (a torchvision
+            detector: a list of images -> losses in training, boxes/labels/scores/masks in eval), "points" (a point cloud
+            (B, 3, N) -> logits (B, num_classes); ``default_input`` is (3, N, 1)) or "partseg"
+            (a point cloud and its shape category -> per-point part logits (B, parts, N)).
     """
 
     name: str
@@ -219,7 +227,7 @@ class ModelEntry:
     task: str = "classify"
 
 
-TASKS = ("classify", "segment", "generate", "detect")
+TASKS = ("classify", "segment", "generate", "detect", "points", "partseg")
 _MODELS: dict[str, ModelEntry] = {}
 
 

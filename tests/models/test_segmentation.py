@@ -31,10 +31,11 @@ def test_registered_segmentation_models():
     assert not set(SEG) & set(visattn.list_models(task="classify"))
     gen = visattn.list_models(task="generate")
     det = visattn.list_models(task="detect")
-    assert sorted(SEG + visattn.list_models(task="classify") + gen + det) == visattn.list_models()
+    pts = visattn.list_models(task="points") + visattn.list_models(task="partseg")
+    assert sorted(SEG + visattn.list_models(task="classify") + gen + det + pts) == visattn.list_models()
     with pytest.raises(
         ValueError,
-        match=r"task must be one of \('classify', 'segment', 'generate', 'detect'\) or None, got 'track'",
+        match=r"task must be one of \('classify', 'segment', 'generate', 'detect', 'points', 'partseg'\) or None, got 'track'",
     ):
         visattn.list_models(task="track")
 

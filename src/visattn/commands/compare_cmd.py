@@ -68,7 +68,7 @@ def add_parser(sub) -> None:
         nargs="+",
         default=None,
         metavar="MECH",
-        help="mechanisms to compare (default: all registered, see `visattn list`)",
+        help="mechanisms to compare (default: all registered, see `visattn list`; --task points: the set-capable ones)",
     )
     p.add_argument(
         "--tasks",

@@ -60,6 +60,8 @@ __all__ = [
     "DET_TASKS",
     "DetectTask",
     "GenerateTask",
+    "POINT_TASKS",
+    "PointsTask",
     "SHALLOW_TINY",
     "TASKS",
     "ClassifyTask",
@@ -90,3 +92,4 @@ __all__ = [
 # After segment: the plug-ins register in this order (compare's --task choices).
 from visattn.compare.detect import DET_TASKS, DetectTask
 from visattn.compare.generate import GEN_TASKS, GenerateTask
+from visattn.compare.points import POINT_TASKS, PointsTask

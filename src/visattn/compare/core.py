@@ -406,7 +406,7 @@ def compare(
     """Train ``model`` per mechanism, data set and seed for ``task``, and measure it (see module docstring).
 
     Args:
-        mechanisms: registered names (default: all).
+        mechanisms: registered names (default: the plug-in's ``default_mechanisms()``, all for images).
         task: a registered task plug-in (:func:`list_tasks`): ``classify`` (the main job),
             ``segment``, ...; None options below take its defaults.
         tasks: names of the task's data sets (default: its ``defaults["tasks"]``; classify:
@@ -446,7 +446,7 @@ def compare(
     plugin.check_model(model)
     _check_names("mechanisms", mechanisms)
     _check_names("tasks", tasks)
-    names = list(mechanisms) if mechanisms is not None else visattn.list_attention()
+    names = list(mechanisms) if mechanisms is not None else plugin.default_mechanisms()
     if not names:
         raise ValueError("no mechanisms to compare")
     known = visattn.list_attention()

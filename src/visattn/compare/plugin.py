@@ -128,6 +128,12 @@ class TaskPlugin:
         """Model options used when none are given (e.g. a cut-down backbone)."""
         return {}
 
+    def default_mechanisms(self) -> list[str]:
+        """The mechanisms compared when none are named (default: every registered one)."""
+        import visattn
+
+        return visattn.list_attention()
+
     def check_model(self, model: str) -> None:
         """Raise ``ValueError`` before anything runs if ``model`` cannot do this task."""
 

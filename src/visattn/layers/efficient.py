@@ -40,6 +40,7 @@ __all__ = ["EfficientAttention"]
     export=("onnx", "compile", "torchscript"),
     test_kwargs={"num_heads": 2},
     bench_kwargs={"num_heads": 4},
+    sets=True,
 )
 class EfficientAttention(SpatialAttention):
     """Efficient attention (multi-head).

@@ -48,6 +48,7 @@ __all__ = ["ExternalAttention"]
     test_kwargs={"memory_size": 8},
     bench_kwargs={"memory_size": 64},
     bench_variants={"external-mh": {"memory_size": 64, "num_heads": 16, "expansion": 4}},
+    sets=True,
 )
 class ExternalAttention(SpatialAttention):
     """External attention with shared memories (single- or multi-head).

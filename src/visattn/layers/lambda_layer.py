@@ -319,6 +319,8 @@ def _bn_forward(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
         "lambda-r23": {"num_heads": 4, "key_dim": 16, "local_scope": 23},
         "lambda-global": {"num_heads": 4, "key_dim": 16, "local_scope": None, "max_size": 112},
     },
+    sets=True,
+    set_kwargs={"local_scope": 1},
 )
 class LambdaLayer(SpatialAttention):
     """Lambda layer with multi-query heads (Bello, arXiv 2102.08602).

@@ -32,6 +32,7 @@ __all__ = ["MultiHeadSelfAttention"]
     impls=("reference", "sdpa"),
     test_kwargs={"num_heads": 2},
     bench_kwargs={"num_heads": 4},
+    sets=True,
 )
 class MultiHeadSelfAttention(SpatialAttention):
     """Global multi-head self-attention.

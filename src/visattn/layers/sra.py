@@ -44,6 +44,8 @@ __all__ = ["SpatialReductionAttention"]
     test_kwargs={"num_heads": 2, "sr_ratio": 2},
     bench_kwargs={"num_heads": 4, "sr_ratio": 4},
     bench_variants={"sra-r8": {"num_heads": 4, "sr_ratio": 8}},
+    sets=True,
+    set_kwargs={"sr_ratio": 1},
 )
 class SpatialReductionAttention(SpatialAttention):
     """Global attention over a spatially reduced key/value map.

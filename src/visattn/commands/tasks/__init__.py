@@ -24,6 +24,8 @@ _TASK_MODULES = [
     "visattn.commands.tasks.segment",
     "visattn.commands.tasks.detect",
     "visattn.commands.tasks.generate",
+    "visattn.commands.tasks.points",
+    "visattn.commands.tasks.partseg",
 ]
 
 #: The commands that take ``--task``.
@@ -44,6 +46,7 @@ class CliTask:
             ``label_smoothing``): used when the option was not typed.
         predict, predict_options: the same for ``visattn predict`` (None: no ``predict --task NAME``).
         compare: ``visattn compare --task NAME`` runs the compare plug-in ``NAME``.
+        shares: tasks whose own options this task takes too (``partseg`` takes ``points``' options).
     """
 
     name: str
@@ -54,6 +57,7 @@ class CliTask:
     predict: Callable[[argparse.Namespace], int] | None = None
     predict_options: Callable[[Any], None] | None = None
     compare: bool = False
+    shares: tuple[str, ...] = ()
 
     def runs(self, command: str) -> bool:
         return self.compare if command == "compare" else getattr(self, command) is not None
@@ -135,7 +139,7 @@ def chosen(args: argparse.Namespace, command: str) -> CliTask:
         raise ValueError(f"--task must be one of {choices(command)}, got {args.task!r}")
     for name, opts in getattr(args, "_task_options", {}).items():
         given = [flag for flag, dest in opts if (v := getattr(args, dest, None)) is not None and v is not False]
-        if name != args.task and given:
+        if name != args.task and name not in table()[args.task].shares and given:
             raise ValueError(f"{', '.join(given)} belong(s) to --task {name}, not --task {args.task}")
     return table()[args.task]
 
