@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import visattn
 from visattn.bench.measure import peak_memory_bytes
-from visattn.layers.slide import _attend_inplace
+from visattn.layers.slide_kernels import attend_inplace
 
 DIM, HEADS, BATCH = 64, 4, 4
 
@@ -64,7 +64,7 @@ def slide_core(q, k, v, ks):
     """Slide's in-place shift loop (pure shifts, no key bias) on the same q, k, v."""
     b, c, h, w = q.shape
     d = c // HEADS
-    return _attend_inplace(
+    return attend_inplace(
         q.view(b, HEADS, d, h, w), k.view(b, HEADS, d, h, w), v.view(b, HEADS, d, h, w), ks, None, None, None, None
     )
 
