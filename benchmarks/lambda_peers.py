@@ -19,14 +19,34 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import statistics
 import time
 
 import torch
 
+from _record import stamp
 from visattn.bench.measure import peak_memory_bytes
 from visattn.layers.lambda_layer import LambdaLayer
+
+RUN_ALL = {
+    "args": [
+        "--threads",
+        "2",
+        "--channels",
+        "64",
+        "--sizes",
+        "14",
+        "28",
+        "56",
+        "--min-time",
+        "0.5",
+        "--out",
+        "benchmarks/results/lambda_peers",
+    ],
+    "minutes": 5,
+    "results": ["lambda_peers.json", "lambda_peers.md"],
+    "check": ["time_ratio"],
+}
 
 
 def make_impls(c: int, r: int) -> tuple[dict, dict]:
@@ -55,6 +75,7 @@ def step(m, x):
 
 
 def run(args) -> dict:
+    torch.set_flush_denormal(True)  # before torch's thread pool starts, as the visattn CLI does
     torch.set_num_threads(args.threads)
     rows, skipped_all = [], {}
     for c in args.channels:
@@ -105,14 +126,7 @@ def run(args) -> dict:
                     + (f"  ratio t={row['time_ratio']:.2f} mem={row['mem_ratio']:.2f}" if best else ""),
                     flush=True,
                 )
-    return {
-        "rows": rows,
-        "skipped": skipped_all,
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "machine": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-    }
+    return {**stamp(args.threads), "rows": rows, "skipped": skipped_all}
 
 
 def to_markdown(res: dict) -> str:

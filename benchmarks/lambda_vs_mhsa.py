@@ -15,7 +15,15 @@ import json
 
 import torch
 
+from _record import stamp
 from visattn.bench.core import bench_case
+
+RUN_ALL = {
+    "args": ["--threads", "2", "--sizes", "14", "28", "56", "--out", "benchmarks/results/lambda_vs_mhsa"],
+    "minutes": 4,
+    "results": ["lambda_vs_mhsa.json", "lambda_vs_mhsa.md"],
+    "check": ["ratio_vs_mhsa"],
+}
 
 CASES = [
     ("lambda r=7", "lambda", {"num_heads": 4, "key_dim": 16, "local_scope": 7}),
@@ -45,6 +53,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    torch.set_flush_denormal(True)  # before torch's thread pool starts, as the visattn CLI does
     torch.set_num_threads(args.threads)
     rows = []
     for s in args.sizes:
@@ -57,11 +66,15 @@ def main() -> None:
                 f"fwd {r['fwd_ms']:8.1f} ms {r['mem_fwd_mib']:8.1f} MiB {r.get('error') or ''}",
                 flush=True,
             )
+    for r in rows:  # time against mhsa at the same size
+        base = next(b for b in rows if b["label"] == "mhsa" and b["resolution"] == r["resolution"])
+        if r.get("fwdbwd_ms") and base.get("fwdbwd_ms"):
+            r["fwdbwd_ratio_vs_mhsa"] = r["fwdbwd_ms"] / base["fwdbwd_ms"]
     emb = embedding_memory(args.sizes)
     if args.out:
         with open(args.out + ".json", "w") as f:
             json.dump(
-                {"rows": rows, "embedding_memory": emb, "threads": args.threads, "torch": torch.__version__},
+                {**stamp(args.threads), "rows": rows, "embedding_memory": emb},
                 f,
                 indent=1,
             )

@@ -44,7 +44,15 @@ import torch
 import torch.nn.functional as F
 
 import visattn
+from _record import stamp
 from visattn.bench.measure import synchronize
+
+RUN_ALL = {
+    "args": ["--threads", "2", "--rounds", "3", "--no-timm"],
+    "minutes": 8,
+    "results": ["models_vs_timm.json", "models_vs_timm.md"],
+    "check": ["ratio"],
+}
 
 NUM_CLASSES = 10
 
@@ -173,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
+    torch.set_flush_denormal(True)  # before torch's thread pool starts, as the visattn CLI does
     torch.set_num_threads(args.threads)
     timm_version = None
     if not args.no_timm:
@@ -207,7 +216,7 @@ def main(argv=None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "models_vs_timm" + (f"_{args.tag}" if args.tag else "")
-    (out / f"{stem}.json").write_text(json.dumps({"config": config, "rows": rows}, indent=2))
+    (out / f"{stem}.json").write_text(json.dumps({**stamp(args.threads), "config": config, "rows": rows}, indent=2))
     (out / f"{stem}.md").write_text(to_markdown(rows, config))
     print(to_markdown(rows, config))
     return 0

@@ -30,8 +30,16 @@ import torch
 import torch.nn.functional as F
 
 import visattn
+from _record import stamp
 from visattn.bench.measure import peak_memory_bytes
-from visattn.layers.slide import _attend_inplace
+from visattn.layers.slide_kernels import attend_inplace
+
+RUN_ALL = {
+    "args": ["--threads", "2", "--sides", "28", "56", "--rounds", "3"],
+    "minutes": 4,
+    "results": ["slide_vs_im2col.json", "slide_vs_im2col.md"],
+    "check": ["ratios"],
+}
 
 DIM, HEADS, BATCH = 64, 4, 4
 
@@ -64,7 +72,7 @@ def slide_core(q, k, v, ks):
     """Slide's in-place shift loop (pure shifts, no key bias) on the same q, k, v."""
     b, c, h, w = q.shape
     d = c // HEADS
-    return _attend_inplace(
+    return attend_inplace(
         q.view(b, HEADS, d, h, w), k.view(b, HEADS, d, h, w), v.view(b, HEADS, d, h, w), ks, None, None, None, None
     )
 
@@ -114,6 +122,7 @@ def main():
     )
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "slide_vs_im2col"))
     args = ap.parse_args()
+    torch.set_flush_denormal(True)  # before torch's thread pool starts, as the visattn CLI does
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     natten_note = natten_module(3)[1]
@@ -189,7 +198,7 @@ def main():
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
-        json.dump({"env": env, "rows": rows, "ratios": ratios}, f, indent=1)
+        json.dump({**stamp(args.threads), "env": env, "rows": rows, "ratios": ratios}, f, indent=1)
     with open(args.out + ".md", "w") as f:
         f.write(
             f"# Slide attention vs im2col ({DIM} channels, {HEADS} heads, batch {BATCH}, float32, "

@@ -33,7 +33,15 @@ from pathlib import Path
 import torch
 
 import visattn
+from _record import stamp
 from visattn.bench.measure import peak_memory_bytes, synchronize
+
+RUN_ALL = {
+    "args": ["--threads", "2", "--rounds", "5"],
+    "minutes": 8,
+    "results": ["training_speed.json", "training_speed.md"],
+    "check": ["_vs_"],
+}
 
 DIM, BATCH = 64, 4
 
@@ -205,6 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
+    torch.set_flush_denormal(True)  # before torch's thread pool starts, as the visattn CLI does
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.only:
@@ -226,7 +235,9 @@ def main(argv=None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "training_speed" + (f"_{args.tag}" if args.tag else "")
-    (out / f"{stem}.json").write_text(json.dumps({"config": config, "rows": rows, "targets": met}, indent=2))
+    (out / f"{stem}.json").write_text(
+        json.dumps({**stamp(args.threads), "config": config, "rows": rows, "targets": met}, indent=2)
+    )
     (out / f"{stem}.md").write_text(to_markdown(rows, met, config))
     print(to_markdown(rows, met, config))
     return 0

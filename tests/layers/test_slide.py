@@ -5,8 +5,8 @@
 * reparameterize() is exact (float32 rounding) and idempotent;
 * one output pixel sees exactly its k x k window;
 * shift semantics out[y, x] = x[y + i//k - k//2, x + i%k - k//2];
-* the fast paths (in place under no_grad; out of place with autograd) == the literal
-  definition (materialised keys from two convs) in float64.
+* the fast paths ("inplace", "functional") == the literal definition (materialised keys
+  from two convs) in float64.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def test_equals_local_with_learned_parts_zero(mask, k, deformed):
     for hw in [(1, 1), (2, 2), (7, 5), (10, 11)]:
         x = torch.randn(2, 16, *hw, dtype=torch.float64)
         ref = local(x)
-        assert _rel(slide(x), ref) < 1e-12  # autograd path
+        assert _rel(slide(x), ref) < 1e-12  # "inplace" through its autograd Function
         with torch.no_grad():
-            assert _rel(slide(x), ref) < 1e-12  # in-place path
+            assert _rel(slide(x), ref) < 1e-12  # "inplace" without a gradient
         assert _rel(_reference(slide, x), ref) < 1e-12
 
 
@@ -127,7 +127,7 @@ def test_fast_paths_equal_definition_float64(deformed, mask, k):
 @pytest.mark.parametrize("k", [3, 5])
 def test_in_place_path_chunks_rows(monkeypatch, deformed, k):
     # Force one row per chunk: the chunked loops must give the same answer.
-    import visattn.layers.slide as slide_mod
+    import visattn.layers.slide_kernels as slide_mod
 
     m = SlideAttention(8, num_heads=2, kernel_size=k, deformed=deformed, mask_padding=True).double().eval()
     x = torch.randn(2, 8, 7, 5, dtype=torch.float64)
@@ -297,7 +297,7 @@ def test_training_path_and_gradients_equal_definition_float64(deformed, mask, of
 
 @pytest.mark.parametrize("deformed", [False, True])
 def test_training_path_chunks_rows(monkeypatch, deformed):
-    import visattn.layers.slide as slide_mod
+    import visattn.layers.slide_kernels as slide_mod
 
     m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed, mask_padding=True).double()
     _randomise(m)
@@ -311,7 +311,7 @@ def test_training_path_chunks_rows(monkeypatch, deformed):
 
 @pytest.mark.parametrize("deformed", [False, True])
 def test_attention_function_gradcheck(deformed):
-    from visattn.layers.slide import _SlideAttend
+    from visattn.layers.slide_kernels import SlideAttend
 
     d, nh, ks = 3, 2, 3
     t = dict(dtype=torch.float64, requires_grad=True)
@@ -321,10 +321,10 @@ def test_attention_function_gradcheck(deformed):
     valid[4] = True  # the centre always exists
     if deformed:
         w3, b2 = torch.randn(d, 9, 9, **t), torch.randn(d, 9, **t)
-        assert torch.autograd.gradcheck(lambda *a: _SlideAttend.apply(*a, valid, ks), (q, k, v, w3, b2, kb))
+        assert torch.autograd.gradcheck(lambda *a: SlideAttend.apply(*a, valid, ks), (q, k, v, w3, b2, kb))
     else:
         assert torch.autograd.gradcheck(
-            lambda q, k, v, kb: _SlideAttend.apply(q, k, v, None, None, kb, valid, ks), (q, k, v, kb)
+            lambda q, k, v, kb: SlideAttend.apply(q, k, v, None, None, kb, valid, ks), (q, k, v, kb)
         )
 
 
@@ -535,11 +535,11 @@ def test_torch_func_per_sample_gradients(deformed):
 
 
 def test_impls_are_registry_data():
-    assert visattn.attention_info("slide").impls == ("reference", "shifts", "autograd")
-    assert SlideAttention.impls == ("reference", "shifts", "autograd")
+    assert visattn.attention_info("slide").impls == ("reference", "functional", "inplace")
+    assert SlideAttention.impls == ("reference", "functional", "inplace")
     assert visattn.attention_info("slide").window_centred is True
     with pytest.raises(
-        ValueError, match=r"impl must be one of \('auto', 'reference', 'shifts', 'autograd'\), got 'fast'"
+        ValueError, match=r"impl must be one of \('auto', 'reference', 'functional', 'inplace'\), got 'fast'"
     ):
         SlideAttention(8, num_heads=2, impl="fast")
 
@@ -580,7 +580,7 @@ def test_every_impl_equals_reference(batch, h, w, k, deformed, offset_bias, mask
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-2)])
-@pytest.mark.parametrize("impl", ["reference", "shifts", "autograd"])
+@pytest.mark.parametrize("impl", ["reference", "functional", "inplace"])
 def test_every_impl_in_low_precision_against_float64_reference(dtype, tol, impl):
     torch.manual_seed(0)
     m64 = SlideAttention(8, num_heads=2, kernel_size=3, dtype=torch.float64).eval()
@@ -599,31 +599,25 @@ def _frozen(m):
 
 @pytest.mark.parametrize("deformed", [False, True])
 def test_auto_rule(deformed):
-    # "autograd" exactly when the attention core needs a gradient and nothing records the call
+    # "inplace" unless a trace, export, compile or torch.func transform records the call:
+    # grad mode, eval mode and what requires grad do not matter
     m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed)
     x = torch.randn(1, 8, 4, 5)
-    assert m.select_impl(x) == "autograd"  # trainable parameters, grad mode on
+    assert m.select_impl(x) == "inplace"
     with torch.no_grad():
-        assert m.select_impl(x) == "shifts"
+        assert m.select_impl(x) == "inplace"
     with torch.inference_mode():
-        assert m.select_impl(x) == "shifts"
+        assert m.select_impl(x) == "inplace"
     m.eval()
-    assert m.select_impl(x) == "autograd"  # eval mode does not matter: grad mode does
+    assert m.select_impl(x) == "inplace"
     _frozen(m)
-    assert m.select_impl(x) == "shifts"  # nothing requires grad
-    assert m.select_impl(x.requires_grad_()) == "autograd"  # the input does
-    m.proj.requires_grad_(True)
-    assert m.select_impl(x.detach()) == "shifts"  # proj alone: the core needs no gradient
-    if deformed:
-        m.deform.weight.requires_grad_(True)
-        assert m.select_impl(x.detach()) == "autograd"  # the shifts do
-    m.offset_bias.requires_grad_(True)
-    assert m.select_impl(x.detach()) == "autograd"
+    assert m.select_impl(x) == "inplace"
+    assert m.select_impl(x.requires_grad_()) == "inplace"
     m.impl = "reference"
     assert m.select_impl(x) == "reference"  # an explicit choice is what runs
 
 
-def test_auto_picks_shifts_under_torch_func_and_tracing():
+def test_auto_picks_functional_under_torch_func_and_tracing():
     from torch.func import functional_call, grad, vmap
 
     m = SlideAttention(8, num_heads=2, kernel_size=3).double()
@@ -639,9 +633,9 @@ def test_auto_picks_shifts_under_torch_func_and_tracing():
     params = {k: v.detach() for k, v in m.named_parameters()}
     vmap(grad(lambda p, xi: functional_call(m, p, (xi[None],)).sum()), in_dims=(None, 0))(params, x)
     torch.jit.trace(m, (x,), check_trace=False)
-    assert seen == ["shifts"] * 2
-    m.impl = "autograd"
-    with pytest.raises(ValueError, match=r"impl='autograd' runs a custom autograd Function .* use impl='shifts'"):
+    assert seen == ["functional"] * 2
+    m.impl = "inplace"
+    with pytest.raises(ValueError, match=r"impl='inplace' runs an in-place loop .* use impl='functional'"):
         vmap(lambda xi: m(xi[None]))(x)
 
 
@@ -650,9 +644,9 @@ def test_auto_runs_the_same_code_as_the_named_impl():
     m = SlideAttention(8, num_heads=2, kernel_size=3)
     _randomise(m)
     x = torch.randn(2, 8, 6, 5)
-    assert torch.equal(m(x), with_impl(m, "autograd", x))
+    assert torch.equal(m(x), with_impl(m, "inplace", x))
     with torch.no_grad():
-        assert torch.equal(m(x), with_impl(m, "shifts", x))
+        assert torch.equal(m(x), with_impl(m, "inplace", x))
 
 
 @pytest.mark.parametrize("deformed", [False, True])
@@ -715,40 +709,46 @@ def test_renamed_argument():
 def test_reference_reports_its_materialised_keys():
     m = SlideAttention(8, num_heads=2, kernel_size=3, impl="reference")
     assert m.peak_intermediate_bytes(16, 16) == 8 * 9 * 16 * 16 * 4  # (1, C, k*k, H, W) float32
-    m.impl = "shifts"
+    m.impl = "inplace"
     assert m.peak_intermediate_bytes(16, 16) == 18432  # the attention weights, as for auto
 
 
 @pytest.mark.parametrize("deformed", [False, True])
-def test_auto_runs_the_kernels_the_code_ran_before_impl_existed(monkeypatch, deformed):
-    # The benchmarks must not move: auto sends every input to the kernel the implicit rule of
-    # the code before issue 11 sent it to (in-place loops without a gradient, the custom
-    # Function with one, the out-of-place form under torch.func and tracing).
+def test_each_impl_runs_its_own_kernels(monkeypatch, deformed):
+    # No path is chosen by grad mode: "inplace" runs the in-place kernels (through the custom
+    # Function when a gradient is needed, whose forward is the same kernel), "functional" the
+    # out-of-place form, and auto sends traces and torch.func transforms to "functional".
     import visattn.layers.slide as slide_mod
+    import visattn.layers.slide_kernels as kern
 
     ran = []
-    for name in ("_attend_shifts_inplace", "_attend_inplace", "_attend_functional"):
-        orig = getattr(slide_mod, name)
-        monkeypatch.setattr(slide_mod, name, lambda *a, _o=orig, _n=name, **k: (ran.append(_n), _o(*a, **k))[1])
-    orig_apply = slide_mod._SlideAttend.apply
-    monkeypatch.setattr(slide_mod._SlideAttend, "apply", lambda *a: (ran.append("_SlideAttend"), orig_apply(*a))[1])
-    no_grad_kernel = "_attend_inplace" if deformed else "_attend_shifts_inplace"
+    for mod, name in ((kern, "_shifts_inplace"), (kern, "_deformed_inplace"), (slide_mod, "attend_functional")):
+        orig = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _o=orig, _n=name, **k: (ran.append(_n), _o(*a, **k))[1])
+    orig_apply = kern.SlideAttend.apply
+    monkeypatch.setattr(kern.SlideAttend, "apply", lambda *a: (ran.append("SlideAttend"), orig_apply(*a))[1])
+    inplace_kernel = "_deformed_inplace" if deformed else "_shifts_inplace"
 
     def kernel(f):
         ran.clear()
         f()
-        return [r for r in ran if r != "_attend_inplace" or "_SlideAttend" not in ran]  # the Function's forward
+        return list(ran)
 
     m = SlideAttention(8, num_heads=2, kernel_size=3, deformed=deformed).double()
     x = torch.randn(2, 8, 4, 5, dtype=torch.float64)
     with torch.no_grad():
-        assert kernel(lambda: m(x)) == [no_grad_kernel]
-    assert kernel(lambda: m(x)) == ["_SlideAttend"]
-    assert kernel(lambda: m.eval()(x)) == ["_SlideAttend"]
+        assert kernel(lambda: m(x)) == [inplace_kernel]
+    assert kernel(lambda: m(x)) == ["SlideAttend", inplace_kernel]
+    assert kernel(lambda: m.eval()(x)) == ["SlideAttend", inplace_kernel]
     from torch.func import vmap
 
-    assert kernel(lambda: vmap(lambda xi: m(xi[None]))(x)) == ["_attend_functional"]
-    assert kernel(lambda: torch.jit.trace(m, (x,), check_trace=False)) == ["_attend_functional"]
+    assert kernel(lambda: vmap(lambda xi: m(xi[None]))(x)) == ["attend_functional"]
+    assert kernel(lambda: torch.jit.trace(m, (x,), check_trace=False)) == ["attend_functional"]
+    m.impl = "functional"
+    assert kernel(lambda: m(x)) == ["attend_functional"]
+    with torch.no_grad():
+        assert kernel(lambda: m(x)) == ["attend_functional"]
     _frozen(m)
-    assert kernel(lambda: m(x)) == [no_grad_kernel]
-    assert kernel(lambda: m(x.requires_grad_())) == ["_SlideAttend"]
+    m.impl = "auto"
+    assert kernel(lambda: m(x)) == [inplace_kernel]
+    assert kernel(lambda: m(x.requires_grad_())) == ["SlideAttend", inplace_kernel]
