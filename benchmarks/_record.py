@@ -21,7 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
-__all__ = ["RESULTS", "machine", "stamp", "stamp_line", "write_json", "write_text"]
+__all__ = ["RESULTS", "machine", "save_figure", "stamp", "stamp_line", "write_bytes", "write_json", "write_text"]
 
 
 def machine() -> str:
@@ -61,21 +61,43 @@ def stamp_line(s: dict[str, Any]) -> str:
     return f"Recorded {s['date']} on {s['machine']}, torch {s['torch']}, {s['threads']} thread(s){load}."
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _io() -> Any:
+    """``visattn._io`` of this tree (the project's atomic writes)."""
     sys.path.insert(0, str(ROOT / "src"))  # this tree's visattn, as run_all runs the scripts
     try:
-        from visattn._io import atomic_write_text
+        from visattn import _io
     finally:
         sys.path.remove(str(ROOT / "src"))
-    atomic_write_text(path, text)
+    return _io
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, bytes):
+        _io().atomic_write_bytes(path, data)
+    else:
+        _io().atomic_write_text(path, data, fsync=False)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """``fig.savefig`` to ``path`` atomically (the temporary name keeps the suffix, so the format is kept)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _io().atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, **kwargs)
+    return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (parent folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, text)
-    return path
+    _atomic_write(Path(path), text)
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (parent folders created): figures."""
+    _atomic_write(Path(path), data)
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, doc: dict[str, Any]) -> Path:

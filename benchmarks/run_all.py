@@ -53,6 +53,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported from elsewhere (tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _record
+
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_KEYS = {"args": "a list of strings", "minutes": "a positive number", "results": "a list of file names",
              "check": "a list of strings"}  # fmt: skip
@@ -346,19 +350,12 @@ def refresh_tables(root: Path, results_dir: Path, write: bool = True) -> tuple[l
 # ---------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, text: str | bytes) -> None:
+def atomic_write(path: Path, data: str | bytes) -> None:
     """Write ``path`` atomically with the project's helper (temporary file, then rename)."""
-    src = str(ROOT / "src")
-    sys.path.insert(0, src)
-    try:
-        from visattn._io import atomic_write_bytes, atomic_write_text
-    finally:
-        sys.path.remove(src)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        atomic_write_bytes(path, text)
+    if isinstance(data, bytes):
+        _record.write_bytes(path, data)
     else:
-        atomic_write_text(path, text, fsync=False)
+        _record.write_text(path, data)
 
 
 def snapshot(paths: list[Path]) -> dict[Path, bytes | None]:
@@ -438,15 +435,6 @@ def run_script(s: Script, root: Path, results_dir: Path, echo: bool = True) -> O
     return out
 
 
-def _stamp() -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    try:
-        from _record import stamp
-    finally:
-        sys.path.pop(0)
-    return stamp()
-
-
 def write_log(path: Path, outcomes: list[Outcome], scripts: dict[str, Script], check: bool) -> None:
     """Merge this run's per-script wall times and statuses into ``run_all.json``."""
     try:
@@ -469,7 +457,7 @@ def write_log(path: Path, outcomes: list[Outcome], scripts: dict[str, Script], c
             "load_1min_end": o.load[1],
             "mode": "check" if check else "record",
         }
-    doc = {**_stamp(), "threads": None, "runs": dict(sorted(runs.items()))}
+    doc = {**_record.stamp(), "threads": None, "runs": dict(sorted(runs.items()))}
     atomic_write(path, json.dumps(doc, indent=2) + "\n")
 
 
