@@ -252,6 +252,8 @@ class Move:
         def band(b):
             return f"[{b[0]:.4g}, {b[1]:.4g}]" if b else "-"
 
+        if self.old is None and self.new is None:
+            return f"{self.key}: no recorded file to compare with"
         if self.old is None:
             return f"{self.key}: not in the recorded file (fresh {self.new:.4g})"
         if self.new is None:
@@ -584,7 +586,7 @@ def _check_one(s: Script, results_dir: Path, check_dir: Path, saved: dict, o: Ou
             continue
         recorded = saved.get(fresh_path)
         if recorded is None:
-            out.append(Move(f"{r}: (no recorded file)", None, None))
+            out.append(Move(r, None, None))
             continue
         try:
             old, new = json.loads(recorded), json.loads(fresh_path.read_text(encoding="utf-8"))

@@ -217,3 +217,10 @@ def test_the_projects_benchmarks_and_readme_blocks_are_consistent() -> None:
     said, problems = run_all.refresh_tables(ROOT, ROOT / "benchmarks" / "results", write=False)
     assert problems == []
     assert [line for line in said if "rewritten" in line] == []  # README/docs tables equal the results files
+
+
+def test_check_without_a_recorded_file_says_so(tree: Path, capsys) -> None:
+    rc = run_all.main(["--root", str(tree), "--quiet", "--only", "good", "--check", "--check-dir", str(tree / "c")])
+    assert rc == 1
+    assert "    MOVED good.json: no recorded file to compare with" in capsys.readouterr().out.splitlines()
+    assert not (tree / "benchmarks" / "results" / "good.json").exists()  # still not recorded
