@@ -560,8 +560,8 @@ def _main(args: argparse.Namespace) -> int:
             if args.check and o.ok and check_dir is not None:
                 moves[s.name] = _check_one(s, results_dir, check_dir, saved, o)
     finally:
-        if args.check:
-            restore(saved)  # every recorded file back as it was, also after Ctrl-C
+        if args.check:  # every recorded file back as it was (new ones removed), also after Ctrl-C
+            restore({**dict.fromkeys(tree_files(results_dir, root / "docs" / "img")), **saved})
     if outcomes:
         log = (check_dir if check_dir is not None else results_dir) / "run_all.json"
         write_log(log, outcomes, {s.name: s for s in scripts}, args.check)
