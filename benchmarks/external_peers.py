@@ -288,7 +288,8 @@ def main(argv=None) -> int:
 
     ours_eff = visattn.create_attention("efficient", c, num_heads=args.efficient_heads).eval()
     plain_eff = PlainEfficientAttention(c, c, c, args.efficient_heads).eval()
-    plain_eff.load_state_dict(ours_eff.state_dict())
+    # the authors' name for the output projection is "reprojection"; visattn's is "proj"
+    plain_eff.load_state_dict({k.replace("proj.", "reprojection.", 1): v for k, v in ours_eff.state_dict().items()})
     mhsa = visattn.create_attention("mhsa", c, num_heads=args.efficient_heads).eval()
 
     load_start = os.getloadavg()

@@ -62,8 +62,8 @@ SPEC_KEYS = {"args": "a list of strings", "minutes": "a positive number", "resul
              "check": "a list of strings"}  # fmt: skip
 QUICK_MINUTES = 3.0
 LABEL_KEYS = ("name", "case", "label", "task", "mechanism", "model", "size", "resolution", "mode", "seed")
-BLOCK = re.compile(r"<!-- results:(?P<ref>[^\s>]+) -->\n(?P<body>.*?)<!-- /results:(?P=ref) -->", re.S)
-START = re.compile(r"<!-- results:(?P<ref>[^\s>]+) -->")
+BLOCK = re.compile(r"^<!-- results:(?P<ref>[^\s>]+) -->\n(?P<body>.*?)^<!-- /results:(?P=ref) -->$", re.S | re.M)
+START = re.compile(r"^<!-- results:(?P<ref>[^\s>]+) -->$", re.M)  # markers sit on lines of their own
 
 
 class RunAllError(Exception):

@@ -154,14 +154,14 @@ def test_readme_blocks_known_answer(tmp_path: Path) -> None:
     text = (
         "<!-- results:x.md -->\nold\n<!-- /results:x.md -->\nmid\n<!-- results:x.md#2 -->\n<!-- /results:x.md#2 -->\n"
         "<!-- results:y.md -->\nkeep\n<!-- /results:y.md -->\n<!-- results:x.md#3 -->\n<!-- /results:x.md#3 -->\n"
-        "<!-- results:z.md -->\nno end\n"
+        "<!-- results:z.md -->\nno end\nin prose `<!-- results:x.md -->` is not a marker\n"
     )
     new, done, problems = run_all.replace_blocks(text, tmp_path)
     assert new == (
         "<!-- results:x.md -->\n| a |\n|---|\n| 1 |\n<!-- /results:x.md -->\nmid\n"
         "<!-- results:x.md#2 -->\n| b | c |\n|---|---|\n| 2 | 3 |\n<!-- /results:x.md#2 -->\n"
         "<!-- results:y.md -->\nkeep\n<!-- /results:y.md -->\n<!-- results:x.md#3 -->\n<!-- /results:x.md#3 -->\n"
-        "<!-- results:z.md -->\nno end\n"
+        "<!-- results:z.md -->\nno end\nin prose `<!-- results:x.md -->` is not a marker\n"
     )
     assert done == ["x.md", "x.md#2"]
     assert problems == [
