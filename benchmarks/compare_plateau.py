@@ -7,18 +7,25 @@ chosen mechanisms with one seed and writes a Markdown table and the JSON of both
     python benchmarks/compare_plateau.py --out benchmarks/results/compare_plateau
 
 Default (mhsa, efficient, conv on digits; lambda, mhsa on longrange; factor 4): about 10
-minutes of one CPU core.
+minutes of one CPU core. The JSON carries the machine, torch version, threads, date and one
+row per task and mechanism (``top1`` at the default budget, ``top1_long`` at ``--factor`` x).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 from pathlib import Path
 
+from _record import stamp, stamp_line, write_json, write_text
 from visattn.bench.report import environment
 from visattn.compare import TASKS, compare
+
+RUN_ALL = {
+    "args": [],
+    "minutes": 12,
+    "results": ["compare_plateau.json", "compare_plateau.md"],
+    "check": ["top1"],
+}
 
 
 def main() -> None:
@@ -30,7 +37,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/compare_plateau")
     args = p.parse_args()
-    rows, runs = [], {}
+    rows, runs, table = [], {}, []
     for task, mechs in (("digits", args.digits), ("longrange", args.longrange)):
         if not mechs:
             continue
@@ -54,24 +61,27 @@ def main() -> None:
                 f"{task} {epochs} epochs: " + ", ".join(f"{m} {100 * a[-1]:.1f}" for m, a in accs.items()), flush=True
             )
         for m, (a, b) in accs.items():
+            long = args.factor * base
+            table.append({"task": task, "mechanism": m, "epochs": base, "top1": a, "epochs_long": long, "top1_long": b})
             rows.append(
                 f"| {task} | {m} | {base} | {100 * a:.1f} | {args.factor * base} | {100 * b:.1f} | "
                 f"{100 * (b - a):+.1f} |"
             )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(
-        json.dumps({"args": vars(args), "environment": environment(), "runs": runs}, indent=2)
-    )
+    rec = stamp(args.threads)
+    doc = {**rec, "args": vars(args), "environment": environment(), "rows": table, "runs": runs}
+    write_json(out.with_suffix(".json"), doc)
     lines = [
-        f"# compare: default epochs against {args.factor}x ({datetime.date.today()}, seed {args.seed})",
+        f"# compare: default epochs against {args.factor}x ({rec['date']}, seed {args.seed})",
+        "",
+        stamp_line(rec),
         "",
         "| task | mechanism | epochs | top-1 % | epochs | top-1 % | gain |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    write_text(out.with_suffix(".md"), "\n".join(lines))
     print("\n".join(lines))
 
 

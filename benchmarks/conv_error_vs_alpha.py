@@ -6,12 +6,12 @@ like e^{-alpha} (each head leaks mass ~4 e^{-alpha} to its four nearest neighbou
 
     PYTHONPATH=src python benchmarks/conv_error_vs_alpha.py
 
-Writes docs/img/relpos_conv_error.png and benchmarks/results/conv_error_vs_alpha.json.
+Writes docs/img/relpos_conv_error.png and benchmarks/results/conv_error_vs_alpha.json (with the
+machine, torch version, threads and date).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -23,8 +23,15 @@ import torch
 from torch import nn
 
 import visattn
+from _record import RESULTS, save_figure, stamp, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_ALL = {
+    "args": [],
+    "minutes": 0.5,
+    "results": ["conv_error_vs_alpha.json"],
+    "check": ["log_error_slope"],
+}
 
 
 def main():
@@ -57,11 +64,9 @@ def main():
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = os.path.join(ROOT, "docs", "img", "relpos_conv_error.png")
-    fig.savefig(out)
-    res = os.path.join(ROOT, "benchmarks", "results", "conv_error_vs_alpha.json")
-    os.makedirs(os.path.dirname(res), exist_ok=True)
-    with open(res, "w") as f:
-        json.dump({"alphas": alphas, "relative_error": results, "log_error_slope_8_to_20": slope}, f, indent=1)
+    save_figure(fig, out)
+    doc = {**stamp(), "alphas": alphas, "relative_error": results, "log_error_slope_8_to_20": slope}
+    write_json(RESULTS / "conv_error_vs_alpha.json", doc)
     print(out, slope)
 
 

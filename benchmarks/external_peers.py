@@ -53,7 +53,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import visattn  # noqa: E402
+from _record import stamp, write_json, write_text  # noqa: E402
 from visattn.bench.measure import peak_memory_bytes  # noqa: E402
+
+RUN_ALL = {
+    "args": ["--threads", "1"],
+    "minutes": 1.5,
+    "results": ["external_peers.json", "external_peers.md"],
+    "check": ["ratio_to_"],
+}
 
 # ---------------------------------------------------------------------------
 # The peer, loaded from its file only.
@@ -207,6 +215,7 @@ def compare(impls: dict, backward: bool, rounds: int, calls: int, baseline: str,
             "calls_per_round": n_calls,
             "rounds_ms": [1e3 * m for m in meds],
             f"ratio_to_{baseline}": ratio,
+            f"ratio_to_{baseline}_rounds": [m / b for m, b in zip(meds, per_round[baseline])],  # the noise band
         }
     return out
 
@@ -249,7 +258,7 @@ def main(argv=None) -> int:
     if args.render is not None:
         saved = json.loads(args.render.read_text())
         md = render_markdown(saved["meta"], saved["results"])
-        args.render.with_suffix(".md").write_text(md)
+        write_text(args.render.with_suffix(".md"), md)
         print(md)
         return 0
 
@@ -279,7 +288,8 @@ def main(argv=None) -> int:
 
     ours_eff = visattn.create_attention("efficient", c, num_heads=args.efficient_heads).eval()
     plain_eff = PlainEfficientAttention(c, c, c, args.efficient_heads).eval()
-    plain_eff.load_state_dict(ours_eff.state_dict())
+    # the authors' name for the output projection is "reprojection"; visattn's is "proj"
+    plain_eff.load_state_dict({k.replace("proj.", "reprojection.", 1): v for k, v in ours_eff.state_dict().items()})
     mhsa = visattn.create_attention("mhsa", c, num_heads=args.efficient_heads).eval()
 
     load_start = os.getloadavg()
@@ -343,10 +353,9 @@ def main(argv=None) -> int:
         "rounds": args.rounds,
         "calls_per_round": args.calls,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    write_json(args.out.with_suffix(".json"), {**stamp(args.threads), "meta": meta, "results": results})
     md = render_markdown(meta, results)
-    args.out.with_suffix(".md").write_text(md)
+    write_text(args.out.with_suffix(".md"), md)
     print(md)
     return 0
 

@@ -6,19 +6,31 @@ slopes, and the forward-time ratio of each mechanism to "mhsa" at every resoluti
 
     python benchmarks/scaling.py --mechanisms efficient external mhsa --resolutions 28 56 112 \
         --threads 1 --out benchmarks/results/scaling
+
+The JSON carries the machine, torch version, threads and date, the slopes, and each case's
+forward-time speed-up over mhsa per resolution (``speedup_vs_mhsa``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import json
 import math
 from pathlib import Path
 
 import torch
 
+from _record import stamp, stamp_line, write_json, write_text
 from visattn.bench.core import run_bench
-from visattn.bench.report import environment, format_slopes, format_table, write_json, write_plot
+from visattn.bench.report import environment, format_slopes, format_table, write_plot
+from visattn.bench.report import write_json as write_bench_json
+
+RUN_ALL = {
+    "args": ["--threads", "1"],
+    "minutes": 4,
+    "results": ["scaling.json", "scaling.md", "scaling.png"],
+    "check": ["slopes", "speedup_vs_mhsa"],
+}
 
 
 def main() -> None:
@@ -41,15 +53,16 @@ def main() -> None:
         progress=lambda label, s: print(f"  {label} {s}x{s}", flush=True),
     )
     out = Path(args.out)
-    write_json(results, out.with_suffix(".json"), vars(args))
+    rec = stamp(args.threads)
     write_plot(results, out.with_suffix(".png"))
     lines = [
-        f"# Scaling with resolution ({datetime.date.today()})",
+        f"# Scaling with resolution ({rec['date']})",
         "",
         f"Command: `python benchmarks/scaling.py --mechanisms {' '.join(args.mechanisms)} --resolutions "
         f"{' '.join(map(str, args.resolutions))} --threads {args.threads}`",
         "",
         f"C={args.dim}, batch {args.batch}, float32, {args.threads} CPU thread(s). Environment: {environment()}.",
+        stamp_line(rec),
         "Times are medians; the machine is shared, so read ratios taken in this one run, not absolute times.",
         "",
         format_table(results),
@@ -60,6 +73,7 @@ def main() -> None:
         "",
     ]
     ref = {r.resolution: r for r in results if r.label == "mhsa" and not r.error}
+    speedup: dict[str, dict[str, float]] = {}
     if ref:
         lines += [
             "Forward time of mhsa divided by each mechanism's (higher = faster than mhsa):",
@@ -73,8 +87,17 @@ def main() -> None:
                 r = next((r for r in results if r.label == label and r.resolution == s and not r.error), None)
                 ok = r is not None and s in ref and math.isfinite(r.fwd_ms)
                 row.append(f"{ref[s].fwd_ms / r.fwd_ms:.1f}x" if ok else "-")
+                if ok:
+                    speedup.setdefault(label, {})[f"{s}x{s}"] = ref[s].fwd_ms / r.fwd_ms
             lines.append(f"| {label} | " + " | ".join(row) + " |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    tmp = out.with_name(f".{out.name}.bench.json")  # the library's JSON, then stamped
+    try:
+        write_bench_json(results, tmp, vars(args))
+        doc = json.loads(tmp.read_text())
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json(out.with_suffix(".json"), {**rec, **doc, "speedup_vs_mhsa": speedup})
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -16,14 +16,20 @@ history, wall time of data + training + evaluation, environment) and the figure
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from _record import RESULTS, ROOT, stamp, stamp_line, write_json, write_text
+
+RUN_ALL = {
+    "args": [],
+    "minutes": 2.5,
+    "results": ["segment_digitscenes.json", "segment_digitscenes.md"],
+    "check": ["final.test_miou", "final.test_pixel_acc", "wall_time_s"],
+}
 
 
 def main() -> None:
@@ -65,10 +71,11 @@ def main() -> None:
         f"--image-size 32 --epochs {args.epochs} --batch-size 16 --lr 5e-3 --label-smoothing 0 "
         f"--output {args.output}"
     )
+    rec = stamp(torch.get_num_threads())
     doc = {
+        **rec,
         "command": command,
         "config": cfg.as_dict(),
-        "threads": torch.get_num_threads(),
         "wall_time_s": wall,
         "train_time_s": sum(h["train_time_s"] for h in res.history),
         "final": final,
@@ -76,20 +83,18 @@ def main() -> None:
         "params": sum(p.numel() for p in res.model.parameters()),
         "environment": environment(),
     }
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "segment_digitscenes.json").write_text(json.dumps(doc, indent=2))
+    write_json(RESULTS / "segment_digitscenes.json", doc)
     iou = "\n".join(f"| {k} | {'-' if v is None else f'{100 * v:.1f}'} |" for k, v in final["test_iou"].items())
     md = (
         f"# fpn_resnet_tiny on digit scenes (32 x 32, {args.epochs} epochs, 1 thread)\n\n"
-        f"`{command}`\n\n"
+        f"`{command}`\n\n{stamp_line(rec)}\n\n"
         f"test mIoU **{100 * final['test_miou']:.2f}%**, pixel accuracy {100 * final['test_pixel_acc']:.2f}%; "
         f"{doc['params'] / 1e3:.1f}k parameters; wall time {wall:.0f} s (data, training and evaluation; "
         f"training alone {doc['train_time_s']:.0f} s).\n\n"
         "mIoU per epoch: " + ", ".join(f"{100 * h['test_miou']:.1f}" for h in res.history) + "\n\n"
         "| class | IoU % |\n| --- | --- |\n" + iou + "\n"
     )
-    (results / "segment_digitscenes.md").write_text(md)
+    write_text(RESULTS / "segment_digitscenes.md", md)
     print(md)
     print(f"figure: {fig_path}")
 

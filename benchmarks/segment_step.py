@@ -9,15 +9,13 @@ own 3x3 convolutions and with every registered mechanism in its four stages (eac
 
     PYTHONPATH=src python benchmarks/segment_step.py [--threads 1] [--rounds 5]
 
-Writes benchmarks/results/segment_step.{json,md}.
+Writes benchmarks/results/segment_step.{json,md} (with the machine, torch version, threads and date).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -25,9 +23,16 @@ import torch
 import torch.nn.functional as F
 
 import visattn
+from _record import stamp, stamp_line, write_json, write_text
 from visattn.registry import attention_info
 
 BATCH, SIDE, CLASSES = 8, 64, 11
+RUN_ALL = {
+    "args": ["--threads", "1"],
+    "minutes": 1.5,
+    "results": ["segment_step.json", "segment_step.md"],
+    "check": ["median_s"],
+}
 
 
 def make_case(mechanism: str | None):
@@ -73,19 +78,13 @@ def main(argv=None) -> int:
         for lab, step in cases.items():
             times[lab].append(step())
     rows = [{"case": lab, "median_s": statistics.median(ts), "min_s": min(ts)} for lab, ts in times.items()]
-    meta = {
-        "batch": BATCH,
-        "side": SIDE,
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-    }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    rec = stamp(args.threads)
+    meta = {"batch": BATCH, "side": SIDE, "threads": args.threads, "rounds": args.rounds}
+    write_json(args.out + ".json", {**rec, "meta": meta, "rows": rows})
     lines = [
         f"# fpn_resnet_tiny training step, batch {BATCH}, {SIDE} x {SIDE}, {args.threads} thread(s)",
+        "",
+        f"`python benchmarks/segment_step.py --threads {args.threads} --rounds {args.rounds}`. {stamp_line(rec)}",
         "",
         "`classify` is a resnet_tiny classification step at batch 8, 32 x 32, for scale.",
         "",
@@ -93,8 +92,7 @@ def main(argv=None) -> int:
         "| --- | --- | --- |",
     ]
     lines += [f"| {r['case']} | {r['median_s']:.3f} | {r['min_s']:.3f} |" for r in rows]
-    with open(args.out + ".md", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(args.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
