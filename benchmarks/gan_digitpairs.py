@@ -1,14 +1,15 @@
 """The default built-in GAN run (issue 23): ``visattn train --task generate`` on mirrored digit pairs.
 
 Trains the task's defaults (``sagan32_g`` / ``sagan32_d`` at width 32, SAGAN's one-head attention
-block at 16x16, TTUR 1e-4 / 4e-4, batch 64, 8 epochs over 6,000 images, EMA of G) with FID / KID
+block at 16x16, TTUR 1e-4 / 4e-4, batch 64, 5 epochs over 6,000 images, EMA of G) with FID / KID
 each epoch on the fallback feature network (a ``resnet_tiny`` trained on the same data into
 ``OUT/feature_net``: the numbers are NOT comparable to published FIDs), then measures the FID / KID
 of the *untrained* generator (same seed, same samples, same features) for contrast, and writes:
 
 * ``benchmarks/results/gan_digitpairs.{json,md}``: wall time, per-epoch FID / KID / losses, the
   untrained FID, machine, torch, threads and date;
-* ``docs/img/generation_samples.png``: the final grid of 64 EMA samples (fixed noise).
+* ``docs/img/generation_samples.png``: 64 EMA samples of the lowest-FID epoch (``visattn sample
+  RUN -n 64 --seed 0``).
 
     PYTHONPATH=src python benchmarks/gan_digitpairs.py [--threads 2] [--out runs/gan_digitpairs]
     PYTHONPATH=src python benchmarks/gan_digitpairs.py --from-run DIR   # record a finished run

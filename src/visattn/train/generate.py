@@ -92,7 +92,7 @@ class GenTrainConfig(TrainConfig):
     model: str = "auto"
     discriminator: str = "auto"
     data: str = GEN_DEFAULT_DATA
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-4
     lr_d: float = 4e-4
