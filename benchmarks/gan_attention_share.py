@@ -13,7 +13,7 @@ identity; the rounds alternate between the two, and the share of a round is
 and the median step time with the block. Inputs require no grad beyond the networks' own (the
 images are data; every weight trains).
 
-    PYTHONPATH=src python benchmarks/gan_attention_share.py [--threads 1] [--rounds 7]
+    PYTHONPATH=src python benchmarks/gan_attention_share.py [--threads 2] [--rounds 5]   # as recorded
 
 Writes benchmarks/results/gan_attention_share.{json,md} (machine, torch, threads and date inside).
 """
@@ -34,6 +34,13 @@ from torch import nn
 import visattn
 from visattn.models.gan import hinge_d_loss, hinge_g_loss
 from visattn.registry import attention_info
+
+RUN_ALL = {
+    "args": ["--threads", "2", "--rounds", "5"],
+    "minutes": 8,
+    "results": ["gan_attention_share.json", "gan_attention_share.md"],
+    "check": ["attention_share"],
+}
 
 
 class _Identity(nn.Module):
@@ -81,8 +88,8 @@ def make_step(side: int, mechanism: str, width: int, batch: int, with_attention:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--sides", type=int, nargs="+", default=[32, 64])
@@ -109,6 +116,7 @@ def main(argv=None) -> int:
                 "mechanism": mech,
                 "median_step_s": statistics.median(t_on),
                 "attention_share": statistics.median(ratios),
+                "attention_share_rounds": ratios,  # the noise band of the share
             }
             rows.append(row)
             print(
@@ -122,18 +130,20 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
         "cpus": os.cpu_count(),
-        "date": datetime.date.today().isoformat(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_1min": round(os.getloadavg()[0], 2),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        top = {k: meta[k] for k in ("machine", "torch", "threads", "date")}
+        json.dump({**top, "meta": meta, "rows": rows}, f, indent=2)
     lines = [
         f"# Attention block's share of a GAN step (D step + G step), width {args.width}, batch {args.batch}",
         "",
         f"{meta['date']}, torch {meta['torch']}, {meta['machine']} ({meta['cpus']} CPUs), {args.threads} thread(s), "
-        f"median of {args.rounds} alternating rounds. Share = 1 - t(step with the blocks replaced by identity) / "
-        "t(step); the block sits on the side/2 map in G and D. Reproduce: "
-        "`PYTHONPATH=src python benchmarks/gan_attention_share.py`.",
+        f"median of {args.rounds} alternating rounds, load average {meta['load_1min']} at the end. "
+        "Share = 1 - t(step with the blocks replaced by identity) / t(step); the block sits on the side/2 map in G and D. Reproduce: "
+        f"`PYTHONPATH=src python benchmarks/gan_attention_share.py --threads {args.threads} --rounds {args.rounds}`.",
         "",
         "| image | attention map | mechanism | median step (s) | attention share |",
         "| --- | --- | --- | --- | --- |",

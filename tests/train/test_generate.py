@@ -354,3 +354,32 @@ def test_sample_cli_errors(tmp_path, capsys):
     assert cli_main(["sample", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is not a finished generation run" in err and "the run has not finished" in err
+
+
+def test_the_lowest_fid_epoch_is_kept_and_sampled_by_default(tmp_path, tiny_pairs, monkeypatch, capsys):
+    """FIDs 5, 3, 4 over three epochs (scripted): best.safetensors holds the networks after epoch 2,
+    config.json names it, load_generator / `visattn sample` use it, and best=False / --last the last epoch."""
+    fids, seen = iter([5.0, 3.0, 4.0]), []
+
+    def scripted(self):
+        seen.append({k: v.clone() for k, v in self.model.g_ema.state_dict().items()})
+        fid = next(fids)
+        return {"fid": fid, "kid": fid / 10, "kid_std": 0.0}
+
+    monkeypatch.setattr(gen.GanTrainer, "metrics", scripted)
+    out = tmp_path / "best"
+    res = train_generate(_cfg(out, epochs=3, fid_every=1, deterministic=False), tiny_pairs)
+    info = json.loads((out / "config.json").read_text())
+    assert info["best"] == {"epoch": 2, "fid": 3.0, "kid": 0.3, "weights": "best.safetensors"}
+    kept = load_file(str(out / "best.safetensors"))
+    assert {k.split(".")[0] for k in kept} == {"g", "d", "g_ema"}
+    for k, v in seen[1].items():
+        assert torch.equal(kept[f"g_ema.{k}"], v), k
+    g_best, g_last = gen.load_generator(out), gen.load_generator(out, best=False)
+    assert all(torch.equal(v, seen[1][k]) for k, v in g_best.state_dict().items())
+    assert all(torch.equal(v, res.model.g_ema.state_dict()[k]) for k, v in g_last.state_dict().items())
+    assert not all(torch.equal(v, g_last.state_dict()[k]) for k, v in g_best.state_dict().items())
+    for name, extra in (("best.png", []), ("last.png", ["--last"])):
+        assert cli_main(["sample", str(out), "-n", "4", "--out", str(tmp_path / name), *extra]) == 0
+    assert (tmp_path / "best.png").read_bytes() != (tmp_path / "last.png").read_bytes()
+    capsys.readouterr()

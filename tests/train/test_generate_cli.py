@@ -28,7 +28,7 @@ def test_train_generate_options_and_defaults():
     assert (cfg.model, cfg.data, cfg.epochs, cfg.lr, cfg.lr_d, cfg.n_critic, cfg.conditional, cfg.weight_decay) == (
         "auto",
         "digitpairs",
-        8,
+        5,
         1e-4,
         3e-4,
         2,

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
         "sample",
         help="write a grid of a trained GAN's samples (PNG)",
         description="Draw N samples from the generator of a `visattn train --task generate` run (its moving "
-        "average by default) with noise from a seeded generator: the same --seed gives the same grid.",
+        "average by default, at the epoch with the lowest FID where the run measured FID) with noise from a seeded generator: the same --seed gives the same grid.",
     )
     p.add_argument("run", metavar="RUN", help="the run folder (config.json and model.safetensors)")
     p.add_argument("-n", type=int_range(1, 4096), default=64, help="samples (default: %(default)s)")
@@ -21,6 +21,11 @@ def add_parser(sub) -> None:
     p.add_argument("--nrow", type=positive_int, default=None, help="samples per row (default: about sqrt(N))")
     p.add_argument("--scale", type=int_range(1, 16), default=2, help="pixels per image pixel (default: %(default)s)")
     p.add_argument("--no-ema", action="store_true", help="sample G itself, not its moving average")
+    p.add_argument(
+        "--last",
+        action="store_true",
+        help="the last epoch's weights (default: the lowest-FID epoch's, where the run measured FID)",
+    )
     p.add_argument(
         "--label",
         type=int,
@@ -36,7 +41,7 @@ def run(args) -> int:
     from visattn.commands.tasks import say
     from visattn.train.generate import load_generator, sample_images, save_grid
 
-    g = load_generator(args.run, ema=not args.no_ema)
+    g = load_generator(args.run, ema=not args.no_ema, best=not args.last)
     labels = None
     if args.label is not None:
         k = int(getattr(g, "num_classes", 0))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from visattn.compare.plugin import Metric, Task, TaskPlugin, register_task
-from visattn.train.generate import GEN_DEFAULT_DATA
+from visattn.train.generate import GEN_DEFAULT_DATA, GenTrainConfig
 
 __all__ = ["GenerateTask", "GEN_TASKS", "GanPair"]
 
@@ -77,7 +77,7 @@ class GenerateTask(TaskPlugin):
         "tasks": (GEN_DEFAULT_DATA,),
         "seeds": 1,
         "batch_size": 64,
-        "lr": 1e-4,
+        "lr": GenTrainConfig.lr,  # G's; D's is GenTrainConfig.lr_d
         "precise_bn": 0,  # G's BN statistics are its own (no classifier to re-estimate them for)
     }
 

@@ -67,9 +67,12 @@ __all__ = [
     "GEN_DEFAULT_DATA",
     "train_fallback_features",
     "build_gan",
+    "BEST_WEIGHTS",
 ]
 
 GEN_DEFAULT_DATA = "digitpairs"
+#: The weights (G, D, G-EMA) of the epoch with the lowest FID, next to ``model.safetensors`` (the last epoch's).
+BEST_WEIGHTS = "best.safetensors"
 _HALF = (0.5, 0.5, 0.5)  # images in [0, 1] -> [-1, 1] (G's tanh range): (x - 0.5) / 0.5
 
 
@@ -89,7 +92,7 @@ class GenTrainConfig(TrainConfig):
     model: str = "auto"
     discriminator: str = "auto"
     data: str = GEN_DEFAULT_DATA
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-4
     lr_d: float = 4e-4
@@ -445,7 +448,20 @@ class GanTrainer(Trainer):
         if not cfg.fid_every or not ((self.epoch + 1) % cfg.fid_every == 0 or last) or not self.dist.is_main:
             return {"fid": None, "kid": None, "kid_std": None}
         m = self.metrics()
+        self._keep_if_best(m["fid"])
         return {"fid": m["fid"], "kid": m["kid"], "kid_std": m["kid_std"]}
+
+    def _keep_if_best(self, fid: float | None) -> None:
+        """Write G, D and G-EMA to ``OUTPUT/best.safetensors`` when ``fid`` is the run's lowest so
+        far (the history survives a resume, so a resumed run keeps the same best)."""
+        if self.out is None or fid is None or not math.isfinite(fid):
+            return
+        best = _best_record(self.history)
+        if best is None or fid < best["fid"]:
+            from visattn.models.io import save_weights
+
+            meta = {"format": "visattn-model", "epoch": str(self.epoch + 1), "fid": repr(float(fid))}
+            save_weights(self.model, self.out / BEST_WEIGHTS, metadata=meta)
 
     def _epoch_line(self, rec: dict[str, Any]) -> str:
         fid = f" | FID {rec['fid']:.2f} KID {rec['kid']:.4f}" if rec.get("fid") is not None else ""
@@ -505,12 +521,24 @@ class GanTrainer(Trainer):
                 fid_features=_feature_name(self),
                 fid_note=None if _feature_name(self).startswith("inception:") else FEATURE_NOTE,
             )
+            best = _best_record(self.history)
+            info["best"] = (
+                {"epoch": best["epoch"], "fid": best["fid"], "kid": best["kid"], "weights": BEST_WEIGHTS}
+                if best is not None and (self.out / BEST_WEIGHTS).is_file()
+                else None
+            )
             from visattn._io import atomic_write_text
             from visattn._strict_json import strict
 
             atomic_write_text(self.out / "config.json", json.dumps(strict(info), indent=2, allow_nan=False))
             self.write_grid(self.out / "samples.png")
         return res
+
+
+def _best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch record with the lowest finite FID (the first of equals), or None."""
+    scored = [h for h in history if h.get("fid") is not None and math.isfinite(h["fid"])]
+    return min(scored, key=lambda h: h["fid"]) if scored else None
 
 
 def _cached_features(trainer: GanTrainer, spec: str | nn.Module) -> nn.Module:
@@ -588,9 +616,15 @@ def train_generate(
     return GanTrainer(cfg, data, callbacks, bar_position).run()
 
 
-def load_generator(run: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu") -> nn.Module:
+def load_generator(
+    run: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu", best: bool = True
+) -> nn.Module:
     """The generator of a finished ``visattn train --task generate`` run (its EMA unless ``ema=False``
-    or the run kept none), in eval mode. ``run`` holds ``config.json`` and ``model.safetensors``."""
+    or the run kept none), in eval mode. ``run`` holds ``config.json`` and ``model.safetensors``.
+
+    ``best`` (default): the weights of the epoch with the lowest FID (``best.safetensors``, written
+    by runs that measured FID) where the run has them, else the last epoch's; ``best=False``: the
+    last epoch's."""
     from visattn.models.io import load_weights
 
     root = Path(run).expanduser()
@@ -623,6 +657,9 @@ def load_generator(run: str | os.PathLike, ema: bool = True, device: str | torch
         kept["betas"] = tuple(kept["betas"])
     cfg = GenTrainConfig(**kept)
     gan = build_gan(cfg, int(info["image_size"]), len(info["classes"]))
+    best_info = info.get("best")
+    if best and best_info and (root / best_info["weights"]).is_file():
+        weights = root / best_info["weights"]
     load_weights(gan, weights)
     g = gan.g_ema if (ema and gan.g_ema is not None) else gan.g
     return g.to(device).eval()
