@@ -22,7 +22,7 @@ from visattn.train.detect import DET_DEFAULT_DATA, DET_DEFAULT_MODEL
 __all__ = ["DetectTask", "DET_TASKS", "DET_SCENES"]
 
 #: Train and test scenes of the built-in compare data (a cut of ``digitscenes``).
-DET_SCENES = (256, 64)
+DET_SCENES = (200, 50)
 
 DET_TASKS: dict[str, Task] = {
     DET_DEFAULT_DATA: Task(
