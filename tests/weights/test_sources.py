@@ -190,7 +190,7 @@ def test_another_architecture_names_keys_shapes_and_what_it_looks_like(tmp_path)
         visattn.create_model("resnet26", pretrained=str(path), widths=(32, 64, 128, 256))
     with pytest.raises(ValueError, match=r"unknown checkpoint layout \(keys a\.weight\)"):
         detect_format({"a.weight": torch.zeros(1)})
-    with pytest.raises(ValueError, match="backbone_pretrained= is for segmentation models"):
+    with pytest.raises(ValueError, match="backbone_pretrained= is for segmentation and detection models"):
         visattn.create_model("resnet26", backbone_pretrained=str(path))
     with pytest.raises(ValueError, match="unknown source_format 'nope'"):
         visattn.create_model("resnet26", pretrained=str(path), source_format="nope")
