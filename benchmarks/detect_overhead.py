@@ -37,18 +37,10 @@ SIZE, BATCH = 512, 2
 
 
 def _inputs(seed: int):
-    g = torch.Generator().manual_seed(seed)
-    xs, ts = [], []
-    for _ in range(BATCH):
-        xy = torch.randint(0, SIZE // 2, (3, 2), generator=g).float()
-        wh = torch.randint(32, SIZE // 2, (3, 2), generator=g).float()
-        boxes = torch.cat([xy, xy + wh], 1)
-        masks = torch.zeros(3, SIZE, SIZE, dtype=torch.uint8)
-        for k, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
-            masks[k, y1:y2, x1:x2] = 1
-        xs.append(torch.rand(3, SIZE, SIZE, generator=g).requires_grad_())
-        ts.append({"boxes": boxes, "labels": torch.randint(1, 81, (3,), generator=g), "masks": masks})
-    return xs, ts
+    from visattn.data.detection import random_det_batch
+
+    xs, ts = random_det_batch(BATCH, SIZE, 81, min_side=32, seed=seed)
+    return [x.requires_grad_() for x in xs], ts
 
 
 def _step(model, seed: int) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from visattn.compare.plugin import Metric, Task, TaskPlugin, register_task
+from visattn.data.detection import random_det_batch
 from visattn.train.detect import DET_DEFAULT_DATA, DET_DEFAULT_MODEL
 
 __all__ = ["DetectTask", "DET_TASKS", "DET_SCENES"]
@@ -89,19 +90,9 @@ class DetectTask(TaskPlugin):
         return [torch.rand(3, s, s, device=device) for _ in range(batch)]
 
     def cost_step(self, model, data, info, batch, device):
-        s = data.image_size
-        g = torch.Generator().manual_seed(0)
-        xs, ts = [], []
-        for _ in range(batch):
-            xy = torch.randint(0, s // 2, (3, 2), generator=g).float()
-            wh = torch.randint(8, s // 2, (3, 2), generator=g).float()
-            boxes = torch.cat([xy, xy + wh], 1)
-            masks = torch.zeros(3, s, s, dtype=torch.uint8)
-            for k, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
-                masks[k, y1:y2, x1:x2] = 1
-            labels = torch.randint(1, info["num_classes"], (3,), generator=g)
-            xs.append(torch.rand(3, s, s, generator=g).to(device))
-            ts.append({"boxes": boxes.to(device), "labels": labels.to(device), "masks": masks.to(device)})
+        xs, ts = random_det_batch(batch, data.image_size, info["num_classes"])
+        xs = [x.to(device) for x in xs]
+        ts = [{k: v.to(device) for k, v in t.items()} for t in ts]
 
         def loss():
             return sum(model(xs, ts).values())

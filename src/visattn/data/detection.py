@@ -57,6 +57,7 @@ __all__ = [
     "load_det_data",
     "load_digit_instances",
     "load_coco",
+    "random_det_batch",
     "coco_ground_truth",
     "DIGIT_CATEGORIES",
 ]
@@ -211,6 +212,27 @@ class DetEpochBatches(EpochBatches):
 # ---------------------------------------------------------------------------
 # Digit scenes with instances
 # ---------------------------------------------------------------------------
+
+
+def random_det_batch(
+    batch: int, size: int, num_classes: int, *, min_side: int = 8, objects: int = 3, seed: int = 0
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """A seeded batch of random detection inputs and targets (cost measurements, benchmarks):
+    ``batch`` images (3, size, size) in [0, 1), each with ``objects`` boxes (xyxy, sides in
+    [min_side, size/2)), their filled-box masks and labels in [1, num_classes)."""
+    g = torch.Generator().manual_seed(seed)
+    xs, ts = [], []
+    for _ in range(batch):
+        xy = torch.randint(0, size // 2, (objects, 2), generator=g).float()
+        wh = torch.randint(min_side, size // 2, (objects, 2), generator=g).float()
+        boxes = torch.cat([xy, xy + wh], 1)
+        masks = torch.zeros(objects, size, size, dtype=torch.uint8)
+        for k, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
+            masks[k, y1:y2, x1:x2] = 1
+        labels = torch.randint(1, num_classes, (objects,), generator=g)
+        xs.append(torch.rand(3, size, size, generator=g))
+        ts.append({"boxes": boxes, "labels": labels, "masks": masks})
+    return xs, ts
 
 
 def _empty_target(h: int, w: int, masks: bool = True) -> dict[str, torch.Tensor]:
