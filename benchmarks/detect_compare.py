@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from _record import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 RUN_ALL = {
@@ -53,12 +55,12 @@ def main() -> None:
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "detect_compare.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+    write_text(results / "detect_compare.json", json.dumps(doc, indent=2, allow_nan=False))
     md = (
         f"`visattn compare --task detect` (defaults: 10 mechanisms x 2 seeds), {args.threads} thread(s), "
         f"torch {torch.__version__}: wall time **{wall / 60:.1f} min**.\n\n```\n{table}\n```\n"
     )
-    (results / "detect_compare.md").write_text(md)
+    write_text(results / "detect_compare.md", md)
     print(md)
 
 

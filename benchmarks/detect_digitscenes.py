@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from _record import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 RUN_ALL = {
@@ -101,7 +103,7 @@ def main() -> None:
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "detect_digitscenes.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+    write_text(results / "detect_digitscenes.json", json.dumps(doc, indent=2, allow_nan=False))
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}"
@@ -118,7 +120,7 @@ def main() -> None:
         f"{args.threads} thread(s), torch {torch.__version__}; wall time {wall:.0f} s (data, training and "
         f"evaluation). `{command}`\n"
     )
-    (results / "detect_digitscenes.md").write_text(md)
+    write_text(results / "detect_digitscenes.md", md)
     print(md)
     print(f"figure: {fig}")
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from _record import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 RUN_ALL = {
@@ -116,7 +118,7 @@ def main() -> None:
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "detect_overhead.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+    write_text(results / "detect_overhead.json", json.dumps(doc, indent=2, allow_nan=False))
     r = doc["resnet50"]
     md = (
         "| Mask R-CNN, 2 x 512 x 512 | visattn s | reference s | ratio (median of rounds) |\n"
@@ -130,7 +132,7 @@ def main() -> None:
         f"{args.rounds} alternating rounds, {doc['threads']} threads, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}.\n"
     )
-    (results / "detect_overhead.md").write_text(md)
+    write_text(results / "detect_overhead.md", md)
     print(md)
 
 

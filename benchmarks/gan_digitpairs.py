@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from _record import write_json, write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 RUN_ALL = {
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
         "history": history,
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results + ".json").write_text(json.dumps(res, indent=2))
+    write_json(Path(args.results + ".json"), res)
     lines = [
         "# Default built-in GAN run: mirrored digit pairs, 32x32, SAGAN (mhsa, 1 head) at 16x16",
         "",
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
         f"`visattn sample`), final {final['fid']:.2f}, untrained generator {untrained['fid']:.2f}. "
         f"Load average {meta['load_1min']} at the end.",
     ]
-    Path(args.results + ".md").write_text("\n".join(lines) + "\n")
+    write_text(Path(args.results + ".md"), "\n".join(lines) + "\n")
     # The README's picture: what `visattn sample RUN -n 64 --seed 0` draws (the best-FID epoch's G-EMA).
     save_grid(
         sample_images(load_generator(out), cfg.grid_size, seed=0), ROOT / "docs" / "img" / "generation_samples.png"

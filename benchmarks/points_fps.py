@@ -10,12 +10,13 @@ installed. Median of alternating rounds per (batch, points, samples), torch thre
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from _record import write_json, write_text
 
 RUN_ALL = {
     "args": ["--threads", "2"],
@@ -78,7 +79,7 @@ def main() -> None:
     }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "points_fps.json").write_text(json.dumps(doc, indent=2))
+    write_json(out / "points_fps.json", doc)
     md = "| batch | points | samples | torch ms | fpsample ms | torch / fpsample | same indices |\n| --- | --- | --- | --- | --- | --- | --- |\n"
     md += "".join(
         f"| {r['batch']} | {r['points']} | {r['samples']} | {r['torch_ms']:.1f} | {r['fpsample_ms']:.1f} | "
@@ -90,7 +91,7 @@ def main() -> None:
         + (f"; {args.note}" if args.note else "")
         + ".\n"
     )
-    (out / "points_fps.md").write_text(md)
+    write_text(out / "points_fps.md", md)
     print(md)
 
 

@@ -21,13 +21,14 @@ crossover: the smallest n at which it is faster / smaller than ``pct-sa`` and th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from _record import write_json, write_text
 
 RUN_ALL = {
     "args": ["--threads", "2"],
@@ -129,7 +130,7 @@ def main() -> None:
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "points_scaling.json").write_text(json.dumps(doc, indent=2))
+    write_json(results / "points_scaling.json", doc)
     head = " | ".join(f"n={n}" for n in args.sizes)
     lines = [
         f"| mechanism | step time (s): {head} | slope | peak MiB: {head} | slope |",
@@ -148,7 +149,7 @@ def main() -> None:
         + (f"; {args.note}" if args.note else "")
         + ".\n"
     )
-    (results / "points_scaling.md").write_text(md)
+    write_text(results / "points_scaling.md", md)
     print(md)
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from _record import write_json, write_text
+
 RUN_ALL = {
     "args": ["--threads", "2"],
     "minutes": 6,
@@ -106,7 +108,7 @@ def main() -> None:
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"{args.name}.json").write_text(json.dumps(doc, indent=2))
+    write_json(results / f"{args.name}.json", doc)
     rows = "\n".join(
         f"| {h['epoch']} | {100 * h['train_acc']:.1f} | {100 * h['test_acc']:.1f} | {100 * h['test_mean_class_acc']:.1f} "
         f"| {h['images_per_s']:.0f} |"
@@ -125,7 +127,7 @@ def main() -> None:
         + rows
         + "\n"
     )
-    (results / f"{args.name}.md").write_text(md)
+    write_text(results / f"{args.name}.md", md)
     print(md)
 
 
