@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=sorted(LAYERS), default=sorted(LAYERS))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "compile_speed"))
     args = ap.parse_args()
-    torch.set_flush_denormal(True)  # before torch's thread pool starts, as the visattn CLI does
+    torch.set_flush_denormal(True)  # before torch's thread pool starts, as import visattn does
     torch.set_num_threads(args.threads)
     rows = []
     for label in args.only:

@@ -8,7 +8,7 @@ the median over rounds of its per-round time / mhsa's. Targets (issue 19): relpo
 Subnormal floats: the positional logits of far-away keys are large and negative, so softmax
 probabilities of about e^-87..e^-103 are subnormal, and the CPU's arithmetic on them is slow
 (SDPA's fused backward up to ~10x). The script flushes them to zero
-(``torch.set_flush_denormal(True)``, before torch's thread pool starts, as the ``visattn`` CLI
+(``torch.set_flush_denormal(True)``, before torch's thread pool starts, as ``import visattn``
 does) and re-runs the content case in a child process with them kept, to show the difference.
 
     python benchmarks/relpos_vs_mhsa.py --threads 2
@@ -133,7 +133,9 @@ def main() -> None:
     child += ["--batch", str(args.batch), "--dim", str(args.dim), "--rounds", str(args.rounds)]
     child += ["--calls", str(args.calls), "--sides", *map(str, args.sides)]
     print("content case with subnormal floats kept (child process):", flush=True)
-    kept = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    env = {**os.environ, "VISATTN_KEEP_DENORMALS": "1"}  # import visattn keeps them too
+    out = subprocess.run(child, check=True, capture_output=True, text=True, env=env).stdout
+    kept = json.loads(out.splitlines()[-1])
     for r in kept:
         print(f"  {r['size']} {r['case']:<36} train {r['train_ms']:8.2f} ms ({r['train_ratio_vs_mhsa']:.2f}x)")
 

@@ -7,6 +7,9 @@ Every mechanism maps (B, C, H, W) -> (B, C_out, H, W) and is created by name::
     model = visattn.create_model("resnet26", num_classes=10, attention="lambda")
 """
 
+# First: importing fpmode flushes subnormal floats to zero before torch starts its thread pool,
+# unless VISATTN_KEEP_DENORMALS=1 (see visattn/fpmode.py).
+from visattn.fpmode import flush_denormals  # isort: skip
 from visattn import flops as _flops  # noqa: F401  (registers FLOP formulas)
 from visattn.layers import SpatialAttention, TokenAdapter
 from visattn.layers.base import work_limit
@@ -34,6 +37,7 @@ __all__ = [
     "create_attention",
     "create_model",
     "create_set_attention",
+    "flush_denormals",
     "list_attention",
     "list_models",
     "load_backbone_pretrained",

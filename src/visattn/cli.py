@@ -88,21 +88,9 @@ def run_command(name: str, func: Callable[[Any], Any], args: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # run as the ``visattn`` program: before torch's thread pool starts, so every thread flushes
-        _flush_denormals()
     parser = build_parser()
     args = parser.parse_args(argv)
     return run_command(args.command, args.func, args)
-
-
-def _flush_denormals() -> None:
-    """Subnormal floats to zero (``torch.set_flush_denormal``): softmax probabilities of far
-    keys (relpos' positional logits, large attention maps) fall in the subnormal range, where
-    CPU arithmetic is up to ~10x slower (docs/relpos.md, issue 19). A thread takes the setting
-    from the thread that starts it, so it is set before torch starts its thread pool."""
-    import torch
-
-    torch.set_flush_denormal(True)
 
 
 if __name__ == "__main__":  # pragma: no cover
