@@ -216,3 +216,18 @@ def test_cli_train_resume_and_predict(tmp_path, monkeypatch, capsys, one_thread)
     for r in res:
         assert set(r) == {"image_id", "category_id", "bbox", "score", "segmentation"}
         assert r["category_id"] in range(1, 11) and len(r["bbox"]) == 4 and r["bbox"][2] > 0 and r["bbox"][3] > 0
+
+
+def test_cli_batch_size_default_is_the_tasks_own():
+    # the shared default (64) used to reach detection too; untyped, detect takes DetTrainConfig's 8
+    import argparse
+
+    from visattn.commands import train_cmd
+    from visattn.commands.tasks.detect import config_from_args as det_config_from_args
+
+    p = argparse.ArgumentParser()
+    train_cmd.add_train_arguments(p)
+    assert det_config_from_args(p.parse_args(["--task", "detect"])).batch_size == 8
+    assert det_config_from_args(p.parse_args(["--task", "detect", "--batch-size", "3"])).batch_size == 3
+    assert train_cmd.config_from_args(p.parse_args([])).batch_size == 64
+    assert train_cmd.config_from_args(p.parse_args(["--batch-size", "5"])).batch_size == 5

@@ -15,6 +15,7 @@ TRAIN_DEFAULTS = {
     "model": DET_DEFAULT_MODEL,
     "data": DET_DEFAULT_DATA,
     "lr": DetTrainConfig.lr,
+    "batch_size": DetTrainConfig.batch_size,
     "label_smoothing": DetTrainConfig.label_smoothing,
 }
 
