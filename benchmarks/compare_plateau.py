@@ -22,7 +22,7 @@ from visattn.compare import TASKS, compare
 
 RUN_ALL = {
     "args": [],
-    "minutes": 12,
+    "minutes": 5,
     "results": ["compare_plateau.json", "compare_plateau.md"],
     "check": ["top1"],
 }
