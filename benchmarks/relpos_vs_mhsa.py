@@ -29,8 +29,8 @@ import time
 import torch
 
 RUN_ALL = {
-    "args": ["--threads", "2"],
-    "minutes": 4,
+    "args": ["--threads", "2", "--rounds", "7"],
+    "minutes": 6,
     "results": ["relpos_vs_mhsa.json", "relpos_vs_mhsa.md"],
     "check": ["ratio"],
 }
@@ -110,6 +110,44 @@ def measure(sides, cases, batch, dim, rounds, calls) -> list[dict]:
     return rows
 
 
+def sdpa_floor(sides, batch, dim, rounds, calls) -> list[dict]:
+    """The unavoidable part of the content case's extra cost: SDPA itself at the fold width
+    (key_dim + 3 positional dimensions, rounded up to 8, values padded to it) against SDPA at
+    mhsa's head width, forward + backward. ``floor`` = 1 + (SDPA_D - SDPA_d) / mhsa's layer step:
+    the ratio relpos would have if everything but the wider SDPA cost what mhsa's does."""
+    import torch.nn.functional as F
+
+    import visattn
+
+    heads, out = 4, []
+    layer = visattn.create_attention("relpos", dim, num_heads=heads, encoding="quadratic", content=True)
+    d, wide = dim // heads, layer._fold_width()
+    for side in sides:
+        n = side * side
+        torch.manual_seed(0)
+        ins = {w: [torch.randn(batch, heads, n, w, requires_grad=True) for _ in range(3)] for w in (d, wide)}
+        g = {w: torch.randn(batch, heads, n, w) for w in (d, wide)}
+
+        def step(w):
+            F.scaled_dot_product_attention(*ins[w]).backward(g[w])
+
+        for w in ins:
+            step(w)
+        times = {w: [] for w in ins}
+        for r in range(rounds):
+            for w in ins if r % 2 == 0 else reversed(list(ins)):
+                times[w].append(_median_call(lambda: step(w), calls))
+        out.append(
+            {
+                "size": f"{side}x{side}",
+                "sdpa_ms": {str(w): 1e3 * statistics.median(t) for w, t in times.items()},
+                "sdpa_ratio": statistics.median(a / b for a, b in zip(times[wide], times[d])),
+                "widths": [d, wide],
+            }
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -129,6 +167,14 @@ def main() -> None:
         print(json.dumps(measure(args.sides, cases, args.batch, args.dim, args.rounds, args.calls)))
         return
     rows = measure(args.sides, CASES, args.batch, args.dim, args.rounds, args.calls)
+    floor = sdpa_floor(args.sides, args.batch, args.dim, args.rounds, args.calls)
+    for f in floor:
+        mhsa_ms = next(r["train_ms"] for r in rows if r["size"] == f["size"] and r["case"] == "mhsa")
+        d, wide = f["widths"]
+        f["floor_vs_mhsa"] = 1 + (f["sdpa_ms"][str(wide)] - f["sdpa_ms"][str(d)]) / mhsa_ms
+        print(
+            f"  {f['size']} SDPA fwd+bwd width {wide} / {d}: {f['sdpa_ratio']:.2f}x; floor {f['floor_vs_mhsa']:.2f}x mhsa"
+        )
     child = [sys.executable, __file__, "--child", "--keep-denormals", "--threads", str(args.threads)]
     child += ["--batch", str(args.batch), "--dim", str(args.dim), "--rounds", str(args.rounds)]
     child += ["--calls", str(args.calls), "--sides", *map(str, args.sides)]
@@ -143,7 +189,7 @@ def main() -> None:
 
     st = stamp(args.threads)
     config = {"batch": args.batch, "dim": args.dim, "heads": 4, "rounds": args.rounds, "calls": args.calls}
-    doc = {**st, "flush_denormal": True, "config": config, "rows": rows, "denormals_kept": kept}
+    doc = {**st, "flush_denormal": True, "config": config, "rows": rows, "denormals_kept": kept, "floor": floor}
     write_json(args.out + ".json", doc)
     lines = [
         f"# relpos vs mhsa (C={args.dim}, 4 heads, batch {args.batch}, CPU, {args.threads} thread(s))",
@@ -161,8 +207,26 @@ def main() -> None:
     lines += [
         "",
         "Train = forward + backward with an input that requires grad; ratios are medians of per-round",
-        f"ratios over {args.rounds} alternating rounds. Subnormal floats flushed to zero (as the visattn CLI",
-        "does). With them kept (a child process, same cases):",
+        f"ratios over {args.rounds} alternating rounds. Subnormal floats flushed to zero (as import visattn",
+        "does).",
+        "",
+        "Floor of the content case: the fold widens SDPA's queries, keys and values from mhsa's head width",
+        "to key_dim + 3 positional dimensions rounded up to 8. SDPA alone at both widths (forward + backward,",
+        "same batch and heads), and the ratio relpos would have against mhsa if everything else cost what",
+        "mhsa's does (1 + the SDPA difference / mhsa's training step):",
+        "",
+        "| size | SDPA ms (mhsa width / fold width) | SDPA ratio | floor vs mhsa |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for f in floor:
+        d, wide = f["widths"]
+        lines.append(
+            f"| {f['size']} | {f['sdpa_ms'][str(d)]:.2f} / {f['sdpa_ms'][str(wide)]:.2f} (d = {d} / {wide}) | "
+            f"{f['sdpa_ratio']:.2f} | {f['floor_vs_mhsa']:.2f} |"
+        )
+    lines += [
+        "",
+        "With subnormal floats kept (a child process, same cases):",
         "",
         "| size | case | train ms | train ratio |",
         "| --- | --- | ---: | ---: |",
