@@ -6,10 +6,11 @@ evaluations of the same arithmetic, each an implementation of its own (``impl=``
 * :func:`attend_functional` (``"functional"``): out of place, one product and one shifted
   slice per offset; what autograd, a trace, an export, ``torch.compile`` and ``torch.func``
   transforms can record.
-* :func:`attend_inplace` (``"inplace"``): the loop runs in place over row chunks of the
-  image (memory bounded independently of k*k); under autograd as :class:`SlideAttend`, a
-  custom autograd Function that saves only q, K, V and the attention weights and walks the
-  offsets again in its backward. Pure shifts (no learned kernel) take
+* :func:`attend_inplace` / :func:`attend_inplace_qkv` (``"inplace"``): the loop runs in place
+  over row chunks of the image (memory bounded independently of k*k); under autograd as
+  :class:`SlideAttend`, a custom autograd Function on the packed q, K, V (B, 3C, H, W) that
+  saves only them and the attention weights and walks the offsets again in its backward
+  (padding nothing, writing the three gradients into one buffer). Pure shifts (no learned kernel) take
   :func:`_shifts_inplace`, which pads nothing: a missing neighbour has key and value 0, so
   each offset only touches the pixels whose neighbour exists.
 
