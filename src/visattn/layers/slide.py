@@ -63,7 +63,7 @@ from torch import nn
 from visattn.layers._ops import autocast_off, is_capturing, softmax_fp32, under_functorch, upcast
 from visattn.layers.base import SpatialAttention, check_divisible, check_odd, check_positive_int, check_work
 from visattn.layers.local import padding_mask
-from visattn.layers.slide_kernels import attend_functional, attend_inplace
+from visattn.layers.slide_kernels import attend_functional, attend_inplace_qkv
 from visattn.registry import register_attention
 
 __all__ = ["SlideAttention", "one_hot_shift_kernels"]
@@ -334,31 +334,34 @@ class SlideAttention(SpatialAttention):
         return self._forward_core(x, "inplace")
 
     def _forward_core(self, x: torch.Tensor, impl: str) -> torch.Tensor:
-        q, k_, v = self._qkv(x)
-        dtype = q.dtype  # the module's dtype, or the autocast dtype
+        qkv = self._qkv_packed(x)
+        dtype = qkv.dtype  # the module's dtype, or the autocast dtype
         with autocast_off(x.device.type):  # the attention core runs in float32 for half inputs
-            q, k_, v = upcast(q, k_, v)
-            o = self._attend(q, k_, v, impl).to(dtype)  # (B, C, H, W)
+            (qkv,) = upcast(qkv)
+            o = self._attend(qkv, impl).to(dtype)  # (B, C, H, W)
         return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, C, H, W) -> q * head_dim^-1/2, k, v, each (B, C, H, W); the scale is folded into
-        the projection so it costs no pass over the map."""
+    def _qkv_packed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 3C, H, W): q * head_dim^-1/2, k, v stacked on the channels; the
+        scale is folded into the projection so it costs no pass over the map."""
         c = self.dim
         gain = torch.ones(3 * c, 1, dtype=self.qkv.weight.dtype, device=self.qkv.weight.device)
         gain[:c] = self.scale
         wt = (self.qkv.weight * gain)[:, :, None, None]
         bias = self.qkv.bias * gain[:, 0] if self.qkv.bias is not None else None
-        qkv = F.conv2d(x, wt, bias).contiguous()  # (B, 3C, H, W)
-        q, k_, v = qkv.chunk(3, dim=1)
+        return F.conv2d(x, wt, bias).contiguous()
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) -> q * head_dim^-1/2, k, v, each (B, C, H, W)."""
+        q, k_, v = self._qkv_packed(x).chunk(3, dim=1)
         return q, k_, v
 
-    def _attend(self, q: torch.Tensor, k_: torch.Tensor, v: torch.Tensor, impl: str) -> torch.Tensor:
-        """q (scaled), k, v: (B, C, H, W) in the compute dtype -> attention output (B, C, H, W)."""
-        bsz, c, h, w = q.shape
+    def _attend(self, qkv: torch.Tensor, impl: str) -> torch.Tensor:
+        """qkv (B, 3C, H, W) (q scaled) in the compute dtype -> attention output (B, C, H, W)."""
+        bsz, c3, h, w = qkv.shape
+        c = c3 // 3
         nh, d, ks = self.num_heads, self.head_dim, self.kernel_size
-        kk, r, dt = ks * ks, ks // 2, q.dtype
-        q5, k5, v5 = q.view(bsz, nh, d, h, w), k_.view(bsz, nh, d, h, w), v.view(bsz, nh, d, h, w)
+        kk, r, dt = ks * ks, ks // 2, qkv.dtype
         merged = self.merged_shift()
         w3: torch.Tensor | None = None
         b2: torch.Tensor | None = None
@@ -366,16 +369,18 @@ class SlideAttention(SpatialAttention):
             w3 = merged[0].to(dt).view(d, kk, kk)  # [c, i, j]: weight of shift j in neighbour i
             b2 = merged[1].to(dt).view(d, kk)  # [c, i]
         kb = self.offset_bias.to(dt) if self.offset_bias is not None else None
-        valid = padding_mask(h, w, ks, device=q.device).view(kk, h, w) if self.mask_padding else None
+        valid = padding_mask(h, w, ks, device=qkv.device).view(kk, h, w) if self.mask_padding else None
         if impl == "inplace":
-            if _recorded(q, k_, v, w3, b2, kb):
+            if _recorded(qkv, w3, b2, kb):
                 raise ValueError(
                     "SlideAttention: impl='inplace' runs an in-place loop (a custom autograd Function "
                     "under autograd), which tracing, ONNX export, torch.compile and torch.func transforms "
                     "cannot record; use impl='functional' (or 'auto', which picks it there)"
                 )
-            o = attend_inplace(q5, k5, v5, ks, w3, b2, kb, valid)
+            o = attend_inplace_qkv(qkv, nh, ks, w3, b2, kb, valid)
         else:
+            q, k_, v = qkv.chunk(3, dim=1)
+            q5 = q.reshape(bsz, nh, d, h, w)
             kp = F.pad(k_, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
             vp = F.pad(v, (r, r, r, r)).view(bsz, nh, d, h + 2 * r, w + 2 * r)
             o = attend_functional(q5, kp, vp, ks, w3, b2, kb, valid)
