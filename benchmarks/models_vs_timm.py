@@ -48,8 +48,8 @@ from _record import stamp
 from visattn.bench.measure import synchronize
 
 RUN_ALL = {
-    "args": ["--threads", "2", "--rounds", "3", "--no-timm"],
-    "minutes": 8,
+    "args": ["--threads", "2", "--rounds", "3"],
+    "minutes": 2,
     "results": ["models_vs_timm.json", "models_vs_timm.md"],
     "check": ["ratio"],
 }
