@@ -267,9 +267,10 @@ class _StopAfter:
 
 @pytest.mark.slow
 def test_resume_is_exact_with_g_d_ema_and_the_optimizer(tmp_path, tiny_pairs):
-    """3 steps per epoch, 2 epochs, n_critic 2, a checkpoint every 2 steps: a run stopped after
-    step 5 and resumed (from step 4) ends with the weights (G, D, G-EMA) of an uninterrupted run."""
-    kw = dict(n_critic=2, save_every=2)
+    """3 steps per epoch, 2 epochs, n_critic 2, a checkpoint every 2 steps, DiffAugment drawing from
+    the RNG: a run stopped after step 5 and resumed (from step 4) ends with the weights (G, D,
+    G-EMA) of an uninterrupted run."""
+    kw = dict(n_critic=2, save_every=2, diffaug="translation,cutout")
     with pytest.raises(KeyboardInterrupt):
         gen.GanTrainer(_cfg(tmp_path / "a", **kw), tiny_pairs, callbacks=[_StopAfter(5)]).run()
     assert json.loads((tmp_path / "a" / "checkpoints" / "latest.json").read_text())["step"] == 4
@@ -287,7 +288,7 @@ def test_resume_is_exact_with_g_d_ema_and_the_optimizer(tmp_path, tiny_pairs):
     with pytest.raises(
         ValueError, match=r"cannot resume: the checkpoint was made with other options n_critic=2 \(now 1\)"
     ):
-        train_generate(_cfg(tmp_path / "a", resume=True, save_every=2), tiny_pairs)
+        train_generate(_cfg(tmp_path / "a", resume=True, save_every=2, diffaug="translation,cutout"), tiny_pairs)
 
 
 def test_ttur_one_optimizer_is_two_adams(tmp_path, tiny_pairs):

@@ -51,6 +51,7 @@ from visattn.data.generation import load_gen_data
 from visattn.errors import TrainingDiverged
 from visattn.models.gan import discriminator_for, hinge_d_loss, hinge_g_loss
 from visattn.registry import create_model, list_models, model_entry
+from visattn.train.diffaug import diff_augment, parse_policy
 from visattn.train.engine import TrainConfig, Trainer, TrainResult, plot_panels
 from visattn.train.gan_metrics import FEATURE_NOTE, ClassifierFeatures, generation_metrics
 
@@ -84,8 +85,9 @@ class GenTrainConfig(TrainConfig):
     ``_d``); ``model_kwargs`` go to both (e.g. ``{"ch": 64}``); ``width`` is their ``ch``
     unless ``model_kwargs`` gives one. ``attention`` / ``attn_kwargs``: the mechanism of both
     attention blocks. ``lr`` is G's learning rate, ``lr_d`` D's. ``conditional``: class-
-    conditional G and D (the data's labels). ``ema_decay`` 0 turns the EMA off (samples then come
-    from G). ``fid_every`` 0: no FID / KID.
+    conditional G and D (the data's labels). ``diffaug``: the DiffAugment policy applied to every
+    image D sees, real and generated (:mod:`visattn.train.diffaug`; ``""``: none). ``ema_decay`` 0
+    turns the EMA off (samples then come from G). ``fid_every`` 0: no FID / KID.
     """
 
     task: str = "generate"
@@ -105,6 +107,7 @@ class GenTrainConfig(TrainConfig):
     width: int = 32
     z_dim: int = 128
     conditional: bool = False
+    diffaug: str = ""
     ema_decay: float = 0.999
     grid_size: int = 64
     fid_every: int = 1
@@ -151,6 +154,7 @@ class GenTrainConfig(TrainConfig):
             )
         if self.precise_bn:
             raise ValueError(f"precise_bn is a classification option; --task generate takes 0, got {self.precise_bn}")
+        parse_policy(self.diffaug)
         if self.fid_features is not None and not isinstance(self.fid_features, str):
             raise TypeError(f"fid_features must be None or 'inception:PATH' / 'run:DIR', got {self.fid_features!r}")
 
@@ -329,6 +333,7 @@ class GanTrainer(Trainer):
         self.crop_pad = cfg.crop_pad if cfg.crop_pad is not None else 0  # flips only, by default
         self.num_classes = self.data.num_classes if cfg.conditional else 0
         self.z_dim = cfg.z_dim
+        self._policy = parse_policy(cfg.diffaug)
         nets: tuple[Any, Any] = self._ddp_nets or (self.model.g, self.model.d)
         if cfg.compile:
             nets = (torch.compile(nets[0]), torch.compile(nets[1]))
@@ -368,6 +373,7 @@ class GanTrainer(Trainer):
             width=cfg.width,
             z_dim=cfg.z_dim,
             conditional=cfg.conditional,
+            diffaug=cfg.diffaug,
             ema_decay=cfg.ema_decay,
         )
         return d
@@ -388,7 +394,7 @@ class GanTrainer(Trainer):
             fake = g_net(z, y_fake)
         labels = torch.cat([y_real, y_fake]) if y_real is not None and y_fake is not None else None
         with self._autocast():
-            logits = d_net(torch.cat([x, fake.to(x.dtype)]), labels).float()
+            logits = d_net(diff_augment(torch.cat([x, fake.to(x.dtype)]), self._policy), labels).float()
             d_loss = hinge_d_loss(logits[:n], logits[n:])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(d_loss).backward()
@@ -402,7 +408,7 @@ class GanTrainer(Trainer):
         # Generator: one step every n_critic discriminator steps.
         z, y_fake = self._noise(n)
         with self._autocast():
-            g_loss = hinge_g_loss(d_net(g_net(z, y_fake), y_fake).float())
+            g_loss = hinge_g_loss(d_net(diff_augment(g_net(z, y_fake), self._policy), y_fake).float())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(g_loss).backward()
         for p in self.model.d.parameters():
@@ -475,9 +481,11 @@ class GanTrainer(Trainer):
 
     # -- evaluation --------------------------------------------------------------
     def write_grid(self, path: Path) -> Path:
-        """``grid_size`` samples of the sampling network from fixed noise (seeded by ``seed``)."""
+        """``grid_size`` samples of the sampling network from fixed noise (seeded by ``seed``); a
+        class-conditional run with up to 16 classes draws them in turn, one class per column."""
         imgs = sample_images(self.model.sampler, self.cfg.grid_size, seed=self.cfg.seed)
-        return save_grid(imgs, path)
+        k = self.num_classes
+        return save_grid(imgs, path, nrow=k if 0 < k <= 16 else None)
 
     def features(self) -> str | nn.Module:
         """The FID / KID feature network (the fallback classifier is trained on first use)."""
