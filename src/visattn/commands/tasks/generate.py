@@ -68,6 +68,13 @@ def train_options(g) -> None:
         help=f"DiffAugment of D's inputs, real and generated: a comma-separated subset of translation, cutout, "
         f"brightness; '' for none (default {d.diffaug!r})",
     )
+    g.add_argument(
+        "--aux-weight",
+        type=float,
+        default=None,
+        help="class-conditional runs: weight of an AC-GAN auxiliary classifier loss in D (on real images) and G "
+        f"(on its samples' requested classes); 0: none (default {d.aux_weight:g})",
+    )
     g.add_argument("--ema-decay", type=_ema, default=None, help=f"EMA of G (default {d.ema_decay}; 0: off)")
     g.add_argument(
         "--grid-size",
@@ -115,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> GenTrainConfig:
         "width": args.width,
         "z_dim": args.z_dim,
         "diffaug": args.diffaug,
+        "aux_weight": args.aux_weight,
         "ema_decay": args.ema_decay,
         "grid_size": args.grid_size,
         "fid_every": args.fid_every,
