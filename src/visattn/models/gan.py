@@ -339,7 +339,9 @@ class SAGANDiscriminator(_GANBase):
             out = out + (self.embed(y) * h).sum(1)
         if with_classes:
             if self.aux is None:
-                raise ValueError("with_classes needs a discriminator built with aux_classifier=True and num_classes > 0")
+                raise ValueError(
+                    "with_classes needs a discriminator built with aux_classifier=True and num_classes > 0"
+                )
             return out, self.aux(h)
         return out
 
