@@ -209,6 +209,7 @@ def test_auxiliary_classifier_head_of_d():
     assert logits.shape == (2,) and classes.shape == (2, 3)
     torch.testing.assert_close(logits, d(x, y))
     torch.testing.assert_close(classes, h["h"] @ d.aux.weight.T + d.aux.bias)
+    assert not hasattr(d.aux, "parametrizations") and hasattr(d.linear, "parametrizations")  # no spectral norm
     plain = visattn.create_model("sagan32_d", ch=4, num_classes=3)
     with pytest.raises(ValueError, match="with_classes needs a discriminator built with aux_classifier=True"):
         plain(x, y, with_classes=True)

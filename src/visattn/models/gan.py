@@ -194,7 +194,8 @@ class GANConfig:
         attention / attn_kwargs: the mechanism of the attention block (None: ``mhsa``, one head).
         sn_attention: spectral-normalise the mechanism's own Conv2d / Linear layers too.
         aux_classifier: D (class-conditional) also has an auxiliary classifier head (AC-GAN, Odena
-            et al. 2017): ``d(x, y, with_classes=True)`` returns (logits, class logits (B, K)).
+            et al. 2017), not spectrally normalised: ``d(x, y, with_classes=True)`` returns (logits,
+            class logits (B, K)).
     """
 
     img_size: int = 32
@@ -282,7 +283,7 @@ class SAGANGenerator(_GANBase):
             raise ValueError(f"SAGANGenerator expects z (B, {self.z_dim}), got {tuple(z.shape)}")
         if self.num_classes and y is None:
             raise ValueError(f"this generator is class-conditional ({self.num_classes} classes): pass labels y (B,)")
-        if self.num_classes:
+        if y is not None and self.num_classes:
             z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
         h = self.linear(z).view(z.shape[0], -1, 4, 4)
         for i, block in enumerate(self.blocks):
@@ -310,12 +311,14 @@ class SAGANDiscriminator(_GANBase):
         )
         self.linear = nn.Linear(widths[-1], 1)
         self.embed = nn.Embedding(cfg.num_classes, widths[-1]) if cfg.num_classes else None
-        self.aux = nn.Linear(widths[-1], cfg.num_classes) if cfg.num_classes and cfg.aux_classifier else None
         _init_own_layers(self)
         apply_spectral_norm(self, skip_mixers=True)
         if self.embed is not None:
             nn.init.xavier_uniform_(self.embed.weight)
             spectral_norm(self.embed)
+        # the auxiliary classifier (built after the spectral norms, so it has none: a 1-Lipschitz head
+        # caps the class logits at the size of h, and its cross-entropy then barely fell in short runs)
+        self.aux = nn.Linear(widths[-1], cfg.num_classes) if cfg.num_classes and cfg.aux_classifier else None
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None, with_classes: bool = False

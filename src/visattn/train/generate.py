@@ -109,7 +109,7 @@ class GenTrainConfig(TrainConfig):
     z_dim: int = 128
     conditional: bool = True
     diffaug: str = ""
-    aux_weight: float = 1.0
+    aux_weight: float = 0.0
     ema_decay: float = 0.999
     grid_size: int = 64
     fid_every: int = 2
@@ -413,7 +413,7 @@ class GanTrainer(Trainer):
             out = d_net(diff_augment(torch.cat([x, fake.to(x.dtype)]), self._policy), labels, **self._aux_kw)
             logits = (out[0] if aux else out).float()
             d_loss = hinge_d_loss(logits[:n], logits[n:])
-            if aux:  # AC-GAN: D's classifier learns the real images' classes
+            if aux and y_real is not None:  # AC-GAN: D's classifier learns the real images' classes
                 d_loss = d_loss + self.aux_weight * F.cross_entropy(out[1][:n].float(), y_real)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(d_loss).backward()
@@ -429,7 +429,7 @@ class GanTrainer(Trainer):
         with self._autocast():
             out = d_net(diff_augment(g_net(z, y_fake), self._policy), y_fake, **self._aux_kw)
             g_loss = hinge_g_loss((out[0] if aux else out).float())
-            if aux:  # ... and G makes images that it classifies as the requested class
+            if aux and y_fake is not None:  # ... and G makes images that it classifies as the requested class
                 g_loss = g_loss + self.aux_weight * F.cross_entropy(out[1].float(), y_fake)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(g_loss).backward()
