@@ -38,7 +38,7 @@ from visattn.registry import attention_info
 
 RUN_ALL = {
     "args": ["--threads", "2", "--rounds", "5"],
-    "minutes": 3,
+    "minutes": 2,
     "results": ["gan_attention_share.json", "gan_attention_share.md"],
     "check": ["attention_share"],
 }
