@@ -412,8 +412,8 @@ def test_auxiliary_classifier_loss_is_added_to_both_steps(tmp_path, tiny_pairs, 
     assert len(seen) == 2 * 3 and len(d_losses) == len(g_losses) == 3  # 48 images / batch 16: 3 D and 3 G steps
     assert all(shape == (16, 10) for shape, _, _ in seen)
     rec = json.loads((tmp_path / "aux" / "metrics.jsonl").read_text().splitlines()[0])
-    want_d = sum(float(h) + 0.5 * ce for h, (_, _, ce) in zip(d_losses, seen[0::2], strict=True)) / 3
-    want_g = sum(float(h) + 0.5 * ce for h, (_, _, ce) in zip(g_losses, seen[1::2], strict=True)) / 3
+    want_d = sum(float(h.detach()) + 0.5 * ce for h, (_, _, ce) in zip(d_losses, seen[0::2], strict=True)) / 3
+    want_g = sum(float(h.detach()) + 0.5 * ce for h, (_, _, ce) in zip(g_losses, seen[1::2], strict=True)) / 3
     assert rec["d_loss"] == pytest.approx(want_d, rel=1e-6) and rec["g_loss"] == pytest.approx(want_g, rel=1e-6)
     assert json.loads((tmp_path / "aux" / "config.json").read_text())["config"]["aux_weight"] == 0.5
     gen.load_generator(tmp_path / "aux")  # the run's D (with its head) loads back

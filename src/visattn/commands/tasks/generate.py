@@ -17,6 +17,7 @@ TRAIN_DEFAULTS = {
     "data": GEN_DEFAULT_DATA,
     "lr": GenTrainConfig.lr,
     "epochs": GenTrainConfig.epochs,
+    "batch_size": GenTrainConfig.batch_size,
     "label_smoothing": GenTrainConfig.label_smoothing,
 }
 
