@@ -3,7 +3,8 @@
 One GAN step as ``visattn train --task generate`` runs it: a hinge D step on real + generated
 images (G forward without gradient, D forward and backward on both) and a hinge G step (G and D
 forward, backward), with Adam updates, on the SAGAN models ``sagan{32,64}_g`` / ``_d`` at width
-``--width`` (the task's default 32), batch ``--batch``, unconditional. Each mechanism fills both
+``--width`` (the task's default, 16), batch ``--batch``, unconditional (a class-conditional
+run adds per-class BN gains and a projection term, no attention cost). Each mechanism fills both
 attention blocks (``AttentionInfo.bench_kwargs``; ``mhsa`` with one head is SAGAN's own block).
 
 The share is measured by difference, side by side in one run: for every mechanism the same
@@ -37,7 +38,7 @@ from visattn.registry import attention_info
 
 RUN_ALL = {
     "args": ["--threads", "2", "--rounds", "5"],
-    "minutes": 3,
+    "minutes": 2,
     "results": ["gan_attention_share.json", "gan_attention_share.md"],
     "check": ["attention_share"],
 }
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--width", type=int, default=16)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--sides", type=int, nargs="+", default=[32, 64])
     p.add_argument("--mechanisms", nargs="+", default=None, help="default: every registered mechanism")

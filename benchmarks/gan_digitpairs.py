@@ -139,10 +139,12 @@ def main(argv=None) -> int:
         f"Load average {meta['load_1min']} at the end.",
     ]
     write_text(Path(args.results + ".md"), "\n".join(lines) + "\n")
-    # The README's picture: what `visattn sample RUN -n 64 --seed 0` draws (the best-FID epoch's G-EMA).
-    save_grid(
-        sample_images(load_generator(out), cfg.grid_size, seed=0), ROOT / "docs" / "img" / "generation_samples.png"
-    )
+    # The README's picture: what `visattn sample RUN -n 80 --nrow 10 --seed 0` draws (the best-FID epoch's
+    # G-EMA; a class-conditional run draws the classes in turn, so each column is one digit).
+    g = load_generator(out)
+    k = int(getattr(g, "num_classes", 0))
+    n, nrow = (8 * k, k) if 0 < k <= 16 else (64, None)
+    save_grid(sample_images(g, n, seed=0), ROOT / "docs" / "img" / "generation_samples.png", nrow=nrow)
     print("\n".join(lines))
     return 0
 

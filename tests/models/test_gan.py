@@ -121,6 +121,30 @@ def test_projection_discriminator_adds_the_class_term():
     torch.testing.assert_close(out1 - out0, (h["h"] * (e[1] - e[0])).sum(1), rtol=1e-4, atol=1e-5)
 
 
+def test_conditional_generator_takes_the_class_one_hot_next_to_z():
+    """The class enters G's first layer as a one-hot next to z (and the CBNs, whose gains start at 0):
+    at initialisation the first layer's output for class k is W [z; e_k] + b, so two classes differ by
+    W's columns z_dim + k."""
+    torch.manual_seed(0)
+    g = visattn.create_model("sagan32_g", ch=4, z_dim=16, num_classes=3).eval()
+    assert g.linear.in_features == 16 + 3
+    h = {}
+    g.linear.register_forward_hook(lambda m, i, o: h.__setitem__(len(h), o))
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        a, b = g(z, torch.tensor([0, 0])), g(z, torch.tensor([2, 2]))
+        w = g.linear.weight  # the spectrally normalised weight the forward used
+    assert a.shape == b.shape == (2, 3, 32, 32) and not torch.allclose(a, b)
+    torch.testing.assert_close(h[1] - h[0], (w[:, 18] - w[:, 16]).expand(2, -1), rtol=1e-4, atol=1e-5)
+    from visattn.train.generate import sample_images
+
+    s = sample_images(g, 6, seed=1, labels=torch.full((6,), 2))  # the requested labels, one image each
+    assert s.shape == (6, 3, 32, 32)
+    z6 = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(s, (g(z6, torch.full((6,), 2)) * 0.5 + 0.5).clamp(0, 1), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("mechanism", visattn.list_attention())
 def test_one_g_and_d_step_with_every_mechanism(mechanism):
     """A hinge D step and G step at 32 px with the mechanism in both attention blocks: finite losses,
@@ -171,3 +195,21 @@ def test_parameter_counts_stated_in_docs():
         for ch in (64,):
             m = visattn.create_model(name, ch=ch)
             assert int(rows[name].replace(",", "")) == n_params(m), name
+
+
+def test_auxiliary_classifier_head_of_d():
+    """aux_classifier: D's class logits are a linear map of the same pooled features as its logit;
+    without the head, asking for classes is refused."""
+    torch.manual_seed(0)
+    d = visattn.create_model("sagan32_d", ch=4, num_classes=3, aux_classifier=True).eval()
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    h = {}
+    d.linear.register_forward_hook(lambda m, i, o: h.__setitem__("h", i[0]))
+    logits, classes = d(x, y, with_classes=True)
+    assert logits.shape == (2,) and classes.shape == (2, 3)
+    torch.testing.assert_close(logits, d(x, y))
+    torch.testing.assert_close(classes, h["h"] @ d.aux.weight.T + d.aux.bias)
+    assert not hasattr(d.aux, "parametrizations") and hasattr(d.linear, "parametrizations")  # no spectral norm
+    plain = visattn.create_model("sagan32_d", ch=4, num_classes=3)
+    with pytest.raises(ValueError, match="with_classes needs a discriminator built with aux_classifier=True"):
+        plain(x, y, with_classes=True)

@@ -267,9 +267,10 @@ class _StopAfter:
 
 @pytest.mark.slow
 def test_resume_is_exact_with_g_d_ema_and_the_optimizer(tmp_path, tiny_pairs):
-    """3 steps per epoch, 2 epochs, n_critic 2, a checkpoint every 2 steps: a run stopped after
-    step 5 and resumed (from step 4) ends with the weights (G, D, G-EMA) of an uninterrupted run."""
-    kw = dict(n_critic=2, save_every=2)
+    """3 steps per epoch, 2 epochs, n_critic 2, a checkpoint every 2 steps, DiffAugment drawing from
+    the RNG: a run stopped after step 5 and resumed (from step 4) ends with the weights (G, D,
+    G-EMA) of an uninterrupted run."""
+    kw = dict(n_critic=2, save_every=2, diffaug="translation,cutout")
     with pytest.raises(KeyboardInterrupt):
         gen.GanTrainer(_cfg(tmp_path / "a", **kw), tiny_pairs, callbacks=[_StopAfter(5)]).run()
     assert json.loads((tmp_path / "a" / "checkpoints" / "latest.json").read_text())["step"] == 4
@@ -287,7 +288,7 @@ def test_resume_is_exact_with_g_d_ema_and_the_optimizer(tmp_path, tiny_pairs):
     with pytest.raises(
         ValueError, match=r"cannot resume: the checkpoint was made with other options n_critic=2 \(now 1\)"
     ):
-        train_generate(_cfg(tmp_path / "a", resume=True, save_every=2), tiny_pairs)
+        train_generate(_cfg(tmp_path / "a", resume=True, save_every=2, diffaug="translation,cutout"), tiny_pairs)
 
 
 def test_ttur_one_optimizer_is_two_adams(tmp_path, tiny_pairs):
@@ -383,3 +384,36 @@ def test_the_lowest_fid_epoch_is_kept_and_sampled_by_default(tmp_path, tiny_pair
         assert cli_main(["sample", str(out), "-n", "4", "--out", str(tmp_path / name), *extra]) == 0
     assert (tmp_path / "best.png").read_bytes() != (tmp_path / "last.png").read_bytes()
     capsys.readouterr()
+
+
+def test_auxiliary_classifier_loss_is_added_to_both_steps(tmp_path, tiny_pairs, monkeypatch):
+    """aux_weight > 0 (AC-GAN): D's loss is its hinge loss + w * CE(D's classes of the real images, their
+    labels) and G's is its hinge loss + w * CE(D's classes of its samples, the requested labels)."""
+    import torch.nn.functional as F
+
+    from visattn.models import gan as gan_models
+
+    seen = []
+    real_ce = F.cross_entropy
+
+    def spy(logits, target, *a, **k):
+        out = real_ce(logits, target, *a, **k)
+        seen.append((logits.shape, target.clone(), float(out.detach())))
+        return out
+
+    d_losses, g_losses = [], []
+    real_d, real_g = gan_models.hinge_d_loss, gan_models.hinge_g_loss
+    monkeypatch.setattr(gen, "hinge_d_loss", lambda r, f: d_losses.append(real_d(r, f)) or d_losses[-1])
+    monkeypatch.setattr(gen, "hinge_g_loss", lambda f: g_losses.append(real_g(f)) or g_losses[-1])
+    monkeypatch.setattr(gen.F, "cross_entropy", spy)
+    t = gen.GanTrainer(_cfg(tmp_path / "aux", epochs=1, aux_weight=0.5), tiny_pairs)
+    t.run()
+    assert t.model.d.aux is not None and t.model.d.aux.out_features == 10
+    assert len(seen) == 2 * 3 and len(d_losses) == len(g_losses) == 3  # 48 images / batch 16: 3 D and 3 G steps
+    assert all(shape == (16, 10) for shape, _, _ in seen)
+    rec = json.loads((tmp_path / "aux" / "metrics.jsonl").read_text().splitlines()[0])
+    want_d = sum(float(h.detach()) + 0.5 * ce for h, (_, _, ce) in zip(d_losses, seen[0::2], strict=True)) / 3
+    want_g = sum(float(h.detach()) + 0.5 * ce for h, (_, _, ce) in zip(g_losses, seen[1::2], strict=True)) / 3
+    assert rec["d_loss"] == pytest.approx(want_d, rel=1e-6) and rec["g_loss"] == pytest.approx(want_g, rel=1e-6)
+    assert json.loads((tmp_path / "aux" / "config.json").read_text())["config"]["aux_weight"] == 0.5
+    gen.load_generator(tmp_path / "aux")  # the run's D (with its head) loads back

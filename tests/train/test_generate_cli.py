@@ -22,19 +22,21 @@ def test_train_generate_options_and_defaults():
     from visattn.commands.tasks.generate import config_from_args
 
     args = build_parser().parse_args(
-        ["train", "--task", "generate", "--lr-d", "3e-4", "--n-critic", "2", "--conditional"]
+        ["train", "--task", "generate", "--lr-d", "3e-4", "--n-critic", "2", "--diffaug", "translation"]
     )
     cfg = config_from_args(args)
-    assert (cfg.model, cfg.data, cfg.epochs, cfg.lr, cfg.lr_d, cfg.n_critic, cfg.conditional, cfg.weight_decay) == (
+    assert (cfg.model, cfg.data, cfg.epochs, cfg.lr, cfg.lr_d, cfg.n_critic, cfg.weight_decay) == (
         "auto",
         "digitpairs",
-        5,
-        1e-4,
+        10,
+        2e-4,
         3e-4,
         2,
-        True,
         0.0,
     )
+    assert (cfg.conditional, cfg.batch_size, cfg.width, cfg.diffaug) == (True, 32, 16, "translation")
+    off = config_from_args(build_parser().parse_args(["train", "--task", "generate", "--no-conditional"]))
+    assert off.conditional is False and off.diffaug == ""
     typed = config_from_args(
         build_parser().parse_args(["train", "--task", "generate", "--lr", "2e-4", "--epochs", "3"])
     )
@@ -59,6 +61,13 @@ def test_the_cli_defaults_are_the_library_defaults():
 def test_a_generate_option_with_another_task_is_refused(capsys, tmp_path):
     assert cli_main(["train", "--n-critic", "2", "--output", str(tmp_path / "r"), "--no-progress"]) == 2
     assert "--n-critic belong(s) to --task generate, not --task classify" in capsys.readouterr().err
+
+
+def test_a_bad_diffaug_policy_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train", "--task", "generate", "--diffaug", "translation,flip"])
+    assert e.value.code == 2
+    assert "unknown DiffAugment transformation(s) ['flip'] in 'translation,flip'" in capsys.readouterr().err
 
 
 def test_a_classification_model_for_generate_is_refused(capsys, tmp_path):
@@ -114,7 +123,7 @@ def test_compare_generate_two_mechanisms(tmp_path, monkeypatch, tiny_pairs):
     assert all(not r["error"] and r["fid"] > 0 and r["kid"] is not None for r in runs.values()), runs
     assert trained == ["digitpairs"]  # one feature network for both mechanisms
     rows = {r["mechanism"]: r["tasks"]["digitpairs"] for r in out["rows"]}
-    g = visattn.create_model("sagan32_g", ch=4, attention="conv")
-    d = visattn.create_model("sagan32_d", ch=4, attention="conv")
+    g = visattn.create_model("sagan32_g", ch=4, attention="conv", num_classes=10)  # conditional by default
+    d = visattn.create_model("sagan32_d", ch=4, attention="conv", num_classes=10)
     assert rows["conv"]["params"] == sum(p.numel() for p in [*g.parameters(), *d.parameters()])
     assert rows["conv"]["fids"] == [runs["conv"]["fid"]] and rows["conv"]["flops"] > 0

@@ -81,18 +81,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="resize images to this side (default: digits 32, cifar10 32, folder 64)",
     )
-    p.add_argument("--epochs", type=positive_int, default=None, help="default: 10 (--task generate: 8)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: 10")
     p.add_argument(
         "--batch-size",
         type=positive_int,
         default=None,
-        help="per process (global = this x processes); default: 64 (--task detect: 8)",
+        help="per process (global = this x processes); default: 64 (--task detect: 8, --task generate: 32)",
     )
     p.add_argument(
         "--lr",
         type=positive_float,
         default=None,
-        help="peak AdamW learning rate (default: 2e-3; --task generate: G's Adam rate, 1e-4)",
+        help="peak AdamW learning rate (default: 2e-3; --task generate: G's Adam rate, 2e-4)",
     )
     p.add_argument("--weight-decay", type=nonneg_float, default=0.05)
     p.add_argument(

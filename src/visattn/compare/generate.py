@@ -35,14 +35,17 @@ GEN_TASKS: dict[str, Task] = {
 
 
 class GanPair(nn.Module):
-    """G and D of a trained GAN for the cost columns: z (B, z_dim) -> D(G(z)) logits (B,)."""
+    """G and D of a trained GAN for the cost columns: z (B, z_dim) -> D(G(z)) logits (B,) (a
+    class-conditional pair draws the classes in turn)."""
 
     def __init__(self, g: nn.Module, d: nn.Module):
         super().__init__()
         self.g, self.d = g, d
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.d(self.g(z))
+        k = int(getattr(self.g, "num_classes", 0))
+        y = torch.arange(z.shape[0], device=z.device) % k if k else None
+        return self.d(self.g(z, y), y)
 
 
 class GenerateTask(TaskPlugin):
@@ -76,7 +79,7 @@ class GenerateTask(TaskPlugin):
         "model": "sagan32_g",
         "tasks": (GEN_DEFAULT_DATA,),
         "seeds": 1,
-        "batch_size": 64,
+        "batch_size": GenTrainConfig.batch_size,
         "lr": GenTrainConfig.lr,  # G's; D's is GenTrainConfig.lr_d
         "precise_bn": 0,  # G's BN statistics are its own (no classifier to re-estimate them for)
     }

@@ -58,7 +58,8 @@ def _compose_pairs(scans: np.ndarray, size: int, rng: np.random.Generator) -> to
     s = max(6, round(size * 0.42))  # digit side
     half = size // 2
     colours = rng.integers(len(PAIR_COLOURS), size=n)
-    rows = rng.integers(1, size - s, size=n)
+    top, jitter = (size - s) // 2, max(1, round(size / 16))  # the pair's top row: centred, +-2 px at 32 px
+    rows = rng.integers(top - jitter, top + jitter + 1, size=n)
     cols = rng.integers(0, half - s + 1, size=n)  # left copy's column; the right copy mirrors it
     up = F.interpolate(torch.from_numpy(scans)[:, None], size=(s, s), mode="bilinear", align_corners=False)
     digits = up[:, 0].clamp_(0, 1).numpy()  # (n, s, s)

@@ -193,6 +193,9 @@ class GANConfig:
         num_classes: 0 unconditional; K > 0: conditional BN in G, projection in D.
         attention / attn_kwargs: the mechanism of the attention block (None: ``mhsa``, one head).
         sn_attention: spectral-normalise the mechanism's own Conv2d / Linear layers too.
+        aux_classifier: D (class-conditional) also has an auxiliary classifier head (AC-GAN, Odena
+            et al. 2017), not spectrally normalised: ``d(x, y, with_classes=True)`` returns (logits,
+            class logits (B, K)).
     """
 
     img_size: int = 32
@@ -202,6 +205,7 @@ class GANConfig:
     attention: str | None = None
     attn_kwargs: dict[str, Any] | None = None
     sn_attention: bool = True
+    aux_classifier: bool = False
 
     def validate(self, owner: str) -> None:
         if self.img_size not in _WIDTHS:
@@ -262,7 +266,8 @@ class SAGANGenerator(_GANBase):
         self.cfg = cfg
         self.z_dim, self.num_classes, self.img_size = cfg.z_dim, cfg.num_classes, cfg.img_size
         widths = [m * cfg.ch for m in _WIDTHS[cfg.img_size]]
-        self.linear = nn.Linear(cfg.z_dim, widths[0] * 16)
+        # conditional: the class also enters the first layer, one-hot next to z (as cGAN), besides the CBNs
+        self.linear = nn.Linear(cfg.z_dim + cfg.num_classes, widths[0] * 16)
         self.blocks = nn.ModuleList(_GBlock(widths[i], widths[i + 1], cfg.num_classes) for i in range(len(widths) - 1))
         self.attn_after = len(self.blocks) - 2  # the block whose output side is img_size / 2
         self.attention = _attention_block(
@@ -278,6 +283,8 @@ class SAGANGenerator(_GANBase):
             raise ValueError(f"SAGANGenerator expects z (B, {self.z_dim}), got {tuple(z.shape)}")
         if self.num_classes and y is None:
             raise ValueError(f"this generator is class-conditional ({self.num_classes} classes): pass labels y (B,)")
+        if y is not None and self.num_classes:
+            z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
         h = self.linear(z).view(z.shape[0], -1, 4, 4)
         for i, block in enumerate(self.blocks):
             h = block(h, y if self.num_classes else None)
@@ -309,8 +316,13 @@ class SAGANDiscriminator(_GANBase):
         if self.embed is not None:
             nn.init.xavier_uniform_(self.embed.weight)
             spectral_norm(self.embed)
+        # the auxiliary classifier (built after the spectral norms, so it has none: a 1-Lipschitz head
+        # caps the class logits at the size of h, and its cross-entropy then barely fell in short runs)
+        self.aux = nn.Linear(widths[-1], cfg.num_classes) if cfg.num_classes and cfg.aux_classifier else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, with_classes: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 4 or x.shape[1:] != (3, self.img_size, self.img_size):
             raise ValueError(
                 f"SAGANDiscriminator expects images (B, 3, {self.img_size}, {self.img_size}), got {tuple(x.shape)}"
@@ -328,6 +340,12 @@ class SAGANDiscriminator(_GANBase):
         out = self.linear(h).squeeze(1)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(1)
+        if with_classes:
+            if self.aux is None:
+                raise ValueError(
+                    "with_classes needs a discriminator built with aux_classifier=True and num_classes > 0"
+                )
+            return out, self.aux(h)
         return out
 
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from visattn._io import atomic_path
@@ -51,6 +52,7 @@ from visattn.data.generation import load_gen_data
 from visattn.errors import TrainingDiverged
 from visattn.models.gan import discriminator_for, hinge_d_loss, hinge_g_loss
 from visattn.registry import create_model, list_models, model_entry
+from visattn.train.diffaug import diff_augment, parse_policy
 from visattn.train.engine import TrainConfig, Trainer, TrainResult, plot_panels
 from visattn.train.gan_metrics import FEATURE_NOTE, ClassifierFeatures, generation_metrics
 
@@ -84,17 +86,18 @@ class GenTrainConfig(TrainConfig):
     ``_d``); ``model_kwargs`` go to both (e.g. ``{"ch": 64}``); ``width`` is their ``ch``
     unless ``model_kwargs`` gives one. ``attention`` / ``attn_kwargs``: the mechanism of both
     attention blocks. ``lr`` is G's learning rate, ``lr_d`` D's. ``conditional``: class-
-    conditional G and D (the data's labels). ``ema_decay`` 0 turns the EMA off (samples then come
-    from G). ``fid_every`` 0: no FID / KID.
+    conditional G and D (the data's labels). ``diffaug``: the DiffAugment policy applied to every
+    image D sees, real and generated (:mod:`visattn.train.diffaug`; ``""``: none). ``ema_decay`` 0
+    turns the EMA off (samples then come from G). ``fid_every`` 0: no FID / KID.
     """
 
     task: str = "generate"
     model: str = "auto"
     discriminator: str = "auto"
     data: str = GEN_DEFAULT_DATA
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-4
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 2e-4
     lr_d: float = 4e-4
     betas: tuple[float, float] = (0.0, 0.9)
     weight_decay: float = 0.0
@@ -102,12 +105,14 @@ class GenTrainConfig(TrainConfig):
     min_lr_ratio: float = 1.0
     label_smoothing: float = 0.0
     n_critic: int = 1
-    width: int = 32
+    width: int = 16
     z_dim: int = 128
-    conditional: bool = False
+    conditional: bool = True
+    diffaug: str = ""
+    aux_weight: float = 0.0
     ema_decay: float = 0.999
     grid_size: int = 64
-    fid_every: int = 1
+    fid_every: int = 2
     fid_samples: int = 1000
     fid_features: str | None = None
     feature_epochs: int = 4
@@ -129,6 +134,9 @@ class GenTrainConfig(TrainConfig):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        v = self.aux_weight
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"aux_weight must be a finite number >= 0 (0: no auxiliary classifier), got {v!r}")
         for name, v in (("lr_d", self.lr_d), ("diverge_g_loss", self.diverge_g_loss)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
@@ -151,6 +159,7 @@ class GenTrainConfig(TrainConfig):
             )
         if self.precise_bn:
             raise ValueError(f"precise_bn is a classification option; --task generate takes 0, got {self.precise_bn}")
+        parse_policy(self.diffaug)
         if self.fid_features is not None and not isinstance(self.fid_features, str):
             raise TypeError(f"fid_features must be None or 'inception:PATH' / 'run:DIR', got {self.fid_features!r}")
 
@@ -207,12 +216,19 @@ def _gan_kwargs(cfg: GenTrainConfig, num_classes: int) -> dict[str, Any]:
     return kw
 
 
+def _d_kwargs(cfg: GenTrainConfig, num_classes: int) -> dict[str, Any]:
+    kw = _gan_kwargs(cfg, num_classes)
+    if cfg.aux_weight > 0 and kw["num_classes"]:
+        kw["aux_classifier"] = True
+    return kw
+
+
 def build_gan(cfg: GenTrainConfig, image_size: int, num_classes: int) -> GAN:
     """The run's :class:`GAN` (random weights) from its config and data."""
     g_name, d_name = _gan_names(cfg, image_size)
     kw = _gan_kwargs(cfg, num_classes)
     g = create_model(g_name, attention=cfg.attention, attn_kwargs=cfg.attn_kwargs, z_dim=cfg.z_dim, **kw)
-    d = create_model(d_name, attention=cfg.attention, attn_kwargs=cfg.attn_kwargs, **kw)
+    d = create_model(d_name, attention=cfg.attention, attn_kwargs=cfg.attn_kwargs, **_d_kwargs(cfg, num_classes))
     for name, m in ((g_name, g), (d_name, d)):
         if getattr(m, "img_size", None) != image_size:
             raise ValueError(
@@ -329,6 +345,9 @@ class GanTrainer(Trainer):
         self.crop_pad = cfg.crop_pad if cfg.crop_pad is not None else 0  # flips only, by default
         self.num_classes = self.data.num_classes if cfg.conditional else 0
         self.z_dim = cfg.z_dim
+        self._policy = parse_policy(cfg.diffaug)
+        self.aux_weight = float(cfg.aux_weight) if self.num_classes else 0.0
+        self._aux_kw = {"with_classes": True} if self.aux_weight > 0 else {}
         nets: tuple[Any, Any] = self._ddp_nets or (self.model.g, self.model.d)
         if cfg.compile:
             nets = (torch.compile(nets[0]), torch.compile(nets[1]))
@@ -368,6 +387,8 @@ class GanTrainer(Trainer):
             width=cfg.width,
             z_dim=cfg.z_dim,
             conditional=cfg.conditional,
+            diffaug=cfg.diffaug,
+            aux_weight=cfg.aux_weight,
             ema_decay=cfg.ema_decay,
         )
         return d
@@ -387,9 +408,13 @@ class GanTrainer(Trainer):
         with torch.no_grad(), self._autocast():
             fake = g_net(z, y_fake)
         labels = torch.cat([y_real, y_fake]) if y_real is not None and y_fake is not None else None
+        aux = self.aux_weight > 0
         with self._autocast():
-            logits = d_net(torch.cat([x, fake.to(x.dtype)]), labels).float()
+            out = d_net(diff_augment(torch.cat([x, fake.to(x.dtype)]), self._policy), labels, **self._aux_kw)
+            logits = (out[0] if aux else out).float()
             d_loss = hinge_d_loss(logits[:n], logits[n:])
+            if aux and y_real is not None:  # AC-GAN: D's classifier learns the real images' classes
+                d_loss = d_loss + self.aux_weight * F.cross_entropy(out[1][:n].float(), y_real)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(d_loss).backward()
         self._call("after_backward")
@@ -402,7 +427,10 @@ class GanTrainer(Trainer):
         # Generator: one step every n_critic discriminator steps.
         z, y_fake = self._noise(n)
         with self._autocast():
-            g_loss = hinge_g_loss(d_net(g_net(z, y_fake), y_fake).float())
+            out = d_net(diff_augment(g_net(z, y_fake), self._policy), y_fake, **self._aux_kw)
+            g_loss = hinge_g_loss((out[0] if aux else out).float())
+            if aux and y_fake is not None:  # ... and G makes images that it classifies as the requested class
+                g_loss = g_loss + self.aux_weight * F.cross_entropy(out[1].float(), y_fake)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(g_loss).backward()
         for p in self.model.d.parameters():
@@ -475,9 +503,11 @@ class GanTrainer(Trainer):
 
     # -- evaluation --------------------------------------------------------------
     def write_grid(self, path: Path) -> Path:
-        """``grid_size`` samples of the sampling network from fixed noise (seeded by ``seed``)."""
+        """``grid_size`` samples of the sampling network from fixed noise (seeded by ``seed``); a
+        class-conditional run with up to 16 classes draws them in turn, one class per column."""
         imgs = sample_images(self.model.sampler, self.cfg.grid_size, seed=self.cfg.seed)
-        return save_grid(imgs, path)
+        k = self.num_classes
+        return save_grid(imgs, path, nrow=k if 0 < k <= 16 else None)
 
     def features(self) -> str | nn.Module:
         """The FID / KID feature network (the fallback classifier is trained on first use)."""

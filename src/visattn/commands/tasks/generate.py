@@ -17,6 +17,7 @@ TRAIN_DEFAULTS = {
     "data": GEN_DEFAULT_DATA,
     "lr": GenTrainConfig.lr,
     "epochs": GenTrainConfig.epochs,
+    "batch_size": GenTrainConfig.batch_size,
     "label_smoothing": GenTrainConfig.label_smoothing,
 }
 
@@ -26,6 +27,16 @@ def _ema(text: str) -> float:
     if not 0.0 <= v < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (0: no EMA), got {text!r}")
     return v
+
+
+def _policy(text: str) -> str:
+    from visattn.train.diffaug import parse_policy
+
+    try:
+        parse_policy(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def train_options(g) -> None:
@@ -43,7 +54,28 @@ def train_options(g) -> None:
     g.add_argument("--n-critic", type=positive_int, default=None, help=f"D steps per G step (default {d.n_critic})")
     g.add_argument("--width", type=positive_int, default=None, help=f"ch of G and D (default {d.width})")
     g.add_argument("--z-dim", type=positive_int, default=None, help=f"latent size (default {d.z_dim})")
-    g.add_argument("--conditional", action="store_true", help="class-conditional G (conditional BN) and D (projection)")
+    g.add_argument(
+        "--conditional",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="class-conditional G (conditional BN) and D (projection) on the data's labels; --no-conditional: "
+        f"unconditional (default {'conditional' if d.conditional else 'unconditional'})",
+    )
+    g.add_argument(
+        "--diffaug",
+        type=_policy,
+        default=None,
+        metavar="POLICY",
+        help=f"DiffAugment of D's inputs, real and generated: a comma-separated subset of translation, cutout, "
+        f"brightness; '' for none (default {d.diffaug!r})",
+    )
+    g.add_argument(
+        "--aux-weight",
+        type=float,
+        default=None,
+        help="class-conditional runs: weight of an AC-GAN auxiliary classifier loss in D (on real images) and G "
+        f"(on its samples' requested classes); 0: none (default {d.aux_weight:g})",
+    )
     g.add_argument("--ema-decay", type=_ema, default=None, help=f"EMA of G (default {d.ema_decay}; 0: off)")
     g.add_argument(
         "--grid-size",
@@ -90,6 +122,8 @@ def config_from_args(args: argparse.Namespace) -> GenTrainConfig:
         "n_critic": args.n_critic,
         "width": args.width,
         "z_dim": args.z_dim,
+        "diffaug": args.diffaug,
+        "aux_weight": args.aux_weight,
         "ema_decay": args.ema_decay,
         "grid_size": args.grid_size,
         "fid_every": args.fid_every,
@@ -98,7 +132,7 @@ def config_from_args(args: argparse.Namespace) -> GenTrainConfig:
         "feature_epochs": args.feature_epochs,
     }
     base.update({k: v for k, v in own.items() if v is not None})
-    base["conditional"] = bool(args.conditional)
+    base["conditional"] = GenTrainConfig.conditional if args.conditional is None else bool(args.conditional)
     base["weight_decay"] = GenTrainConfig.weight_decay  # Adam without decay (SAGAN)
     base["min_lr_ratio"] = GenTrainConfig.min_lr_ratio  # constant learning rates
     if args.warmup_steps is None:
