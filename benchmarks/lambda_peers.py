@@ -5,7 +5,8 @@ Peers (optional, never a visattn dependency):
 * timm's ``timm.layers.LambdaLayer``, if ``import timm`` works here (it imports torchvision).
 
 For each configuration (channels C, local scope r, resolution S, batch 4, 4 heads, k=16, u=1)
-the script times forward+backward (``y.sum().backward()``, training mode) of every
+the script times forward+backward (``y.sum().backward()``, training mode, the input requiring
+grad as a layer inside a network receives it; issue 19) of every
 implementation *interleaved* (round-robin, one call each per round) so that load from
 other processes on a shared machine hits all of them alike, and reports medians, the
 ratio ours / fastest peer, and the peak of the cumulative CPU allocation curve of one
@@ -71,7 +72,7 @@ def make_impls(c: int, r: int) -> tuple[dict, dict]:
 
 def step(m, x):
     m.zero_grad(set_to_none=True)
-    m(x).sum().backward()
+    m(x.detach().requires_grad_(True)).sum().backward()  # input requiring grad, as inside a network
 
 
 def run(args) -> dict:
