@@ -420,6 +420,9 @@ def test_running_stats_check_is_on_the_statistics_not_the_batch():
     # a finite batch whose variance overflows to inf would poison the statistics too: undone
     m = visattn.create_attention("lambda", 16, num_heads=2, key_dim=4, local_scope=3).train()
     before = m.norm_q.running_var.clone()
+    x = (torch.randn(2, 16, 6, 6) * 1e30).requires_grad_(True)
     with pytest.warns(RuntimeWarning, match=r"not updated"):
-        m(torch.randn(2, 16, 6, 6) * 1e30)
+        y = m(x)
     assert torch.equal(m.norm_q.running_var, before) and m.norm_q.num_batches_tracked.item() == 0
+    y.sum().backward()  # undoing the update must not break this step's backward
+    assert x.grad is not None

@@ -297,10 +297,12 @@ def _bn_forward(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     if not bool(torch.isfinite(mean).all() & torch.isfinite(var).all()) and bool(
         torch.isfinite(saved[0]).all() & torch.isfinite(saved[1]).all()
     ):
-        with torch.no_grad():
-            mean.copy_(saved[0])
-            var.copy_(saved[1])
-            norm.num_batches_tracked.copy_(saved[2])
+        # through .data: autograd saved the running statistics as inputs of this call's batch_norm
+        # node (its training-mode backward reads only the batch statistics); a tracked in-place
+        # write would make that backward raise "modified by an inplace operation".
+        mean.data.copy_(saved[0])
+        var.data.copy_(saved[1])
+        norm.num_batches_tracked.data.copy_(saved[2])
         warnings.warn(
             "LambdaLayer: a training batch has non-finite (NaN/inf) queries or values (or statistics "
             "that overflow); the BatchNorm running statistics were not updated with it",
