@@ -269,23 +269,23 @@ def test_reference_embeddings_follow_the_paper():
 
 
 def test_auto_rule_thresholds():
-    # fft when (n >= 400 and A >= 49) or (n >= 196 and A >= 400), A = cropped kernel area; else direct.
+    # fft when n >= 400 and n * A >= 150000, A = cropped kernel area; else direct (issue 19 re-measure).
     def pick(r, h, w, **kw):
         m = LambdaLayer(8, num_heads=2, key_dim=2, local_scope=r, **kw)
         with torch.no_grad():
             return m.select_impl(torch.empty(1, 8, h, w))
 
-    assert pick(7, 20, 20) == "fft" and pick(7, 19, 21) == "direct"  # n = 400 / 399, A = 49
-    assert pick(5, 30, 30) == "direct"  # A = 25 < 49
-    assert pick(21, 14, 14) == "fft" and pick(21, 13, 15) == "direct"  # n = 196 / 195, A = 441
-    assert pick(19, 14, 14) == "direct"  # A = 361 < 400, n < 400
-    assert pick(21, 10, 20) == "direct"  # n = 200 but the kernel is cropped to 19 x 21: A = 399
+    assert pick(7, 56, 56) == "fft" and pick(7, 55, 55) == "direct"  # n A = 153664 / 148225, A = 49
+    assert pick(7, 28, 28) == "direct"  # n A = 38416: conv3d beats the FFT here (issue 19)
+    assert pick(23, 20, 20) == "fft" and pick(23, 19, 21) == "direct"  # n = 400 / 399
+    assert pick(23, 14, 14) == "direct"  # n A = 142884 (kernel cropped to 23 x 23), n < 400
+    assert pick(11, 40, 40) == "fft" and pick(11, 35, 35) == "direct"  # n A = 193600 / 148225
     glob = LambdaLayer(8, num_heads=2, key_dim=2, local_scope=None, max_size=32)
-    assert glob.select_impl(torch.empty(1, 8, 14, 14)) == "fft"  # 27 x 27 slice of the table
-    assert glob.select_impl(torch.empty(1, 8, 8, 8)) == "direct"  # n = 64
+    assert glob.select_impl(torch.empty(1, 8, 20, 20)) == "fft"  # 39 x 39 slice of the table
+    assert glob.select_impl(torch.empty(1, 8, 14, 14)) == "direct"  # n = 196
     # the rule does not look at grad mode
     x = torch.empty(1, 8, 20, 20)
-    m = LambdaLayer(8, num_heads=2, key_dim=2, local_scope=7)
+    m = LambdaLayer(8, num_heads=2, key_dim=2, local_scope=23)
     with torch.no_grad():
         a = m.select_impl(x)
     assert a == m.select_impl(x.requires_grad_()) == "fft"
@@ -320,8 +320,8 @@ def test_input_gradient_on_a_one_row_map_in_eval_mode(impl):
 @pytest.mark.parametrize("impl", ["auto", "fft"])
 def test_fft_path_traces(impl):
     # torch.jit.trace hands the FFT plan 0-d tensors as sizes; the FFT length search changed them in
-    # place (``r //= p``) and the trace crashed. auto picks "fft" here (n = 400, A = 49).
-    m = randomise(LambdaLayer(8, num_heads=2, key_dim=2, local_scope=7, impl=impl)).eval()
+    # place (``r //= p``) and the trace crashed. auto picks "fft" here (n = 400, A = 529).
+    m = randomise(LambdaLayer(8, num_heads=2, key_dim=2, local_scope=23, impl=impl)).eval()
     x = torch.randn(1, 8, 20, 20)
     assert m.select_impl(x) == "fft"
     with torch.no_grad():
@@ -336,7 +336,7 @@ def test_onnx_export_takes_the_direct_path_and_refuses_fft():
     pytest.importorskip("onnx")
     import io
 
-    m = randomise(LambdaLayer(8, num_heads=2, key_dim=2, local_scope=7)).eval()
+    m = randomise(LambdaLayer(8, num_heads=2, key_dim=2, local_scope=23)).eval()
     x = torch.randn(1, 8, 20, 20)
     assert m.select_impl(x) == "fft"
     buf = io.BytesIO()
@@ -369,7 +369,7 @@ def test_reference_reads_the_table_not_the_fast_paths_slice(monkeypatch, kw):
 
 def _func_layer(impl: str, train: bool):
     torch.manual_seed(0)
-    m = visattn.create_attention("lambda", 8, num_heads=2, key_dim=4, local_scope=7, impl=impl).double()
+    m = visattn.create_attention("lambda", 8, num_heads=2, key_dim=4, local_scope=23, impl=impl).double()
     if train:  # torch.func's documented way for BatchNorm in training mode
         torch.func.replace_all_batch_norm_modules_(m)
     return m.train(train)
@@ -404,3 +404,25 @@ def test_fft_under_torch_func_is_refused():
     x = torch.randn(1, 8, 20, 20, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"impl='fft' cannot run under torch.func transforms"):
         torch.func.grad(lambda inp: m(inp).sum())(x)
+
+
+def test_running_stats_check_is_on_the_statistics_not_the_batch():
+    # issue 19: the non-finite check reads the updated running statistics (O(C)), not the batch.
+    # Already non-finite statistics (a poisoned checkpoint) are not "restored" nor warned about.
+    import warnings
+
+    m = visattn.create_attention("lambda", 16, num_heads=2, key_dim=4, local_scope=3).train()
+    m.norm_v.running_mean.fill_(float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(torch.randn(2, 16, 6, 6))
+    assert m.norm_v.num_batches_tracked.item() == 1 and m.norm_q.num_batches_tracked.item() == 1
+    # a finite batch whose variance overflows to inf would poison the statistics too: undone
+    m = visattn.create_attention("lambda", 16, num_heads=2, key_dim=4, local_scope=3).train()
+    before = m.norm_q.running_var.clone()
+    x = (torch.randn(2, 16, 6, 6) * 1e30).requires_grad_(True)
+    with pytest.warns(RuntimeWarning, match=r"not updated"):
+        y = m(x)
+    assert torch.equal(m.norm_q.running_var, before) and m.norm_q.num_batches_tracked.item() == 0
+    y.sum().backward()  # undoing the update must not break this step's backward
+    assert x.grad is not None

@@ -28,10 +28,11 @@ Implementations (``impl=``):
 * ``"fft"``: the same lambda convolution through real FFTs (chunked over key channels).
 * ``"auto"`` picks ``"fft"`` when the kernel, cropped to the offsets an H x W map has
   (``min(r, 2H-1) x min(r, 2W-1)``, area A), and n = H*W satisfy
-  ``(n >= 400 and A >= 49) or (n >= 196 and A >= 400)``, else ``"direct"`` (measured on
-  CPU, forward+backward, batch 4, C=64: conv3d wins on maps up to ~10 x 10 and on 14 x 14
-  with r <= 11; the FFT wins from 20 x 20 up for r >= 7, 1.5-2x at r=7, and on 14 x 14 for
-  r >= 21). The rule does not depend on grad mode or device; while exporting to ONNX it
+  ``n >= 400 and n * A >= 150000``, else ``"direct"`` (measured on CPU with torch 2.14,
+  forward+backward with an input requiring grad, batch 4, C=64, 1 thread (issue 19): conv3d
+  wins up to n A ~ 1e5 — r=7 up to ~44 x 44, r=11 up to ~28 x 28, r=23 on 14 x 14 — and the
+  FFT from n A ~ 1.5e5: 0.79x conv3d for r=7 at 56 x 56, 0.54x for r=23 at 28 x 28). The rule
+  does not depend on grad mode or device; while exporting to ONNX it
   picks ``"direct"`` (the FFT path does not export: ``impl="fft"`` raises ``ValueError`` there).
 
 In "direct" and "fft" the per-position product with the queries runs as k fused
@@ -139,11 +140,12 @@ def _fast_len(n: int) -> int:
 
 
 def _use_fft(kernel_hw: tuple[int, int], height: int, width: int) -> bool:
-    # Measured on CPU (forward+backward, batch 4, C=64): conv3d wins on maps up to ~10 x 10 and
-    # on 14 x 14 maps with r <= 11; the FFT wins from 20 x 20 up for r >= 7 (1.5-2x at r=7,
-    # 28-56) and on 14 x 14 maps for r >= 21.
+    # Measured on CPU (torch 2.14, forward+backward with an input requiring grad, batch 4, C=64,
+    # 1 thread; issue 19): conv3d wins up to n * A ~ 1e5 (r=7 up to ~44 x 44, r=11 up to ~28 x 28,
+    # r=23 on 14 x 14); the FFT from n * A ~ 1.5e5 (r=7: 0.79x at 56 x 56; r=11: 0.73x at 40 x 40;
+    # r=23: 0.54x at 28 x 28). n >= 400 keeps small maps on conv3d whatever the kernel.
     area, n = kernel_hw[0] * kernel_hw[1], height * width
-    return (n >= 400 and area >= 49) or (n >= 196 and area >= 400)
+    return n >= 400 and n * area >= 150_000
 
 
 def lambda_conv(v: torch.Tensor, weight: torch.Tensor, impl: str = "auto") -> torch.Tensor:
@@ -283,21 +285,31 @@ def _bn(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
 def _bn_forward(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     if norm.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
         return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
-    if (
-        norm.training
-        and norm.track_running_stats
-        and not is_capturing()
-        and not under_functorch(x)  # no data-dependent check under vmap
-        and not bool(torch.isfinite(x.detach()).all())
+    if not (norm.training and norm.track_running_stats) or is_capturing() or under_functorch(x):
+        return norm(x)  # no data-dependent check under vmap or while a trace records the call
+    # Check the updated running statistics (O(C)) rather than the batch (O(B C H W)): a NaN/inf
+    # in the batch makes its mean or variance non-finite, and so the running ones. A batch is
+    # normalised with its own statistics either way; only the update is undone.
+    mean, var = norm.running_mean, norm.running_var
+    assert mean is not None and var is not None and norm.num_batches_tracked is not None
+    saved = mean.clone(), var.clone(), norm.num_batches_tracked.clone()
+    y = norm(x)
+    if not bool(torch.isfinite(mean).all() & torch.isfinite(var).all()) and bool(
+        torch.isfinite(saved[0]).all() & torch.isfinite(saved[1]).all()
     ):
+        # through .data: autograd saved the running statistics as inputs of this call's batch_norm
+        # node (its training-mode backward reads only the batch statistics); a tracked in-place
+        # write would make that backward raise "modified by an inplace operation".
+        mean.data.copy_(saved[0])
+        var.data.copy_(saved[1])
+        norm.num_batches_tracked.data.copy_(saved[2])
         warnings.warn(
-            "LambdaLayer: a training batch has non-finite (NaN/inf) queries or values; the "
-            "BatchNorm running statistics were not updated with it",
+            "LambdaLayer: a training batch has non-finite (NaN/inf) queries or values (or statistics "
+            "that overflow); the BatchNorm running statistics were not updated with it",
             RuntimeWarning,
             stacklevel=4,
         )
-        return F.batch_norm(x, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
-    return norm(x)
+    return y
 
 
 @register_attention(
@@ -342,7 +354,7 @@ class LambdaLayer(SpatialAttention):
             "direct" (lambda convolution by conv3d) or "fft" (by real FFTs). (Formerly
             ``conv_impl``.) ``auto``: "fft" when the kernel cropped to the map's offsets
             (area A = min(r, 2H-1) * min(r, 2W-1)) and n = H*W satisfy
-            (n >= 400 and A >= 49) or (n >= 196 and A >= 400), else "direct"; "direct" while
+            n >= 400 and n * A >= 150000, else "direct"; "direct" while
             exporting to ONNX or under torch.func transforms (where "fft" raises ``ValueError``).
         device, dtype: factory arguments for the parameters and buffers.
 
