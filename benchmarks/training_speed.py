@@ -5,7 +5,10 @@ and each target is the median over rounds of the per-round ratio (contention on 
 machine moves both sides of a ratio alike). Measured per case, C=64, batch 4, float32:
 
 * ``fwd``: forward in eval mode under ``torch.no_grad`` (the inference path);
-* ``train``: forward + backward + SGD step in training mode (the input requires no grad);
+* ``train``: forward + backward + SGD step in training mode, with an input that requires grad
+  (as a layer inside a network receives it); the weights are put back to their initial values
+  before every timed step, outside the timed region, so repeated steps on one random output
+  gradient cannot drive them to inf/NaN (the lambda layer's did by the 8th step);
 * ``mem``: peak bytes allocated during one training forward + backward
   (``visattn.bench.measure.peak_memory_bytes``, the profiler's allocation curve on CPU).
 
@@ -93,9 +96,14 @@ def _fwd(m, x, device):
 def _train(m, opt, x, g, device):
     m.train()
     opt.zero_grad(set_to_none=True)
-    m(x).backward(g)
+    m(x.detach().requires_grad_(True)).backward(g)
     opt.step()
     synchronize(device)
+
+
+def _timed_train(m, opt, x, g, device, initial) -> float:
+    m.load_state_dict(initial)  # untimed: every timed step starts from the same finite weights
+    return _timed(lambda: _train(m, opt, x, g, device))
 
 
 def _timed(fn) -> float:
@@ -112,21 +120,23 @@ def run_group(name: str, sides, rounds: int, device: str) -> list[dict]:
         x = torch.randn(BATCH, DIM, side, side, device=device)
         g = torch.randn(BATCH, DIM, side, side, device=device)
         built = {label: _case(mech, kw, device) for label, mech, kw in cases}
-        for m, opt in built.values():  # warm-up
+        initial = {label: {k: v.clone() for k, v in m.state_dict().items()} for label, (m, _) in built.items()}
+        for label, (m, opt) in built.items():  # warm-up
             _fwd(m, x, device)
-            _train(m, opt, x, g, device)
+            _timed_train(m, opt, x, g, device, initial[label])
         times = {label: {"fwd": [], "train": []} for label in built}
-        for _ in range(rounds):
-            for label, (m, opt) in built.items():
+        for r in range(rounds):
+            order = list(built.items()) if r % 2 == 0 else list(built.items())[::-1]
+            for label, (m, opt) in order:
                 times[label]["fwd"].append(_timed(lambda: _fwd(m, x, device)))
-                times[label]["train"].append(_timed(lambda: _train(m, opt, x, g, device)))
+                times[label]["train"].append(_timed_train(m, opt, x, g, device, initial[label]))
         ref = times[ref_label]
         for label, (m, _opt) in built.items():
             t = times[label]
             m.train()
-            mem = peak_memory_bytes(lambda: m(x).backward(g), device)
+            mem = peak_memory_bytes(lambda: m(x.detach().requires_grad_(True)).backward(g), device)
             ref_m = built[ref_label][0].train()
-            ref_mem = peak_memory_bytes(lambda: ref_m(x).backward(g), device)
+            ref_mem = peak_memory_bytes(lambda: ref_m(x.detach().requires_grad_(True)).backward(g), device)
             rows.append(
                 {
                     "group": name,
@@ -187,7 +197,8 @@ def to_markdown(rows, met, config) -> str:
         )
     lines += [
         "",
-        "ref = the group's first case (local k3 / mhsa / conv 3x3); train = forward + backward + SGD step.",
+        "ref = the group's first case (local k3 / mhsa / conv 3x3); train = forward + backward (input requiring "
+        "grad) + SGD step, from the same initial weights every step; rounds alternate the case order.",
         "",
         "| target | measured | bound | met |",
         "|---|---|---|---|",
