@@ -42,6 +42,7 @@ LAYER_OF = {
     "_io": "core",
     "_strict_json": "core",
     "flops": "core",
+    "fpmode": "core",
     "registry": "registry",
     "layers": "layers",
     "models": "models",
