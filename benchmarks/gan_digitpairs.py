@@ -1,8 +1,8 @@
-"""The default built-in GAN run (issue 23): ``visattn train --task generate`` on mirrored digit pairs.
+"""The default built-in GAN run (issue 23): ``visattn train --task generate`` on its default built-in data.
 
-Trains the task's defaults (``sagan32_g`` / ``sagan32_d`` at width 32, SAGAN's one-head attention
-block at 16x16, TTUR 1e-4 / 4e-4, batch 64, 5 epochs over 6,000 images, EMA of G) with FID / KID
-each epoch on the fallback feature network (a ``resnet_tiny`` trained on the same data into
+Trains the task's defaults (``shapepairs``: mirrored shape pairs since issue 23's shape-pairs change;
+``sagan32_g`` / ``sagan32_d`` at width 16, SAGAN's one-head attention block at 16x16, TTUR 2e-4 / 4e-4,
+batch 32, 10 epochs over 6,000 images, EMA of G) with FID / KID every 2 epochs on the fallback feature network (a ``resnet_tiny`` trained on the same data into
 ``OUT/feature_net``: the numbers are NOT comparable to published FIDs), then measures the FID / KID
 of the *untrained* generator (same seed, same samples, same features) for contrast, and writes:
 
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(args.results + ".json"), res)
     lines = [
-        "# Default built-in GAN run: mirrored digit pairs, 32x32, SAGAN (mhsa, 1 head) at 16x16",
+        f"# Default built-in GAN run: `{cfg.data}` (mirrored pairs), 32x32, SAGAN (mhsa, 1 head) at 16x16",
         "",
         f"{meta['date']}, torch {meta['torch']}, {meta['machine']} ({meta['cpus']} CPUs), {meta['threads']} thread(s). "
         + (f"Wall time {wall:.0f} s; " if wall else "")
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     ]
     write_text(Path(args.results + ".md"), "\n".join(lines) + "\n")
     # The README's picture: what `visattn sample RUN -n 80 --nrow 10 --seed 0` draws (the best-FID epoch's
-    # G-EMA; a class-conditional run draws the classes in turn, so each column is one digit).
+    # G-EMA; a class-conditional run draws the classes in turn, so each column is one class).
     g = load_generator(out)
     k = int(getattr(g, "num_classes", 0))
     n, nrow = (8 * k, k) if 0 < k <= 16 else (64, None)

@@ -14,7 +14,15 @@ from safetensors.torch import load_file
 
 import visattn.train.generate as gen
 from visattn.cli import main as cli_main
-from visattn.data.generation import PAIR_COLOURS, load_digit_pairs, load_gen_data
+from visattn.data.generation import (
+    _BACKGROUND,
+    PAIR_COLOURS,
+    SHAPES,
+    load_digit_pairs,
+    load_gen_data,
+    load_shape_pairs,
+    shape_mask,
+)
 from visattn.errors import NonFiniteLoss, TrainingDiverged
 from visattn.train.gan_metrics import (
     ClassifierFeatures,
@@ -174,6 +182,57 @@ def test_digit_pairs_are_mirrored_and_deterministic():
     assert not torch.equal(load_digit_pairs(32, n_train=40, n_test=10, seed=4).train.images, b.train.images)
 
 
+@pytest.mark.parametrize(
+    ("shape", "area"),
+    # fraction of the box each shape covers: pi 0.95^2 / 4; 1.6^2 / 4; (1.9 x 1.7 / 2) / 4; (2 x 0.6 x 1.9 - 0.6^2) / 4; 2 / 4
+    [("circle", 0.708822), ("square", 0.64), ("triangle", 0.40375), ("cross", 0.48), ("diamond", 0.5)],
+)
+def test_shape_masks_cover_their_known_area_and_only_the_triangle_is_asymmetric(shape, area):
+    k = SHAPES.index(shape)
+    m = shape_mask(k, 40, supersample=8)
+    assert m.shape == (40, 40) and float(m.min()) >= 0.0 and float(m.max()) == 1.0
+    assert float(m.mean()) == pytest.approx(area, abs=0.004)
+    assert np.array_equal(m, m[::-1])  # up-down symmetric, all of them
+    assert np.array_equal(m, m[:, ::-1]) == (shape != "triangle")  # the triangle points right: its mirror differs
+    if shape == "triangle":
+        assert float(m[:, :20].sum()) > 2 * float(m[:, 20:].sum())
+    with pytest.raises(ValueError, match=r"shape must be an index into \('circle'.* \(0..4\), got 5"):
+        shape_mask(5, 10)
+
+
+def test_shape_pairs_are_mirrored_deterministic_and_show_their_class():
+    b = load_shape_pairs(32, n_train=30, n_test=10, seed=3)
+    assert b.name == "shapepairs" and b.classes == list(SHAPES) and b.augment == "none"
+    assert b.train.images.shape == (30, 3, 32, 32) and b.train.images.dtype == torch.uint8
+    assert b.test.images.shape == (10, 3, 32, 32)
+    assert torch.equal(load_shape_pairs(32, n_train=30, n_test=10, seed=3).train.images, b.train.images)
+    assert torch.equal(load_shape_pairs(32, n_train=30, n_test=10, seed=3).test.labels, b.test.labels)
+    assert not torch.equal(load_shape_pairs(32, n_train=30, n_test=10, seed=4).train.images, b.train.images)
+    assert torch.equal(load_gen_data("shapepairs").train.images[:30], load_shape_pairs(32).train.images[:30])
+    x = b.train.images.float()
+    assert torch.equal(x[..., :16], x[..., 16:].flip(-1))  # the right half is the left half mirrored, exactly
+    # Each image's left half is one shape of its label (side 12..15 px, centred +-2 px) in orange:
+    # recover the coverage from the colour channel and find the one placement that re-draws it.
+    bg = torch.from_numpy(_BACKGROUND * 255)[:, None, None]
+    for img, label in zip(x, b.train.labels.tolist()):
+        left = img[..., :16] - bg
+        peak = left.flatten(1).abs().amax(1)
+        c = int(peak.argmax())
+        alpha = (left[c] / peak[c]).numpy()
+        best = None
+        for k in range(len(SHAPES)):
+            for s in range(12, 16):
+                m = shape_mask(k, s)
+                for r in range((32 - s) // 2 - 2, (32 - s) // 2 + 3):
+                    for col in range(16 - s + 1):
+                        canvas = np.zeros((32, 16), np.float32)
+                        canvas[r : r + s, col : col + s] = m
+                        err = float(np.abs(canvas - alpha).max())
+                        if best is None or err < best[0]:
+                            best = (err, k)
+        assert best[1] == label and best[0] < 0.02, (best, label)
+
+
 def _write_images(folder, sizes):
     from PIL import Image
 
@@ -196,7 +255,7 @@ def test_data_at_a_size_the_gan_cannot_make_is_refused(tmp_path):
     _write_images(tmp_path, [("a", (40, 40), 2), ("b", (40, 40), 2)])
     with pytest.raises(ValueError, match=r"generate 32 or 64 px images; .* gives 40x40: pass --image-size 32 or 64"):
         load_gen_data(f"folder:{tmp_path}")
-    with pytest.raises(ValueError, match="generation data spec must be 'digitpairs'"):
+    with pytest.raises(ValueError, match="generation data spec must be 'shapepairs', 'digitpairs'"):
         load_gen_data("digitscenes")
 
 

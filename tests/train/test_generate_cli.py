@@ -27,7 +27,7 @@ def test_train_generate_options_and_defaults():
     cfg = config_from_args(args)
     assert (cfg.model, cfg.data, cfg.epochs, cfg.lr, cfg.lr_d, cfg.n_critic, cfg.weight_decay) == (
         "auto",
-        "digitpairs",
+        "shapepairs",
         10,
         2e-4,
         3e-4,
@@ -121,8 +121,8 @@ def test_compare_generate_two_mechanisms(tmp_path, monkeypatch, tiny_pairs):
     runs = {r["mechanism"]: r for r in out["runs"]}
     assert set(runs) == {"conv", "external"}
     assert all(not r["error"] and r["fid"] > 0 and r["kid"] is not None for r in runs.values()), runs
-    assert trained == ["digitpairs"]  # one feature network for both mechanisms
-    rows = {r["mechanism"]: r["tasks"]["digitpairs"] for r in out["rows"]}
+    assert trained == ["digitpairs"]  # one feature network for both mechanisms (tiny_pairs: digit pairs)
+    rows = {r["mechanism"]: r["tasks"]["shapepairs"] for r in out["rows"]}  # the task: the default data
     g = visattn.create_model("sagan32_g", ch=4, attention="conv", num_classes=10)  # conditional by default
     d = visattn.create_model("sagan32_d", ch=4, attention="conv", num_classes=10)
     assert rows["conv"]["params"] == sum(p.numel() for p in [*g.parameters(), *d.parameters()])

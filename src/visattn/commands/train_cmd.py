@@ -73,7 +73,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--data",
         default="digits",
         metavar="SPEC",
-        help="digits (built in, no download) | cifar10:PATH (python batches) | folder:PATH (PATH/class_name/*.png|jpg)",
+        help="digits (built in, no download) | cifar10:PATH (python batches) | folder:PATH (PATH/class_name/*.png|jpg); "
+        "--task generate also: shapepairs (its default) | digitpairs (built-in mirrored pairs)",
     )
     p.add_argument(
         "--image-size",

@@ -29,7 +29,7 @@ GEN_TASKS: dict[str, Task] = {
         4,
         1,
         0.0,
-        "a digit scan and its mirror image in one 32x32 image: generate both halves consistently",
+        "a shape and its mirror image in one 32x32 image: generate both halves consistently",
     ),
 }
 

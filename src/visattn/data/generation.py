@@ -1,9 +1,16 @@
-"""Image-generation data, all local: built-in mirrored digit pairs, folders, CIFAR-10, Tiny ImageNet.
+"""Image-generation data, all local: built-in mirrored shape and digit pairs, folders, CIFAR-10, Tiny ImageNet.
 
 Spec strings (:func:`load_gen_data`); every loader returns a :class:`~visattn.data.DataBundle`
 whose images are uint8 (N, 3, S, S) and whose labels are the classes (for class-conditional
 runs and for the fallback feature network of FID / KID):
 
+* ``shapepairs`` — built in, no download (the generate task's default): a 32x32 (``image_size``)
+  dark canvas holding one solid orange shape of :data:`SHAPES` (circle, square, right-pointing
+  triangle, cross, diamond; side 0.38-0.47 of the image's, anti-aliased) in the left half and its
+  *mirror image* in the right half (a triangle there points left), at the same height (centred,
+  +- ``size / 16`` px); label = the shape. The same long-range constraint as
+  ``digitpairs``, with glyphs that a GAN renders recognisably at this size within minutes.
+  Deterministic (a function of ``seed``); train and test images are independent draws.
 * ``digitpairs`` — built in, no download: a 32x32 (``image_size``) dark canvas holding one of
   scikit-learn's 1,797 handwritten digit scans (8x8, upscaled to ~ 0.4 of the side) in the left
   half and its *mirror image* in the right half, at the same height, in one of four colours;
@@ -25,6 +32,7 @@ Generated images are compared with these images mapped to [-1, 1] (G's tanh rang
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +50,45 @@ from visattn.data.datasets import (
     stratified_split,
 )
 
-__all__ = ["load_gen_data", "load_digit_pairs", "folder_image_sizes", "PAIR_COLOURS", "GEN_SIZES"]
+__all__ = [
+    "load_gen_data",
+    "load_digit_pairs",
+    "load_shape_pairs",
+    "shape_mask",
+    "SHAPES",
+    "PAIR_DATA",
+    "folder_image_sizes",
+    "PAIR_COLOURS",
+    "GEN_SIZES",
+]
 
 #: The sides the GAN models generate.
 GEN_SIZES = (32, 64)
 #: Digit colours of ``digitpairs`` (RGB, 0..1): orange, green, sky blue, pink.
 PAIR_COLOURS = np.array([(1.0, 0.55, 0.1), (0.3, 0.95, 0.3), (0.35, 0.7, 1.0), (1.0, 0.4, 0.75)], dtype=np.float32)
 _BACKGROUND = np.array((0.06, 0.06, 0.12), dtype=np.float32)
+#: The classes of ``shapepairs``, in label order.
+SHAPES = ("circle", "square", "triangle", "cross", "diamond")
+#: The built-in mirrored-pair data sets (never flipped in training: a flip would swap the copies' looks).
+PAIR_DATA = ("shapepairs", "digitpairs")
+
+
+def _paint_pairs(
+    glyphs: Sequence[np.ndarray], rows: np.ndarray, cols: np.ndarray, colours: np.ndarray, size: int
+) -> torch.Tensor:
+    """glyphs (each (s, s) in 0..1) -> images (n, 3, size, size) uint8: glyph i with its top-left
+    corner at (rows[i], cols[i]), its mirror image at the mirrored column, in colour colours[i]
+    on the dark background (see module docstring)."""
+    n = len(glyphs)
+    out = np.empty((n, size, size, 3), dtype=np.float32)
+    for i in range(n):
+        alpha = np.zeros((size, size), dtype=np.float32)
+        d, r, c = glyphs[i], int(rows[i]), int(cols[i])
+        s = d.shape[0]
+        alpha[r : r + s, c : c + s] = d
+        alpha[r : r + s, size - c - s : size - c] = np.maximum(alpha[r : r + s, size - c - s : size - c], d[:, ::-1])
+        out[i] = _BACKGROUND + alpha[..., None] * (PAIR_COLOURS[colours[i]] - _BACKGROUND)
+    return torch.from_numpy(np.round(out * 255.0).astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
 
 
 def _compose_pairs(scans: np.ndarray, size: int, rng: np.random.Generator) -> torch.Tensor:
@@ -63,23 +103,59 @@ def _compose_pairs(scans: np.ndarray, size: int, rng: np.random.Generator) -> to
     cols = rng.integers(0, half - s + 1, size=n)  # left copy's column; the right copy mirrors it
     up = F.interpolate(torch.from_numpy(scans)[:, None], size=(s, s), mode="bilinear", align_corners=False)
     digits = up[:, 0].clamp_(0, 1).numpy()  # (n, s, s)
-    out = np.empty((n, size, size, 3), dtype=np.float32)
-    for i in range(n):
-        alpha = np.zeros((size, size), dtype=np.float32)
-        d, r, c = digits[i], int(rows[i]), int(cols[i])
-        alpha[r : r + s, c : c + s] = d
-        alpha[r : r + s, size - c - s : size - c] = np.maximum(alpha[r : r + s, size - c - s : size - c], d[:, ::-1])
-        out[i] = _BACKGROUND + alpha[..., None] * (PAIR_COLOURS[colours[i]] - _BACKGROUND)
-    return torch.from_numpy(np.round(out * 255.0).astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
+    return _paint_pairs(list(digits), rows, cols, colours, size)
+
+
+def shape_mask(shape: int, side: int, supersample: int = 4) -> np.ndarray:
+    """The anti-aliased (side, side) coverage in 0..1 of shape number ``shape`` of :data:`SHAPES`
+    filling a side x side box (each pixel the mean of supersample x supersample sub-pixel tests)."""
+    if not 0 <= shape < len(SHAPES):
+        raise ValueError(f"shape must be an index into {SHAPES} (0..{len(SHAPES) - 1}), got {shape!r}")
+    m = side * supersample
+    t = (np.arange(m) + 0.5) / m * 2 - 1  # sub-pixel centres in (-1, 1)
+    v, u = np.meshgrid(t, t, indexing="ij")  # v: down, u: right
+    name = SHAPES[shape]
+    if name == "circle":
+        inside = u**2 + v**2 <= 0.95**2
+    elif name == "square":
+        inside = (np.abs(u) <= 0.8) & (np.abs(v) <= 0.8)
+    elif name == "triangle":  # pointing right (its mirror image points left)
+        inside = (u >= -0.85) & (np.abs(v) <= 0.95 * (0.85 - u) / 1.7)
+    elif name == "cross":
+        inside = ((np.abs(u) <= 0.3) | (np.abs(v) <= 0.3)) & (np.abs(u) <= 0.95) & (np.abs(v) <= 0.95)
+    else:  # diamond
+        inside = np.abs(u) + np.abs(v) <= 1.0
+    return inside.reshape(side, supersample, side, supersample).mean(axis=(1, 3)).astype(np.float32)
+
+
+def _compose_shapes(labels: np.ndarray, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """labels (n,) indices into :data:`SHAPES` -> images (n, 3, size, size) uint8 (see module docstring)."""
+    n = len(labels)
+    sides = rng.integers(round(size * 0.38), round(size * 0.47) + 1, size=n)  # 12..15 px at 32 px
+    colours = np.zeros(n, dtype=np.int64)  # one colour (the first of PAIR_COLOURS): G's steps go to the shapes
+    jitter = max(1, round(size / 16))
+    rows = (size - sides) // 2 + rng.integers(-jitter, jitter + 1, size=n)  # centred, +-2 px at 32 px
+    cols = (rng.random(n) * (size // 2 - sides + 1)).astype(np.int64)  # left copy's column, uniform
+    masks = {}
+    glyphs = []
+    for k, s in zip(labels.tolist(), sides.tolist()):
+        if (k, s) not in masks:
+            masks[k, s] = shape_mask(k, s)
+        glyphs.append(masks[k, s])
+    return _paint_pairs(glyphs, rows, cols, colours, size)
+
+
+def _check_pair_args(what: str, image_size: object, n_train: object, n_test: object) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 16 <= image_size <= 256:
+        raise ValueError(f"{what} need image_size in 16..256 (an int), got {image_size!r}")
+    for name, v in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
 
 
 def load_digit_pairs(image_size: int = 32, n_train: int = 6000, n_test: int = 1000, seed: int = 0) -> DataBundle:
     """Mirrored digit pairs (see module docstring): 10 classes, uint8 images, deterministic by ``seed``."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 16 <= image_size <= 256:
-        raise ValueError(f"digit pairs need image_size in 16..256 (an int), got {image_size!r}")
-    for name, v in (("n_train", n_train), ("n_test", n_test)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    _check_pair_args("digit pairs", image_size, n_train, n_test)
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover - optional extra
@@ -96,6 +172,20 @@ def load_digit_pairs(image_size: int = 32, n_train: int = 6000, n_test: int = 10
     train, test = parts
     mean, std = _channel_stats(train.images)
     return DataBundle("digitpairs", train, test, [str(i) for i in range(10)], image_size, mean, std, augment="none")
+
+
+def load_shape_pairs(image_size: int = 32, n_train: int = 6000, n_test: int = 1000, seed: int = 0) -> DataBundle:
+    """Mirrored shape pairs (see module docstring): 5 classes (:data:`SHAPES`), uint8 images,
+    deterministic by ``seed``."""
+    _check_pair_args("shape pairs", image_size, n_train, n_test)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for n in (n_train, n_test):
+        labels = rng.integers(len(SHAPES), size=n)
+        parts.append(ImageDataset(_compose_shapes(labels, image_size, rng), torch.from_numpy(labels.astype(np.int64))))
+    train, test = parts
+    mean, std = _channel_stats(train.images)
+    return DataBundle("shapepairs", train, test, list(SHAPES), image_size, mean, std, augment="none")
 
 
 def folder_image_sizes(path: str | Path) -> dict[tuple[int, int], list[Path]]:
@@ -134,16 +224,18 @@ def _folder_size(path: str) -> int:
 
 
 def load_gen_data(spec: str, image_size: int | None = None, seed: int = 0) -> DataBundle:
-    """Load ``digitpairs`` | ``digits`` | ``folder:PATH`` | ``cifar10:PATH`` | ``tinyimagenet:PATH``.
+    """Load ``shapepairs`` | ``digitpairs`` | ``digits`` | ``folder:PATH`` | ``cifar10:PATH`` | ``tinyimagenet:PATH``.
 
-    ``image_size`` None: the data's own side (digitpairs 32, digits 32, CIFAR-10 32, Tiny
+    ``image_size`` None: the data's own side (shapepairs 32, digitpairs 32, digits 32, CIFAR-10 32, Tiny
     ImageNet 64, a folder's single image size). The result must be one of :data:`GEN_SIZES`.
     """
     if not isinstance(spec, str):
         raise TypeError(f"data spec must be a str, got {type(spec).__name__}")
     _check_size(image_size)
     kind, _, path = spec.partition(":")
-    if kind == "digitpairs" and not path:
+    if kind == "shapepairs" and not path:
+        bundle = load_shape_pairs(image_size or 32, seed=seed)
+    elif kind == "digitpairs" and not path:
         bundle = load_digit_pairs(image_size or 32, seed=seed)
     elif kind == "folder" and path:
         bundle = load_data(spec, image_size or _folder_size(path), seed=seed)
@@ -151,7 +243,7 @@ def load_gen_data(spec: str, image_size: int | None = None, seed: int = 0) -> Da
         bundle = load_data(spec, image_size, seed=seed)
     else:
         raise ValueError(
-            "generation data spec must be 'digitpairs', 'digits', 'folder:PATH', 'cifar10:PATH' or "
+            "generation data spec must be 'shapepairs', 'digitpairs', 'digits', 'folder:PATH', 'cifar10:PATH' or "
             f"'tinyimagenet:PATH', got {spec!r}"
         )
     if bundle.image_size not in GEN_SIZES:

@@ -48,7 +48,7 @@ from torch import nn
 
 from visattn._io import atomic_path
 from visattn.data import DataBundle
-from visattn.data.generation import load_gen_data
+from visattn.data.generation import PAIR_DATA, load_gen_data
 from visattn.errors import TrainingDiverged
 from visattn.models.gan import discriminator_for, hinge_d_loss, hinge_g_loss
 from visattn.registry import create_model, list_models, model_entry
@@ -72,7 +72,7 @@ __all__ = [
     "BEST_WEIGHTS",
 ]
 
-GEN_DEFAULT_DATA = "digitpairs"
+GEN_DEFAULT_DATA = "shapepairs"
 #: The weights (G, D, G-EMA) of the epoch with the lowest FID, next to ``model.safetensors`` (the last epoch's).
 BEST_WEIGHTS = "best.safetensors"
 _HALF = (0.5, 0.5, 0.5)  # images in [0, 1] -> [-1, 1] (G's tanh range): (x - 0.5) / 0.5
@@ -336,9 +336,9 @@ class GanTrainer(Trainer):
         cfg = self.cfg
         b = self.data if self.data is not None else load_gen_data(cfg.data, cfg.image_size, seed=cfg.seed)
         self.source_data = b  # as loaded: what the fallback feature classifier trains on
-        # Batches in [-1, 1] (G's tanh range); no flips for the mirrored digit pairs.
+        # Batches in [-1, 1] (G's tanh range); no flips for the built-in mirrored pairs.
         self.data = dataclasses.replace(
-            b, mean=_HALF, std=_HALF, augment="none" if b.name == GEN_DEFAULT_DATA else "crop+flip"
+            b, mean=_HALF, std=_HALF, augment="none" if b.name in PAIR_DATA else "crop+flip"
         )
         self._ddp_nets: tuple[nn.Module, nn.Module] | None = None
         super()._setup()

@@ -159,7 +159,7 @@ def train(args: argparse.Namespace) -> int:
 
 TASK = CliTask(
     "generate",
-    "image generation, a SAGAN whose attention block is the mechanism (data digitpairs | folder: | cifar10: | "
+    "image generation, a SAGAN whose attention block is the mechanism (data shapepairs | digitpairs | folder: | cifar10: | "
     "tinyimagenet:; docs/generation.md)",
     train=train,
     train_options=train_options,
