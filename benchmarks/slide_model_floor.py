@@ -215,7 +215,7 @@ def to_markdown(rows, doc) -> str:
             n = sum(1 for k in m if k.startswith("stage") and k.endswith("_ours"))
             so = " / ".join(f"{m[f'stage{s}_ours']:.0f}" for s in range(n))
             sr = " / ".join(f"{m[f'stage{s}_ref']:.0f}" for s in range(n))
-            verdict = "reachable" if p["floor_vs_ref"] <= p["target"] else "below the floor"
+            verdict = "floor within it" if p["floor_vs_ref"] <= p["target"] else "floor above it: not reachable"
             lines.append(
                 f"| {r['ours']} / {r['reference']} | {ph} | {m['step_ours']:.0f} / {m['step_ref']:.0f} | "
                 f"{p['step_vs_ref']:.2f} | {so} | {sr} | {p['slide_stages_vs_ref']:.2f} | "
