@@ -55,7 +55,8 @@ def _layer_step(m, x, g):
     return run
 
 
-def _projections(x, g):
+def _projections(x, g, train: bool = True):
+    """The 1x1 q/k/v and output convolutions; forward + backward (``train``), else forward alone."""
     c = x.shape[1]
     wq = torch.randn(3 * c, c, 1, 1, requires_grad=True)
     wp = torch.randn(c, c, 1, 1, requires_grad=True)
@@ -67,11 +68,19 @@ def _projections(x, g):
         o = qkv[:, :c] + 0  # stands in for the attention output (one pass, as cheap as it gets)
         F.conv2d(o, wp, bp).backward(g)
 
-    return run
+    def run_inference():
+        with torch.inference_mode():
+            qkv = F.conv2d(x, wq, b3).contiguous()
+            F.conv2d(qkv[:, :c] + 0, wp, bp)
+
+    return run if train else run_inference
 
 
-def _gemms(side):
-    d, kk, bh, n = DIM // HEADS, KS * KS, BATCH * HEADS, side * side
+def _gemms(side, dim=DIM, heads=HEADS, batch=BATCH, train: bool = True):
+    """The merged-kernel contractions: 7 passes over the k*k offsets in training, 2 in inference
+    (the forward's logits and output weights)."""
+    d, kk, bh, n = dim // heads, KS * KS, batch * heads, side * side
+    p_logits, p_out, p_dw = (2, 3, 2) if train else (1, 1, 0)
     lhs_l = [torch.randn(kk, d).expand(bh, kk, d) for _ in range(kk)]  # W[:, :, j]^T
     lhs_o = [torch.randn(d, kk).expand(bh, d, kk) for _ in range(kk)]  # W[:, :, j]
     prod = torch.randn(bh, d, n)
@@ -82,33 +91,36 @@ def _gemms(side):
     at = attn.transpose(1, 2)
 
     def run():
-        for _ in range(2):  # forward logits; backward attention-weight gradient
+        for _ in range(p_logits):  # forward logits; backward attention-weight gradient
             logits.zero_()
             for j in range(kk):
                 torch.baddbmm(logits, lhs_l[j], prod, out=logits)
-        for _ in range(3):  # forward output weights G_j; backward G_j and H_j
+        for _ in range(p_out):  # forward output weights G_j; backward G_j and H_j
             for j in range(kk):
                 torch.bmm(lhs_o[j], attn, out=out)
-        for _ in range(2):  # the two weight gradients
+        for _ in range(p_dw):  # the two weight gradients
             for _j in range(kk):
                 dw.baddbmm_(prod, at)
 
     return run
 
 
-def _products(side):
-    d, kk = DIM // HEADS, KS * KS
-    shape = (BATCH, HEADS, d, side, side)
+def _products(side, dim=DIM, heads=HEADS, batch=BATCH, train: bool = True):
+    """The element-wise passes over the k*k shifted slices: 3 products and 4 multiply-adds per
+    offset in training, 1 and 1 in inference."""
+    d, kk = dim // heads, KS * KS
+    shape = (batch, heads, d, side, side)
+    p_mul, p_add = (3, 4) if train else (1, 1)
     a = torch.randn(shape)
     pad = F.pad(torch.randn(shape), (1, 1, 1, 1))
     out, acc = torch.empty(shape), torch.zeros(shape)
     shifts = [(j // KS, j % KS) for j in range(kk)]
 
     def run():
-        for _ in range(3):  # forward q * K_j; backward gout * V_j and q * K_j
+        for _ in range(p_mul):  # forward q * K_j; backward gout * V_j and q * K_j
             for dy, dx in shifts:
                 torch.mul(a, pad[..., dy : dy + side, dx : dx + side], out=out)
-        for _ in range(4):  # forward out += G_j V_j; backward dV, dq, dK
+        for _ in range(p_add):  # forward out += G_j V_j; backward dV, dq, dK
             for dy, dx in shifts:
                 acc.addcmul_(out, pad[..., dy : dy + side, dx : dx + side])
 

@@ -123,6 +123,30 @@ def test_fast_paths_equal_definition_float64(deformed, mask, k):
             assert (m(x) - ref).abs().max().item() < 1e-12
 
 
+@pytest.mark.parametrize("impl", ["inplace", "functional"])
+def test_token_layout_input_same_numbers_and_token_layout_output(impl):
+    # A transformer block hands the mixer a view of its tokens (B, N, C) as (B, C, H, W), channels
+    # last; the projections then run as batched GEMMs in that layout. Numbers and gradients equal
+    # the channels-first call's (float64, 1e-12), and the output is the view of contiguous tokens.
+    torch.manual_seed(0)
+    m = SlideAttention(8, 6, num_heads=2, kernel_size=3, impl=impl).double()
+    with torch.no_grad():
+        m.offset_bias.normal_()
+    tokens = torch.randn(2, 5 * 7, 8, dtype=torch.float64, requires_grad=True)
+    x = tokens.transpose(1, 2).reshape(2, 8, 5, 7)  # visattn.layers.base.from_tokens
+    xc = x.detach().contiguous().requires_grad_(True)
+    out, ref = m(x), m(xc)
+    assert out.shape == ref.shape == (2, 6, 5, 7)
+    assert (out - ref).abs().max().item() < 1e-12
+    assert out.flatten(2).transpose(1, 2).is_contiguous() and ref.is_contiguous()
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [tokens, *m.parameters()], g)
+    grads_ref = torch.autograd.grad(ref, [xc, *m.parameters()], g)
+    assert (grads[0].transpose(1, 2).reshape(2, 8, 5, 7) - grads_ref[0]).abs().max().item() < 1e-12
+    for a, b in zip(grads[1:], grads_ref[1:]):
+        assert (a - b).abs().max().item() < 1e-12
+
+
 @pytest.mark.parametrize("deformed", [False, True])
 @pytest.mark.parametrize("k", [3, 5])
 def test_in_place_path_chunks_rows(monkeypatch, deformed, k):

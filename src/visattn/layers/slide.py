@@ -81,6 +81,12 @@ def one_hot_shift_kernels(channels: int, kernel_size: int, dtype=None, device=No
     return eye.expand(channels, kk, kernel_size, kernel_size).reshape(channels * kk, 1, kernel_size, kernel_size)
 
 
+def _token_layout(x: torch.Tensor) -> bool:
+    """True when x (B, C, H, W) is laid out as tokens (B, H*W, C), channels last (and not also
+    channels first, as with C or H*W equal to 1)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _recorded(*tensors) -> bool:
     """True when a trace, export, torch.compile or a torch.func transform records the call."""
     return is_capturing() or under_functorch(*tensors)
@@ -339,17 +345,41 @@ class SlideAttention(SpatialAttention):
         with autocast_off(x.device.type):  # the attention core runs in float32 for half inputs
             (qkv,) = upcast(qkv)
             o = self._attend(qkv, impl).to(dtype)  # (B, C, H, W)
-        return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
+        return self._project_out(o, _token_layout(x))
+
+    def _project_out(self, o: torch.Tensor, token_layout: bool) -> torch.Tensor:
+        """The output projection of o (B, C, H, W): a 1x1 conv, or, when the input came as a
+        view of tokens (B, N, C) (a transformer block's ``from_tokens``), one batched GEMM whose
+        output is in that layout too, returned as its (B, C_out, H, W) view: the block's
+        ``to_tokens`` then reads contiguous tokens instead of a transposed map."""
+        if not token_layout:
+            return F.conv2d(o, self.proj.weight[:, :, None, None], self.proj.bias)
+        bsz, c, h, w = o.shape
+        wt = self.proj.weight.t().to(o.dtype).expand(bsz, c, self.dim_out)
+        ot = o.reshape(bsz, c, h * w).transpose(1, 2)  # (B, N, C), a view
+        if self.proj.bias is None:
+            t = torch.bmm(ot, wt)
+        else:
+            t = torch.baddbmm(self.proj.bias.to(o.dtype), ot, wt)
+        return t.transpose(1, 2).view(bsz, self.dim_out, h, w)
 
     def _qkv_packed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, 3C, H, W): q * head_dim^-1/2, k, v stacked on the channels; the
-        scale is folded into the projection so it costs no pass over the map."""
+        """(B, C, H, W) -> (B, 3C, H, W) contiguous: q * head_dim^-1/2, k, v stacked on the
+        channels; the scale is folded into the projection so it costs no pass over the map.
+        One batched GEMM (3C x C) @ (C x H W) per image writes the channels-first result directly
+        from either layout of x (channels-first, or a view of tokens (B, N, C), read transposed
+        by the GEMM), where a 1x1 conv on the token view computes channels-last and copies it."""
         c = self.dim
         gain = torch.ones(3 * c, 1, dtype=self.qkv.weight.dtype, device=self.qkv.weight.device)
         gain[:c] = self.scale
-        wt = (self.qkv.weight * gain)[:, :, None, None]
-        bias = self.qkv.bias * gain[:, 0] if self.qkv.bias is not None else None
-        return F.conv2d(x, wt, bias).contiguous()
+        bsz, _, h, w = x.shape
+        wt = (self.qkv.weight * gain).to(x.dtype).expand(bsz, 3 * c, c)
+        xm = x.reshape(bsz, c, h * w)  # a view for both layouts
+        if self.qkv.bias is None:
+            out = torch.bmm(wt, xm)
+        else:
+            out = torch.baddbmm((self.qkv.bias * gain[:, 0]).to(x.dtype)[:, None], wt, xm)
+        return out.view(bsz, 3 * c, h, w)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, C, H, W) -> q * head_dim^-1/2, k, v, each (B, C, H, W)."""
