@@ -97,7 +97,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=sorted(LAYERS), default=sorted(LAYERS))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "compile_speed"))
     args = ap.parse_args()
-    torch.set_flush_denormal(True)  # before torch's thread pool starts, as import visattn does
+    import visattn  # first: importing it flushes subnormal floats before torch's thread pool starts (fpmode)
+
     torch.set_num_threads(args.threads)
     rows = []
     for label in args.only:
@@ -113,7 +114,10 @@ def main() -> None:
     from _record import stamp, stamp_line, write_json, write_text
 
     st = stamp(args.threads)
-    write_json(args.out + ".json", {**st, "flush_denormal": True, "config": vars(args), "rows": rows})
+    write_json(
+        args.out + ".json",
+        {**st, "flush_denormal": not visattn.fpmode.keep_denormals_requested(), "config": vars(args), "rows": rows},
+    )
     lines = [
         f"# torch.compile vs eager (C={args.dim}, batch {args.batch}, {args.side}x{args.side}, CPU, "
         f"{args.threads} thread(s))",

@@ -184,7 +184,6 @@ def main() -> None:
     p.add_argument("--sides", type=int, nargs="+", default=[8, 12, 16])
     p.add_argument("--out", default="benchmarks/results/lambda_floor")
     args = p.parse_args()
-    torch.set_flush_denormal(True)
     torch.set_num_threads(args.threads)
     res = {**stamp(args.threads), "rows": run(args.sides, args.rounds)}
     write_json(args.out + ".json", res)

@@ -76,7 +76,6 @@ def step(m, x):
 
 
 def run(args) -> dict:
-    torch.set_flush_denormal(True)  # before torch's thread pool starts, as import visattn does
     torch.set_num_threads(args.threads)
     rows, skipped_all = [], {}
     for c in args.channels:

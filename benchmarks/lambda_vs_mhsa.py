@@ -53,7 +53,6 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    torch.set_flush_denormal(True)  # before torch's thread pool starts, as import visattn does
     torch.set_num_threads(args.threads)
     rows = []
     for s in args.sizes:

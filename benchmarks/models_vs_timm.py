@@ -181,7 +181,6 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="")
     p.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
-    torch.set_flush_denormal(True)  # before torch's thread pool starts, as import visattn does
     torch.set_num_threads(args.threads)
     timm_version = None
     if not args.no_timm:

@@ -122,7 +122,6 @@ def main():
     )
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "slide_vs_im2col"))
     args = ap.parse_args()
-    torch.set_flush_denormal(True)  # before torch's thread pool starts, as import visattn does
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     natten_note = natten_module(3)[1]
